@@ -1,0 +1,4 @@
+from iwarp.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Checkpoint files that are written atomically and verified on load.
+
+Layout: 8-byte magic, 8-byte little-endian payload length, 32-byte SHA-256 of the payload,
+then the payload (`torch.save` of a dict). A truncated or bit-flipped file fails the length
+or hash check with `CheckpointError` instead of loading garbage weights. Payloads hold only
+tensors and plain Python values so they load with `weights_only=True` (no pickle execution).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAGIC = b"IWARPCK1"
+_HEADER = struct.Struct("<8sQ32s")
+
+
+class CheckpointError(RuntimeError):
+    """The file is missing, truncated, corrupt or not an iwarp checkpoint."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write `payload` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    header = _HEADER.pack(MAGIC, len(data), hashlib.sha256(data).digest())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and verify a checkpoint written by `save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    raw = path.read_bytes()
+    if len(raw) < _HEADER.size:
+        raise CheckpointError(f"checkpoint {path} is truncated ({len(raw)} bytes, header needs {_HEADER.size})")
+    magic, length, digest = _HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise CheckpointError(f"{path} is not an iwarp checkpoint (bad magic {magic!r})")
+    data = raw[_HEADER.size :]
+    if len(data) != length:
+        raise CheckpointError(f"checkpoint {path} is truncated: {len(data)} of {length} payload bytes")
+    if hashlib.sha256(data).digest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: SHA-256 mismatch")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # verified bytes that still fail to unpickle: wrong writer
+        raise CheckpointError(f"checkpoint {path} could not be decoded: {exc}") from exc
+
+
+def latest_checkpoint(directory: str | Path, pattern: str = "step-*.ckpt") -> Path | None:
+    """Newest checkpoint in `directory` by step number, or None."""
+    files = sorted(Path(directory).glob(pattern), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))
+    return files[-1] if files else None
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+    """The generator stored in a checkpoint, rebuilt from its saved config, in eval mode."""
+    from iwarp.models import build_model  # deferred: keeps this module light for serving
+
+    ckpt = load_checkpoint(path, map_location)
+    try:
+        kind, cfg, state = ckpt["model_kind"], ckpt["model_config"], ckpt["model"]
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {path} lacks {exc}; was it written by `iwarp train`?") from exc
+    model = build_model(kind, cfg)
+    model.load_state_dict(state)
+    return model.eval()

