@@ -303,6 +303,9 @@ def test_rollout_lifecycle_follows_the_canary_verdict(cluster, tmp_path, capsys)
     assert ["wait", "--for=condition=Ready", "inferenceservice/iwarp", "-n", "iwarp", "--timeout=30s"] in cluster.calls()
     assert iwarp("deploy", "kserve", "--promote", "--report", str(good)) == 0
     assert "nothing to promote" in capsys.readouterr().out
+    assert iwarp("deploy", "kserve", "--advance", "--report", str(good)) == 0
+    assert "no canary in progress" in capsys.readouterr().out
+    assert "canaryTrafficPercent" not in cluster.isvc()["spec"]["predictor"]
 
     # Version 3 regresses: advancing on its failing verdict sends all traffic back.
     uri3 = "s3://iwarp-models/iwarp/3"
