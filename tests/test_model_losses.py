@@ -17,7 +17,7 @@ from iwarp.losses import LossConfig, Losses, gan_discriminator_loss, gan_generat
 from iwarp.pretrained import PretrainedWeightsError, load_numpy_pickle, package_file, vgg19_features
 from iwarp.transforms import RandomTPS
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
 SMALL_D = DiscriminatorConfig(scales=[1.0, 0.5], channels=[8, 16, 32])
 
