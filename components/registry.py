@@ -1,0 +1,46 @@
+"""Registering the chosen model in the MLflow Model Registry as a new version of `iwarp`
+with the alias `challenger` (the canary step may later move `champion` to it)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components.base import IMAGE, REGISTRY_PACKAGES
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=REGISTRY_PACKAGES)
+def register_model(
+    tracking_uri: str,
+    model_name: str,
+    run_id: str,
+    variant: str,
+    reason: str,
+    data_version: str,
+    parent_run_id: str,
+) -> NamedTuple("Registered", [("version", str), ("model_name", str), ("model_uri", str)]):
+    """Register the MLflow model logged by training run `run_id` as a new version of
+    `model_name` and point the `challenger` alias at it."""
+    from collections import namedtuple
+
+    from components.registry import register
+
+    version = register(tracking_uri, model_name, run_id, {"iwarp.variant": variant, "iwarp.choice_reason": reason,
+                       "iwarp.data_version": data_version, "iwarp.parent_run_id": parent_run_id})  # fmt: skip
+    return namedtuple("Registered", ["version", "model_name", "model_uri"])(version, model_name,
+                                                                            f"models:/{model_name}/{version}")
+
+
+def register(tracking_uri: str, model_name: str, run_id: str, tags: dict[str, str]) -> str:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    mv = mlflow.register_model(f"runs:/{run_id}/model", model_name, tags=tags, await_registration_for=300)
+    client.update_model_version(model_name, mv.version, description=tags.get("iwarp.choice_reason", ""))
+    client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
+    print(f"registered {model_name} version {mv.version} (alias {CHALLENGER}) from run {run_id}", flush=True)
+    return str(mv.version)
