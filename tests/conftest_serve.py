@@ -116,3 +116,55 @@ def reference(model: ImplicitWarping, sources: list[np.ndarray], driving: list[n
         src_xy = model.detect_keypoints(src[:, 0]).xy  # first source anchors relative motion
         moved = type(kp)(src_xy + (kp.xy - kp.xy[:1]), kp.strength)
         return model.animate(big, driving_keypoints=moved).prediction.numpy()
+
+
+class MlflowServer:
+    """A real `mlflow server` (sqlite backend, local artifacts) on a free loopback port."""
+
+    def __init__(self, root: Path):
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        mlflow = Path(sys.executable).with_name("mlflow")
+        env = {**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.log = open(root / "mlflow.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+             "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+    def wait(self, timeout: float = 180.0) -> str:
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self.url
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"mlflow server not healthy after {timeout} s")
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+            try:
+                self.proc.wait(30)
+            except Exception:  # noqa: BLE001
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
