@@ -36,7 +36,7 @@ def compare_ablations(
 
     choice = compare([r.path for r in reports], [(dict(c.metadata), c.path) for c in checkpoints], tracking_uri,
                      parent_run_id, data_version, select_metric, float(select_margin), table.path, chart.path,
-                     chosen_model.path)  # fmt: skip
+                     chosen_model.path)
     chosen_model.metadata.update({"variant": choice.variant, "run_id": choice.run_id})
     return namedtuple("Choice", ["variant", "run_id", "reason"])(choice.variant, choice.run_id, choice.reason)
 
@@ -65,7 +65,7 @@ def chart_html(png_path: str, markdown: str) -> str:
 
 def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str]], tracking_uri: str,
             parent_run_id: str, data_version: str, metric: str, margin: float, table_path: str,
-            chart_path: str, chosen_path: str):  # fmt: skip
+            chart_path: str, chosen_path: str):
     import pandas as pd
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -88,20 +88,20 @@ def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str
         client.log_artifact(parent_run_id, str(md), "ablation")
     cols = metric_columns(results)
     rows = [{"variant": r["variant"], "residual": r["residual"], "extra_kv": r["extra_kv"], "run_id": r["run_id"],
-             **{c: r["metrics"][c] for c in cols}} for r in results]  # fmt: skip
+             **{c: r["metrics"][c] for c in cols}} for r in results]
     client.log_table(parent_run_id, data=pd.DataFrame(rows), artifact_file="ablation/table.json")
     # The parent carries each variant's numbers too, so one run holds the whole Table 4.
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(f"{r['variant']}/{c}", float(r["metrics"][c]), now, 0)
-                                             for r in results for c in cols])  # fmt: skip
+                                             for r in results for c in cols])
     for key, value in {"iwarp.chosen_variant": choice.variant, "iwarp.chosen_run_id": choice.run_id,
-                       "iwarp.choice_reason": choice.reason}.items():  # fmt: skip
+                       "iwarp.choice_reason": choice.reason}.items():
         client.set_tag(parent_run_id, key, value)
     client.set_terminated(parent_run_id, "FINISHED")
 
     src = next((path for meta, path in checkpoints if meta.get("variant") == choice.variant), None)
     if src is None:
         raise RuntimeError(f"no checkpoint for the chosen variant {choice.variant!r} among "
-                           f"{[m.get('variant') for m, _ in checkpoints]}")  # fmt: skip
+                           f"{[m.get('variant') for m, _ in checkpoints]}")
     shutil.copy(src, chosen_path)
     return choice

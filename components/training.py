@@ -42,7 +42,7 @@ def open_parent_run(
     from components.training import start_parent_run
 
     return start_parent_run(tracking_uri, experiment, data_version, validation.path, data_docs.path, params,
-                            pipeline_job)  # fmt: skip
+                            pipeline_job)
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=TRAIN_PACKAGES)
@@ -82,10 +82,10 @@ def train_model(
         experiment=experiment, parent_run_id=parent_run_id, backend=backend,
         nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         trainer_runtime=trainer_runtime, namespace=namespace, image=image, staging_uri=staging_uri,
-    )  # fmt: skip
+    )
     run_id = run_training(req, checkpoint.path)
     checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id,
-                                "residual": bool(ablation["residual"]), "extra_kv": bool(ablation["extra_kv"])})  # fmt: skip
+                                "residual": bool(ablation["residual"]), "extra_kv": bool(ablation["extra_kv"])})
     return run_id
 
 
@@ -106,7 +106,7 @@ def evaluate_model(
     from components.training import run_evaluation
 
     values = run_evaluation(checkpoint.path, dataset.path, [int(k) for k in sources], run_id, tracking_uri,
-                            dict(checkpoint.metadata), report.path, max_videos)  # fmt: skip
+                            dict(checkpoint.metadata), report.path, max_videos)
     for key, value in values.items():
         metrics.log_metric(key, value)
 
@@ -128,7 +128,7 @@ def experiment_id(client, name: str) -> str:
 
 
 def start_parent_run(tracking_uri: str, experiment: str, data_version: str, validation_path: str,
-                     data_docs_path: str, params: dict[str, Any], pipeline_job: str = "") -> str:  # fmt: skip
+                     data_docs_path: str, params: dict[str, Any], pipeline_job: str = "") -> str:
     from mlflow.entities import Param
 
     from iwarp.config import flatten
@@ -176,7 +176,7 @@ class TrainRequest:
         from components.ablation import variant_overrides
 
         sets = [f"data.root={dataset_root}", f"out_dir={out_dir}", f"seed={self.seed}",
-                f"experiment={self.experiment}", f"run_name={self.ablation['variant']}"]  # fmt: skip
+                f"experiment={self.experiment}", f"run_name={self.ablation['variant']}"]
         if self.steps > 0:
             sets.append(f"optim.steps={self.steps}")
         return [*sets, *self.overrides, *variant_overrides(self.ablation)]
@@ -216,7 +216,7 @@ def train_local(req: TrainRequest, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "iwarp", "train", "--config", resolve_config(req.config),
            "--nproc", str(max(1, req.nproc_per_node)), "--tracking-uri", req.tracking_uri,
-           "--set", *req.train_overrides(req.dataset, str(out_dir))]  # fmt: skip
+           "--set", *req.train_overrides(req.dataset, str(out_dir))]
     print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
     rc = subprocess.call(cmd)
     if rc != 0:
@@ -243,7 +243,7 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
     a = req.ablation
     for key, value in {PARENT_TAG: req.parent_run_id, "iwarp.variant": a["variant"],
                        "iwarp.residual": str(bool(a["residual"])).lower(),
-                       "iwarp.extra_kv": str(bool(a["extra_kv"])).lower()}.items():  # fmt: skip
+                       "iwarp.extra_kv": str(bool(a["extra_kv"])).lower()}.items():
         client.set_tag(run_id, key, value)
     return run_id
 
@@ -259,12 +259,12 @@ def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: str, tracking_uri: str,
-                   info: dict[str, Any], report_path: str, max_videos: int = 0) -> dict[str, float]:  # fmt: skip
+                   info: dict[str, Any], report_path: str, max_videos: int = 0) -> dict[str, float]:
     from mlflow.entities import Metric
 
     out_json = Path(report_path).parent / "evaluate.json"
     cmd = [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint", checkpoint, "--data", dataset,
-           "--sources", *map(str, sources), "--out", str(out_json)]  # fmt: skip
+           "--sources", *map(str, sources), "--out", str(out_json)]
     if max_videos > 0:
         cmd += ["--max-videos", str(max_videos)]
     print(f"[evaluate] {' '.join(cmd)}", flush=True)
@@ -277,6 +277,6 @@ def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: st
     client.log_batch(run_id, metrics=[Metric(f"test/{k}", v, now, 0) for k, v in values.items()])
     client.log_artifact(run_id, str(out_json), "evaluation")
     report = {"variant": info.get("variant"), "residual": info.get("residual"), "extra_kv": info.get("extra_kv"),
-              "run_id": run_id, "metrics": values}  # fmt: skip
+              "run_id": run_id, "metrics": values}
     Path(report_path).write_text(json.dumps(report, indent=2))
     return values
