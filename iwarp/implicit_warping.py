@@ -1,0 +1,222 @@
+"""Implicit warping (Mallya et al., NeurIPS 2022): one cross-modal attention layer warps the
+features of a whole set of source images to the pose of a driving frame.
+
+    Q = QueryUNet(driving keypoint heatmaps)                      per frame
+    K = KeyUNet(concat(source keypoint heatmaps, source image))   per source set (cached)
+    V = ValueEncoder(source image)                                per source set (cached)
+    A = softmax((Q + PE)(K + PE)^T / sqrt(C))  over all k sources' tokens + extra tokens
+    out = A V + MLP(concat(A concat(pixels, K), Q))               residual path
+    prediction = Decoder(out)
+
+The three attention products A V, A pixels, A K are one fused call: V, the source pixel
+patches (space-to-depth at token resolution) and K are concatenated along the value channels.
+The source path is the heavy part and runs once per source set (`encode_sources`); the
+per-frame path (`animate`) is keypoints + a small query UNet + attention + MLP + a light decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iwarp.attention import CrossModalAttention
+from iwarp.blocks import Decoder, FeatureEncoder, UNet, check_divisible, log2_int
+from iwarp.keypoints import KeypointConfig, KeypointDetector, Keypoints, gaussian_heatmaps
+from iwarp.outputs import ModelOutput
+from iwarp.positional import sine_encoding_2d
+
+
+@dataclass
+class ImplicitWarpingConfig:
+    image_size: int = 256
+    keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    heatmap_stride: int = 4  # keypoint heatmaps (and the Q/K UNets' input) at image_size / heatmap_stride
+    token_stride: int = 8  # attention token grid at image_size / token_stride
+    qk_dim: int = 128
+    query_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    key_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
+    # value encoder: one entry per level, stride 1, 2, 4, ... token_stride
+    value_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    value_res_blocks: list[int] = field(default_factory=lambda: [0, 2, 3, 4])
+    decoder_channels: list[int] = field(default_factory=lambda: [160, 80, 40, 20])
+    decoder_res_blocks: int = 0
+    extra_kv: bool = True
+    num_extra_tokens: int = 4
+    attention_dropout: float = 0.1
+    residual: bool = True
+    residual_hidden: int = 256
+    spatial_reduction: int = 1  # >1 average-pools source keys/values by this factor (cheaper, coarser)
+
+    @classmethod
+    def tiny(cls, image_size: int = 64, **overrides) -> "ImplicitWarpingConfig":
+        """A few-channel model for tests and CPU smoke runs (any power-of-two image size >= 32)."""
+        base = dict(
+            image_size=image_size,
+            keypoints=KeypointConfig(num_keypoints=5, channels=[8, 16, 16]),
+            heatmap_stride=4,
+            token_stride=8,
+            qk_dim=16,
+            query_channels=[8, 16],
+            key_channels=[8, 16],
+            value_channels=[8, 16, 16, 32],
+            value_res_blocks=[0, 0, 1, 1],
+            decoder_channels=[24, 16, 8, 8],
+            num_extra_tokens=2,
+            attention_dropout=0.0,
+            residual_hidden=32,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+class SourceCache(NamedTuple):
+    """Everything the per-frame path needs from the source set; plain tensors only.
+
+    keys: (B, S, qk_dim) with positional encoding, S = k * tokens per source (after spatial
+    reduction), ordered source by source. values: (B, S, D) = concat(V, pixel patches, K) (V
+    alone when the residual path is off). source_xy (B, k, N, 2) / source_strength (B, k, N):
+    the sources' keypoints (for relative-motion animation).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    source_xy: torch.Tensor
+    source_strength: torch.Tensor
+
+
+def check_images(x: torch.Tensor, name: str, ndim: int, size: int) -> None:
+    """Shape checks with messages that say what was expected (static shapes only: export-safe)."""
+    shape = "(B, k, 3, H, W)" if ndim == 5 else "(B, 3, H, W)"
+    if x.dim() != ndim or x.shape[-3] != 3:
+        raise ValueError(f"{name} must have shape {shape} with 3 colour channels, got {tuple(x.shape)}")
+    if x.shape[-1] != size or x.shape[-2] != size:
+        raise ValueError(f"{name} must be {size}x{size} (the model's image_size), got {x.shape[-2]}x{x.shape[-1]}")
+
+
+class ImplicitWarping(nn.Module):
+    kind = "implicit"
+
+    def __init__(self, config: ImplicitWarpingConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or ImplicitWarpingConfig()
+        self.config = cfg
+        hm_levels = log2_int(cfg.heatmap_stride, "heatmap_stride")
+        tok_levels = log2_int(cfg.token_stride, "token_stride")
+        if tok_levels < hm_levels:
+            raise ValueError(f"token_stride {cfg.token_stride} must be >= heatmap_stride {cfg.heatmap_stride}")
+        if len(cfg.value_channels) != tok_levels + 1:
+            raise ValueError(f"value_channels needs {tok_levels + 1} entries (strides 1..{cfg.token_stride}), got {cfg.value_channels}")
+        out_level = tok_levels - hm_levels
+        size = cfg.image_size
+        check_divisible(size, cfg.token_stride * cfg.spatial_reduction, "token_stride x spatial_reduction")
+        check_divisible(size, cfg.heatmap_stride * 2 ** (len(cfg.query_channels) - 1), "heatmap_stride x query UNet levels")
+        check_divisible(size, cfg.heatmap_stride * 2 ** (len(cfg.key_channels) - 1), "heatmap_stride x key UNet levels")
+        check_divisible(size, cfg.keypoints.downsample * 2 ** (len(cfg.keypoints.channels) - 1), "keypoint detector levels")
+        n = cfg.keypoints.num_keypoints
+        self.heatmap_size = cfg.image_size // cfg.heatmap_stride
+        self.grid_size = cfg.image_size // cfg.token_stride
+        self.value_dim = cfg.value_channels[-1]
+        self.pixel_dim = 3 * cfg.token_stride**2
+
+        self.keypoint_detector = KeypointDetector(cfg.keypoints)
+        self.query_net = UNet(n, cfg.qk_dim, cfg.query_channels, out_level=out_level)
+        self.key_net = UNet(n + 3 * cfg.heatmap_stride**2, cfg.qk_dim, cfg.key_channels, out_level=out_level)
+        self.value_net = FeatureEncoder(3, cfg.value_channels, cfg.value_res_blocks)
+        total_value = self.value_dim + (self.pixel_dim + cfg.qk_dim if cfg.residual else 0)
+        self.attention = CrossModalAttention(cfg.qk_dim, total_value, cfg.num_extra_tokens, cfg.extra_kv, cfg.attention_dropout)
+        if cfg.residual:
+            self.residual_mlp = nn.Sequential(
+                nn.Linear(self.pixel_dim + 2 * cfg.qk_dim, cfg.residual_hidden),
+                nn.GELU(),
+                nn.Linear(cfg.residual_hidden, self.value_dim),
+            )
+        else:
+            self.residual_mlp = None
+        self.decoder = Decoder(self.value_dim, cfg.decoder_channels, cfg.decoder_res_blocks)
+        if len(cfg.decoder_channels) != tok_levels + 1:
+            raise ValueError(f"decoder_channels needs {tok_levels + 1} entries (one per x2 upsampling + 1), got {cfg.decoder_channels}")
+        self.register_buffer("pos_enc", sine_encoding_2d(self.grid_size, self.grid_size, cfg.qk_dim), persistent=False)
+
+    # ------------------------------------------------------------------ keypoints
+    def detect_keypoints(self, images: torch.Tensor) -> Keypoints:
+        """images (B, 3, H, W) in [0, 1] -> Keypoints(xy (B, N, 2) in [-1, 1], strength (B, N))."""
+        check_images(images, "images", 4, self.config.image_size)
+        return self.keypoint_detector(images)
+
+    def heatmaps(self, kp: Keypoints) -> torch.Tensor:
+        return gaussian_heatmaps(kp, self.heatmap_size, self.config.keypoints.heatmap_sigma)
+
+    # ------------------------------------------------------------------ source path
+    def encode_sources(self, sources: torch.Tensor) -> SourceCache:
+        """sources (B, k, 3, H, W) in [0, 1] -> SourceCache (compute once per source set)."""
+        cfg = self.config
+        check_images(sources, "sources", 5, cfg.image_size)
+        b = sources.shape[0]
+        flat = sources.flatten(0, 1)  # sources are independent: fold k into the batch
+        kp = self.keypoint_detector(flat)
+        key_in = torch.cat([self.heatmaps(kp), F.pixel_unshuffle(flat, cfg.heatmap_stride)], dim=1)
+        k_feat = self.key_net(key_in)  # (B*k, C, h, w)
+        keys = k_feat + self.pos_enc.t().reshape(1, cfg.qk_dim, self.grid_size, self.grid_size)
+        values = self.value_net(flat)
+        if self.residual_mlp is not None:
+            values = torch.cat([values, F.pixel_unshuffle(flat, cfg.token_stride), k_feat], dim=1)
+        if cfg.spatial_reduction > 1:
+            keys = F.avg_pool2d(keys, cfg.spatial_reduction)
+            values = F.avg_pool2d(values, cfg.spatial_reduction)
+        keys = keys.flatten(2).transpose(1, 2).reshape(b, -1, keys.shape[1])  # (B, k*T, C)
+        values = values.flatten(2).transpose(1, 2).reshape(b, -1, values.shape[1])
+        n = kp.xy.shape[1]
+        return SourceCache(keys, values, kp.xy.reshape(b, -1, n, 2), kp.strength.reshape(b, -1, n))
+
+    # ------------------------------------------------------------------ per-frame path
+    def _queries(self, kp: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.query_net(self.heatmaps(kp))  # (B, C, h, w)
+        q = q.flatten(2).transpose(1, 2)  # (B, L, C)
+        return q, q + self.pos_enc
+
+    def animate(
+        self,
+        cache: SourceCache,
+        driving: torch.Tensor | None = None,
+        driving_keypoints: Keypoints | None = None,
+    ) -> ModelOutput:
+        """Render one driving frame per batch item from a cached source set.
+
+        Pass either the driving image (B, 3, H, W) or its keypoints (e.g. source keypoints moved
+        by the driving video's relative motion).
+        """
+        if driving_keypoints is None:
+            if driving is None:
+                raise ValueError("animate needs a driving image or driving_keypoints")
+            driving_keypoints = self.detect_keypoints(driving)
+        b = cache.keys.shape[0]
+        q_raw, q = self._queries(driving_keypoints)
+        warped = self.attention(q, cache.keys, cache.values)  # (B, L, D)
+        feat = warped[..., : self.value_dim]
+        if self.residual_mlp is not None:
+            feat = feat + self.residual_mlp(torch.cat([warped[..., self.value_dim :], q_raw], dim=-1))
+        feat = feat.transpose(1, 2).reshape(b, self.value_dim, self.grid_size, self.grid_size)
+        return ModelOutput(
+            prediction=self.decoder(feat),
+            driving_keypoints=driving_keypoints,
+            source_keypoints=Keypoints(cache.source_xy, cache.source_strength),
+        )
+
+    def forward(self, sources: torch.Tensor, driving: torch.Tensor) -> ModelOutput:
+        return self.animate(self.encode_sources(sources), driving)
+
+    # ------------------------------------------------------------------ inspection
+    @torch.no_grad()
+    def source_attention(self, sources: torch.Tensor, driving: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+        """(B, k + 1, h, w) on the token grid: for every output position, the attention mass on
+        each source; the last channel is the extra K/V (zeros when off). Channels sum to 1.
+        Computed `chunk_size` queries at a time (the paper's Fig. 6)."""
+        cache = self.encode_sources(sources)
+        _, q = self._queries(self.detect_keypoints(driving))
+        k = sources.shape[1]
+        mass = self.attention.attention_mass(q, cache.keys, k, chunk_size)  # (B, L, k+1)
+        return mass.transpose(1, 2).reshape(q.shape[0], k + 1, self.grid_size, self.grid_size)

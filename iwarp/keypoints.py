@@ -1,0 +1,73 @@
+"""Unsupervised keypoints with a per-keypoint strength, and their Gaussian heatmaps.
+
+The detector is an hourglass on a downscaled image (motion needs coarse structure, not
+texture, and this keeps the per-frame cost low). Each keypoint is the soft-argmax of one
+heatmap channel; its strength in (0, 1) is a second map pooled under that heatmap, so a
+keypoint that is not visible can switch itself off in the representation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iwarp.blocks import UNet
+
+
+class Keypoints(NamedTuple):
+    """xy: (..., N, 2) in [-1, 1] (x right, y down, `grid_sample` convention with
+    align_corners=False); strength: (..., N) in (0, 1)."""
+
+    xy: torch.Tensor
+    strength: torch.Tensor
+
+
+@dataclass
+class KeypointConfig:
+    num_keypoints: int = 10
+    downsample: int = 4  # the detector sees the image at 1/downsample of its size
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    temperature: float = 0.1  # softmax temperature of the soft-argmax
+    heatmap_sigma: float = 0.1  # std of the rendered Gaussians, in [-1, 1] units
+
+
+def coordinate_grid(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(h, w, 2) pixel-centre coordinates in [-1, 1], x first (matches grid_sample, align_corners=False)."""
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def gaussian_heatmaps(kp: Keypoints, size: int, sigma: float) -> torch.Tensor:
+    """Render keypoints (xy (..., N, 2), strength (..., N)) as (..., N, size, size) Gaussians
+    scaled by strength."""
+    grid = coordinate_grid(size, size, kp.xy.device, kp.xy.dtype)  # (S, S, 2)
+    diff = grid - kp.xy[..., None, None, :]  # (..., N, S, S, 2)
+    g = torch.exp(-0.5 * diff.pow(2).sum(-1) / (sigma * sigma))
+    return g * kp.strength[..., None, None]
+
+
+class KeypointDetector(nn.Module):
+    def __init__(self, cfg: KeypointConfig, in_channels: int = 3) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.num_keypoints
+        self.net = UNet(in_channels, 2 * n, cfg.channels, out_level=0)  # n location + n strength maps
+
+    def forward(self, images: torch.Tensor) -> Keypoints:
+        """images (B, 3, H, W) in [0, 1] -> Keypoints(xy (B, N, 2), strength (B, N))."""
+        x = F.avg_pool2d(images, self.cfg.downsample) if self.cfg.downsample > 1 else images
+        out = self.net(x)
+        n = self.cfg.num_keypoints
+        b, _, h, w = out.shape
+        logits, strength_logits = out[:, :n], out[:, n:]
+        prob = torch.softmax(logits.reshape(b, n, h * w) / self.cfg.temperature, dim=-1)  # (B, N, HW)
+        grid = coordinate_grid(h, w, out.device, out.dtype).reshape(h * w, 2)
+        xy = prob @ grid  # soft-argmax, (B, N, 2)
+        strength = torch.sigmoid((prob * strength_logits.reshape(b, n, h * w)).sum(-1))
+        return Keypoints(xy, strength)
