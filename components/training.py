@@ -5,8 +5,8 @@ Training has two back ends behind one component:
 - `torchrun` (local runs, CPU or a GPU node): `iwarp train --nproc N` inside the task,
   which relaunches itself under `torch.distributed.run`.
 - `trainjob` (a cluster): a Kubeflow Trainer `TrainJob` on the torch-distributed runtime,
-  submitted with the Kubeflow SDK (`kubeflow==0.5.0`), awaited, its checkpoint read back
-  from S3. See `components.trainjob`.
+  submitted with the Kubeflow SDK (`kubeflow==0.5.0`) and awaited; dataset and checkpoints
+  pass through the shared data volume (k8s/params.yaml `data:`). See `components.trainjob`.
 """
 
 
@@ -63,7 +63,7 @@ def train_model(
     trainer_runtime: str,
     namespace: str,
     image: str,
-    staging_uri: str,
+    shared_dir: str,
     checkpoint: Output[Model],
 ) -> str:
     """Train one ablation variant with the same data, seed and step budget as the others,
@@ -81,7 +81,8 @@ def train_model(
         overrides=list(train_overrides), seed=seed, steps=steps, tracking_uri=tracking_uri,
         experiment=experiment, parent_run_id=parent_run_id, backend=backend,
         nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-        trainer_runtime=trainer_runtime, namespace=namespace, image=image, staging_uri=staging_uri,
+        trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir,
+        data_version=dataset.metadata.get("data_version", ""),
     )
     run_id = run_training(req, checkpoint.path)
     checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id,
@@ -169,7 +170,8 @@ class TrainRequest:
     trainer_runtime: str = "torch-distributed"
     namespace: str = ""
     image: str = ""
-    staging_uri: str = ""
+    shared_dir: str = "/data"  # volume shared with the TrainJob pods (trainjob backend)
+    data_version: str = ""
 
     def train_overrides(self, dataset_root: str, out_dir: str) -> list[str]:
         """Identical for every variant except the two ablation switches."""

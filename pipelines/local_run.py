@@ -71,7 +71,7 @@ def synth_raw_data(home: Path, opts: LocalRunOptions, console: Console) -> Path:
 
     cfg = SynthConfig(num_identities=opts.synth_identities, videos_per_identity=opts.synth_videos,
                       num_frames=opts.synth_frames, image_size=max(opts.image_size, 64), seed=opts.seed,
-                      format="mp4")  # fmt: skip
+                      format="mp4")
     key = f"synth-i{cfg.num_identities}-v{cfg.videos_per_identity}-f{cfg.num_frames}-s{cfg.image_size}-seed{cfg.seed}"
     out = home / "data" / key
     if (out / ".complete").is_file():
@@ -84,7 +84,7 @@ def synth_raw_data(home: Path, opts: LocalRunOptions, console: Console) -> Path:
 
 
 def pipeline_arguments(opts: LocalRunOptions, *, raw: Path, tracking_uri: str, home: Path,
-                       serving: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+                       serving: dict[str, str]) -> dict[str, Any]:
     return {
         "raw_data": str(raw),
         "tracking_uri": tracking_uri,
@@ -210,7 +210,7 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
     minutes = f"{result.seconds / 60:.1f} min"
     if not result.ok:
         console.print(Panel.fit(f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
-                                f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))  # fmt: skip
+                                f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))
         if result.data_docs:
             console.print(f"Data Docs (open in a browser): {result.data_docs}")
         return

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_PARAMS = {
     "raw_data", "tracking_uri", "dvc_remote", "s3_endpoint_url", "image_size", "train_config", "train_overrides",
     "seed", "train_steps", "train_backend", "nproc_per_node", "num_nodes", "gpus_per_node", "eval_sources",
-    "select_metric", "experiment", "model_name", "serving_target", "staging_uri",
+    "select_metric", "experiment", "model_name", "serving_target",
 }
 
 
@@ -108,21 +108,28 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
 
-    def secrets(executor: str) -> dict[str, set[str]]:
-        return {s["secretName"]: {m["envVar"] for m in s["keyToEnv"]} for s in platform[executor].get("secretAsEnv", [])}
+    def secrets(executor: str) -> dict[tuple[str, bool], set[str]]:
+        """{(secret name, optional): env vars} of one step."""
+        out: dict[tuple[str, bool], set[str]] = {}
+        for s in platform[executor].get("secretAsEnv", []):
+            out.setdefault((s["secretName"], bool(s.get("optional"))), set()).update(m["envVar"] for m in s["keyToEnv"])
+        return out
 
-    s3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    mlflow = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
-    assert secrets("exec-preprocess-data") == {"iwarp-s3": s3}
-    assert secrets("exec-train-model") == {"iwarp-s3": s3, "iwarp-mlflow": mlflow}
+    s3 = {("iwarp-s3", False): {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, ("iwarp-s3", True): {"AWS_ENDPOINT_URL"}}
+    mlflow = {("iwarp-mlflow-auth", True): {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
+    assert secrets("exec-preprocess-data") == s3
+    assert secrets("exec-train-model") == {**s3, **mlflow}
     for ex in ("exec-open-parent-run", "exec-evaluate-model", "exec-compare-ablations", "exec-register-model"):
-        assert secrets(ex)["iwarp-mlflow"] == mlflow, ex
-    assert {"iwarp-s3", "iwarp-mlflow", "iwarp-torchserve"} <= set(secrets("exec-deploy-canary"))
+        assert secrets(ex) == mlflow, ex
+    assert secrets("exec-deploy-canary") == {**s3, **mlflow, ("iwarp-torchserve", True): {"TS_MANAGEMENT_KEY", "TS_INFERENCE_KEY"}}
+    # the train step shares the data volume with the TrainJob it submits
+    assert platform["exec-train-model"]["pvcMount"][0]["mountPath"] == "/data"
+    assert platform["exec-train-model"]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "iwarp-data"
     # no credential value is baked into the spec, only references
     text = yaml.safe_dump(spec)
     assert "AWS_SECRET_ACCESS_KEY" not in text
     for ex in platform.values():
-        assert ex["securityContext"] == {"runAsNonRoot": True, "runAsUser": "1000"}
+        assert ex["securityContext"] == {"runAsNonRoot": True, "runAsUser": "10001"}
 
 
 def test_only_evaluation_holds_gpus(compiled):
