@@ -64,6 +64,7 @@ def train_model(
     namespace: str,
     image: str,
     shared_dir: str,
+    data_pvc: str,
     checkpoint: Output[Model],
 ) -> str:
     """Train one ablation variant with the same data, seed and step budget as the others,
@@ -81,7 +82,7 @@ def train_model(
         overrides=list(train_overrides), seed=seed, steps=steps, tracking_uri=tracking_uri,
         experiment=experiment, parent_run_id=parent_run_id, backend=backend,
         nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-        trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir,
+        trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir, data_pvc=data_pvc,
         data_version=dataset.metadata.get("data_version", ""),
     )
     run_id = run_training(req, checkpoint.path)
@@ -171,6 +172,7 @@ class TrainRequest:
     namespace: str = ""
     image: str = ""
     shared_dir: str = "/data"  # volume shared with the TrainJob pods (trainjob backend)
+    data_pvc: str = "iwarp-data"  # ... and the claim behind it
     data_version: str = ""
 
     def train_overrides(self, dataset_root: str, out_dir: str) -> list[str]:

@@ -175,6 +175,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 experiment=experiment, parent_run_id=parent.output, backend=train_backend,
                 nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
                 trainer_runtime=trainer_runtime, namespace=namespace, image=opts.image, shared_dir=opts.data_mount,
+                data_pvc=opts.data_pvc,
             ), "train")
             _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
             kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
