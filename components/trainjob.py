@@ -87,9 +87,10 @@ def build_trainjob(req: TrainRequest, data_root: str, out_dir: str, name: str, c
     )
 
     gpus = max(0, req.gpus_per_node)
-    resources: dict[str, Any] = {"cpu": max(2, 4 * max(gpus, 1)), "memory": f"{16 * max(gpus, 1)}Gi"}
+    # Quantities as strings: the SDK would otherwise serialise numbers as floats ("4.0").
+    resources: dict[str, Any] = {"cpu": str(4 * max(gpus, 1)), "memory": f"{16 * max(gpus, 1)}Gi"}
     if gpus:
-        resources["gpu"] = gpus
+        resources["gpu"] = str(gpus)  # requests == limits (the SDK sets both)
     trainer = CustomTrainerContainer(
         image=req.image, num_nodes=max(1, req.num_nodes), resources_per_node=resources,
         env={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONUNBUFFERED": "1"},
