@@ -255,8 +255,9 @@ def _cmd_kserve(args: argparse.Namespace) -> int:
             live = kubectl.get_isvc(settings.name)
             if live is None and (args.promote or args.rollback):
                 raise DeployError(f"no InferenceService {settings.namespace}/{settings.name} to change")
-            if live is not None and args.promote and live["spec"]["predictor"].get("canaryTrafficPercent") is None:
-                print(f"{settings.namespace}/{settings.name}: no canary in progress, nothing to promote")
+            idle = live is not None and live["spec"]["predictor"].get("canaryTrafficPercent") is None
+            if idle and (args.promote or args.advance):
+                print(f"{settings.namespace}/{settings.name}: no canary in progress, nothing to promote or advance")
                 return 0
         plan = plan_kserve(args, live, settings)
 
