@@ -40,11 +40,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] 
             parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text)
 
 
+# keys a params.yaml section may hold besides its config's fields (used by dvc.yaml itself)
+STAGE_KEYS = {"prepare": {"input"}}
+
+
 def config_from_args(cls, args: argparse.Namespace, section: str):
-    """defaults < params file section < explicit flags, validated by OmegaConf's typed merge."""
+    """defaults < params file section < explicit flags, validated by OmegaConf's typed merge
+    (so a misspelt key in params.yaml fails instead of being ignored)."""
     import yaml
 
-    from iwarp.config import from_dict
+    from iwarp.config import ConfigError, from_dict
 
     data: dict = {}
     if getattr(args, "params", None):
@@ -54,9 +59,12 @@ def config_from_args(cls, args: argparse.Namespace, section: str):
         loaded = yaml.safe_load(path.read_text()) or {}
         data.update(loaded.get(section) or {})
     names = {f.name for f in dataclasses.fields(cls)}
-    data = {k: v for k, v in data.items() if k in names}  # the section may hold stage-only keys (paths)
+    data = {k: v for k, v in data.items() if k not in STAGE_KEYS.get(section, set())}
     data.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    return from_dict(cls, data)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
 def _params_arg(parser: argparse.ArgumentParser, section: str) -> None:
@@ -157,7 +165,10 @@ def _print_split_summary(df, out) -> None:
 def register(subparsers) -> None:
     # Config modules import only numpy/PIL at the top: registering stays fast.
     from .photos import PhotoConfig
+    from .prepare import PrepareConfig
+    from .stats import StatsConfig
     from .synth import SynthConfig
+    from .validate import ValidationConfig
 
     data = subparsers.add_parser("data", help="synthetic data, preparation, validation, statistics, S3",
                                  description="Dataset tools. See docs/data.md.")
@@ -177,11 +188,50 @@ def register(subparsers) -> None:
     add_config_args(p, PhotoConfig)
     p.set_defaults(func=_cmd_photos)
 
+    p = sub.add_parser("prepare", help="crop/resize raw videos into the dataset layout with a manifest")
+    p.add_argument("--input", required=True, help="folder of raw videos / frame folders (searched recursively)")
+    p.add_argument("--out", required=True, help="dataset root to write")
+    p.add_argument("--identities", metavar="CSV",
+                   help="CSV with columns path (or id) and identity, optionally split")
+    p.add_argument("--overwrite", action="store_true")
+    _params_arg(p, "prepare")
+    add_config_args(p, PrepareConfig)
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("validate", help="Great Expectations checks; non-zero exit on failure")
+    p.add_argument("--data", required=True, help="prepared dataset root")
+    p.add_argument("--docs", default=None, help="Data Docs folder (default: <data>/../validation/data_docs)")
+    p.add_argument("--result", default=None, help="validation result JSON (default: next to the docs)")
+    _params_arg(p, "validate")
+    add_config_args(p, ValidationConfig)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("stats", help="dataset metrics (JSON), plot data (CSV) and a contact sheet (PNG)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True, help="folder for metrics.json, *.csv, samples.png")
+    _params_arg(p, "stats")
+    add_config_args(p, StatsConfig)
+    p.set_defaults(func=_cmd_stats)
+
     p = sub.add_parser("info", help="videos, identities and frames per split")
     p.add_argument("--data", required=True)
     p.add_argument("--size", type=int, default=64)
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser("s3", help="copy a folder to/from S3 with boto3 (credentials from the environment)")
+    s3sub = p.add_subparsers(dest="s3_command", required=True)
+    for name, helptext in (("upload", "local folder -> s3://bucket/prefix"),
+                           ("download", "s3://bucket/prefix -> local folder")):
+        q = s3sub.add_parser(name, help=helptext)
+        if name == "upload":
+            q.add_argument("local")
+            q.add_argument("url")
+        else:
+            q.add_argument("url")
+            q.add_argument("local")
+        q.add_argument("--endpoint-url", default=None,
+                       help="S3-compatible endpoint (default: $IWARP_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL)")
+        q.set_defaults(func=_cmd_s3)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,35 +194,77 @@ def _read_image(path: Path) -> np.ndarray:
 # writing
 
 
+class VideoWriter:
+    """Streaming H.264 writer (yuv420p, playable everywhere); the file appears under its real
+    name only on a clean `close()`, so a crash or kill never leaves a half-written video.
+
+        with VideoWriter("out.mp4", fps=25) as w:
+            for frame in frames: w.write(frame)
+    """
+
+    def __init__(self, path: str | Path, fps: float = DEFAULT_FPS, crf: int = 18):
+        self.path = Path(path)
+        self.fps, self.crf = fps, crf
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self._container = self._stream = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        if self._container is None:
+            height, width = frame.shape[:2]
+            if width % 2 or height % 2:
+                raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
+            from fractions import Fraction
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.tmp), "w", format=_container_format(self.path))
+            stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # One thread: identical frames give identical bytes, which keeps DVC hashes stable.
+            stream.options = {"crf": str(self.crf), "preset": "veryfast", "threads": "1"}
+            self._stream = stream
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> Path:
+        if self._container is None:
+            raise ValueError(f"{self.path}: no frames written")
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        self._container = None
+        self.tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS,
                 crf: int = 18) -> Path:
-    """Encode RGB uint8 frames as H.264 (yuv420p, playable everywhere). Sizes must be even."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = list(frames)
-    if not frames:
+    """Encode RGB uint8 frames (T, H, W, 3) as H.264 mp4. Sizes must be even."""
+    if len(frames) == 0:
         raise ValueError("write_video needs at least one frame")
-    height, width = frames[0].shape[:2]
-    if width % 2 or height % 2:
-        raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
-    from fractions import Fraction
-
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), "w", format=_container_format(path)) as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One thread: identical bytes for identical frames, which keeps DVC hashes stable.
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+    with VideoWriter(path, fps, crf) as writer:
         for frame in frames:
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
-            for packet in stream.encode(vf):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)  # atomic: a killed writer never leaves a half video under the real name
-    return path
+            writer.write(frame)
+    return Path(path)
 
 
 def _container_format(path: Path) -> str | None:
