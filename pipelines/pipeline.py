@@ -118,6 +118,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         s3_endpoint_url: str = "",
         dvc_workspace: str = "",
         image_size: int = 256,
+        data_params: list = [],  # noqa: B006
         train_config: str = "configs/paper-256.yaml",
         train_overrides: list = [],  # noqa: B006 (KFP parameter default, never mutated)
         seed: int = 0,
@@ -149,7 +150,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         management API at serving_management_url).
         """
         prep = common(preprocess_data(raw_data=raw_data, dvc_remote=dvc_remote, s3_endpoint_url=s3_endpoint_url,
-                                      workspace=dvc_workspace, image_size=image_size), "preprocess (DVC)")
+                                      workspace=dvc_workspace, image_size=image_size, data_params=data_params),
+                      "preprocess (DVC)")
         _resources(_secrets(prep, opts.s3, opts.s3_endpoint), "2", "8Gi")
 
         val = common(validate_data(dataset=prep.outputs["dataset"]), "validate (Great Expectations)")
