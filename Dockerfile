@@ -45,8 +45,8 @@ RUN pip install --no-deps . \
 
 # Non-root, and nothing written outside /tmp and the home directory (the pods run with a
 # read-only root filesystem where the cluster allows it).
-RUN useradd --uid 1000 --create-home --shell /usr/sbin/nologin iwarp
-USER 1000:1000
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin iwarp
+USER 10001:10001
 ENV HOME=/home/iwarp \
     IWARP_PROJECT_DIR=/app \
     IWARP_HOME=/tmp/iwarp \

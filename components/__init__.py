@@ -10,6 +10,7 @@
 | `components.deploy` | `package_model` (`.mar`), `deploy_canary` (canary; `champion` moves only on a pass) |
 
 Component bodies run in a fresh process (a subprocess locally, a pod on a cluster), so
-they import what they use inside the function; the wiring they call lives next to them as
-plain functions. `components.tracking` is the training loop's MLflow logger.
+they import what they use inside the function: the wiring they call lives in
+`components.steps` (plain functions, importable inside a task), the sweep's rules in
+`components.ablation`. `components.tracking` is the training loop's MLflow logger.
 """

@@ -163,10 +163,12 @@ def chart(results: list[dict[str, Any]], path: str) -> str:
     for ax, (name, keys) in zip(axes[0], groups.items(), strict=False):
         for i, r in enumerate(results):
             xs = [j + i * width for j in range(len(keys))]
-            ax.bar(xs, [float(r["metrics"][k]) for k in keys], width, label=r["variant"])
+            bars = ax.bar(xs, [float(r["metrics"][k]) for k in keys], width, label=r["variant"])
+            ax.bar_label(bars, fmt="%.3g", fontsize=6, rotation=90, padding=2)
         ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(keys))])
         ax.set_xticklabels([k.removeprefix(name).lstrip("_") or name for k in keys])
         ax.set_title(f"{name} ({'higher' if higher_is_better(name) else 'lower'} is better)")
+        ax.margins(y=0.15)  # room for the value labels
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Ablation: residual x extra K/V")
     fig.tight_layout()

@@ -19,30 +19,49 @@ def preprocess_data(
     s3_endpoint_url: str,
     workspace: str,
     image_size: int,
+    data_params: list,
     dataset: Output[Dataset],
 ) -> str:
-    """`dvc pull` -> `dvc repro` (iwarp data prepare: crop, resize, split, manifest) ->
-    `dvc push`; passes the prepared dataset on and returns its data version (the DVC hash
-    of the prepared folder)."""
-    from components.data import run_preprocess
+    """`dvc pull` -> `dvc repro prepare` (iwarp data prepare: crop, resize, split by identity,
+    manifest; preceded by the `synth` stage when `raw_data` is empty) -> `dvc push`. Passes
+    the prepared dataset on, with the stage parameters in its metadata, and returns its data
+    version (the DVC hash of the prepared folder). `data_params`: params.yaml overrides such
+    as `prepare.crop=face`."""
+    from components.steps.data import run_preprocess
 
-    version = run_preprocess(raw_data, dvc_remote, s3_endpoint_url, workspace, image_size, dataset.path)
-    dataset.metadata.update({"data_version": version, "dvc_remote": dvc_remote, "raw_data": raw_data})
+    version, params = run_preprocess(raw_data, dvc_remote, s3_endpoint_url, workspace, image_size,
+                                     list(data_params), dataset.path)
+    import json
+
+    # as JSON text: artifact metadata is a protobuf Struct, which would turn every int into a float
+    dataset.metadata.update({"data_version": version, "dvc_remote": dvc_remote, "raw_data": raw_data,
+                             "params_json": json.dumps(params)})
     return version
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=DATA_PACKAGES)
-def validate_data(dataset: Input[Dataset], data_docs: Output[HTML], validation: Output[Artifact]) -> bool:
-    """Great Expectations suite over the manifest and sampled frames; Data Docs (HTML) and
-    the result JSON are written whether or not the data passes. Returns success."""
-    from components.data import run_validation
+def validate_data(
+    dataset: Input[Dataset],
+    data_docs: Output[HTML],
+    data_docs_site: Output[Artifact],
+    validation: Output[Artifact],
+) -> bool:
+    """Great Expectations suites over the manifest and sampled frames. Writes, pass or fail:
+    `data_docs` (one self-contained HTML page: verdict + every validation result page),
+    `data_docs_site` (the complete Data Docs site) and `validation` (result JSON).
+    The `validate:` parameters are the ones preprocessing ran with (dataset metadata).
+    Returns whether the data passed; `data_gate` acts on it."""
+    import json
 
-    return run_validation(dataset.path, data_docs.path, validation.path)
+    from components.steps.data import run_validation
+
+    params = json.loads(dataset.metadata.get("params_json") or "{}")
+    return run_validation(dataset.path, params, data_docs.path, data_docs_site.path, validation.path)
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=[])
 def data_gate(validation: Input[Artifact]):
     """Fail the run when validation failed, naming the failing expectations and videos."""
-    from components.data import check_gate
+    from components.steps.data import check_gate
 
     check_gate(validation.path)

@@ -48,5 +48,5 @@ def deploy_canary(
         mar=mar.path, dataset=dataset.path, model_name=model_name, version=version, tracking_uri=tracking_uri,
         target=target, inference_url=inference_url, management_url=management_url, namespace=namespace,
         storage_uri=storage_uri, s3_endpoint_url=s3_endpoint_url,
-    ), verdict.path)  # fmt: skip
+    ), verdict.path)
     return namedtuple("Canary", ["promoted", "default_version", "endpoint"])(*result)

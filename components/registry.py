@@ -7,10 +7,6 @@ from kfp import dsl
 
 from components.base import IMAGE, REGISTRY_PACKAGES
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
-
-
 @dsl.component(base_image=IMAGE, packages_to_install=REGISTRY_PACKAGES)
 def register_model(
     tracking_uri: str,
@@ -25,22 +21,9 @@ def register_model(
     `model_name` and point the `challenger` alias at it."""
     from collections import namedtuple
 
-    from components.registry import register
+    from components.steps.registry import register
 
     version = register(tracking_uri, model_name, run_id, {"iwarp.variant": variant, "iwarp.choice_reason": reason,
-                       "iwarp.data_version": data_version, "iwarp.parent_run_id": parent_run_id})  # fmt: skip
+                       "iwarp.data_version": data_version, "iwarp.parent_run_id": parent_run_id})
     return namedtuple("Registered", ["version", "model_name", "model_uri"])(version, model_name,
                                                                             f"models:/{model_name}/{version}")
-
-
-def register(tracking_uri: str, model_name: str, run_id: str, tags: dict[str, str]) -> str:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    mv = mlflow.register_model(f"runs:/{run_id}/model", model_name, tags=tags, await_registration_for=300)
-    client.update_model_version(model_name, mv.version, description=tags.get("iwarp.choice_reason", ""))
-    client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    print(f"registered {model_name} version {mv.version} (alias {CHALLENGER}) from run {run_id}", flush=True)
-    return str(mv.version)

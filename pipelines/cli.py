@@ -10,7 +10,7 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="run the Kubeflow pipeline locally, or compile it for a cluster",
-                       description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")  # fmt: skip
+                       description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")
     psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
 
     r = psub.add_parser(
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--data", metavar="DIR", help="folder of raw videos (default: generate a synthetic set)")
     r.add_argument("--config", default="configs/tiny.yaml", help="training config (default: %(default)s)")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="training config overrides applied to all four variants")  # fmt: skip
+                   help="training config overrides applied to all four variants")
     r.add_argument("--steps", type=int, default=0, help="training steps per variant (default: the config's)")
     r.add_argument("--nproc", type=int, default=1, help="training processes per variant (torchrun; default 1)")
     r.add_argument("--seed", type=int, default=0)
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_run)
 
     c = psub.add_parser("compile", help="write the pipeline IR YAML for `kfp run create`",
-                        description="Compile the pipeline (with its Kubernetes platform config) to KFP IR YAML.")  # fmt: skip
+                        description="Compile the pipeline (with its Kubernetes platform config) to KFP IR YAML.")
     c.add_argument("--out", default="iwarp_pipeline.yaml", help="output YAML (default: %(default)s)")
     c.add_argument("--image", help="container image for every step (default: $IWARP_IMAGE or ghcr.io/iwarp/iwarp:0.1.0)")
     c.add_argument("--eval-gpus", type=int, help="GPUs per evaluation task (default 1; 0 = CPU)")
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default iwarp-s3)")
     c.add_argument("--mlflow-secret", help="Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD (default iwarp-mlflow)")
     c.add_argument("--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="new defaults for pipeline parameters (e.g. tracking_uri=http://mlflow:5000)")  # fmt: skip
+                   help="new defaults for pipeline parameters (e.g. tracking_uri=http://mlflow:5000)")
     c.set_defaults(func=_compile)
 
     s = psub.add_parser("services", help="status or stop of the local MLflow / TorchServe servers")
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed, image_size=args.image_size, eval_sources=args.sources, eval_max_videos=args.eval_max_videos,
         select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
         mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose,
-    )  # fmt: skip
+    )
     try:
         result = run_local(opts, console)
     except (ServiceError, FileNotFoundError) as exc:
@@ -120,7 +120,7 @@ def _compile(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {out}")
     print(f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} raw_data=s3://BUCKET/raw "
-          "tracking_uri=http://mlflow.iwarp:5000 dvc_remote=s3://BUCKET/dvc staging_uri=s3://BUCKET/staging")  # fmt: skip
+          "tracking_uri=http://iwarp-mlflow.iwarp.svc.cluster.local:5000 dvc_remote=s3://BUCKET/dvc")
     return 0
 
 

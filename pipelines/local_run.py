@@ -30,7 +30,8 @@ TASKS_PER_RUN = 15  # preprocess, validate, gate, parent, 4 x (train, evaluate),
 
 @dataclasses.dataclass
 class LocalRunOptions:
-    data: str | None = None  # folder of raw videos; None: generate a synthetic set
+    data: str | None = None  # folder of raw videos; None: DVC's `synth` stage makes a synthetic set
+    data_params: list[str] = dataclasses.field(default_factory=list)  # params.yaml overrides (synth.num_frames=16)
     config: str = "configs/tiny.yaml"
     overrides: list[str] = dataclasses.field(default_factory=list)
     steps: int = 0  # 0: the config's optim.steps
@@ -43,9 +44,6 @@ class LocalRunOptions:
     eval_max_videos: int = 0
     select_metric: str = "lpips"
     select_margin: float = 0.02
-    synth_identities: int = 6
-    synth_videos: int = 2
-    synth_frames: int = 24
     mlflow_port: int = 5000
     home: str | None = None
     verbose: bool = False
@@ -64,33 +62,15 @@ class LocalRunResult:
     seconds: float = 0.0
 
 
-def synth_raw_data(home: Path, opts: LocalRunOptions, console: Console) -> Path:
-    """A deterministic synthetic raw set (mp4 talking-head-like clips), made once per
-    settings and reused by later runs (so `dvc repro` sees unchanged input)."""
-    from iwarp.data import SynthConfig, make_synth_dataset
-
-    cfg = SynthConfig(num_identities=opts.synth_identities, videos_per_identity=opts.synth_videos,
-                      num_frames=opts.synth_frames, image_size=max(opts.image_size, 64), seed=opts.seed,
-                      format="mp4")  # fmt: skip
-    key = f"synth-i{cfg.num_identities}-v{cfg.videos_per_identity}-f{cfg.num_frames}-s{cfg.image_size}-seed{cfg.seed}"
-    out = home / "data" / key
-    if (out / ".complete").is_file():
-        console.print(f"data: reusing synthetic set {out}")
-        return out
-    console.print(f"data: generating a synthetic set ({cfg.num_identities * cfg.videos_per_identity} clips) in {out}")
-    make_synth_dataset(out, cfg, overwrite=True, progress=True)
-    (out / ".complete").write_text(json.dumps(dataclasses.asdict(cfg)))
-    return out
-
-
-def pipeline_arguments(opts: LocalRunOptions, *, raw: Path, tracking_uri: str, home: Path,
-                       serving: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
+                       serving: dict[str, str]) -> dict[str, Any]:
     return {
-        "raw_data": str(raw),
+        "raw_data": str(Path(opts.data).expanduser().resolve()) if opts.data else "",
         "tracking_uri": tracking_uri,
         "dvc_remote": str(dvc_remote_dir(home)),
         "dvc_workspace": str(home / "dvc-workspace"),
         "image_size": opts.image_size,
+        "data_params": list(opts.data_params),
         "train_config": opts.config,
         "train_overrides": list(opts.overrides),
         "seed": opts.seed,
@@ -137,8 +117,9 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     with console.status("TorchServe: starting or reusing the local server ..."):
         serving = ensure_torchserve(home, console)
     console.print(f"TorchServe: inference {serving['inference_url']}, management {serving['management_url']}")
-    raw = Path(opts.data).resolve() if opts.data else synth_raw_data(home, opts, console)
-    args = pipeline_arguments(opts, raw=raw, tracking_uri=rec.url, home=home, serving=serving)
+    if opts.data and not Path(opts.data).is_dir():
+        raise FileNotFoundError(f"--data {opts.data}: no such folder")
+    args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
     (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
 
     # The runner would otherwise warn that our image name lacks "python": tasks run in this
@@ -210,7 +191,7 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
     minutes = f"{result.seconds / 60:.1f} min"
     if not result.ok:
         console.print(Panel.fit(f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
-                                f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))  # fmt: skip
+                                f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))
         if result.data_docs:
             console.print(f"Data Docs (open in a browser): {result.data_docs}")
         return

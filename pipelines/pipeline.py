@@ -29,7 +29,7 @@ PIPELINE_NAME = "iwarp-pipeline"
 PipelineOutputs = NamedTuple("PipelineOutputs", [
     ("parent_run_id", str), ("ablation_table", Markdown), ("chosen_variant", str), ("model_name", str),
     ("registered_version", str), ("canary_verdict", Markdown), ("promoted", bool), ("endpoint", str),
-])  # fmt: skip
+])
 
 
 @dataclasses.dataclass
@@ -52,20 +52,29 @@ class PlatformOptions:
     gpu_tolerations: list[dict[str, str]] = dataclasses.field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
+    # Names and keys as in k8s/params.yaml (`secrets:`), created from k8s/overlays/*/secrets/*.env.
     s3: Secret = dataclasses.field(
         default_factory=lambda: Secret("iwarp-s3", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})  # fmt: skip
+                                                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
     )
+    # Same secret, the key only S3-compatible stores (MinIO, Ceph) set: optional on its own.
+    s3_endpoint: Secret = dataclasses.field(
+        default_factory=lambda: Secret("iwarp-s3", {"AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"}, optional=True)
+    )
+    # Credentials for an MLflow server behind basic auth; absent = no auth.
     mlflow: Secret = dataclasses.field(
-        default_factory=lambda: Secret("iwarp-mlflow", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                                        "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
-                                       optional=True)  # fmt: skip
+        default_factory=lambda: Secret("iwarp-mlflow-auth", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                                                             "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+                                       optional=True)
     )
+    # TorchServe tokens for serving_target=torchserve on a cluster (KServe needs none).
     torchserve: Secret = dataclasses.field(
         default_factory=lambda: Secret("iwarp-torchserve", {"management_key": "TS_MANAGEMENT_KEY",
-                                                            "inference_key": "TS_INFERENCE_KEY"}, optional=True)  # fmt: skip
+                                                            "inference_key": "TS_INFERENCE_KEY"}, optional=True)
     )
-    run_as_user: int = 1000  # the image's non-root user
+    data_pvc: str = "iwarp-data"  # ReadWriteMany volume shared by the train step and its TrainJob pods
+    data_mount: str = "/data"
+    run_as_user: int = 10001  # the image's non-root user (k8s/params.yaml uses the same UID)
     sweep_parallelism: int = 4  # ParallelFor iterations at once (the local runner caps at 2)
 
 
@@ -109,7 +118,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         s3_endpoint_url: str = "",
         dvc_workspace: str = "",
         image_size: int = 256,
-        train_config: str = "configs/paper256.yaml",
+        data_params: list = [],  # noqa: B006
+        train_config: str = "configs/paper-256.yaml",
         train_overrides: list = [],  # noqa: B006 (KFP parameter default, never mutated)
         seed: int = 0,
         train_steps: int = 0,
@@ -119,7 +129,6 @@ def build_pipeline(opts: PlatformOptions | None = None):
         gpus_per_node: int = 1,
         trainer_runtime: str = "torch-distributed",
         namespace: str = "",
-        staging_uri: str = "",
         eval_sources: list = [1, 2, 4],  # noqa: B006
         eval_max_videos: int = 0,
         select_metric: str = "lpips",
@@ -141,8 +150,9 @@ def build_pipeline(opts: PlatformOptions | None = None):
         management API at serving_management_url).
         """
         prep = common(preprocess_data(raw_data=raw_data, dvc_remote=dvc_remote, s3_endpoint_url=s3_endpoint_url,
-                                      workspace=dvc_workspace, image_size=image_size), "preprocess (DVC)")  # fmt: skip
-        _resources(_secrets(prep, opts.s3), "2", "8Gi")
+                                      workspace=dvc_workspace, image_size=image_size, data_params=data_params),
+                      "preprocess (DVC)")
+        _resources(_secrets(prep, opts.s3, opts.s3_endpoint), "2", "8Gi")
 
         val = common(validate_data(dataset=prep.outputs["dataset"]), "validate (Great Expectations)")
         _resources(val, "1", "4Gi")
@@ -156,7 +166,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
                     "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
                     "image_size": image_size, "select_metric": select_metric},
             pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        ), "MLflow parent run").after(gate)  # fmt: skip
+        ), "MLflow parent run").after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
         parent.set_caching_options(False)  # a new parent run per pipeline run
 
@@ -166,15 +176,17 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 train_overrides=train_overrides, seed=seed, steps=train_steps, tracking_uri=tracking_uri,
                 experiment=experiment, parent_run_id=parent.output, backend=train_backend,
                 nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                trainer_runtime=trainer_runtime, namespace=namespace, image=opts.image, staging_uri=staging_uri,
-            ), "train")  # fmt: skip
-            _resources(_secrets(train, opts.s3, opts.mlflow), "2", "8Gi")
+                trainer_runtime=trainer_runtime, namespace=namespace, image=opts.image, shared_dir=opts.data_mount,
+                data_pvc=opts.data_pvc,
+            ), "train")
+            _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
+            kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
             train.set_caching_options(False)  # each run logs its own MLflow child runs
 
             ev = common(evaluate_model(
                 checkpoint=train.outputs["checkpoint"], dataset=prep.outputs["dataset"], run_id=train.outputs["Output"],
                 tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos,
-            ), "evaluate")  # fmt: skip
+            ), "evaluate")
             _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
             ev.set_caching_options(False)
 
@@ -182,7 +194,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             reports=dsl.Collected(ev.outputs["report"]), checkpoints=dsl.Collected(train.outputs["checkpoint"]),
             tracking_uri=tracking_uri, parent_run_id=parent.output, data_version=prep.outputs["Output"],
             select_metric=select_metric, select_margin=select_margin,
-        ), "compare ablations")  # fmt: skip
+        ), "compare ablations")
         _resources(_secrets(cmp, opts.mlflow), "1", "2Gi")
         cmp.set_caching_options(False)
 
@@ -190,12 +202,12 @@ def build_pipeline(opts: PlatformOptions | None = None):
             tracking_uri=tracking_uri, model_name=model_name, run_id=cmp.outputs["run_id"],
             variant=cmp.outputs["variant"], reason=cmp.outputs["reason"], data_version=prep.outputs["Output"],
             parent_run_id=parent.output,
-        ), "register (MLflow)")  # fmt: skip
+        ), "register (MLflow)")
         _resources(_secrets(reg, opts.mlflow), "200m", "1Gi")
         reg.set_caching_options(False)  # every run registers a new version
 
         pkg = common(package_model(checkpoint=cmp.outputs["chosen_model"], model_name=model_name,
-                                   version=reg.outputs["version"]), "package (.mar)")  # fmt: skip
+                                   version=reg.outputs["version"]), "package (.mar)")
         _resources(pkg, "1", "4Gi")
 
         canary = common(deploy_canary(
@@ -203,8 +215,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
             version=reg.outputs["version"], tracking_uri=tracking_uri, target=serving_target,
             inference_url=serving_url, management_url=serving_management_url, namespace=serving_namespace,
             storage_uri=serving_storage_uri, s3_endpoint_url=s3_endpoint_url,
-        ), "canary")  # fmt: skip
-        _resources(_secrets(canary, opts.mlflow, opts.s3, opts.torchserve), "1", "4Gi")
+        ), "canary")
+        _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint, opts.torchserve), "1", "4Gi")
         canary.set_caching_options(False)
 
         return PipelineOutputs(
@@ -217,7 +229,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
 
 
 def compile_pipeline(out: str | Path, opts: PlatformOptions | None = None,
-                     defaults: dict[str, Any] | None = None) -> Path:  # fmt: skip
+                     defaults: dict[str, Any] | None = None) -> Path:
     """Write the KFP IR YAML; `defaults` replaces pipeline parameter defaults."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

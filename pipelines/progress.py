@@ -61,7 +61,7 @@ class RunProgress(io.TextIOBase):
         self._t0 = time.monotonic()
         self.live = console.is_terminal and not verbose
         self._bar = Progress(SpinnerColumn(), TextColumn("[bold]iwarp pipeline"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("tasks"), TimeElapsedColumn(), console=console)  # fmt: skip
+                             TextColumn("tasks"), TimeElapsedColumn(), console=console)
         self._bar_task = self._bar.add_task("pipeline", total=total_tasks)
         self._live: Live | None = None
 
@@ -88,7 +88,7 @@ class RunProgress(io.TextIOBase):
     def __enter__(self) -> RunProgress:
         if self.live:
             self._live = Live(self._render(), console=self.console, refresh_per_second=4,
-                              get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)  # fmt: skip
+                              get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)
             self._live.start()
         return self
 

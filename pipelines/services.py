@@ -178,7 +178,7 @@ class MlflowServer:
             "--artifacts-destination", str(self.artifacts),
             "--host", self.host, "--port", str(port),
             "--workers", str(self.workers),
-        ]  # fmt: skip
+        ]
 
     def ensure(self, timeout: float = 300.0, on_wait: Callable[[float], None] | None = None) -> tuple[ServiceRecord, bool]:
         """Reuse the recorded server or start one. Returns (record, started_now)."""
@@ -209,7 +209,7 @@ class MlflowServer:
             # Own session: the server outlives this `iwarp` process and its group can be
             # stopped as a whole (gunicorn/uvicorn workers included).
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env=env, cwd=self.dir)  # fmt: skip
+                                    start_new_session=True, env=env, cwd=self.dir)
         url = f"http://{self.host}:{port}"
         rec = ServiceRecord(self.name, proc.pid, self.host, port, url, str(self.log_path), time.time(), cmd)
         rec.save(self.record_path)
