@@ -25,7 +25,11 @@ class CrossModalAttention(nn.Module):
     split the values into `heads` slices of width C and give every slice the *same* q and k via
     `expand` (stride 0, no copy): each head computes identical weights, so this is exactly
     single-head attention, with memory flat in the number of sources. Values whose width is not
-    a multiple of C are zero-padded once, in the source cache (`pad_values`), not per frame.
+    a multiple of C are zero-padded once, in the source cache, not per frame.
+
+    Memory layout: `prepare(keys, values)` runs once per source set (in `encode_sources`); it
+    appends the extra tokens and pads the values, so the per-frame `forward` copies nothing whose
+    size grows with the number of sources.
     """
 
     def __init__(self, qk_dim: int, value_dim: int, num_extra_tokens: int = 4, extra_kv: bool = True, dropout: float = 0.0) -> None:
@@ -49,10 +53,12 @@ class CrossModalAttention(nn.Module):
         pad = self.padded_value_dim - values.shape[-1]
         return F.pad(values, (0, pad)) if pad else values
 
-    def with_extra(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the extra tokens after the source tokens: (B, S, C) -> (B, S + E, C)."""
+    def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source tokens -> attention memory: keys (B, S, C), values (B, S, value_dim) ->
+        (B, S + E, C), (B, S + E, padded_value_dim), the extra tokens last."""
+        values = self.pad_values(values)
         if self.extra_keys is None:
-            return keys, values
+            return keys.contiguous(), values.contiguous()
         b = keys.shape[0]
         extra_v = self.pad_values(self.extra_values.to(values.dtype))
         keys = torch.cat([keys, self.extra_keys.to(keys.dtype).expand(b, -1, -1)], dim=1)
@@ -60,8 +66,8 @@ class CrossModalAttention(nn.Module):
         return keys, values
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """queries (B, L, C), keys (B, S, C), values (B, S, padded_value_dim) -> (B, L, value_dim)."""
-        keys, values = self.with_extra(keys, values)
+        """queries (B, L, C) and the memory from `prepare`: keys (B, S + E, C), values
+        (B, S + E, padded_value_dim) -> (B, L, value_dim)."""
         # fused kernels need unit stride in the channel axis (a transposed conv map is not)
         queries, keys, values = queries.contiguous(), keys.contiguous(), values.contiguous()
         b, length, c = queries.shape
@@ -83,15 +89,16 @@ class CrossModalAttention(nn.Module):
     def attention_mass(self, queries: torch.Tensor, keys: torch.Tensor, num_sources: int, chunk_size: int = 1024) -> torch.Tensor:
         """Per query, the attention mass on each source and on the extra tokens.
 
-        queries (B, L, C), keys (B, k*T, C) ordered source by source -> (B, L, k + 1); the last
-        column is the extra K/V (zeros when they are off). Rows sum to 1. Logits are formed for
-        `chunk_size` queries at a time, so memory is chunk_size x keys, not L x keys.
+        queries (B, L, C), keys (B, k*T + E, C) from `prepare` (source by source, extra tokens
+        last) -> (B, L, k + 1); the last column is the extra K/V (zeros when they are off). Rows
+        sum to 1. Logits are formed for `chunk_size` queries at a time, so memory is
+        chunk_size x keys, not L x keys.
         """
-        b, s, _ = keys.shape
+        s = keys.shape[1] - self.num_extra  # source tokens
         if s % num_sources:
             raise ValueError(f"{s} key tokens cannot be split over {num_sources} sources")
         scale = self.qk_dim**-0.5
-        all_keys = keys if self.extra_keys is None else torch.cat([keys, self.extra_keys.to(keys.dtype).expand(b, -1, -1)], 1)
+        all_keys = keys
         chunks = []
         for start in range(0, queries.shape[1], chunk_size):
             attn = torch.softmax(queries[:, start : start + chunk_size] @ all_keys.transpose(1, 2) * scale, dim=-1)

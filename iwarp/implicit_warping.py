@@ -78,9 +78,9 @@ class SourceCache(NamedTuple):
     """Everything the per-frame path needs from the source set; plain tensors only.
 
     keys: (B, S, qk_dim) with positional encoding, S = k * tokens per source (after spatial
-    reduction), ordered source by source. values: (B, S, D) = concat(V, pixel patches, K) (V
-    alone when the residual path is off), zero-padded to a multiple of qk_dim (see
-    `CrossModalAttention`). source_xy (B, k, N, 2) / source_strength (B, k, N):
+    reduction) + the learned extra tokens, ordered source by source, extra tokens last.
+    values: (B, S, D) = concat(V, pixel patches, K) (V alone when the residual path is off),
+    zero-padded to a multiple of qk_dim (see `CrossModalAttention`). source_xy (B, k, N, 2) / source_strength (B, k, N):
     the sources' keypoints (for relative-motion animation).
     """
 
@@ -170,7 +170,8 @@ class ImplicitWarping(nn.Module):
             keys = F.avg_pool2d(keys, cfg.spatial_reduction)
             values = F.avg_pool2d(values, cfg.spatial_reduction)
         keys = keys.flatten(2).transpose(1, 2).reshape(b, -1, keys.shape[1])  # (B, k*T, C)
-        values = self.attention.pad_values(values.flatten(2).transpose(1, 2).reshape(b, -1, values.shape[1]))
+        values = values.flatten(2).transpose(1, 2).reshape(b, -1, values.shape[1])
+        keys, values = self.attention.prepare(keys, values)  # + extra tokens, padded values
         n = kp.xy.shape[1]
         return SourceCache(keys, values, kp.xy.reshape(b, -1, n, 2), kp.strength.reshape(b, -1, n))
 
