@@ -1,0 +1,616 @@
+"""TorchServe handler for iwarp: animate a set of source images with driving frames.
+
+Self-contained on purpose: inside a .mar it needs only torch, numpy, Pillow and PyAV (for
+video), never the `iwarp`/`serving` packages, so the archive runs on any TorchServe image.
+It serves the `torch.export` programs written by `serving.export` (folder `export/`).
+
+Request (POST /predictions/iwarp[/<version>]), JSON or multipart/form-data:
+
+    field            JSON                         multipart
+    sources          list of base64 images (1-8)  parts source_0 .. source_7 (or `source`)
+    driving          list of base64 images        parts driving_0 .. driving_N (or `driving`)
+    driving_video    base64 video (mp4, ...)      part driving_video
+    source_set_id    id from a registration       text part
+    register         true: cache the sources, return their id
+    relative         true: relative motion (see below); default false
+    reset_reference  true: this request's first frame becomes the session's reference
+    output           "png" (default, base64 in JSON), "mp4" (video/mp4 body), "npy" (float32)
+    fps              mp4 frame rate (default: the driving video's, else handler.default_fps)
+
+A request needs either `sources` or `source_set_id`, plus driving frames unless it only
+registers. Relative motion: kp = kp_source + (kp_driving - kp_reference), with kp_source the
+keypoints of the first source image and kp_reference those of the first driving frame of the
+request, or, for a cached source set, of the first frame of the first relative request on that
+set (kept until `reset_reference`), so a clip streamed in chunks moves consistently.
+
+Every bad input gets its own 4xx JSON body {"code", "type", "message", "field"} while other
+requests in the same TorchServe batch still succeed; the worker never raises for bad input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"
+OUTPUTS = ("png", "mp4", "npy")
+DEFAULTS = {
+    "max_sources": 8,
+    "max_driving_frames": 256,
+    "max_image_side": 1024,
+    "max_payload_mb": 32.0,
+    "cache_size": 32,
+    "cache_ttl_s": 3600.0,
+    "forward_batch": 8,
+    "num_threads": 0,
+    "default_fps": 25.0,
+}
+_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error"}
+_TYPES = {400: "BadRequest", 404: "UnknownSourceSet", 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalError"}
+
+
+class RequestError(Exception):
+    """A client mistake: becomes this request's HTTP status and JSON error body."""
+
+    def __init__(self, code: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+
+    def body(self) -> str:
+        return json.dumps({"code": self.code, "type": _TYPES.get(self.code, "Error"), "message": self.message, "field": self.field})
+
+
+# ----------------------------------------------------------------------------- request parsing
+
+
+@dataclass
+class Request:
+    sources: list[tuple[str, bytes]] = field(default_factory=list)  # (field name, encoded image)
+    driving: list[tuple[str, bytes]] = field(default_factory=list)
+    driving_video: bytes | None = None
+    source_set_id: str | None = None
+    register: bool = False
+    relative: bool = False
+    reset_reference: bool = False
+    output: str = "png"
+    fps: float | None = None
+
+
+_INDEXED = re.compile(r"^(source|driving)s?(?:[_\[\.]?(\d+)\]?)?$")
+
+
+def _to_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off", ""):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise RequestError(400, f"`{name}` must be a boolean (true/false), got {str(value)[:40]!r}", name)
+
+
+def _to_text(value: Any, name: str) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(400, f"`{name}` must be text", name) from None
+    if not isinstance(value, (str, int, float)):
+        raise RequestError(400, f"`{name}` must be a string", name)
+    return str(value).strip()
+
+
+def _b64(value: Any, name: str) -> bytes:
+    """Decode a base64 string (a `data:...;base64,` prefix is allowed)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if not isinstance(value, str):
+        raise RequestError(400, f"`{name}` must be a base64 string, got {type(value).__name__}", name)
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, f"`{name}` is not valid base64", name) from None
+
+
+def _b64_list(value: Any, name: str) -> list[tuple[str, bytes]]:
+    if isinstance(value, (str, bytes, bytearray)):
+        value = [value]
+    if not isinstance(value, list):
+        raise RequestError(400, f"`{name}` must be a list of base64 images", name)
+    return [(f"{name}[{i}]", _b64(v, f"{name}[{i}]")) for i, v in enumerate(value)]
+
+
+def parse_request(raw: dict[str, Any]) -> Request:
+    """One TorchServe request dict -> Request. JSON arrives as raw['body'] (a dict, or bytes
+    when it did not parse); multipart parts arrive as top-level keys."""
+    body = raw.get("body")
+    if body is None:
+        body = raw.get("data")
+    fields: dict[str, Any]
+    if isinstance(body, dict):
+        fields = body
+        from_json = True
+    elif isinstance(body, (bytes, bytearray, str)) and len(raw) == 1:
+        text = bytes(body) if not isinstance(body, str) else body.encode()
+        if not text.strip():
+            raise RequestError(400, "empty request: send `sources` (or `source_set_id`) and `driving` frames", "body")
+        try:
+            fields = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError(
+                400, "request body is neither JSON (application/json) nor multipart/form-data", "body"
+            ) from None
+        if not isinstance(fields, dict):
+            raise RequestError(400, "JSON body must be an object with `sources`/`source_set_id` and `driving`", "body")
+        from_json = True
+    else:
+        fields = {k: v for k, v in raw.items() if k not in ("body", "data")}
+        from_json = False
+    if not fields:
+        raise RequestError(400, "empty request: send `sources` (or `source_set_id`) and `driving` frames", "body")
+
+    req = Request()
+    indexed: dict[str, list[tuple[int, str, bytes]]] = {"source": [], "driving": []}
+    for key, value in fields.items():
+        k = str(key)
+        m = _INDEXED.match(k)
+        if m:
+            kind, idx = m.group(1), m.group(2)
+            if from_json and idx is None:
+                items = _b64_list(value, k)
+                indexed[kind].extend((i, n, b) for i, (n, b) in enumerate(items))
+            else:
+                indexed[kind].append((int(idx or 0), k, _b64(value, k) if from_json else _raw_bytes(value, k)))
+        elif k == "driving_video":
+            req.driving_video = _b64(value, k) if from_json else _raw_bytes(value, k)
+        elif k == "source_set_id":
+            req.source_set_id = _to_text(value, k) or None
+        elif k in ("register", "relative", "reset_reference"):
+            setattr(req, k, _to_bool(value, k))
+        elif k == "output":
+            out = _to_text(value, k).lower()
+            if out not in OUTPUTS:
+                raise RequestError(400, f"`output` must be one of {list(OUTPUTS)}, got {out!r}", k)
+            req.output = out
+        elif k == "fps":
+            try:
+                req.fps = float(_to_text(value, k))
+            except ValueError:
+                raise RequestError(400, "`fps` must be a number", k) from None
+            if not 0 < req.fps <= 240:
+                raise RequestError(400, "`fps` must be in (0, 240]", k)
+        else:
+            raise RequestError(400, f"unknown field `{k}`", k)
+    req.sources = [(n, b) for _, n, b in sorted(indexed["source"])]
+    req.driving = [(n, b) for _, n, b in sorted(indexed["driving"])]
+    if req.driving and req.driving_video is not None:
+        raise RequestError(400, "send driving frames either as `driving` images or as `driving_video`, not both", "driving_video")
+    if req.sources and req.source_set_id:
+        raise RequestError(400, "send either `sources` or `source_set_id`, not both", "source_set_id")
+    if not req.sources and not req.source_set_id:
+        raise RequestError(400, "missing field `sources` (1 to 8 images) or `source_set_id`", "sources")
+    if not req.driving and req.driving_video is None and not req.register:
+        raise RequestError(400, "missing field `driving` (one or more frames) or `driving_video`", "driving")
+    return req
+
+
+def _raw_bytes(value: Any, name: str) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):  # a text/* part; could still be base64 sent as a form field
+        return _b64(value, name)
+    raise RequestError(400, f"`{name}` must be a file part", name)
+
+
+# ----------------------------------------------------------------------------- media
+
+
+def decode_image(data: bytes, name: str, max_side: int) -> np.ndarray:
+    """Encoded image -> HxWx3 uint8 RGB. Refuses non-images (415) and huge images (413)
+    before decoding pixels (a tiny PNG can declare a gigapixel canvas)."""
+    if not data:
+        raise RequestError(400, f"`{name}` is empty", name)
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise RequestError(415, f"`{name}` is not an image Pillow can read (PNG, JPEG, WebP, ...)", name) from None
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"`{name}` declares too many pixels: {exc}", name) from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bytes
+        raise RequestError(415, f"`{name}` could not be read as an image: {exc}", name) from None
+    w, h = img.size
+    if max(w, h) > max_side:
+        raise RequestError(413, f"`{name}` is {w}x{h}; the largest side allowed is {max_side} px", name)
+    if w < 8 or h < 8:
+        raise RequestError(400, f"`{name}` is {w}x{h}; images must be at least 8x8", name)
+    try:
+        return np.asarray(img.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
+        raise RequestError(415, f"`{name}` is a corrupt image: {exc}", name) from None
+
+
+def decode_video(data: bytes, name: str, max_side: int, max_frames: int) -> tuple[list[np.ndarray], float | None]:
+    """Encoded video -> RGB frames and its frame rate; 400 when it does not decode."""
+    import av  # lazy: only video requests need PyAV
+
+    frames: list[np.ndarray] = []
+    fps = None
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise RequestError(400, f"`{name}` contains no video stream", name)
+            stream = container.streams.video[0]
+            if stream.average_rate:
+                fps = float(stream.average_rate)
+            w, h = stream.codec_context.width, stream.codec_context.height
+            if max(w, h) > max_side:
+                raise RequestError(413, f"`{name}` is {w}x{h}; the largest side allowed is {max_side} px", name)
+            for frame in container.decode(stream):
+                if len(frames) >= max_frames:
+                    raise RequestError(413, f"`{name}` has more than {max_frames} frames (the limit per request)", name)
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except RequestError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - av raises many types for corrupt input
+        raise RequestError(400, f"`{name}` is not a decodable video: {exc or type(exc).__name__}", name) from None
+    if not frames:
+        raise RequestError(400, f"`{name}` decoded to zero frames (corrupt or truncated video)", name)
+    return frames, fps
+
+
+def encode_png(frame: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG", compress_level=1)  # speed over size
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
+    import av
+    from fractions import Fraction
+
+    buf = io.BytesIO()
+    h, w = frames.shape[1:3]
+    with av.open(buf, mode="w", format="mp4") as container:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        for f in frames:
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: h - h % 2, : w - w % 2]), format="rgb24")
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def to_tensor(frames: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """uint8 HxWx3 frames -> float (T,3,H,W) in [0,1] at the model's size."""
+    h, w = size
+    out = []
+    for f in frames:
+        if f.shape[:2] != (h, w):
+            f = np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR))
+        out.append(torch.from_numpy(np.require(f, requirements=["C", "W"])).permute(2, 0, 1))
+    return torch.stack(out).float().div_(255.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(T,3,H,W) in [0,1] -> (T,H,W,3) uint8, rounded (not truncated)."""
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+# ----------------------------------------------------------------------------- source-set cache
+
+
+@dataclass
+class SourceSet:
+    cache: tuple[torch.Tensor, ...]  # encode_sources output, batch 1
+    source_kp: torch.Tensor  # (1,N,2) keypoints of the first source (relative motion anchor)
+    n_sources: int
+    reference_kp: torch.Tensor | None = None  # (1,N,2) first driving frame of the session
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class SourceSetCache:
+    """Bounded LRU with a time-to-live: per worker, in memory."""
+
+    def __init__(self, capacity: int, ttl_s: float):
+        self.capacity, self.ttl_s = max(1, int(capacity)), float(ttl_s)
+        self._items: OrderedDict[str, SourceSet] = OrderedDict()
+
+    def get(self, key: str) -> SourceSet | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if self.ttl_s > 0 and time.monotonic() - item.last_used > self.ttl_s:
+            del self._items[key]
+            return None
+        item.last_used = time.monotonic()
+        self._items.move_to_end(key)
+        return item
+
+    def put(self, key: str, item: SourceSet) -> None:
+        self._items[key] = item
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# ----------------------------------------------------------------------------- the handler
+
+
+@dataclass
+class _Job:
+    idx: int
+    req: Request
+    sources: torch.Tensor | None = None  # (k,3,H,W)
+    driving: torch.Tensor | None = None  # (T,3,H,W)
+    fps: float | None = None
+    entry: SourceSet | None = None
+    set_id: str | None = None
+    prediction: torch.Tensor | None = None
+    error: RequestError | None = None
+
+
+class IwarpService:
+    def __init__(self) -> None:
+        self.initialized = False
+
+    # -- lifecycle
+    def initialize(self, context: Any) -> None:
+        props = context.system_properties
+        model_dir = props.get("model_dir")
+        cfg = dict(DEFAULTS)
+        yaml_cfg = getattr(context, "model_yaml_config", None) or {}
+        cfg.update(yaml_cfg.get("handler") or {})
+        self.cfg = cfg
+        if int(cfg["num_threads"]) > 0:
+            torch.set_num_threads(int(cfg["num_threads"]))
+        export_dir = os.path.join(model_dir, EXPORT_DIR)
+        with open(os.path.join(export_dir, "export.json")) as f:
+            self.meta = json.load(f)
+        progs = self.meta["programs"]
+        self.encode = torch.export.load(os.path.join(export_dir, progs["encode_sources"]["file"])).module()
+        self.detect = torch.export.load(os.path.join(export_dir, progs["detect_keypoints"]["file"])).module()
+        self.animate = torch.export.load(os.path.join(export_dir, progs["animate"]["file"])).module()
+        self.size = tuple(int(x) for x in self.meta["image_size"])
+        fields = list(self.meta.get("cache_fields", []))
+        self.source_xy_field = fields.index("source_xy") if "source_xy" in fields else None
+        manifest = getattr(context, "manifest", None) or {}
+        self.version = str((manifest.get("model") or {}).get("modelVersion") or self.meta.get("version", "unknown"))
+        self.max_sources = min(int(cfg["max_sources"]), int(self.meta.get("max_sources", 8)))
+        self.cache = SourceSetCache(int(cfg["cache_size"]), float(cfg["cache_ttl_s"]))
+        self.initialized = True
+        log.info("iwarp handler ready: version %s, image %s, threads %d", self.version, self.size, torch.get_num_threads())
+
+    # -- TorchServe entry point
+    def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+        if not self.initialized:
+            self.initialize(context)
+        if data is None:  # initialisation call from the function entry point
+            return None
+        self._batch = len(data)  # reported back so clients (and tests) can see TorchServe batching
+        jobs = [_Job(i, Request()) for i in range(len(data))]
+        for job, raw in zip(jobs, data):
+            self._guard(job, self._prepare, raw)
+        with torch.inference_mode():
+            self._guard_all([j for j in jobs if j.error is None and j.sources is not None], self._encode)
+            for job in jobs:
+                if job.error is None and job.entry is None:
+                    self._guard(job, self._lookup)
+            self._guard_all([j for j in jobs if j.error is None and j.driving is not None], self._run)
+        return [self._respond(job, context) for job in jobs]
+
+    def _guard(self, job: _Job, fn: Any, *args: Any) -> None:
+        try:
+            fn(job, *args)
+        except RequestError as exc:
+            job.error = exc
+        except Exception as exc:  # noqa: BLE001 - one request's bug must not fail the batch
+            log.exception("request %d failed", job.idx)
+            job.error = RequestError(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _guard_all(self, jobs: list[_Job], fn: Any) -> None:
+        """Run a batched stage; if the batch fails, retry one by one so only the culprit fails."""
+        if not jobs:
+            return
+        try:
+            fn(jobs)
+        except Exception:  # noqa: BLE001
+            if len(jobs) == 1:
+                self._guard(jobs[0], lambda j: fn([j]))
+                return
+            for job in jobs:
+                self._guard(job, lambda j: fn([j]))
+
+    # -- stages
+    def _prepare(self, job: _Job, raw: dict[str, Any]) -> None:
+        cfg = self.cfg
+        total = sum(len(v) for v in raw.values() if isinstance(v, (bytes, bytearray, str)))
+        if isinstance(raw.get("body"), dict):
+            total = sum(len(str(v)) for v in raw["body"].values())
+        limit = float(cfg["max_payload_mb"]) * 1024 * 1024
+        if total > limit:
+            raise RequestError(413, f"payload of {total / 2**20:.1f} MiB exceeds {cfg['max_payload_mb']} MiB", "body")
+        req = job.req = parse_request(raw)
+        max_side, max_frames = int(cfg["max_image_side"]), int(cfg["max_driving_frames"])
+        if req.sources:
+            if len(req.sources) > self.max_sources:
+                raise RequestError(400, f"{len(req.sources)} source images sent; 1 to {self.max_sources} allowed", "sources")
+        if len(req.driving) > max_frames:
+            raise RequestError(413, f"{len(req.driving)} driving frames sent; at most {max_frames} per request", "driving")
+        images = [(n, decode_image(b, n, max_side)) for n, b in req.sources]
+        driving = [(n, decode_image(b, n, max_side)) for n, b in req.driving]
+        if req.driving_video is not None:
+            frames, job.fps = decode_video(req.driving_video, "driving_video", max_side, max_frames)
+            driving = [(f"driving_video[{i}]", f) for i, f in enumerate(frames)]
+        shapes = {a.shape for _, a in images + driving}
+        if len(shapes) > 1:
+            detail = ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}" for n, a in images + driving)
+            raise RequestError(400, f"mismatched image sizes (all images of a request must share one size): {detail}", "sources")
+        if images:
+            job.sources = to_tensor([a for _, a in images], self.size)
+        if driving:
+            job.driving = to_tensor([a for _, a in driving], self.size)
+
+    def _encode(self, jobs: list[_Job]) -> None:
+        """Encode every new source set, batching sets with the same k into one call."""
+        by_k: dict[int, list[_Job]] = {}
+        for job in jobs:
+            by_k.setdefault(job.sources.shape[0], []).append(job)
+        for k, group in by_k.items():
+            todo = []
+            for job in group:
+                job.set_id = self.source_set_id(job.sources)
+                cached = self.cache.get(job.set_id) if job.req.register else None
+                if cached is not None:
+                    job.entry = cached  # re-registering the same images is free
+                else:
+                    todo.append(job)
+            step = max(1, int(self.cfg["forward_batch"]))
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                stacked = torch.stack([j.sources for j in chunk])  # (B,k,3,H,W)
+                cache = tuple(self.encode(stacked))
+                if self.source_xy_field is not None:  # the cache already holds (B,k,N,2) source keypoints
+                    kp_xy = cache[self.source_xy_field][:, 0]
+                else:
+                    kp_xy, _ = self.detect(stacked[:, 0])
+                for b, job in enumerate(chunk):
+                    job.entry = SourceSet(tuple(t[b : b + 1] for t in cache), kp_xy[b : b + 1], k)
+                    if job.req.register:
+                        self.cache.put(job.set_id, job.entry)
+
+    def _lookup(self, job: _Job) -> None:
+        sid = job.req.source_set_id
+        entry = self.cache.get(sid)
+        if entry is None:
+            raise RequestError(
+                404,
+                f"unknown or expired source_set_id {sid!r}: this worker keeps the {self.cache.capacity} most recent "
+                f"sets for {self.cache.ttl_s:.0f} s; register the sources again (same images give the same id)",
+                "source_set_id",
+            )
+        job.entry, job.set_id = entry, sid
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Keypoints for every driving frame, then the per-frame animation, batched across
+        requests (frames of sets with the same number of sources share a forward)."""
+        step = max(1, int(self.cfg["forward_batch"]))
+        frames = torch.cat([j.driving for j in jobs])
+        xys, strengths = [], []
+        for start in range(0, frames.shape[0], step):
+            xy, s = self.detect(frames[start : start + step])
+            xys.append(xy)
+            strengths.append(s)
+        kp_xy, kp_s = torch.cat(xys), torch.cat(strengths)
+        # Per frame: (job, keypoints) after relative adjustment.
+        items: list[tuple[_Job, torch.Tensor, torch.Tensor]] = []
+        offset = 0
+        for job in jobs:
+            t = job.driving.shape[0]
+            xy, s = kp_xy[offset : offset + t], kp_s[offset : offset + t]
+            offset += t
+            if job.req.relative:
+                entry = job.entry
+                session = job.req.source_set_id is not None
+                if session and entry.reference_kp is not None and not job.req.reset_reference:
+                    ref = entry.reference_kp
+                else:
+                    ref = xy[:1]
+                    if session:
+                        entry.reference_kp = ref
+                xy = entry.source_kp + (xy - ref)
+            items.extend((job, xy[i : i + 1], s[i : i + 1]) for i in range(t))
+        by_k: dict[int, list[int]] = {}
+        for i, (job, _, _) in enumerate(items):
+            by_k.setdefault(job.entry.n_sources, []).append(i)
+        outputs: list[torch.Tensor | None] = [None] * len(items)
+        for idxs in by_k.values():
+            for start in range(0, len(idxs), step):
+                chunk = idxs[start : start + step]
+                caches = [items[i][0].entry.cache for i in chunk]
+                cache = tuple(torch.cat(parts) for parts in zip(*caches))
+                pred = self.animate(torch.cat([items[i][1] for i in chunk]), torch.cat([items[i][2] for i in chunk]), *cache)
+                for j, i in enumerate(chunk):
+                    outputs[i] = pred[j : j + 1]
+        offset = 0
+        for job in jobs:
+            t = job.driving.shape[0]
+            job.prediction = torch.cat(outputs[offset : offset + t])
+            offset += t
+
+    # -- responses
+    def _respond(self, job: _Job, context: Any) -> Any:
+        if job.error is not None:
+            code = job.error.code
+            context.set_response_status(code, _REASONS.get(code, "Error"), job.idx)
+            context.set_response_content_type(job.idx, "application/json")
+            return job.error.body()
+        try:
+            info: dict[str, Any] = {"model_version": self.version, "n_sources": job.entry.n_sources, "batch": self._batch}
+            if job.req.register or job.req.source_set_id:
+                info["source_set_id"] = job.set_id
+            if job.prediction is None:  # registration only
+                context.set_response_content_type(job.idx, "application/json")
+                return json.dumps(info)
+            pred = job.prediction
+            info.update(n_frames=int(pred.shape[0]), height=int(pred.shape[2]), width=int(pred.shape[3]), relative=job.req.relative)
+            if job.req.output == "mp4":
+                fps = job.req.fps or job.fps or float(self.cfg["default_fps"])
+                context.set_response_content_type(job.idx, "video/mp4")
+                return encode_mp4(to_uint8(pred), fps)
+            if job.req.output == "npy":
+                buf = io.BytesIO()
+                np.save(buf, pred.float().numpy())
+                info["npy"] = base64.b64encode(buf.getvalue()).decode("ascii")
+            else:
+                info["frames"] = [encode_png(f) for f in to_uint8(pred)]
+            context.set_response_content_type(job.idx, "application/json")
+            return json.dumps(info)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("encoding response %d failed", job.idx)
+            err = RequestError(500, f"internal error while encoding the response: {exc}")
+            context.set_response_status(500, _REASONS[500], job.idx)
+            context.set_response_content_type(job.idx, "application/json")
+            return err.body()
+
+    def source_set_id(self, sources: torch.Tensor) -> str:
+        """Content hash: the same images (after resizing) give the same id on every worker."""
+        h = hashlib.sha256(self.version.encode())
+        h.update(str(tuple(sources.shape)).encode())
+        h.update(sources.mul(255).round().to(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:24]
+
+
+_service = IwarpService()
+
+
+def handle(data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+    """TorchServe function entry point (`--handler handler.py:handle`)."""
+    return _service.handle(data, context)

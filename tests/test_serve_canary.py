@@ -1,0 +1,100 @@
+"""Canary decision rules (pure logic, no server): the same `decide` drives the TorchServe
+canary and the KServe rollout, so each rule is checked on its own."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from serving.canary import (
+    CanaryThresholds,
+    VersionStats,
+    decide,
+    load_thresholds,
+    next_traffic_percent,
+    percentile,
+)
+
+
+def stats(version="1.0", n=10, err=0.0, p95=100.0, **quality):
+    return VersionStats(version=version, n_requests=n, error_rate=err, p95_latency_ms=p95, quality=quality or {"l1": 0.1})
+
+
+def test_identical_versions_promote():
+    t = CanaryThresholds()
+    v = decide(stats("1.0"), stats("2.0"), t)
+    assert v.promote and v.action == "promote"
+    assert all(ch.passed for ch in v.checks)
+    assert "PROMOTE" in v.summary() and "2.0" in v.summary()
+
+
+def test_quality_regression_beyond_tolerance_rolls_back():
+    t = CanaryThresholds(max_quality_regression={"l1": 0.05})
+    assert decide(stats(l1=0.100), stats("2", l1=0.1049), t).promote
+    v = decide(stats(l1=0.100), stats("2", l1=0.120), t)
+    assert not v.promote
+    assert any(r.startswith("quality l1") for r in v.reasons)
+    assert "ROLL BACK" in v.summary()
+
+
+def test_higher_is_better_metric_direction():
+    t = CanaryThresholds(max_quality_regression={"psnr": 0.02})
+    assert decide(stats(psnr=30.0), stats("2", psnr=31.0), t).promote
+    assert not decide(stats(psnr=30.0), stats("2", psnr=29.0), t).promote
+
+
+def test_missing_metric_blocks_promotion():
+    t = CanaryThresholds(max_quality_regression={"l1": 0.05, "lpips": 0.05})
+    v = decide(stats(l1=0.1), stats("2", l1=0.1), t)
+    assert not v.promote and any("lpips" in r and "missing" in r for r in v.reasons)
+
+
+def test_errors_latency_and_evidence():
+    t = CanaryThresholds(max_error_rate=0.1, max_p95_latency_ratio=1.5, min_requests=4)
+    assert not decide(stats(), stats("2", err=0.2), t).promote
+    assert decide(stats(), stats("2", err=0.1), t).promote
+    v = decide(stats(p95=100.0), stats("2", p95=151.0), t)
+    assert not v.promote and any("p95" in r for r in v.reasons)
+    assert not decide(stats(n=3), stats("2", n=3), t).promote
+    capped = CanaryThresholds(max_p95_latency_ms=120.0)
+    assert not decide(stats(p95=100.0), stats("2", p95=130.0), capped).promote
+
+
+def test_all_failures_are_reported_together():
+    v = decide(stats(), stats("2", err=1.0, p95=1e6, l1=9.0), CanaryThresholds())
+    names = {r.split(":")[0] for r in v.reasons}
+    assert {"evidence", "error rate", "quality l1", "p95 latency"} <= names
+    d = v.to_dict()
+    assert d["action"] == "rollback" and d["candidate"]["version"] == "2"
+
+
+def test_from_samples_and_percentile():
+    s = VersionStats.from_samples("3", [10, 20, 30, 40, 1000], errors=1, quality_samples={"l1": [0.1, 0.3]})
+    assert s.n_requests == 5 and s.n_errors == 1 and math.isclose(s.error_rate, 0.2)
+    assert math.isclose(s.quality["l1"], 0.2)
+    assert math.isclose(percentile([1, 2, 3, 4], 50), 2.5)
+    assert math.isclose(s.p95_latency_ms, 40 + 0.8 * 960)
+    assert math.isnan(percentile([], 95))
+
+
+def test_traffic_steps():
+    ok = decide(stats(), stats("2"), CanaryThresholds())
+    bad = decide(stats(), stats("2", err=1.0), CanaryThresholds())
+    assert [next_traffic_percent(ok, c) for c in (0, 10, 50, 100)] == [10, 50, 100, 100]
+    assert next_traffic_percent(bad, 50) == 0
+
+
+def test_thresholds_from_yaml(tmp_path):
+    full = load_thresholds(overrides=["canary.max_p95_latency_ratio=2.0"])
+    assert full.max_p95_latency_ratio == 2.0 and "l1" in full.max_quality_regression
+    own = tmp_path / "t.yaml"
+    own.write_text("max_error_rate: 0.25\nmin_requests: 2\n")
+    t = load_thresholds(own)
+    assert t.max_error_rate == 0.25 and t.min_requests == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_eror_rate: 0.25\n")
+    from iwarp.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_thresholds(bad)

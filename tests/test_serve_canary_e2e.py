@@ -1,0 +1,143 @@
+"""The gated canary against a real TorchServe and a real MLflow server: a candidate with the
+same weights is promoted (set-default, old version kept, aliases challenger -> champion), a
+broken candidate is rolled back (unregistered, default unchanged), `rollback` restores the
+previous default, and a restart brings back exactly the recorded versions and default."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest_serve import TEST_OVERRIDES, MlflowServer, photo_frames, tiny_model, write_checkpoint
+from serving.canary_set import CanaryCase, write_canary_set
+
+pytestmark = pytest.mark.slow
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from mlflow import MlflowClient
+
+    from serving.config import load_serve_config
+    from serving.package import package
+    from serving.server import start_server, stop_server
+
+    tmp = tmp_path_factory.mktemp("canary")
+    mlflow_server = MlflowServer(tmp)  # starts in the background while we package
+    # Latency tolerance is wide: both versions share two busy CPU cores here; the latency rule
+    # itself is covered by test_serve_canary.py.
+    cfg = load_serve_config(overrides=[*TEST_OVERRIDES, "canary.max_p95_latency_ratio=5.0", "canary.min_requests=4",
+                                       "canary_eval.repeats=2"])
+    base = tiny_model(seed=0)
+    broken = copy.deepcopy(base)
+    with torch.no_grad():  # a bad release: the output layer collapsed to black frames
+        broken.decoder.head.weight.zero_()
+        broken.decoder.head.bias.fill_(-12.0)
+    store, cand = tmp / "model_store", tmp / "candidates"
+    package(write_checkpoint(base, tmp / "v1.ckpt"), "1.0", store, config=cfg)
+    mar2 = package(write_checkpoint(base, tmp / "v2.ckpt"), "2.0", cand / "v2", config=cfg,
+                   metadata={"mlflow_model_version": "2"})
+    mar3 = package(write_checkpoint(broken, tmp / "v3.ckpt"), "3.0", cand / "v3", config=cfg,
+                   metadata={"mlflow_model_version": "3"})
+    cases = []
+    for i in range(4):
+        f = photo_frames(6, seed=10 + i)
+        cases.append(CanaryCase(f"case_{i}", f[:2], f[2:]))
+    canary_set = write_canary_set(cases, tmp / "canary_set")
+
+    handle = start_server(store, config=cfg, workdir=tmp / "work", inference_port=0, management_port=0, metrics_port=0)
+    try:
+        uri = mlflow_server.wait()
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        client.create_registered_model("iwarp")
+        for mar in (store / "iwarp.mar", mar2, mar3):  # versions 1, 2, 3: archives logged to runs
+            with mlflow.start_run() as run:
+                mlflow.log_artifact(str(mar), "mar")
+            client.create_model_version("iwarp", f"runs:/{run.info.run_id}/mar", run.info.run_id)
+        client.set_registered_model_alias("iwarp", "champion", "1")
+        yield {"handle": handle, "cfg": cfg, "mar2": mar2, "mar3": mar3, "set": canary_set, "mlflow": client,
+               "uri": uri, "store": store, "workdir": tmp / "work"}
+    finally:
+        stop_server(tmp / "work")
+        mlflow_server.stop()
+
+
+def _alias(client, alias):
+    try:
+        return client.get_model_version_by_alias("iwarp", alias).version
+    except Exception:  # noqa: BLE001 - alias not set
+        return None
+
+
+def test_same_weights_candidate_is_promoted(env):
+    from serving.rollout import run_canary
+    from serving.server import read_state
+
+    lines: list[str] = []
+    verdict = run_canary(env["mar2"], handle=env["handle"], canary_set=env["set"], config=env["cfg"],
+                         mlflow_tracking_uri=env["uri"], progress=False, log=lines.append)
+    assert verdict.promote, verdict.summary()
+    assert verdict.candidate.n_requests == 8 and verdict.candidate.error_rate == 0
+    assert verdict.candidate.quality["l1"] == pytest.approx(verdict.baseline.quality["l1"], abs=1e-6)
+    client = env["handle"].client()
+    assert client.default_version() == "2.0" and client.versions() == ["1.0", "2.0"]  # old kept for rollback
+    state = read_state(env["store"])
+    assert state["default"] == "2.0" and set(state["versions"]) == {"1.0", "2.0"} and state["history"] == ["1.0"]
+    assert any("CANARY VERDICT: PROMOTE" in line for line in lines)
+    ml = env["mlflow"]
+    assert _alias(ml, "champion") == "2" and _alias(ml, "challenger") is None
+    assert ml.get_model_version("iwarp", "2").tags["canary_verdict"] == "promote"
+    report = json.loads(sorted((env["workdir"] / "canary").glob("2.0-*.json"))[-1].read_text())
+    assert report["action"] == "promote" and report["candidate"]["version"] == "2.0"
+
+
+def test_broken_candidate_is_rolled_back(env):
+    from serving.rollout import run_canary
+
+    lines: list[str] = []
+    verdict = run_canary(env["mar3"], handle=env["handle"], canary_set=env["set"], config=env["cfg"],
+                         mlflow_tracking_uri=env["uri"], progress=False, log=lines.append)
+    assert not verdict.promote
+    assert any(r.startswith("quality l1") for r in verdict.reasons), verdict.summary()
+    assert verdict.candidate.quality["l1"] > 1.5 * verdict.baseline.quality["l1"]
+    client = env["handle"].client()
+    assert client.default_version() == "2.0" and client.versions() == ["1.0", "2.0"]
+    assert not (env["store"] / "iwarp-3.0.mar").exists()  # our copy went with it
+    assert any("ROLL BACK" in line for line in lines)
+    ml = env["mlflow"]
+    assert _alias(ml, "champion") == "2" and _alias(ml, "challenger") is None
+    assert ml.get_model_version("iwarp", "3").tags["canary_verdict"] == "rollback"
+
+
+def test_a_version_already_registered_is_refused(env):
+    from serving.rollout import CanaryError, run_canary
+
+    with pytest.raises(CanaryError, match="already registered"):
+        run_canary(env["mar2"], handle=env["handle"], canary_set=env["set"], config=env["cfg"], progress=False, log=lambda s: None)
+
+
+def test_rollback_and_restart_keep_the_recorded_versions(env):
+    from serving.rollout import rollback
+    from serving.server import read_state, start_server, stop_server
+
+    assert rollback(env["workdir"], config=env["cfg"]) == "1.0"
+    assert env["handle"].client().default_version() == "1.0"
+    assert read_state(env["store"])["default"] == "1.0"
+    # --ncs: TorchServe restores nothing itself; the state file brings back both versions
+    stop_server(env["workdir"])
+    handle = start_server(env["store"], config=env["cfg"], workdir=env["workdir"], inference_port=0,
+                          management_port=0, metrics_port=0)
+    env["handle"] = handle
+    client = handle.client()
+    assert client.versions() == ["1.0", "2.0"] and client.default_version() == "1.0"
+    frames = photo_frames(3)
+    assert client.predict(frames[:1], frames[1:], version="2.0").info["model_version"] == "2.0"
+    assert client.predict(frames[:1], frames[1:]).info["model_version"] == "1.0"
