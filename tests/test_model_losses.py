@@ -19,7 +19,7 @@ from iwarp.transforms import RandomTPS
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
-SMALL_D = DiscriminatorConfig(scales=[1.0, 0.5], channels=[8, 16, 32])
+SMALL_D = DiscriminatorConfig(scales=2, channels=8, num_blocks=3)
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -105,7 +105,36 @@ def test_discriminator_outputs_per_scale() -> None:
     outs = disc(rand(2, 3, 64, 64))
     assert len(outs) == 2
     assert [f.shape[1] for f in outs[0].features] == [8, 16, 32]
+    assert outs[1].features[0].shape[-1] == outs[0].features[0].shape[-1] // 2
     assert outs[0].logits.shape[:2] == (2, 1) and outs[1].logits.shape[-1] < outs[0].logits.shape[-1]
+
+
+def test_discriminator_keyword_overrides() -> None:
+    disc = MultiScalePatchDiscriminator(scales=3, channels=4)
+    assert len(disc(rand(1, 3, 128, 128))) == 3
+    assert disc.config.widths() == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="too small"):
+        disc(rand(1, 3, 64, 64))  # the 1/4 level (16 px) is too small for 4 blocks
+
+
+def test_functional_losses_match_the_module_and_skip_gan_without_discriminator(vgg_losses) -> None:
+    from iwarp.losses import discriminator_losses, generator_losses
+
+    model, disc, sources, driving = setup()
+    model.eval()  # deterministic forward; equivariance draws random transforms, so seed each call
+    disc.eval()  # spectral norm's power iteration updates its state on every training-mode call
+    out = model(sources, driving)
+    torch.manual_seed(5)
+    functional = generator_losses(driving, out, model, disc, LossConfig())
+    torch.manual_seed(5)
+    method = vgg_losses.generator_losses(driving, out, model, disc)
+    assert functional.keys() == method.keys()
+    for key in method:
+        torch.testing.assert_close(functional[key], method[key])
+    no_gan = generator_losses(driving, out, model, None, LossConfig())
+    assert set(no_gan) == {"perceptual", "equivariance", "total"}
+    d = discriminator_losses(driving, out.prediction.detach(), disc, LossConfig())
+    torch.testing.assert_close(d["total"], vgg_losses.discriminator_losses(driving, out.prediction.detach(), disc)["total"])
 
 
 def test_bad_gan_mode_rejected() -> None:
@@ -151,6 +180,14 @@ def test_equivariance_loss_zero_without_deformation(vgg_losses) -> None:
 
 
 # ------------------------------------------------------------------ offline weights
+def test_loading_pretrained_weights_leaves_the_rng_alone() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    Losses(LossConfig(gan=0, feature_matching=0, equivariance=0))  # loads VGG16
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
 def test_numpy_only_unpickler_refuses_other_globals(tmp_path) -> None:
     class Evil:
         def __reduce__(self):
