@@ -100,6 +100,9 @@ def test_corrupt_inputs_are_skipped_with_a_reason(raw, tmp_path):
     assert not on_disk & {"erin__garbage", "erin__truncated.mp4", "frank__frames", ".frank__frames.partial"}
     text = report.summary()
     assert "SKIPPED erin__truncated" in text and "prepared 5/9" in text
+    from iwarp.data import VideoDataset  # the loader reads the prepared videos, ignoring skipped rows
+    loaded = VideoDataset(tmp_path / "out", "train", 32).videos + VideoDataset(tmp_path / "out", "test", 32).videos
+    assert sorted(v.id for v in loaded) == sorted(df.index[df["status"] == "ok"])
 
 
 def test_identities_csv_sets_identity_and_split(raw, tmp_path):

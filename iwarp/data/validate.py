@@ -25,23 +25,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .manifest import REQUIRED_COLUMNS, SPLITS, read_manifest
+from .options import opt
 
 STAT_COLUMNS = ["content_hash", "contrast_mean", "motion_mean"]
 
 
 @dataclass
 class ValidationConfig:
-    image_size: int = 256  # every frame must be exactly this size
-    min_frames: int = 9  # k_max sources + 1 driving frame (k up to 8)
-    fps_min: float = 10.0
-    fps_max: float = 120.0
-    min_contrast: float = 5.0  # mean per-frame grey std (0-255) below this: a blank video
-    min_motion: float = 0.2  # mean |frame difference| (0-255) below this: a frozen video
-    face_dataset: bool = False  # check the face-detection rate (face data only)
-    min_face_rate: float = 0.8
-    max_skipped_fraction: float = 0.1  # of the input videos that prepare could not read
-    frames_per_video: int = 3  # frames read back per video (first, middle, last, ...)
-    require_both_splits: bool = True
+    image_size: int = opt(256, "every frame must be exactly this size")
+    min_frames: int = opt(9, "fewest frames a video may have: k_max sources + 1 driving (k up to 8)")
+    fps_min: float = opt(10.0, "lowest allowed frame rate")
+    fps_max: float = opt(120.0, "highest allowed frame rate")
+    min_contrast: float = opt(5.0, "mean per-frame grey std (0-255) below this: a blank video")
+    min_motion: float = opt(0.2, "mean |frame difference| (0-255) below this: a frozen video")
+    face_dataset: bool = opt(False, "check the face-detection rate (face videos only)")
+    min_face_rate: float = opt(0.8, "lowest allowed face-detection rate (with --face-dataset)")
+    max_skipped_fraction: float = opt(0.1, "largest share of input videos prepare may have skipped as unreadable")
+    frames_per_video: int = opt(3, "frames read back from disk per video (first, middle, last, ...)")
+    require_both_splits: bool = opt(True, "train/ and test/ must both hold videos")
 
 
 @dataclass
