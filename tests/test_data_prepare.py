@@ -173,8 +173,9 @@ def test_cli_prepare_and_bad_params(raw, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  input: ignored/by/the/cli\n  image_size: 32\n  crop: center\n")
     assert data_main(["prepare", "--input", str(raw), "--out", str(tmp_path / "o"), "--params", str(params),
-                      "--format", "mp4"]) == 0
+                      "--format", "mp4", "--max-frames", "6"]) == 0
     assert "prepared 5/5" in capsys.readouterr().out
+    assert read_manifest(tmp_path / "o")["num_frames"].max() == 6
     assert probe(next((tmp_path / "o").glob("*/*.mp4"))).width == 32
     params.write_text("prepare:\n  image_sise: 32\n")  # misspelt key: fails instead of being ignored
     with pytest.raises(SystemExit, match="image_sise"):

@@ -79,6 +79,9 @@ class ValidationReport:
         lines = [f"validation {head}: {self.evaluated - len(self.failures)}/{self.evaluated} expectations met "
                  f"({self.seconds:.1f} s)"]
         lines += ["  " + f.line() for f in self.failures]
+        if any(f.check == "required_columns" for f in self.failures):
+            lines.append("  hint: validate a dataset written by `iwarp data prepare`: its manifest carries the "
+                         "statistics the checks need")
         for vid, reason in self.skipped_inputs:
             lines.append(f"  note: input {vid} was skipped by prepare: {reason}")
         lines.append(f"  Data Docs: {self.docs_index}")
@@ -278,14 +281,26 @@ def _failure(suite: str, r) -> Failure:
         if isinstance(row, dict) and "id" in row and str(row["id"]) not in ids:  # frames: once per video
             ids.append(str(row["id"]))
             values.append(_plain(row.get(column)) if column and column != "id" else None)
-    if r.exception_info and r.exception_info.get("raised_exception"):
-        observed = f"could not evaluate: {r.exception_info.get('exception_message')}"
+    missing = ((result.get("details") or {}).get("mismatched") or {}).get("missing")
+    errors = _exception_messages(r.exception_info)
+    if errors:
+        observed = f"could not evaluate: {errors[0]}"
+    elif missing:
+        observed = f"missing columns {missing}"
     elif result.get("partial_missing_list"):
         observed = f"missing {result['partial_missing_list']}"
     else:
         observed = f"observed {_plain(result.get('observed_value'))}"
     return Failure(check=str(meta.get("check", config.type)), expectation=expectation, suite=suite,
                    description=str(config.description or ""), videos=ids, values=values, observed=observed)
+
+
+def _exception_messages(info) -> list[str]:
+    """GE reports errors either flat or keyed by metric; e.g. a column the table lacks."""
+    if not info:
+        return []
+    found = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    return [str(e.get("exception_message")) for e in found if e.get("raised_exception")]
 
 
 def _plain(value):
