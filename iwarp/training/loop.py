@@ -409,7 +409,7 @@ class Trainer:
         total = cfg.optim.steps
         step = self.start_step
         window: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        window_steps, window_start, window_cpu = 0, time.perf_counter(), time.process_time()
         started = time.monotonic()
         stopped = ""
         bar = tqdm(total=total, initial=step, disable=not (ctx.is_main and cfg.logging.progress), desc="train", dynamic_ncols=True)
@@ -430,7 +430,9 @@ class Trainer:
                     stopped = "budget"
 
             if step % cfg.logging.every_steps == 0 or step == total or stopped:
-                metrics = ctx.mean({k: v / window_steps for k, v in window.items()})
+                # CPU seconds per sample of one process: how DDP scales when cores are not shared
+                cpu = torch.tensor(window_steps * cfg.data.batch_size / max(time.process_time() - window_cpu, 1e-9))
+                metrics = ctx.mean({**{k: v / window_steps for k, v in window.items()}, "samples_per_cpu_s": cpu})
                 elapsed = time.perf_counter() - window_start
                 metrics["samples_per_s"] = window_steps * cfg.data.batch_size * ctx.world_size / max(elapsed, 1e-9)
                 metrics["lr/generator"] = self.sched_g.get_last_lr()[0]
@@ -439,7 +441,7 @@ class Trainer:
                 if ctx.is_main:
                     logger.log_metrics(metrics, step)
                     bar.set_postfix(loss=f"{metrics.get('g/total', float('nan')):.4f}")
-                window, window_steps, window_start = {}, 0, time.perf_counter()
+                window, window_steps, window_start, window_cpu = {}, 0, time.perf_counter(), time.process_time()
 
             every_img = cfg.logging.images_every_steps
             if ctx.is_main and every_img > 0 and step % every_img == 0 and step < total and not stopped:
