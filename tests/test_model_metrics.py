@@ -12,7 +12,7 @@ from skimage import data
 from iwarp.metrics import LPIPS, FaceLandmarks, FrechetDistance, LandmarkStats, VGG16PooledFeatures, MetricSuite, frechet_distance, l1, psnr
 from iwarp.pretrained import load_numpy_pickle, lpips_linear_weights, package_file
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
 # the astronaut's face spans about x 175-265, y 76-166 in the 512 px photo
 CROP = 192

@@ -11,7 +11,7 @@ from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig, ImplicitWarping, Imp
 from iwarp.implicit_warping import SourceCache
 from iwarp.explicit_flow import FlowSourceCache
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
 
 def model(**overrides) -> ImplicitWarping:

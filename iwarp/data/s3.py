@@ -44,6 +44,7 @@ def client(endpoint_url: str | None = None):
 
 
 def _call(what: str, fn, *args, **kwargs):
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     try:
@@ -51,10 +52,22 @@ def _call(what: str, fn, *args, **kwargs):
     except NoCredentialsError as exc:
         raise S3CredentialsError(f"{what}: no AWS credentials ({exc})") from exc
     except ClientError as exc:
-        err = exc.response.get("Error", {})
-        raise S3Error(f"{what}: {err.get('Code', 'error')}: {err.get('Message', exc)}") from exc
+        raise _client_error(what, exc) from exc
+    except Boto3Error as exc:  # S3UploadFailedError wraps the ClientError that explains it
+        inner = exc.__context__
+        raise (_client_error(what, inner) if isinstance(inner, ClientError) else S3Error(f"{what}: {exc}")) from exc
     except BotoCoreError as exc:  # endpoint unreachable, bad config, ...
         raise S3Error(f"{what}: {exc}") from exc
+
+
+def _client_error(what: str, exc) -> S3Error:
+    err = exc.response.get("Error", {})
+    code = str(err.get("Code", "error"))
+    if code in ("404", "NoSuchKey", "NoSuchBucket"):  # HEAD requests carry no error body
+        return S3Error(f"{what}: not found ({code}: no such bucket or key)")
+    if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return S3CredentialsError(f"{what}: access denied ({code}): check the credentials")
+    return S3Error(f"{what}: {code}: {err.get('Message', exc)}")
 
 
 def upload_file(local: str | Path, url: str, endpoint_url: str | None = None) -> None:
