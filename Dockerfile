@@ -48,7 +48,7 @@ COPY serving/ serving/
 COPY components/ components/
 COPY pipelines/ pipelines/
 COPY configs/ configs/
-COPY dvc.yaml params.yaml ./
+COPY dvc.yaml params.yaml .dvcignore ./
 RUN pip install --no-deps . \
  && python -c "import iwarp, serving, components, pipelines, kfp, mlflow, dvc, great_expectations, kubeflow.trainer"
 
