@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+HEARTBEAT_S = 30.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START = re.compile(r"Executing task '(?P<name>[^']+)'")
 _END = re.compile(r"Task '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
@@ -64,6 +65,7 @@ class RunProgress(io.TextIOBase):
         self._lock = threading.Lock()
         self._buf = ""
         self._t0 = time.monotonic()
+        self._last_beat = time.monotonic()
         self.live = console.is_terminal and not verbose
         self._bar = Progress(SpinnerColumn(), TextColumn("[bold]iwarp pipeline"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("tasks"), TimeElapsedColumn(), console=console)
@@ -132,6 +134,10 @@ class RunProgress(io.TextIOBase):
         if not _NOISE.match(line):
             current.last_line = line.strip()[:160]
             current.tail.append(line.strip())
+            # Without a live view (CI logs, pipes), a heartbeat keeps long steps visibly moving.
+            if not self.live and not self.verbose and time.monotonic() - self._last_beat > HEARTBEAT_S:
+                self._last_beat = time.monotonic()
+                self._event(f"… {current.title}: {current.last_line}")
 
     def _event(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
