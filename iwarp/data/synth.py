@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import assign_splits, write_manifest
+from .options import opt
 from .video import write_frames, write_video
 
 FORMATS = ("png", "jpg", "mp4")
@@ -32,14 +33,14 @@ FORMATS = ("png", "jpg", "mp4")
 
 @dataclass
 class SynthConfig:
-    num_identities: int = 8
-    videos_per_identity: int = 2
-    num_frames: int = 48
-    image_size: int = 64
-    fps: float = 25.0
-    test_fraction: float = 0.25
-    seed: int = 0
-    format: str = "png"  # png | jpg frame folders (lossless/fast random access) or mp4
+    num_identities: int = opt(8, "people (each gets its own look)")
+    videos_per_identity: int = opt(2, "clips per person")
+    num_frames: int = opt(48, "frames per clip")
+    image_size: int = opt(64, "frame side in pixels")
+    fps: float = opt(25.0, "frame rate recorded (and encoded, for mp4)")
+    test_fraction: float = opt(0.25, "share of identities in test/")
+    seed: int = opt(0, "everything is a function of this seed")
+    format: str = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files", FORMATS)
 
 
 # ---------------------------------------------------------------------------------------------
