@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
+bash scripts/k8s-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
 # Exit 5 ("no tests collected") is a failure here, as every non-zero exit is.
 exec python -m pytest -v --durations=25 "$@"

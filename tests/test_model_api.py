@@ -16,7 +16,7 @@ from iwarp import (
 from iwarp.config import ConfigError, load_config, to_dict
 from iwarp.models import MODEL_KINDS, build_model
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
 TINY = {"implicit": ImplicitWarpingConfig.tiny, "baseline": ExplicitFlowConfig.tiny}
 

@@ -1,0 +1,36 @@
+"""The compare step: the sweep's table and chart (the paper's Table 4 with our numbers) to
+MLflow and to KFP artifacts, and the choice of the model to register."""
+
+from typing import List, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Input, Markdown, Model, Output
+
+from components.base import IMAGE, REPORT_PACKAGES
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=REPORT_PACKAGES)
+def compare_ablations(
+    reports: Input[List[Artifact]],
+    checkpoints: Input[List[Model]],
+    tracking_uri: str,
+    parent_run_id: str,
+    data_version: str,
+    select_metric: str,
+    select_margin: float,
+    table: Output[Markdown],
+    chart: Output[HTML],
+    chosen_model: Output[Model],
+) -> NamedTuple("Choice", [("variant", str), ("run_id", str), ("reason", str)]):
+    """Compare the four variants; log the table/chart to the parent run, write them as
+    Markdown/HTML artifacts, and pass on the checkpoint of the variant to register: the
+    full model unless an ablation beats it on `select_metric` by more than `select_margin`."""
+    from collections import namedtuple
+
+    from components.steps.report import compare
+
+    choice = compare([r.path for r in reports], [(dict(c.metadata), c.path) for c in checkpoints], tracking_uri,
+                     parent_run_id, data_version, select_metric, float(select_margin), table.path, chart.path,
+                     chosen_model.path)
+    chosen_model.metadata.update({"variant": choice.variant, "run_id": choice.run_id})
+    return namedtuple("Choice", ["variant", "run_id", "reason"])(choice.variant, choice.run_id, choice.reason)

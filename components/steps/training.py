@@ -1,0 +1,183 @@
+"""Training steps: the sweep's MLflow parent run, training one variant (torchrun here, a
+TrainJob on a cluster: `components.steps.trainjob`), nesting its run, and evaluation."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs by
+
+
+def mlflow_client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
+def start_parent_run(tracking_uri: str, experiment: str, data_version: str, validation_path: str,
+                     data_docs_path: str, params: dict[str, Any], pipeline_job: str = "") -> str:
+    from mlflow.entities import Param
+
+    from iwarp.config import flatten
+
+    client = mlflow_client(tracking_uri)
+    run = client.create_run(
+        experiment_id(client, experiment),
+        run_name=f"ablation {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        tags={"iwarp.kind": "ablation-sweep", "iwarp.data_version": data_version, "iwarp.pipeline_job": pipeline_job},
+    )
+    run_id = run.info.run_id
+    flat = {"data_version": data_version, **flatten(params)}
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+    with tempfile.TemporaryDirectory() as tmp:  # KFP artifact files have no extension: name them
+        for src, name in ((validation_path, "validation.json"), (data_docs_path, "data_docs.html")):
+            if src and Path(src).is_file():
+                shutil.copy(src, Path(tmp) / name)
+                client.log_artifact(run_id, str(Path(tmp) / name), "data-validation")
+    return run_id
+
+
+@dataclasses.dataclass
+class TrainRequest:
+    dataset: str  # local path of the prepared dataset
+    dataset_uri: str  # where KFP stored it (s3://... on a cluster): what a TrainJob downloads
+    ablation: dict[str, Any]
+    config: str
+    overrides: list[str]
+    seed: int
+    steps: int
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    backend: str = "torchrun"
+    nproc_per_node: int = 1
+    num_nodes: int = 1
+    gpus_per_node: int = 0
+    trainer_runtime: str = "torch-distributed"
+    namespace: str = ""
+    image: str = ""
+    shared_dir: str = "/data"  # volume shared with the TrainJob pods (trainjob backend)
+    data_pvc: str = "iwarp-data"  # ... and the claim behind it
+    data_version: str = ""
+
+    def train_overrides(self, dataset_root: str, out_dir: str) -> list[str]:
+        """Identical for every variant except the two ablation switches."""
+        from components.ablation import variant_overrides
+
+        sets = [f"data.root={dataset_root}", f"out_dir={out_dir}", f"seed={self.seed}",
+                f"experiment={self.experiment}", f"run_name={self.ablation['variant']}"]
+        if self.steps > 0:
+            sets.append(f"optim.steps={self.steps}")
+        return [*sets, *self.overrides, *variant_overrides(self.ablation)]
+
+
+def resolve_config(path: str) -> str:
+    """A config path as given, else relative to the project (the image's /app, a checkout)."""
+    if Path(path).is_file():
+        return str(Path(path).resolve())
+    candidate = project_dir() / path
+    if candidate.is_file():
+        return str(candidate)
+    raise FileNotFoundError(f"training config {path!r} not found (looked in . and {project_dir()})")
+
+
+def project_dir() -> Path:
+    """The iwarp checkout: $IWARP_PROJECT_DIR (set in the image), else the source tree."""
+    env = os.environ.get("IWARP_PROJECT_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2]
+
+
+def run_training(req: TrainRequest, checkpoint_path: str) -> str:
+    """Train, copy the final checkpoint to `checkpoint_path`, nest the run under the parent."""
+    if req.backend == "torchrun":
+        final = train_local(req, Path(checkpoint_path).parent / "train")
+    elif req.backend == "trainjob":
+        from components.steps.trainjob import train_on_cluster
+
+        final = train_on_cluster(req, Path(checkpoint_path).parent / "train")
+    else:
+        raise ValueError(f"train backend must be 'torchrun' or 'trainjob', got {req.backend!r}")
+    shutil.copy(final, checkpoint_path)
+    return attach_to_parent(req, final)
+
+
+def train_local(req: TrainRequest, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "iwarp", "train", "--config", resolve_config(req.config),
+           "--nproc", str(max(1, req.nproc_per_node)), "--tracking-uri", req.tracking_uri,
+           "--set", *req.train_overrides(req.dataset, str(out_dir))]
+    print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise RuntimeError(f"training of variant {req.ablation['variant']!r} failed (exit {rc}); see the log above")
+    return final_checkpoint(out_dir)
+
+
+def final_checkpoint(out_dir: Path) -> Path:
+    found = sorted(out_dir.rglob("final.ckpt"))
+    if not found:
+        raise FileNotFoundError(f"training finished without a final.ckpt under {out_dir}")
+    return found[0]
+
+
+def attach_to_parent(req: TrainRequest, final: Path) -> str:
+    """The run the training logged to (its id is stored in the checkpoint) becomes a child
+    of the sweep's parent run, tagged with its variant."""
+    from iwarp.checkpoint import load_checkpoint
+
+    run_id = load_checkpoint(final).get("tracking_run_id")
+    if not run_id:
+        raise RuntimeError(f"{final} records no MLflow run: was training given --tracking-uri?")
+    client = mlflow_client(req.tracking_uri)
+    a = req.ablation
+    for key, value in {PARENT_TAG: req.parent_run_id, "iwarp.variant": a["variant"],
+                       "iwarp.residual": str(bool(a["residual"])).lower(),
+                       "iwarp.extra_kv": str(bool(a["extra_kv"])).lower()}.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """`iwarp evaluate` JSON -> flat `<metric>_k<k>` floats."""
+    out: dict[str, float] = {}
+    for k, row in result["per_k"].items():
+        for name, value in row.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{name}_k{int(k)}"] = float(value)
+    return out
+
+
+def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: str, tracking_uri: str,
+                   info: dict[str, Any], report_path: str, max_videos: int = 0) -> dict[str, float]:
+    from mlflow.entities import Metric
+
+    out_json = Path(report_path).parent / "evaluate.json"
+    cmd = [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint", checkpoint, "--data", dataset,
+           "--sources", *map(str, sources), "--out", str(out_json)]
+    if max_videos > 0:
+        cmd += ["--max-videos", str(max_videos)]
+    print(f"[evaluate] {' '.join(cmd)}", flush=True)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}); see the log above")
+    values = eval_metrics(json.loads(out_json.read_text()))
+    client = mlflow_client(tracking_uri)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"test/{k}", v, now, 0) for k, v in values.items()])
+    client.log_artifact(run_id, str(out_json), "evaluation")
+    report = {"variant": info.get("variant"), "residual": info.get("residual"), "extra_kv": info.get("extra_kv"),
+              "run_id": run_id, "metrics": values}
+    Path(report_path).write_text(json.dumps(report, indent=2))
+    return values

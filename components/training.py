@@ -1,0 +1,102 @@
+"""Training-side components: the MLflow parent run of the sweep, distributed training of
+one ablation variant, and its evaluation.
+
+Training has two back ends behind one component:
+- `torchrun` (local runs, CPU or a GPU node): `iwarp train --nproc N` inside the task,
+  which relaunches itself under `torch.distributed.run`.
+- `trainjob` (a cluster): a Kubeflow Trainer `TrainJob` on the torch-distributed runtime,
+  submitted with the Kubeflow SDK (`kubeflow==0.5.0`) and awaited; dataset and checkpoints
+  pass through the shared data volume (k8s/params.yaml `data:`). See `components.steps.trainjob`.
+"""
+
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.base import EVAL_PACKAGES, IMAGE, REGISTRY_PACKAGES, TRAIN_PACKAGES
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=REGISTRY_PACKAGES)
+def open_parent_run(
+    tracking_uri: str,
+    experiment: str,
+    data_version: str,
+    validation: Input[Artifact],
+    data_docs: Input[HTML],
+    params: dict,
+    pipeline_job: str,
+) -> str:
+    """Create the sweep's MLflow parent run (data version, validation result and Data Docs,
+    sweep parameters); the four training runs become its children. Returns its run id."""
+    from components.steps.training import start_parent_run
+
+    return start_parent_run(tracking_uri, experiment, data_version, validation.path, data_docs.path, params,
+                            pipeline_job)
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=TRAIN_PACKAGES)
+def train_model(
+    dataset: Input[Dataset],
+    ablation: dict,
+    train_config: str,
+    train_overrides: list,
+    seed: int,
+    steps: int,
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str,
+    backend: str,
+    nproc_per_node: int,
+    num_nodes: int,
+    gpus_per_node: int,
+    trainer_runtime: str,
+    namespace: str,
+    image: str,
+    shared_dir: str,
+    data_pvc: str,
+    checkpoint: Output[Model],
+) -> str:
+    """Train one ablation variant with the same data, seed and step budget as the others,
+    as an MLflow child run of `parent_run_id`. Returns the child run id.
+
+    backend="torchrun": `nproc_per_node` local processes (gloo on CPU, NCCL on GPU).
+    backend="trainjob": a Kubeflow Trainer TrainJob of `num_nodes` x `nproc_per_node`
+    processes with `gpus_per_node` GPUs each (needs a cluster; tested with the SDK client
+    mocked only).
+    """
+    from components.steps.training import TrainRequest, run_training
+
+    req = TrainRequest(
+        dataset=dataset.path, dataset_uri=dataset.uri, ablation=ablation, config=train_config,
+        overrides=list(train_overrides), seed=seed, steps=steps, tracking_uri=tracking_uri,
+        experiment=experiment, parent_run_id=parent_run_id, backend=backend,
+        nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
+        trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir, data_pvc=data_pvc,
+        data_version=dataset.metadata.get("data_version", ""),
+    )
+    run_id = run_training(req, checkpoint.path)
+    checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id,
+                                "residual": bool(ablation["residual"]), "extra_kv": bool(ablation["extra_kv"])})
+    return run_id
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=EVAL_PACKAGES)
+def evaluate_model(
+    checkpoint: Input[Model],
+    dataset: Input[Dataset],
+    run_id: str,
+    tracking_uri: str,
+    sources: list,
+    max_videos: int,
+    metrics: Output[Metrics],
+    report: Output[Artifact],
+):
+    """`iwarp evaluate` on the test split for each number of sources; the metrics go to the
+    variant's MLflow run, to a KFP Metrics artifact (`<metric>_k<k>` keys) and, with the
+    variant and run id, to the JSON `report` the compare step reads."""
+    from components.steps.training import run_evaluation
+
+    values = run_evaluation(checkpoint.path, dataset.path, [int(k) for k in sources], run_id, tracking_uri,
+                            dict(checkpoint.metadata), report.path, max_videos)
+    for key, value in values.items():
+        metrics.log_metric(key, value)

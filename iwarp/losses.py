@@ -1,0 +1,206 @@
+"""Training losses, each weighted from `LossConfig` (a weight of 0 disables and skips the term).
+
+Generator: multi-scale perceptual (VGG16 ImageNet features, VGG19 when the user supplies its
+weights), GAN (hinge or least squares) with discriminator feature matching, keypoint
+equivariance under random affine + thin-plate-spline transforms, and an optional pixel L1.
+Discriminator: the matching GAN loss on real driving frames vs detached predictions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iwarp.discriminator import MultiScalePatchDiscriminator, ScaleOutput
+from iwarp.outputs import ModelOutput
+from iwarp.pretrained import VGGFeatures, imagenet_normalize, vgg16_features, vgg19_features
+from iwarp.transforms import RandomTPS
+
+GAN_MODES = ("hinge", "ls")
+
+
+@dataclass
+class LossConfig:
+    perceptual: float = 10.0
+    perceptual_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.25, 0.125])
+    perceptual_layer_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0, 1.0])
+    vgg19_weights: str | None = None  # torchvision-format VGG19 state dict; when set, replaces VGG16
+    gan: float = 1.0
+    gan_mode: str = "hinge"  # "hinge" | "ls"
+    feature_matching: float = 10.0
+    equivariance: float = 10.0
+    equivariance_sigma_affine: float = 0.05
+    equivariance_sigma_tps: float = 0.005
+    equivariance_tps_points: int = 5
+    reconstruction: float = 0.0  # pixel L1; not in the paper, useful for quick CPU runs
+
+
+class PerceptualLoss(nn.Module):
+    """sum over pyramid scales and VGG layers of w_l * mean |phi_l(x) - phi_l(y)|.
+
+    Scales that would shrink the image below what VGG needs for its deepest layer (16 px) are
+    skipped, so a 64 px model uses 64/32/16."""
+
+    def __init__(self, scales: list[float], layer_weights: list[float], vgg19_weights: str | None = None) -> None:
+        super().__init__()
+        self.scales = list(scales)
+        self.layer_weights = list(layer_weights)
+        self.net: VGGFeatures = vgg19_features(vgg19_weights) if vgg19_weights else vgg16_features()
+        if len(self.layer_weights) != len(self.net.taps):
+            raise ValueError(f"perceptual_layer_weights needs {len(self.net.taps)} entries, got {self.layer_weights}")
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = prediction.new_zeros(())
+        for s in self.scales:
+            if min(prediction.shape[-2:]) * s < self.net.min_size:
+                continue
+            x, y = prediction, target
+            if s != 1:
+                x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
+                y = F.interpolate(y, scale_factor=s, mode="bilinear", align_corners=False, antialias=True)
+            fx = self.net(imagenet_normalize(x))
+            with torch.no_grad():
+                fy = self.net(imagenet_normalize(y))
+            for w, a, b in zip(self.layer_weights, fx, fy):
+                if w:
+                    total = total + w * (a - b).abs().mean()
+        return total
+
+
+def gan_generator_loss(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    return -logits.mean() if mode == "hinge" else (1 - logits).square().mean()
+
+
+def gan_discriminator_loss(real: torch.Tensor, fake: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    return (1 - real).square().mean() + fake.square().mean()
+
+
+def feature_matching_loss(fake: list[ScaleOutput], real: list[ScaleOutput]) -> torch.Tensor:
+    total = fake[0].logits.new_zeros(())
+    for f, r in zip(fake, real):
+        for a, b in zip(f.features, r.features):
+            total = total + (a - b.detach()).abs().mean()
+    return total
+
+
+def equivariance_loss(model: nn.Module, driving: torch.Tensor, keypoints_xy: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Keypoints of a randomly deformed driving frame, mapped back through the deformation,
+    must land on the driving frame's keypoints."""
+    tps = RandomTPS(driving.shape[0], cfg.equivariance_sigma_affine, cfg.equivariance_sigma_tps, cfg.equivariance_tps_points, driving.device)
+    transformed = tps.transform_frame(driving)
+    kp_t = model.detect_keypoints(transformed)
+    return (keypoints_xy - tps.warp_coordinates(kp_t.xy)).abs().mean()
+
+
+class Losses(nn.Module):
+    """Holds the frozen perceptual network; call `generator_losses` / `discriminator_losses`.
+
+    Both return weighted named terms plus "total" (the sum to backpropagate). Disabled terms
+    (weight 0) are neither computed nor returned. The frozen VGG lives here, not in the model,
+    so checkpoints of the generator do not carry it.
+    """
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or LossConfig()
+        if cfg.gan_mode not in GAN_MODES:
+            raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {cfg.gan_mode!r}")
+        self.config = cfg
+        self.perceptual = (
+            PerceptualLoss(cfg.perceptual_scales, cfg.perceptual_layer_weights, cfg.vgg19_weights) if cfg.perceptual > 0 else None
+        )
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.config.gan > 0 or self.config.feature_matching > 0
+
+    def _need_discriminator(self, discriminator: MultiScalePatchDiscriminator | None) -> MultiScalePatchDiscriminator:
+        if discriminator is None:
+            raise ValueError("gan / feature_matching weights are > 0 but no discriminator was given (set them to 0 to train without one)")
+        return discriminator
+
+    def generator_losses(
+        self,
+        driving: torch.Tensor,
+        out: ModelOutput,
+        model: nn.Module,
+        discriminator: MultiScalePatchDiscriminator | None = None,
+        adversarial: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """`adversarial=False` skips the GAN and feature-matching terms (e.g. a warm-up phase)."""
+        cfg = self.config
+        pred = out.prediction
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.reconstruction > 0:
+            terms["reconstruction"] = cfg.reconstruction * (pred - driving).abs().mean()
+        if self.perceptual is not None:
+            terms["perceptual"] = cfg.perceptual * self.perceptual(pred, driving)
+        if self.uses_discriminator and adversarial:
+            disc = self._need_discriminator(discriminator)
+            fake = disc(pred)
+            if cfg.gan > 0:
+                terms["gan"] = cfg.gan * sum(gan_generator_loss(s.logits, cfg.gan_mode) for s in fake)
+            if cfg.feature_matching > 0:
+                with torch.no_grad():
+                    real = disc(driving)
+                terms["feature_matching"] = cfg.feature_matching * feature_matching_loss(fake, real)
+        if cfg.equivariance > 0:
+            terms["equivariance"] = cfg.equivariance * equivariance_loss(model, driving, out.driving_keypoints.xy, cfg)
+        terms["total"] = sum(terms.values()) if terms else pred.new_zeros(())
+        return terms
+
+    def discriminator_losses(
+        self,
+        driving: torch.Tensor,
+        prediction_detached: torch.Tensor,
+        discriminator: MultiScalePatchDiscriminator,
+    ) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        if cfg.gan <= 0:
+            zero = driving.new_zeros(())
+            return {"total": zero}
+        real = discriminator(driving)
+        fake = discriminator(prediction_detached.detach())
+        loss = cfg.gan * sum(gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode) for r, f in zip(real, fake))
+        return {"discriminator_gan": loss, "total": loss}
+
+
+# Functional form (what the training loop calls): one `Losses` per (config, device) is built on
+# first use and reused, so the frozen VGG is loaded once per process.
+_LOSSES_CACHE: dict[tuple[str, str], Losses] = {}
+
+
+def _losses_for(config: LossConfig | None, device: torch.device) -> Losses:
+    cfg = config or LossConfig()
+    key = (repr(cfg), str(device))
+    if key not in _LOSSES_CACHE:
+        _LOSSES_CACHE[key] = Losses(cfg).to(device)
+    return _LOSSES_CACHE[key]
+
+
+def generator_losses(
+    driving: torch.Tensor,
+    out: ModelOutput,
+    model: nn.Module,
+    discriminator: nn.Module | None = None,
+    config: LossConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """`Losses(config).generator_losses(...)` with the loss networks cached per config/device.
+    `discriminator=None` skips (and omits) the GAN and feature-matching terms."""
+    losses = _losses_for(config, driving.device)
+    return losses.generator_losses(driving, out, model, discriminator, adversarial=discriminator is not None)
+
+
+def discriminator_losses(
+    driving: torch.Tensor,
+    prediction_detached: torch.Tensor,
+    discriminator: nn.Module,
+    config: LossConfig | None = None,
+) -> dict[str, torch.Tensor]:
+    """`Losses(config).discriminator_losses(...)` (no network to load: built cheaply, cached)."""
+    return _losses_for(config, driving.device).discriminator_losses(driving, prediction_detached, discriminator)

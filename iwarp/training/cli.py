@@ -1,0 +1,154 @@
+"""`iwarp train | evaluate | animate`. Heavy imports happen inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (single process, or DDP under torchrun / --nproc)",
+        description="Train implicit warping or the explicit-flow baseline from a YAML config. "
+        "Multi-process: `torchrun --nproc-per-node N -m iwarp train ...` or `--nproc N`.",
+    )
+    p.add_argument("--config", required=True, help="YAML file (see configs/)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set optim.steps=100 data.root=data/synth")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out_dir>/checkpoints")
+    p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (http://..., sqlite:///..., file:...)")
+    p.add_argument("--register-model", metavar="NAME", help="also register the final model under this MLflow name")
+    p.add_argument("--nproc", type=int, default=0, metavar="N",
+                   help="launch N local processes through torch.distributed.run (CPU: gloo, GPU: NCCL)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="reconstruction metrics per number of sources",
+        description="Test-split reconstruction: the first frames of each video are the sources, "
+        "every other remaining frame is driven. Prints a per-k table and writes JSON.",
+    )
+    p.add_argument("--checkpoint", required=False, help="checkpoint written by `iwarp train` (omit with --copy-source-only)")
+    p.add_argument("--data", required=True, help="dataset folder holding <split>/")
+    p.add_argument("--sources", nargs="+", type=int, default=[1, 2, 4], metavar="K", help="numbers of sources to test")
+    p.add_argument("--out", default="metrics.json", help="JSON output path")
+    p.add_argument("--split", default="test")
+    p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
+    p.add_argument("--frame-stride", type=int, default=2, help="drive every n-th frame (default 2)")
+    p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
+    p.add_argument("--landmarks", action=argparse.BooleanOptionalAction, default=True,
+                   help="AKD/MKR from 68-point face landmarks (dlib; slow on CPU); --no-landmarks for non-face data")
+    p.add_argument("--fd", action=argparse.BooleanOptionalAction, default=True,
+                   help="Frechet distance over VGG16 features (fd_vgg16; not Inception FID); --no-fd to skip")
+    p.add_argument("--copy-source", action="store_true", help="also report the floor that predicts the first source")
+    p.add_argument("--copy-source-only", action="store_true", help="only the copy-the-source floor (no checkpoint)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "animate",
+        help="animate source image(s) with a driving video",
+        description="Encode the source images once, then animate each driving frame; writes an H.264 mp4.",
+    )
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--source", nargs="+", required=True, metavar="IMAGE", help="one or more source images of one subject")
+    p.add_argument("--driving", required=True, help="driving video (.mp4 etc.) or a folder of frames")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--relative", action="store_true",
+                   help="FOMM relative motion: move the first source's keypoints by the driving keypoints' "
+                   "displacement from the first driving frame (keeps the source's identity and pose)")
+    p.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
+    p.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
+    p.add_argument("--side-by-side", action="store_true", help="write driving | prediction side by side")
+    p.add_argument("--batch-size", type=int, default=8, help="driving frames per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_animate)
+
+
+def _plain_warnings() -> None:
+    """`warning: ...` on stderr instead of Python's file:line prefix (users read these)."""
+    import warnings
+
+    warnings.showwarning = lambda message, category, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    """`--nproc N`: run this same command under torch.distributed.run (standalone rendezvous)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "iwarp", "train", "--config", args.config]
+    if args.overrides:
+        cmd += ["--set", *args.overrides]
+    if args.resume:
+        cmd.append("--resume")
+    for flag, value in (("--resume-from", args.resume_from), ("--tracking-uri", args.tracking_uri),
+                        ("--register-model", args.register_model)):
+        if value:
+            cmd += [flag, value]
+    return subprocess.call(cmd)
+
+
+def _train(args: argparse.Namespace) -> int:
+    _plain_warnings()
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args)
+    from iwarp.checkpoint import CheckpointError
+    from iwarp.config import ConfigError
+    from iwarp.training.config import load_train_config
+    from iwarp.training.loop import train
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+    except ConfigError as exc:
+        return _fail(str(exc))
+
+    make_logger = None
+    if args.tracking_uri:
+        def make_logger(trainer):
+            from components.tracking import MLflowLogger  # lazy: MLflow glue lives outside iwarp/
+
+            return MLflowLogger(args.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or None,
+                                run_id=trainer.tracking_run_id, registered_model_name=args.register_model)
+    try:
+        result = train(cfg, make_logger, resume=args.resume, resume_from=args.resume_from)
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        return _fail(str(exc), 1)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if result.stopped == "signal":
+            print(f"stopped by SIGTERM at step {result.step}; checkpoint saved, continue with --resume", file=sys.stderr)
+            return 143
+        note = " (time budget reached)" if result.stopped == "budget" else ""
+        print(f"trained {result.step} steps{note}; final checkpoint: {result.final_checkpoint}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    _plain_warnings()
+    from iwarp.checkpoint import CheckpointError
+    from iwarp.training.evaluate import EvalError, evaluate_cli
+
+    try:
+        return evaluate_cli(args)
+    except (CheckpointError, EvalError, FileNotFoundError) as exc:
+        return _fail(str(exc), 1)
+
+
+def _animate(args: argparse.Namespace) -> int:
+    _plain_warnings()
+    from iwarp.checkpoint import CheckpointError
+    from iwarp.training.animate import AnimateError, animate_cli
+
+    try:
+        return animate_cli(args)
+    except (CheckpointError, AnimateError, FileNotFoundError) as exc:
+        return _fail(str(exc), 1)

@@ -1,0 +1,143 @@
+"""`iwarp pipeline run | compile | services`. Heavy imports (kfp, mlflow) happen inside
+the handlers so `iwarp --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="run the Kubeflow pipeline locally, or compile it for a cluster",
+                       description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")
+    psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
+
+    r = psub.add_parser(
+        "run",
+        help="run the whole pipeline locally (kfp.local + local MLflow, TorchServe, DVC)",
+        description="Run preprocess -> validate -> ablation sweep (4 trainings) -> compare -> register -> "
+        "package -> canary with kfp.local's SubprocessRunner. Starts or reuses a local MLflow server "
+        "(SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
+    )
+    r.add_argument("--data", metavar="DIR", help="folder of raw videos (default: generate a synthetic set)")
+    r.add_argument("--config", default="configs/tiny.yaml", help="training config (default: %(default)s)")
+    r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="training config overrides applied to all four variants")
+    r.add_argument("--steps", type=int, default=0, help="training steps per variant (default: the config's)")
+    r.add_argument("--nproc", type=int, default=1, help="training processes per variant (torchrun; default 1)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--image-size", type=int, default=64, help="prepared frame size (default: %(default)s)")
+    r.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4], metavar="K", help="evaluate with K sources")
+    r.add_argument("--eval-max-videos", type=int, default=0, help="evaluate on at most N test videos (0: all)")
+    r.add_argument("--select-metric", default="lpips", help="metric that may overrule the full model (default: lpips)")
+    r.add_argument("--experiment", default="iwarp", help="MLflow experiment (default: %(default)s)")
+    r.add_argument("--model-name", default="iwarp", help="MLflow registered model / TorchServe model name")
+    r.add_argument("--mlflow-port", type=int, default=5000, help="port for a newly started MLflow server")
+    r.add_argument("--home", help="state directory (default: $IWARP_HOME or ./.iwarp)")
+    r.add_argument("--verbose", "-v", action="store_true", help="stream every task's log instead of the progress view")
+    r.add_argument("--json", metavar="PATH", help="also write the run's result as JSON")
+    r.set_defaults(func=_run)
+
+    c = psub.add_parser("compile", help="write the pipeline IR YAML for `kfp run create`",
+                        description="Compile the pipeline (with its Kubernetes platform config) to KFP IR YAML.")
+    c.add_argument("--out", default="iwarp_pipeline.yaml", help="output YAML (default: %(default)s)")
+    c.add_argument("--image", help="container image for every step (default: $IWARP_IMAGE or ghcr.io/iwarp/iwarp:0.1.0)")
+    c.add_argument("--eval-gpus", type=int, help="GPUs per evaluation task (default 1; 0 = CPU)")
+    c.add_argument("--accelerator", help="GPU resource name (default nvidia.com/gpu)")
+    c.add_argument("--gpu-node-selector", nargs="*", metavar="KEY=VALUE", help="node labels for GPU tasks")
+    c.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default iwarp-s3)")
+    c.add_argument("--mlflow-secret", help="Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD (default iwarp-mlflow)")
+    c.add_argument("--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="new defaults for pipeline parameters (e.g. tracking_uri=http://mlflow:5000)")
+    c.set_defaults(func=_compile)
+
+    s = psub.add_parser("services", help="status or stop of the local MLflow / TorchServe servers")
+    s.add_argument("action", choices=["status", "stop"])
+    s.add_argument("--home", help="state directory (default: $IWARP_HOME or ./.iwarp)")
+    s.set_defaults(func=_services)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipelines.local_run import LocalRunOptions, print_summary, result_json, run_local
+    from pipelines.services import ServiceError
+
+    console = Console()
+    opts = LocalRunOptions(
+        data=args.data, config=args.config, overrides=args.overrides, steps=args.steps, nproc=args.nproc,
+        seed=args.seed, image_size=args.image_size, eval_sources=args.sources, eval_max_videos=args.eval_max_videos,
+        select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
+        mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose,
+    )
+    try:
+        result = run_local(opts, console)
+    except (ServiceError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print_summary(result, console)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result_json(result), f, indent=2, default=str)
+    return 0 if result.ok else 1
+
+
+def _kv(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"error: {what} must look like KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _compile(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipelines.pipeline import PlatformOptions, Secret, compile_pipeline
+
+    opts = PlatformOptions()
+    if args.image:
+        opts.image = args.image
+    if args.eval_gpus is not None:
+        opts.eval_gpus = args.eval_gpus
+    if args.accelerator:
+        opts.accelerator_type = args.accelerator
+    if args.gpu_node_selector is not None:
+        opts.gpu_node_selector = _kv(args.gpu_node_selector, "--gpu-node-selector")
+    if args.s3_secret:
+        opts.s3 = Secret(args.s3_secret, opts.s3.keys, opts.s3.optional)
+    if args.mlflow_secret:
+        opts.mlflow = Secret(args.mlflow_secret, opts.mlflow.keys, opts.mlflow.optional)
+    # Values parse as YAML so numbers, booleans and lists keep their types (eval_sources=[1,2]).
+    defaults = {k: yaml.safe_load(v) for k, v in _kv(args.param, "--param").items()}
+    try:
+        out = compile_pipeline(args.out, opts, defaults)
+    except (ValueError, TypeError) as exc:  # unknown parameter name or wrong type
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    print(f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} raw_data=s3://BUCKET/raw "
+          "tracking_uri=http://iwarp-mlflow.iwarp.svc.cluster.local:5000 dvc_remote=s3://BUCKET/dvc")
+    return 0
+
+
+def _services(args: argparse.Namespace) -> int:
+    from pipelines.services import MlflowServer, ServiceError, iwarp_home, stop_torchserve, torchserve_status
+
+    home = iwarp_home(args.home)
+    mlflow = MlflowServer(home)
+    if args.action == "status":
+        rec = mlflow.running()
+        print(f"mlflow: {'running at ' + rec.url + f' (pid {rec.pid})' if rec else 'not running'}")
+        print(f"torchserve: {torchserve_status(home)}")
+        return 0
+    try:
+        print(f"mlflow: {'stopped' if mlflow.stop() else 'was not running'}")
+        print(f"torchserve: {'stopped' if stop_torchserve(home) else 'was not running'}")
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

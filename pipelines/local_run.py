@@ -1,0 +1,209 @@
+"""`iwarp pipeline run`: the whole pipeline on this machine with `kfp.local`'s
+SubprocessRunner, against local services (MLflow server with SQLite, TorchServe, a DVC
+directory remote), on a synthetic dataset unless `--data` names real videos.
+
+The pipeline is the very one `iwarp pipeline compile` writes for a cluster; only its
+parameters differ (torchrun instead of a TrainJob, TorchServe instead of KServe, local
+paths instead of S3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+import urllib.parse
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.panel import Panel
+
+from pipelines.services import MlflowServer, dvc_remote_dir, ensure_torchserve, iwarp_home
+
+TASKS_PER_RUN = 15  # preprocess, validate, gate, parent, 4 x (train, evaluate), compare, register, package, canary
+
+
+@dataclasses.dataclass
+class LocalRunOptions:
+    data: str | None = None  # folder of raw videos; None: DVC's `synth` stage makes a synthetic set
+    data_params: list[str] = dataclasses.field(default_factory=list)  # params.yaml overrides (synth.num_frames=16)
+    config: str = "configs/tiny.yaml"
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    steps: int = 0  # 0: the config's optim.steps
+    nproc: int = 1  # training processes per variant (torchrun)
+    seed: int = 0
+    image_size: int = 64
+    experiment: str = "iwarp"
+    model_name: str = "iwarp"
+    eval_sources: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4])
+    eval_max_videos: int = 0
+    select_metric: str = "lpips"
+    select_margin: float = 0.02
+    mlflow_port: int = 5000
+    torchserve_ports: tuple[int, int, int] = (8080, 8081, 8082)  # inference, management, metrics
+    home: str | None = None
+    verbose: bool = False
+
+
+@dataclasses.dataclass
+class LocalRunResult:
+    ok: bool
+    run_dir: Path
+    log: Path
+    mlflow_url: str
+    failed_task: str = ""
+    error: str = ""
+    outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_docs: Path | None = None
+    seconds: float = 0.0
+
+
+def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
+                       serving: dict[str, str]) -> dict[str, Any]:
+    return {
+        "raw_data": str(Path(opts.data).expanduser().resolve()) if opts.data else "",
+        "tracking_uri": tracking_uri,
+        "dvc_remote": str(dvc_remote_dir(home)),
+        "dvc_workspace": str(home / "dvc-workspace"),
+        "image_size": opts.image_size,
+        "data_params": list(opts.data_params),
+        "train_config": opts.config,
+        "train_overrides": list(opts.overrides),
+        "seed": opts.seed,
+        "train_steps": opts.steps,
+        "train_backend": "torchrun",
+        "nproc_per_node": opts.nproc,
+        "gpus_per_node": 0,
+        "eval_sources": list(opts.eval_sources),
+        "eval_max_videos": opts.eval_max_videos,
+        "select_metric": opts.select_metric,
+        "select_margin": opts.select_margin,
+        "experiment": opts.experiment,
+        "model_name": opts.model_name,
+        "serving_target": "torchserve",
+        "serving_workdir": serving["workdir"],
+    }
+
+
+def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRunResult:
+    from kfp import local
+
+    from pipelines.pipeline import PlatformOptions, build_pipeline
+
+    console = console or Console()
+    t0 = time.monotonic()
+    home = iwarp_home(opts.home)
+    run_dir = home / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "pipeline.log"
+
+    mlflow = MlflowServer(home, port=opts.mlflow_port)
+    with console.status("MLflow: starting or reusing the tracking server (first start ~30 s) ..."):
+        rec, started = mlflow.ensure()
+    console.print(f"MLflow: {rec.url} ({'started' if started else 'reused'}; SQLite store {mlflow.db})")
+    with console.status("TorchServe: starting or reusing the local server ..."):
+        ts, ts_started = ensure_torchserve(home, opts.torchserve_ports, opts.model_name)
+    serving = {"workdir": ts.workdir, "inference_url": ts.inference_url}
+    console.print(f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
+                  f"management {ts.management_url}, token auth on: {ts.key_file})")
+    if opts.data and not Path(opts.data).is_dir():
+        raise FileNotFoundError(f"--data {opts.data}: no such folder")
+    args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
+    (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
+
+    # The runner would otherwise warn that our image name lacks "python": tasks run in this
+    # interpreter, which has exactly the image's packages.
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
+    pipeline = build_pipeline(PlatformOptions(sweep_parallelism=1))  # 2 cores: one variant at a time
+
+    result = LocalRunResult(ok=False, run_dir=run_dir, log=log, mlflow_url=rec.url)
+    console.print(f"pipeline: running {TASKS_PER_RUN} tasks; full log {log}")
+    started_ms = int(time.time() * 1000)
+    from pipelines.progress import RunProgress
+
+    with RunProgress(log, console, TASKS_PER_RUN, verbose=opts.verbose) as progress:
+        try:
+            with contextlib.redirect_stdout(progress):
+                task = pipeline(**args)
+            result.ok = True
+            result.outputs = read_outputs(task)
+        except Exception as exc:  # a failed task: kfp raises RuntimeError naming it
+            failed = progress.failed_tasks()
+            result.failed_task = failed[-1].name if failed else ""
+            result.error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    result.seconds = time.monotonic() - t0
+    if not result.ok:
+        result.data_docs = next(iter(sorted((run_dir / "kfp").rglob("validate-data/data_docs"))), None)
+        mark_failed_runs(rec.url, opts.experiment, started_ms)
+    return result
+
+
+def read_outputs(task: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (getattr(task, "outputs", None) or {}).items():
+        path = getattr(value, "path", None)
+        out[key] = Path(path).read_text() if path and Path(path).is_file() else value
+    return out
+
+
+def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
+    """Runs this pipeline opened and left RUNNING when a task failed become FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    with contextlib.suppress(Exception):  # best effort: the failure itself is what matters
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return
+        runs = client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}")
+        for r in runs:
+            client.set_terminated(r.info.run_id, "FAILED")
+
+
+def compare_url(mlflow_url: str, experiment_id: str, run_ids: list[str]) -> str:
+    q = urllib.parse.quote
+    return f"{mlflow_url}/#/compare-runs?runs={q(json.dumps(run_ids))}&experiments={q(json.dumps([experiment_id]))}"
+
+
+def child_runs(tracking_uri: str, parent_run_id: str) -> tuple[str, list[Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    exp_id = parent.info.experiment_id
+    kids = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return exp_id, kids
+
+
+def print_summary(result: LocalRunResult, console: Console) -> None:
+    minutes = f"{result.seconds / 60:.1f} min"
+    if not result.ok:
+        console.print(Panel.fit(f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
+                                f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))
+        if result.data_docs:
+            console.print(f"Data Docs (open in a browser): {result.data_docs}")
+        return
+    o = result.outputs
+    exp_id, kids = child_runs(result.mlflow_url, o["parent_run_id"])
+    console.rule("[bold]iwarp pipeline: done")
+    console.print(f"finished in {minutes}; log {result.log}")
+    console.print(f"MLflow UI:        {result.mlflow_url}/#/experiments/{exp_id}")
+    console.print(f"  sweep (parent): {result.mlflow_url}/#/experiments/{exp_id}/runs/{o['parent_run_id']}")
+    console.print(f"  compare runs:   {compare_url(result.mlflow_url, exp_id, [r.info.run_id for r in kids])}")
+    console.print(Markdown(o["ablation_table"]))
+    console.print(Panel(o["canary_verdict"].strip(), title="canary verdict"))
+    console.print(f"registered: models:/{o['model_name']}/{o['registered_version']} ({o['chosen_variant']})")
+    console.print(f"endpoint serving the champion: [bold]POST {o['endpoint']}[/]")
+
+
+def result_json(result: LocalRunResult) -> dict[str, Any]:
+    d = dataclasses.asdict(result)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+
+

@@ -1,0 +1,152 @@
+"""Progress of a local pipeline run, read off the KFP local runner's own output.
+
+`kfp.local` prints "Executing task 'x'" / "Task 'x' finished with status S" and streams
+every task's output through `print`. `RunProgress` stands in for `sys.stdout` while the
+pipeline runs: it keeps the complete log in a file and turns those lines into a live task
+list (rich) on a terminal, or one line per task event elsewhere (CI logs, pipes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_START = re.compile(r"Executing task '(?P<name>[^']+)'")
+_END = re.compile(r"Task '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
+_LABEL = re.compile(r"^\s*\[(?:train|evaluate)\] (?P<label>[\w.-]+):")
+# Lines not worth showing as a task's latest activity (executor plumbing, JSON dumps).
+_NOISE = re.compile(r"^\s*(\[KFP Executor|[{}\[\]\"]|Streamed logs|Task '|Executing task|$)")
+
+
+@dataclasses.dataclass
+class TaskState:
+    name: str
+    started: float
+    ended: float | None = None
+    status: str = "RUNNING"
+    label: str = ""
+    last_line: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} ({self.label})" if self.label else self.name
+
+    def elapsed(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+
+class RunProgress(io.TextIOBase):
+    """A write-only text stream: full log to `log_path`, task progress to `console`."""
+
+    def __init__(self, log_path: Path, console: Console, total_tasks: int, verbose: bool = False):
+        super().__init__()
+        self.log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.console = console
+        self.verbose = verbose
+        self.tasks: list[TaskState] = []
+        self.total = total_tasks
+        self._lock = threading.Lock()
+        self._buf = ""
+        self._t0 = time.monotonic()
+        self.live = console.is_terminal and not verbose
+        self._bar = Progress(SpinnerColumn(), TextColumn("[bold]iwarp pipeline"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("tasks"), TimeElapsedColumn(), console=console)
+        self._bar_task = self._bar.add_task("pipeline", total=total_tasks)
+        self._live: Live | None = None
+
+    # ------------------------------------------------------------------ stream API
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        with self._lock:
+            self.log.write(s)
+            self._buf += s
+            *lines, self._buf = self._buf.split("\n")
+            for line in lines:
+                self._line(_ANSI.sub("", line).replace("\r", ""))
+        return len(s)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    # ------------------------------------------------------------------ display
+    def __enter__(self) -> RunProgress:
+        if self.live:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
+                              get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live:
+            self._live.stop()
+        self.log.close()
+
+    def _running(self, name: str) -> TaskState | None:
+        return next((t for t in self.tasks if t.name == name and t.ended is None), None)
+
+    def _line(self, line: str) -> None:
+        if self.verbose:
+            self.console.print(Text(line), soft_wrap=True)
+        if m := _START.search(line):
+            self.tasks.append(TaskState(m["name"], time.monotonic()))
+            if not self.live and not self.verbose:
+                self._event(f"▶ {m['name']}")
+            return
+        if m := _END.search(line):
+            task = self._running(m["name"])
+            if task:
+                task.ended, task.status = time.monotonic(), m["status"]
+                if task.status == "SUCCESS":
+                    self._bar.advance(self._bar_task)
+                if not self.live and not self.verbose:
+                    mark = "✓" if task.status == "SUCCESS" else "✗"
+                    self._event(f"{mark} {task.title} {task.status.lower()} in {task.elapsed():.1f} s")
+            return
+        running = [t for t in self.tasks if t.ended is None]
+        if not running:
+            return
+        current = running[-1]
+        if m := _LABEL.match(line):
+            current.label = current.label or m["label"]
+        if not _NOISE.match(line):
+            current.last_line = line.strip()[:160]
+
+    def _event(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        done = sum(1 for t in self.tasks if t.status == "SUCCESS")
+        self.console.print(f"[dim]{stamp}[/] [{done}/{self.total}] {text}", highlight=False)
+
+    def _render(self):
+        table = Table.grid(padding=(0, 2))
+        for t in self.tasks[-14:]:
+            mark = {"SUCCESS": "[green]✓[/]", "RUNNING": "[yellow]…[/]"}.get(t.status, "[red]✗[/]")
+            table.add_row(mark, t.title, f"{t.elapsed():6.1f} s", Text(t.last_line if t.ended is None else "", style="dim"))
+        return Group(self._bar, table)
+
+    def note(self, text: str) -> None:
+        """A message of the driver itself (outside any task), logged and shown."""
+        with self._lock:
+            self.log.write(text + "\n")
+        if self._live:
+            self._live.console.print(text)
+        else:
+            self.console.print(text)
+
+    def failed_tasks(self) -> list[TaskState]:
+        return [t for t in self.tasks if t.status not in ("SUCCESS", "RUNNING")]

@@ -1,0 +1,142 @@
+"""S3 against a real S3-compatible HTTP server on loopback: the moto server, started here as its
+own process (no real S3 or MinIO is installable on this machine). DVC push/pull through an S3
+remote with `endpointurl`, the boto3 helpers, and clear errors when credentials are missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from iwarp.data import s3
+from iwarp.data.cli import main as data_main
+
+from test_data_dvc import REPO, dvc, tree_digest  # sibling test module (pytest puts tests/ on sys.path)
+
+BUCKET = "iwarp-test"
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto server did not start (see {log.name})")
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path, moto_endpoint):
+    """Test credentials in the environment only: nothing from this machine's ~/.aws."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    client = s3.client(moto_endpoint)
+    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket=BUCKET)
+    return moto_endpoint
+
+
+def _small_dataset(root: Path) -> Path:
+    from iwarp.data.synth import SynthConfig, make_synth_dataset
+
+    make_synth_dataset(root, SynthConfig(num_identities=2, videos_per_identity=1, num_frames=4, image_size=32,
+                                         format="mp4"), progress=False)
+    (root / "notes" / "deep").mkdir(parents=True)
+    (root / "notes" / "deep" / "readme.txt").write_text("nested file")
+    return root
+
+
+def test_boto3_helpers_round_trip(aws_env, tmp_path, monkeypatch):
+    src = _small_dataset(tmp_path / "src")
+    n = s3.upload_dir(src, f"s3://{BUCKET}/datasets/tiny", endpoint_url=aws_env)
+    assert n == len(tree_digest(src)) == 4
+    assert sorted(s3.list_keys(f"s3://{BUCKET}/datasets/tiny", endpoint_url=aws_env))[0].startswith("datasets/tiny/")
+    # the endpoint from the environment, as a pod would get it
+    monkeypatch.setenv(s3.ENDPOINT_ENV, aws_env)
+    assert data_main(["s3", "download", f"s3://{BUCKET}/datasets/tiny", str(tmp_path / "back")]) == 0
+    assert tree_digest(tmp_path / "back") == tree_digest(src)
+    s3.upload_file(src / "manifest.csv", f"s3://{BUCKET}/one/manifest.csv")
+    s3.download_file(f"s3://{BUCKET}/one/manifest.csv", tmp_path / "m.csv")
+    assert (tmp_path / "m.csv").read_bytes() == (src / "manifest.csv").read_bytes()
+    with pytest.raises(s3.S3Error, match="nothing under"):
+        s3.download_dir(f"s3://{BUCKET}/no/such/prefix", tmp_path / "x")
+    with pytest.raises(s3.S3Error, match="not found"):
+        s3.download_file("s3://no-such-bucket/key", tmp_path / "y")
+    assert not (tmp_path / "y").exists() and not list(tmp_path.glob(".y*"))
+    with pytest.raises(s3.S3Error, match="NoSuchBucket"):
+        s3.upload_dir(src, "s3://no-such-bucket/x", endpoint_url=aws_env)
+    with pytest.raises(s3.S3Error, match="not an S3 URL"):
+        s3.parse_url("http://example.com/x")
+
+
+def test_missing_credentials_fail_clearly(aws_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(s3.S3CredentialsError, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        s3.upload_dir(tmp_path, f"s3://{BUCKET}/x", endpoint_url=aws_env)
+    rc = data_main(["s3", "upload", str(tmp_path), f"s3://{BUCKET}/x", "--endpoint-url", aws_env])
+    assert rc == 2 and "no AWS credentials found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dvc_push_wipe_pull_through_s3_remote(aws_env, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")  # the project's remotes
+    # the documented set-up of the `s3` remote, per machine (`--local`: not committed)
+    dvc(repo, "remote", "modify", "--local", "s3", "url", f"s3://{BUCKET}/dvc")
+    dvc(repo, "remote", "modify", "--local", "s3", "endpointurl", aws_env)
+    _small_dataset(repo / "data" / "videos")
+    dvc(repo, "add", "data/videos")
+    before = tree_digest(repo / "data" / "videos")
+
+    # without credentials DVC refuses with a clear message, and nothing is half-pushed
+    env_keys = {k: os.environ.pop(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    try:
+        proc = dvc(repo, "push", "-r", "s3", check=False)
+    finally:
+        os.environ.update(env_keys)
+    assert proc.returncode != 0 and "Unable to locate credentials" in proc.stdout + proc.stderr
+    assert s3.list_keys(f"s3://{BUCKET}/dvc", endpoint_url=aws_env) == []
+
+    out = dvc(repo, "push", "-r", "s3").stdout
+    assert "pushed" in out
+    keys = s3.list_keys(f"s3://{BUCKET}/dvc", endpoint_url=aws_env)
+    assert len(keys) >= len(before)  # every file, plus the directory listing object
+
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / "data" / "videos")
+    dvc(repo, "pull", "-r", "s3")
+    assert tree_digest(repo / "data" / "videos") == before
+    assert not (repo / ".iwarp").exists()  # nothing went to the default local remote

@@ -1,0 +1,173 @@
+"""`iwarp pipeline run` end to end on this machine: kfp.local's SubprocessRunner, a real
+MLflow server (SQLite), a real TorchServe, real DVC with a directory remote, real Great
+Expectations, the tiny training config. One full run is shared by the tests below; an
+invalid-data run reuses its services.
+
+Budget: the full run takes a few minutes on 2 CPU cores (tiny model, few steps, small
+synthetic set); everything after it takes seconds.
+"""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import requests
+from rich.console import Console
+
+from pipelines.local_run import LocalRunOptions, child_runs, compare_url, print_summary, run_local
+from pipelines.services import MlflowServer, free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# Screenshots and reports land here (git-ignored); CI can keep them as build artifacts.
+ARTIFACTS = Path(os.environ.get("IWARP_TEST_ARTIFACTS", ROOT / "outputs" / "test-artifacts")) / "pipeline"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+STEPS = 30  # per variant: enough for distinct numbers, short enough for CI
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def browse(url: str, profile: Path, screenshot: Path | None = None, size: str = "1600,1400") -> str:
+    """Load `url` in headless Chromium (fresh profile); return the rendered DOM, and save a
+    screenshot when asked. `--virtual-time-budget` lets the page's XHRs finish first."""
+    exe = chromium()
+    base = [exe, *CHROMIUM_FLAGS, f"--window-size={size}", "--virtual-time-budget=20000"]
+    dom = subprocess.run([*base, f"--user-data-dir={profile / 'dom'}", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=180, check=True).stdout
+    if screenshot is not None:
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([*base, f"--user-data-dir={profile / 'shot'}", f"--screenshot={screenshot}", url],
+                       capture_output=True, timeout=180, check=True)
+    return dom
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A private state dir (its own MLflow port and TorchServe ports); services stopped after."""
+    path = tmp_path_factory.mktemp("iwarp-home")
+    yield path
+    from pipelines.services import stop_torchserve
+
+    MlflowServer(path).stop()
+    stop_torchserve(path)
+
+
+def options(home: Path, **kw) -> LocalRunOptions:
+    base = dict(home=str(home), steps=STEPS, synth_identities=4, synth_videos=2, synth_frames=16,
+                eval_max_videos=2, mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
+    base.update(kw)
+    return LocalRunOptions(**base)
+
+
+@pytest.fixture(scope="module")
+def full_run(home):
+    out = io.StringIO()
+    console = Console(file=out, width=160)
+    result = run_local(options(home), console)
+    print_summary(result, console)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "pipeline-run.txt").write_text(out.getvalue())
+    assert result.ok, f"pipeline failed at {result.failed_task}: {result.error}\n{out.getvalue()[-4000:]}"
+    return result
+
+
+def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
+    exp_id, kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
+    assert len(kids) == 4
+    assert {k.data.tags["iwarp.variant"] for k in kids} == {"full", "no-residual", "no-extra-kv", "neither"}
+    keys = [{m for m in k.data.metrics if m.startswith("test/")} for k in kids]
+    assert keys[0] and all(k == keys[0] for k in keys), keys
+    assert {"test/l1_k1", "test/lpips_k4"} <= keys[0]
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    # identical data, seed and budget for all four
+    for p in ("seed", "optim.steps", "data.root"):
+        assert len({k.data.params[p] for k in kids}) == 1, p
+
+
+def test_parent_run_holds_the_ablation_table_and_decision(full_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(full_run.mlflow_url)
+    parent = client.get_run(full_run.outputs["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["iwarp.chosen_variant"] == full_run.outputs["chosen_variant"]
+    files = {f.path for f in client.list_artifacts(parent.info.run_id, "ablation")}
+    assert {"ablation/ablation.png", "ablation/ablation.md", "ablation/table.json"} <= files
+    table = full_run.outputs["ablation_table"]
+    for variant in ("full", "no-residual", "no-extra-kv", "neither"):
+        assert f"| {variant}" in table
+    assert "**Decision**" in table
+
+
+def test_registered_version_has_the_right_alias(full_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(full_run.mlflow_url)
+    version = full_run.outputs["registered_version"]
+    mv = client.get_model_version("iwarp", version)
+    assert mv.run_id == full_run.outputs["chosen_run_id"] if "chosen_run_id" in full_run.outputs else mv.run_id
+    aliases = client.get_registered_model("iwarp").aliases
+    assert aliases.get("challenger") == version
+    if full_run.outputs["promoted"]:
+        assert aliases.get("champion") == version  # first version: nothing to beat, it is promoted
+
+
+def test_torchserve_default_version_answers_a_prediction(full_run, home):
+    from serving.client import TorchServeClient
+
+    endpoint = full_run.outputs["endpoint"]
+    assert endpoint.endswith("/predictions/iwarp")
+    client = TorchServeClient.for_workdir(home / "serve")
+    default = client.default_version("iwarp")
+    assert default == f"{full_run.outputs['registered_version']}.0"
+    frames = client.predict_test_case("iwarp")  # a real request through the HTTP endpoint
+    assert frames.shape[-1] == 3 and frames.shape[1] == frames.shape[2] == 64
+
+
+@pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (scripts/system-deps.sh installs it)")
+def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
+    exp_id, kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
+    url = compare_url(full_run.mlflow_url, exp_id, [k.info.run_id for k in kids])
+    shot = ARTIFACTS / "mlflow-compare-runs.png"
+    dom = browse(url, tmp_path, screenshot=shot)
+    assert "Comparing 4 Runs" in dom
+    for k in kids:
+        assert k.info.run_name in dom and k.info.run_id in dom
+    assert "test/lpips_k1" in dom  # the metric rows
+    assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
+    """Videos far too short for k sources + a driving frame: validation fails, the Data Docs
+    are there, nothing new is registered, and the services are reused."""
+    from mlflow.tracking import MlflowClient
+
+    from iwarp.data import SynthConfig, make_synth_dataset
+
+    bad = tmp_path / "bad-raw"
+    make_synth_dataset(bad, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=2, format="mp4"),
+                       overwrite=True, progress=False)
+    client = MlflowClient(full_run.mlflow_url)
+    versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
+    mlflow_before = MlflowServer(home).running()
+
+    result = run_local(options(home, data=str(bad)), Console(file=io.StringIO()))
+    assert not result.ok
+    assert result.failed_task == "data-gate"
+    assert result.data_docs is not None and result.data_docs.is_file()
+    html = result.data_docs.read_text()
+    assert "<html" in html.lower() and "expect" in html.lower()
+    assert {v.version for v in client.search_model_versions("name='iwarp'")} == versions_before
+    assert MlflowServer(home).running().pid == mlflow_before.pid  # reused, not restarted
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(result.data_docs, ARTIFACTS / "invalid-data-docs.html")
