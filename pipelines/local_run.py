@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.panel import Panel
 
-from pipelines.services import MlflowServer, dvc_remote_dir, iwarp_home
+from pipelines.services import MlflowServer, dvc_remote_dir, ensure_torchserve, iwarp_home
 
 TASKS_PER_RUN = 15  # preprocess, validate, gate, parent, 4 x (train, evaluate), compare, register, package, canary
 
@@ -45,6 +45,7 @@ class LocalRunOptions:
     select_metric: str = "lpips"
     select_margin: float = 0.02
     mlflow_port: int = 5000
+    torchserve_ports: tuple[int, int, int] = (8080, 8081, 8082)  # inference, management, metrics
     home: str | None = None
     verbose: bool = False
 
@@ -85,17 +86,8 @@ def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
         "experiment": opts.experiment,
         "model_name": opts.model_name,
         "serving_target": "torchserve",
-        "serving_url": serving["inference_url"],
-        "serving_management_url": serving["management_url"],
+        "serving_workdir": serving["workdir"],
     }
-
-
-def ensure_torchserve(home: Path, console: Console) -> dict[str, str]:
-    """Start (or reuse) the local TorchServe through `serving`'s process control."""
-    from serving.server import ensure_server
-
-    info = ensure_server(workdir=home / "serve")
-    return {"inference_url": info.inference_url, "management_url": info.management_url}
 
 
 def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRunResult:
@@ -115,8 +107,10 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
         rec, started = mlflow.ensure()
     console.print(f"MLflow: {rec.url} ({'started' if started else 'reused'}; SQLite store {mlflow.db})")
     with console.status("TorchServe: starting or reusing the local server ..."):
-        serving = ensure_torchserve(home, console)
-    console.print(f"TorchServe: inference {serving['inference_url']}, management {serving['management_url']}")
+        ts, ts_started = ensure_torchserve(home, opts.torchserve_ports, opts.model_name)
+    serving = {"workdir": ts.workdir, "inference_url": ts.inference_url}
+    console.print(f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
+                  f"management {ts.management_url}, token auth on: {ts.key_file})")
     if opts.data and not Path(opts.data).is_dir():
         raise FileNotFoundError(f"--data {opts.data}: no such folder")
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
@@ -213,6 +207,3 @@ def result_json(result: LocalRunResult) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def env_for_tasks(home: Path) -> None:
-    """Settings the component subprocesses inherit."""
-    os.environ.setdefault("IWARP_HOME", str(home))

@@ -67,11 +67,6 @@ class PlatformOptions:
                                                              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
                                        optional=True)
     )
-    # TorchServe tokens for serving_target=torchserve on a cluster (KServe needs none).
-    torchserve: Secret = dataclasses.field(
-        default_factory=lambda: Secret("iwarp-torchserve", {"management_key": "TS_MANAGEMENT_KEY",
-                                                            "inference_key": "TS_INFERENCE_KEY"}, optional=True)
-    )
     data_pvc: str = "iwarp-data"  # ReadWriteMany volume shared by the train step and its TrainJob pods
     data_mount: str = "/data"
     run_as_user: int = 10001  # the image's non-root user (k8s/params.yaml uses the same UID)
@@ -136,8 +131,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         experiment: str = "iwarp",
         model_name: str = "iwarp",
         serving_target: str = "kserve",
-        serving_url: str = "",
-        serving_management_url: str = "",
+        serving_workdir: str = "",
         serving_namespace: str = "",
         serving_storage_uri: str = "",
     ) -> PipelineOutputs:
@@ -146,8 +140,9 @@ def build_pipeline(opts: PlatformOptions | None = None):
         raw_data: folder or s3:// prefix of raw videos. tracking_uri: MLflow server.
         dvc_remote: DVC remote (s3://bucket/prefix or a directory); s3_endpoint_url for
         S3-compatible stores. train_backend: trainjob (Kubeflow Trainer) | torchrun.
-        serving_target: kserve (InferenceService canary) | torchserve (a TorchServe
-        management API at serving_management_url).
+        serving_target: kserve (InferenceService canary in serving_namespace, versions
+        under serving_storage_uri) | torchserve (the TorchServe `iwarp serve start` runs
+        from serving_workdir).
         """
         prep = common(preprocess_data(raw_data=raw_data, dvc_remote=dvc_remote, s3_endpoint_url=s3_endpoint_url,
                                       workspace=dvc_workspace, image_size=image_size, data_params=data_params),
@@ -213,10 +208,10 @@ def build_pipeline(opts: PlatformOptions | None = None):
         canary = common(deploy_canary(
             mar=pkg.outputs["mar"], dataset=prep.outputs["dataset"], model_name=model_name,
             version=reg.outputs["version"], tracking_uri=tracking_uri, target=serving_target,
-            inference_url=serving_url, management_url=serving_management_url, namespace=serving_namespace,
+            serving_workdir=serving_workdir, image_size=image_size, namespace=serving_namespace,
             storage_uri=serving_storage_uri, s3_endpoint_url=s3_endpoint_url,
         ), "canary")
-        _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint, opts.torchserve), "1", "4Gi")
+        _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint), "1", "4Gi")
         canary.set_caching_options(False)
 
         return PipelineOutputs(

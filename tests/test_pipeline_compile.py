@@ -121,7 +121,7 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     assert secrets("exec-train-model") == {**s3, **mlflow}
     for ex in ("exec-open-parent-run", "exec-evaluate-model", "exec-compare-ablations", "exec-register-model"):
         assert secrets(ex) == mlflow, ex
-    assert secrets("exec-deploy-canary") == {**s3, **mlflow, ("iwarp-torchserve", True): {"TS_MANAGEMENT_KEY", "TS_INFERENCE_KEY"}}
+    assert secrets("exec-deploy-canary") == {**s3, **mlflow}
     # the train step shares the data volume with the TrainJob it submits
     assert platform["exec-train-model"]["pvcMount"][0]["mountPath"] == "/data"
     assert platform["exec-train-model"]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "iwarp-data"

@@ -39,8 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
     p.add_argument("--frame-stride", type=int, default=2, help="drive every n-th frame (default 2)")
     p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
-    p.add_argument("--landmarks", action="store_true", help="also AKD/MKR (68-point face landmarks; face data only, slow)")
-    p.add_argument("--fd", action="store_true", help="also the VGG16 Frechet distance (needs many frames to be meaningful)")
+    p.add_argument("--landmarks", action=argparse.BooleanOptionalAction, default=True,
+                   help="AKD/MKR from 68-point face landmarks (dlib; slow on CPU); --no-landmarks for non-face data")
+    p.add_argument("--fd", action=argparse.BooleanOptionalAction, default=True,
+                   help="Frechet distance over VGG16 features (fd_vgg16; not Inception FID); --no-fd to skip")
     p.add_argument("--copy-source", action="store_true", help="also report the floor that predicts the first source")
     p.add_argument("--copy-source-only", action="store_true", help="only the copy-the-source floor (no checkpoint)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -67,6 +69,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_animate)
 
 
+def _plain_warnings() -> None:
+    """`warning: ...` on stderr instead of Python's file:line prefix (users read these)."""
+    import warnings
+
+    warnings.showwarning = lambda message, category, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -90,6 +99,7 @@ def _relaunch(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _plain_warnings()
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
     from iwarp.checkpoint import CheckpointError
@@ -123,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _plain_warnings()
     from iwarp.checkpoint import CheckpointError
     from iwarp.training.evaluate import EvalError, evaluate_cli
 
@@ -133,6 +144,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _animate(args: argparse.Namespace) -> int:
+    _plain_warnings()
     from iwarp.checkpoint import CheckpointError
     from iwarp.training.animate import AnimateError, animate_cli
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from iwarp import ExplicitFlowConfig, ImplicitWarpingConfig
 from iwarp.config import ConfigError, load_config
+from iwarp.discriminator import DiscriminatorConfig
 from iwarp.losses import LossConfig
 
 MODEL_KINDS = ("implicit", "baseline")
@@ -26,16 +27,9 @@ class ModelSection:
 
 
 @dataclass
-class DiscriminatorSection:
-    enabled: bool = True  # also off when every GAN-related loss weight is 0
-    scales: int = 2
-    channels: int = 32
-
-
-@dataclass
 class DataSection:
     root: str = "data/synth"  # holds train/ and test/
-    image_size: int = 64
+    image_size: int | None = None  # None: the model's image_size (frames are resized to it)
     batch_size: int = 4  # per process; the global batch is batch_size * world_size
     k_min: int = 1  # number of sources drawn per batch, uniformly in [k_min, k_max]
     k_max: int = 4
@@ -76,7 +70,7 @@ class LoggingSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)  # used when loss.gan or loss.feature_matching > 0
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -120,11 +114,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         problems.append("checkpoint.every_steps and checkpoint.keep_last must be >= 1")
     if cfg.logging.every_steps < 1:
         problems.append("logging.every_steps must be >= 1")
-    size = getattr(cfg.model_config, "image_size", None) if cfg.model.kind in MODEL_KINDS else None
-    if size is not None and size != cfg.data.image_size:
-        problems.append(
-            f"model.{cfg.model.kind}.image_size ({size}) differs from data.image_size ({cfg.data.image_size})"
-        )
+    if cfg.model.kind in MODEL_KINDS:
+        size = cfg.model_config.image_size
+        if cfg.data.image_size is None:
+            cfg.data.image_size = size
+        elif size != cfg.data.image_size:
+            problems.append(
+                f"model.{cfg.model.kind}.image_size ({size}) differs from data.image_size ({cfg.data.image_size}); "
+                "set one of them (data.image_size defaults to the model's)"
+            )
     if problems:
         raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
     return cfg

@@ -76,12 +76,6 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
 
 
-def gan_enabled(cfg: TrainConfig) -> bool:
-    """The discriminator exists only if it is switched on and some adversarial term has weight."""
-    weights = [getattr(cfg.loss, name, 0.0) for name in ("gan", "feature_matching")]
-    return cfg.discriminator.enabled and any(float(w or 0) > 0 for w in weights)
-
-
 class Trainer:
     """Trains one generator (+ discriminator) on this process's share of every batch."""
 
@@ -108,6 +102,7 @@ class Trainer:
     def _setup(self) -> None:
         from iwarp.data import SourceDrivingBatches, VideoDataset
         from iwarp.discriminator import MultiScalePatchDiscriminator
+        from iwarp.losses import Losses
         from iwarp.models import build_model
 
         cfg, ctx = self.cfg, self.ctx
@@ -118,11 +113,11 @@ class Trainer:
         # Same initial weights on every rank (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model.kind, cfg.model_config).to(ctx.device)
+        self.losses = Losses(cfg.loss).to(ctx.device)  # holds the frozen VGG; not checkpointed
+        self._warmup_losses = None
         self.disc = None
-        if gan_enabled(cfg):
-            self.disc = MultiScalePatchDiscriminator(
-                scales=cfg.discriminator.scales, channels=cfg.discriminator.channels
-            ).to(ctx.device)
+        if self.losses.uses_discriminator:  # only when an adversarial term has weight
+            self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device)
 
         o = cfg.optim
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -151,6 +146,12 @@ class Trainer:
         if self.resume:
             self._load_resume_state()
         else:
+            existing = sorted(self.ckpt_dir.glob(CHECKPOINT_PATTERN))
+            if existing:  # a fresh run would interleave with (and prune) the old run's files
+                raise ConfigError(
+                    f"{self.ckpt_dir} already holds checkpoints ({existing[-1].name}, ...): pass --resume to "
+                    "continue that run, or choose another out_dir (--set out_dir=...)"
+                )
             seed_everything(cfg.seed, ctx.rank)
 
         self.ddp_model: torch.nn.Module = self.model
@@ -213,10 +214,10 @@ class Trainer:
                 f"but the config asks for {cfg.model.kind!r} with {to_dict(cfg.model_config)}; "
                 "use the training config the run started with (see config.yaml in the run folder)"
             )
-        old = ckpt.get("train_config", {})
-        same_stream = old.get("seed") == cfg.seed and old.get("data") == to_dict(cfg.data)
-        if not same_stream and self.ctx.is_main:
-            warnings.warn("seed or data settings differ from the checkpoint's: the batch stream changes", stacklevel=2)
+        try:  # the sampler refuses a different seed / batch size / k range / dataset
+            self.batches.load_state_dict(ckpt["sampler"])
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume from {path}: {exc}") from exc
 
     # ------------------------------------------------------------------ steps
     def _autocast(self):
@@ -225,14 +226,21 @@ class Trainer:
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
     def _generator_losses(self, driving, out, use_gan: bool) -> dict[str, torch.Tensor]:
-        from iwarp.losses import generator_losses
+        # The inner modules, not the DDP wrappers: the equivariance term calls
+        # model.detect_keypoints, and D must not sync gradients it does not receive here.
+        if use_gan or self.disc is None:
+            return self.losses.generator_losses(driving, out, self.model, self.disc)
+        if self._warmup_losses is None:  # before optim.gan_start_step: same terms minus adversarial ones
+            from dataclasses import replace
 
-        return generator_losses(driving, out, self.model, self.disc if use_gan else None, self.cfg.loss)
+            from iwarp.losses import Losses
+
+            cfg = replace(self.cfg.loss, gan=0.0, feature_matching=0.0)
+            self._warmup_losses = Losses(cfg).to(self.ctx.device)
+        return self._warmup_losses.generator_losses(driving, out, self.model, None)
 
     def _discriminator_losses(self, driving, fake) -> dict[str, torch.Tensor]:
-        from iwarp.losses import discriminator_losses
-
-        return discriminator_losses(driving, fake, self.ddp_disc, self.cfg.loss)
+        return self.losses.discriminator_losses(driving, fake, self.ddp_disc)
 
     def _clip(self, params, scaler, opt) -> torch.Tensor:
         scaler.unscale_(opt)
@@ -263,7 +271,7 @@ class Trainer:
 
         if self.disc is not None:
             self.disc.requires_grad_(True)
-            if use_gan:
+            if use_gan and self.cfg.loss.gan > 0:  # feature matching alone does not train D
                 fake = out["prediction"].detach()
                 for _ in range(self.cfg.optim.d_steps):
                     with self._autocast():
@@ -299,8 +307,7 @@ class Trainer:
             "scalers": {"generator": self.scaler_g.state_dict(), "discriminator": self.scaler_d.state_dict()},
             "step": step,
             "rng": rng,  # one entry per rank, in rank order
-            "sampler": {"seed": self.cfg.seed, "next_step": step, "world_size": ctx.world_size,
-                        "batch_size": self.cfg.data.batch_size, "k_min": self.cfg.data.k_min, "k_max": self.cfg.data.k_max},
+            "sampler": {**self.batches.state_dict(), "next_step": step},
             "rank_digests": digests,
             "train_config": to_dict(self.cfg),
             "metrics": dict(self.last_metrics),
@@ -359,11 +366,10 @@ class Trainer:
         if self.cfg.data.num_workers <= 0:
             return (self.batches[s] for s in steps)
         # A batch is a pure function of its step: worker scheduling cannot change the data.
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.batches, list(steps)),  # type: ignore[arg-type]
-            batch_size=None, num_workers=self.cfg.data.num_workers, pin_memory=self.ctx.device.type == "cuda",
-        )
-        return iter(loader)
+        return iter(torch.utils.data.DataLoader(
+            self.batches, sampler=steps, batch_size=None, num_workers=self.cfg.data.num_workers,
+            pin_memory=self.ctx.device.type == "cuda", persistent_workers=False,
+        ))
 
     def _make_logger(self) -> Logger:
         loggers: list[Logger] = [JSONLLogger(self.out_dir, resume_step=self.start_step if self.resume else None)]

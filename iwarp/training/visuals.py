@@ -39,7 +39,12 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
 
 
 def _compose(rows: list[list[np.ndarray | None]], labels: list[str], tile: tuple[int, int], pad: int = 2) -> Image.Image:
-    """Tiles (H, W, 3) in a grid with a header row of column labels; None leaves a gap."""
+    """Tiles (H, W, 3) in a grid with a header row of column labels; None leaves a gap.
+    Small tiles are enlarged (nearest) to >= 128 px so 64 px runs stay readable."""
+    scale = max(1, 128 // max(tile))
+    if scale > 1:
+        tile = (tile[0] * scale, tile[1] * scale)
+        rows = [[None if t is None else t.repeat(scale, 0).repeat(scale, 1) for t in row] for row in rows]
     h, w = tile
     cols = max(len(r) for r in rows)
     canvas = np.full((_LABEL_H + len(rows) * (h + pad), cols * (w + pad), 3), 255, dtype=np.uint8)
@@ -51,7 +56,7 @@ def _compose(rows: list[list[np.ndarray | None]], labels: list[str], tile: tuple
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
     for c, label in enumerate(labels):
-        draw.text((c * (w + pad) + 1, 0), label[: max(1, w // 6)], fill=(0, 0, 0))
+        draw.text((c * (w + pad) + 1, 0), label, fill=(0, 0, 0))
     return picture
 
 

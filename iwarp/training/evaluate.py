@@ -1,0 +1,197 @@
+"""`iwarp evaluate`: reconstruction quality on the test split, per number of sources k.
+
+Protocol (FOMM's reconstruction, extended to k sources): in every test video the first k frames
+are the sources, and every `stride`-th frame from frame max(ks) on is driven and compared with
+the real frame. Starting the driven frames at max(ks) for every k means all k are scored on the
+same frames, so the per-k rows are comparable. The "copy the source" floor predicts the first
+frame for every driven frame: a model must beat it to have learnt any motion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class EvalError(ValueError):
+    """Arguments or data that cannot be evaluated."""
+
+
+@torch.no_grad()
+def predict_video(model: torch.nn.Module, sources: torch.Tensor, driving: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Predictions (n, 3, H, W) for driving frames (n, 3, H, W) from one source set (k, 3, H, W);
+    the sources are encoded once."""
+    from iwarp.training.animate import expand_cache
+
+    device = next(model.parameters()).device
+    cache = model.encode_sources(sources[None].to(device))
+    out = []
+    for start in range(0, driving.shape[0], batch_size):
+        chunk = driving[start : start + batch_size].to(device)
+        out.append(model.animate(expand_cache(cache, chunk.shape[0]), chunk)["prediction"].float().clamp(0, 1))
+    return torch.cat(out)
+
+
+def evaluate(
+    model: torch.nn.Module | None,
+    dataset,
+    ks: list[int],
+    suite,
+    stride: int = 2,
+    max_videos: int | None = None,
+    batch_size: int = 8,
+    copy_source: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """{"per_k": {k: metrics}, "copy_source": metrics | None, "videos": n, "frames": n, ...}.
+
+    `model=None` evaluates only the copy-the-source floor.
+    """
+    from tqdm import tqdm
+
+    from iwarp.data import reconstruction_pairs
+
+    ks = sorted(set(int(k) for k in ks))
+    if not ks or ks[0] < 1:
+        raise EvalError(f"--sources needs numbers >= 1, got {ks}")
+    if stride < 1:
+        raise EvalError("--frame-stride must be >= 1")
+    start = ks[-1]  # driven frames start after the largest source set: same frames for every k
+    usable = [i for i, v in enumerate(dataset.videos) if v.num_frames > start]
+    skipped = len(dataset.videos) - len(usable)
+    if skipped:
+        warnings.warn(f"{skipped} video(s) have <= {start} frames (nothing left to drive after {start} sources); skipped", stacklevel=2)
+    if max_videos is not None:
+        usable = usable[:max_videos]
+    if not usable:
+        raise EvalError(f"no video in {dataset.root}/{dataset.split} has more than {start} frames")
+    if model is not None:
+        model.eval()
+
+    def run(k: int | None) -> dict[str, float]:
+        suite.reset()
+        frames = 0
+        what = "copy-source" if k is None else f"k={k}"
+        for i in tqdm(usable, desc=f"evaluate {what}", unit="video", disable=not progress, file=sys.stderr, leave=False):
+            pair = reconstruction_pairs(dataset, i, k or 1, driving_start=start, stride=stride)
+            driving = pair["driving"]
+            if k is None:
+                pred = pair["sources"][:1].expand_as(driving)
+            else:
+                pred = predict_video(model, pair["sources"], driving, batch_size)
+            suite.update(pred, driving)
+            frames += driving.shape[0]
+        return {**suite.compute(), "frames": float(frames)}
+
+    result: dict[str, Any] = {"per_k": {}, "copy_source": None, "videos": len(usable), "skipped_videos": skipped,
+                              "driving_start": start, "frame_stride": stride}
+    if model is not None:
+        for k in ks:
+            result["per_k"][k] = run(k)
+    if copy_source or model is None:
+        result["copy_source"] = run(None)
+    return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def to_json(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe: keys as strings, NaN/inf as null (strict JSON parsers reject NaN)."""
+    clean = lambda m: {k: _finite_or_none(v) for k, v in m.items()}  # noqa: E731
+    return {
+        **meta,
+        "videos": result["videos"], "skipped_videos": result["skipped_videos"],
+        "driving_start": result["driving_start"], "frame_stride": result["frame_stride"],
+        "per_k": {str(k): clean(m) for k, m in result["per_k"].items()},
+        "copy_source": clean(result["copy_source"]) if result["copy_source"] else None,
+    }
+
+
+def print_table(result: dict[str, Any], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [(str(k), m) for k, m in result["per_k"].items()]
+    if result["copy_source"]:
+        rows.append(("copy source", result["copy_source"]))
+    keys = [k for k in ("l1", "psnr", "lpips", "fd_vgg16", "akd", "mkr") if any(k in m for _, m in rows)]
+    table = Table(title=title)
+    table.add_column("sources k")
+    table.add_column("frames", justify="right")
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, m in rows:
+        table.add_row(name, str(int(m["frames"])), *(f"{m[key]:.4f}" if key in m else "-" for key in keys))
+    Console(file=sys.stdout).print(table)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path | None,
+    data: str | Path,
+    ks: list[int],
+    split: str = "test",
+    image_size: int | None = None,
+    stride: int = 2,
+    max_videos: int | None = None,
+    landmarks: bool = False,
+    fd: bool = True,
+    copy_source: bool = False,
+    batch_size: int = 8,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load, evaluate and return the JSON-ready result (also what pipelines call)."""
+    from iwarp.checkpoint import load_checkpoint, load_model
+    from iwarp.data import VideoDataset
+    from iwarp.metrics import MetricSuite
+    from iwarp.training.distributed import pick_device
+
+    dev = pick_device(device)
+    model, meta = None, {"checkpoint": None, "model_kind": "copy_source"}
+    if checkpoint is not None:
+        model = load_model(checkpoint).to(dev)
+        ckpt_size = model.config.image_size
+        if image_size is not None and image_size != ckpt_size:
+            raise EvalError(f"--image-size {image_size} differs from the checkpoint's {ckpt_size}")
+        image_size = ckpt_size
+        step = load_checkpoint(checkpoint).get("step")  # small models: reading twice is cheap
+        meta = {"checkpoint": str(checkpoint), "model_kind": getattr(model, "kind", "?"), "step": step}
+    elif image_size is None:
+        raise EvalError("--image-size is required without --checkpoint")
+    try:
+        dataset = VideoDataset(data, split, image_size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise EvalError(f"cannot evaluate on {data}: {exc}") from exc
+    suite = MetricSuite(device=dev, landmarks=landmarks, frechet=fd)
+    result = evaluate(model, dataset, ks, suite, stride=stride, max_videos=max_videos, batch_size=batch_size,
+                      copy_source=copy_source, progress=progress)
+    meta.update({"data": str(data), "split": split, "image_size": image_size})
+    return {"result": result, "json": to_json(result, meta)}
+
+
+def evaluate_cli(args) -> int:
+    if args.checkpoint is None and not args.copy_source_only:
+        raise EvalError("--checkpoint is required (or --copy-source-only for the floor alone)")
+    out = evaluate_checkpoint(
+        None if args.copy_source_only else args.checkpoint, args.data, args.sources, split=args.split,
+        image_size=args.image_size, stride=args.frame_stride, max_videos=args.max_videos, landmarks=args.landmarks,
+        fd=args.fd, copy_source=args.copy_source, batch_size=args.batch_size, device=args.device,
+    )
+    report = out["json"]
+    title = f"{report['model_kind']} on {report['data']}/{report['split']} ({report['videos']} videos)"
+    print_table(out["result"], title)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return 0
