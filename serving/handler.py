@@ -453,14 +453,13 @@ class IwarpService:
 
     def _guard_all(self, jobs: list[_Job], fn: Any) -> None:
         """Run a batched stage; if the batch fails, retry one by one so only the culprit fails."""
-        if not jobs:
+        if len(jobs) <= 1:
+            for job in jobs:
+                self._guard(job, lambda j: fn([j]))
             return
         try:
             fn(jobs)
         except Exception:  # noqa: BLE001
-            if len(jobs) == 1:
-                self._guard(jobs[0], lambda j: fn([j]))
-                return
             for job in jobs:
                 self._guard(job, lambda j: fn([j]))
 
@@ -519,7 +518,8 @@ class IwarpService:
                     kp_xy, _ = self.detect(stacked[:, 0])
                 for b, job in enumerate(chunk):
                     job.entry = SourceSet(tuple(t[b : b + 1] for t in cache), kp_xy[b : b + 1], k)
-                    if job.req.register:
+                    if job.req.register:  # own copies: a view would keep the whole batch alive in the LRU
+                        job.entry = SourceSet(tuple(t.clone() for t in job.entry.cache), job.entry.source_kp.clone(), k)
                         self.cache.put(job.set_id, job.entry)
 
     def _lookup(self, job: _Job) -> None:
