@@ -106,7 +106,7 @@ class CanaryVerdict:
 
     def summary(self) -> str:
         """Human-readable verdict, one check per line."""
-        b = self.baseline.version if self.baseline else "?"
+        b = self.baseline.version if self.baseline else "none: first deployment"
         c = self.candidate.version if self.candidate else "?"
         head = f"CANARY VERDICT: {'PROMOTE' if self.promote else 'ROLL BACK'} candidate {c} (baseline {b})"
         lines = [head] + [f"  [{'pass' if ch.passed else 'FAIL'}] {ch.name}: {ch.detail}" for ch in self.checks]

@@ -223,9 +223,6 @@ def start_server(
     }
     if grpc_ports is not None:
         requested["grpc_inference_port"], requested["grpc_management_port"] = grpc_ports
-    elif 0 in (requested["inference_port"], requested["management_port"], requested["metrics_port"]):
-        # a caller that wants any free HTTP port (tests, benchmarks) wants free gRPC ports too
-        requested["grpc_inference_port"] = requested["grpc_management_port"] = 0
     ports: dict[str, int] = {}
     for k, v in requested.items():  # distinct free ports (the OS may hand out one twice)
         while not v or v in ports.values():

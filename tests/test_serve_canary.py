@@ -98,3 +98,23 @@ def test_thresholds_from_yaml(tmp_path):
 
     with pytest.raises(ConfigError):
         load_thresholds(bad)
+
+
+def test_canary_set_from_a_dataset_test_split(tmp_path):
+    """`iwarp serve canary-set`: one self-reenactment case per held-out video."""
+    from iwarp.data import SynthConfig, make_synth_dataset
+    from serving.canary_set import CanarySetError, build_from_dataset, load_canary_set
+
+    make_synth_dataset(tmp_path / "data", SynthConfig(num_identities=4, videos_per_identity=1, num_frames=14,
+                                                      image_size=32, test_fraction=0.5), progress=False)
+    out = build_from_dataset(tmp_path / "data", tmp_path / "canary", k=2, n_driving=4, stride=2, image_size=32)
+    cases = load_canary_set(out)
+    test_videos = sorted(p.name for p in (tmp_path / "data" / "test").iterdir())
+    assert len(cases) == len(test_videos) == 2
+    for case in cases:
+        assert len(case.sources) == 2 and len(case.driving) == 4
+        assert case.sources[0].shape == (32, 32, 3) and case.ground_truth().shape == (4, 3, 32, 32)
+        assert any(v in case.name for v in test_videos)
+    assert len(load_canary_set(out, max_cases=1)) == 1
+    with pytest.raises(CanarySetError, match="not a folder"):
+        load_canary_set(tmp_path / "missing")

@@ -191,6 +191,23 @@ def test_requests_without_the_token_are_refused(served, frames):
         assert r.status_code in (400, 401, 403) and "Token Authorization failed" in r.json()["message"]
     r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
     assert r.status_code == 200
+    # keys expire after server.token_expiration_min; the key file says when
+    from datetime import datetime, timedelta, timezone
+
+    from serving.client import _parse_utc
+
+    left = _parse_utc(keys["inference"]["expiration time"]) - datetime.now(timezone.utc)
+    assert timedelta(minutes=1400) < left <= timedelta(minutes=1440)
+    # rotating the inference key (TorchServe's token API, with the API key) refuses the old
+    # key at once; the client reads the key file on every call and keeps working
+    r = requests.post(f"{handle.management_url}/token", params={"type": "inference"},
+                      headers={"Authorization": f"Bearer {keys['API']['key']}"}, timeout=60)
+    assert r.status_code == 200
+    new_key = json.loads(handle.key_file.read_text())["inference"]["key"]
+    assert new_key != keys["inference"]["key"]
+    r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
+    assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"]
+    assert handle.client().predict(frames[:1], frames[1:2]).status == 200
 
 
 def test_concurrent_requests_are_batched_and_all_correct(served, frames):
