@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
     )
     r.add_argument("--data", metavar="DIR", help="folder of raw videos (default: generate a synthetic set)")
+    r.add_argument("--data-param", dest="data_params", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="params.yaml overrides for the data stages, e.g. synth.num_identities=4 prepare.crop=face")
     r.add_argument("--config", default="configs/tiny.yaml", help="training config (default: %(default)s)")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="training config overrides applied to all four variants")
@@ -66,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console()
     opts = LocalRunOptions(
-        data=args.data, config=args.config, overrides=args.overrides, steps=args.steps, nproc=args.nproc,
+        data=args.data, data_params=args.data_params, config=args.config, overrides=args.overrides, steps=args.steps, nproc=args.nproc,
         seed=args.seed, image_size=args.image_size, eval_sources=args.sources, eval_max_videos=args.eval_max_videos,
         select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
         mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose,

@@ -10,10 +10,10 @@ pipeline parameter (`kfp run create ... key=value`).
 
 import dataclasses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, List, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import Markdown
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model
 
 from components.ablation import ABLATIONS
 from components.base import IMAGE
@@ -24,6 +24,9 @@ from components.report import compare_ablations
 from components.training import evaluate_model, open_parent_run, train_model
 
 PIPELINE_NAME = "iwarp-pipeline"
+
+# What the sweep hands to the compare step: per variant, the evaluation report and the checkpoint.
+SweepOutputs = NamedTuple("SweepOutputs", [("reports", List[Artifact]), ("checkpoints", List[Model])])
 
 # What a run hands back (the local driver prints these; on a cluster they show in the run's outputs).
 PipelineOutputs = NamedTuple("PipelineOutputs", [
@@ -105,6 +108,49 @@ def build_pipeline(opts: PlatformOptions | None = None):
         kubernetes.set_security_context(task, run_as_user=opts.run_as_user, run_as_non_root=True)
         return task
 
+    # A pipeline of its own: the loop body's inputs are then this sub-DAG's parameters, never
+    # another task's outputs (kfp.local 2.17 replaces task outputs fed into a ParallelFor with
+    # the loop item), and the sweep shows as one collapsible node in the KFP UI.
+    @dsl.pipeline(name="ablation-sweep", description="Train and evaluate the four ablation variants alike.")
+    def ablation_sweep(
+        dataset: Input[Dataset],
+        parent_run_id: str,
+        train_config: str,
+        train_overrides: list,
+        seed: int,
+        train_steps: int,
+        tracking_uri: str,
+        experiment: str,
+        train_backend: str,
+        nproc_per_node: int,
+        num_nodes: int,
+        gpus_per_node: int,
+        trainer_runtime: str,
+        namespace: str,
+        eval_sources: list,
+        eval_max_videos: int,
+    ) -> SweepOutputs:
+        with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="variants") as ablation:
+            train = common(train_model(
+                dataset=dataset, ablation=ablation, train_config=train_config, train_overrides=train_overrides,
+                seed=seed, steps=train_steps, tracking_uri=tracking_uri, experiment=experiment,
+                parent_run_id=parent_run_id, backend=train_backend, nproc_per_node=nproc_per_node,
+                num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
+                namespace=namespace, image=opts.image, shared_dir=opts.data_mount, data_pvc=opts.data_pvc,
+            ), "train")
+            _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
+            kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
+            train.set_caching_options(False)  # each run logs its own MLflow child runs
+
+            ev = common(evaluate_model(
+                checkpoint=train.outputs["checkpoint"], dataset=dataset, run_id=train.outputs["Output"],
+                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos,
+            ), "evaluate")
+            _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
+            ev.set_caching_options(False)
+        return SweepOutputs(reports=dsl.Collected(ev.outputs["report"]),
+                            checkpoints=dsl.Collected(train.outputs["checkpoint"]))
+
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
     def iwarp_pipeline(
         raw_data: str,
@@ -165,28 +211,16 @@ def build_pipeline(opts: PlatformOptions | None = None):
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
         parent.set_caching_options(False)  # a new parent run per pipeline run
 
-        with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="ablation-sweep") as ablation:
-            train = common(train_model(
-                dataset=prep.outputs["dataset"], ablation=ablation, train_config=train_config,
-                train_overrides=train_overrides, seed=seed, steps=train_steps, tracking_uri=tracking_uri,
-                experiment=experiment, parent_run_id=parent.output, backend=train_backend,
-                nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                trainer_runtime=trainer_runtime, namespace=namespace, image=opts.image, shared_dir=opts.data_mount,
-                data_pvc=opts.data_pvc,
-            ), "train")
-            _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
-            kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
-            train.set_caching_options(False)  # each run logs its own MLflow child runs
-
-            ev = common(evaluate_model(
-                checkpoint=train.outputs["checkpoint"], dataset=prep.outputs["dataset"], run_id=train.outputs["Output"],
-                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos,
-            ), "evaluate")
-            _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
-            ev.set_caching_options(False)
+        sweep = ablation_sweep(
+            dataset=prep.outputs["dataset"], parent_run_id=parent.output, train_config=train_config,
+            train_overrides=train_overrides, seed=seed, train_steps=train_steps, tracking_uri=tracking_uri,
+            experiment=experiment, train_backend=train_backend, nproc_per_node=nproc_per_node,
+            num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
+            namespace=namespace, eval_sources=eval_sources, eval_max_videos=eval_max_videos,
+        ).set_display_name("ablation sweep (residual x extra K/V)")
 
         cmp = common(compare_ablations(
-            reports=dsl.Collected(ev.outputs["report"]), checkpoints=dsl.Collected(train.outputs["checkpoint"]),
+            reports=sweep.outputs["reports"], checkpoints=sweep.outputs["checkpoints"],
             tracking_uri=tracking_uri, parent_run_id=parent.output, data_version=prep.outputs["Output"],
             select_metric=select_metric, select_margin=select_margin,
         ), "compare ablations")

@@ -51,8 +51,11 @@ class RunProgress(io.TextIOBase):
 
     def __init__(self, log_path: Path, console: Console, total_tasks: int, verbose: bool = False):
         super().__init__()
-        self.log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self.console = console
+        self.log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+        # Bound to the stream the caller's console writes to *now*: while the run goes, sys.stdout
+        # is this object, and a console following sys.stdout would write into itself.
+        self.console = Console(file=console.file, width=console.width, force_terminal=console.is_terminal,
+                               no_color=console.no_color, highlight=False)
         self.verbose = verbose
         self.tasks: list[TaskState] = []
         self.total = total_tasks

@@ -149,11 +149,18 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
     return run_id
 
 
+NOT_METRICS = {"frames"}  # counts in the evaluate JSON, not measurements
+
+
 def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """`iwarp evaluate` JSON -> flat `<metric>_k<k>` floats."""
+    """`iwarp evaluate` JSON -> flat `<metric>_k<k>` floats. Null values (metrics not computed,
+    e.g. AKD without --landmarks) are left out, and MKR with them: with no keypoints compared,
+    its "all missing" is not a measurement."""
     out: dict[str, float] = {}
     for k, row in result["per_k"].items():
         for name, value in row.items():
+            if name in NOT_METRICS or (name == "mkr" and row.get("akd") is None):
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{name}_k{int(k)}"] = float(value)
     return out
@@ -168,7 +175,7 @@ def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: st
            "--sources", *map(str, sources), "--out", str(out_json)]
     if max_videos > 0:
         cmd += ["--max-videos", str(max_videos)]
-    print(f"[evaluate] {' '.join(cmd)}", flush=True)
+    print(f"[evaluate] {info.get('variant', '?')}: {' '.join(cmd)}", flush=True)
     rc = subprocess.call(cmd)
     if rc != 0:
         raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}); see the log above")
