@@ -168,7 +168,7 @@ def run_canary(
         if baseline:
             verdict = decide(samples[baseline].stats(baseline), samples[candidate].stats(candidate), cfg.canary)
         else:
-            verdict = first_version_verdict(samples[candidate].stats(candidate), cfg.canary)
+            verdict = decide(None, samples[candidate].stats(candidate), cfg.canary)
     except BaseException:
         client.unregister_model(candidate, name)  # never leave a half-evaluated candidate behind
         raise
@@ -199,25 +199,6 @@ def run_canary(
         log("  candidate errors: " + "; ".join(errors))
     log(f"  default is now {client.default_version(name)}; report: {out}")
     return verdict
-
-
-def first_version_verdict(candidate: VersionStats, thresholds: Any) -> CanaryVerdict:
-    """Nothing serves yet, so nothing to compare against: the first version must answer every
-    canary case (error rate 0, enough cases) and meet the absolute latency cap if one is set."""
-    from serving.canary import Check
-
-    n_ok = candidate.n_requests - candidate.n_errors
-    checks = [
-        Check("baseline", True, "no version serves yet: first deployment, no comparison"),
-        Check("evidence", n_ok >= thresholds.min_requests, f"{n_ok} successful requests (need >= {thresholds.min_requests})"),
-        Check("error rate", candidate.error_rate == 0.0, f"candidate {candidate.error_rate:.3f} (a first version must answer every case)"),
-    ]
-    if thresholds.max_p95_latency_ms > 0:
-        cp = candidate.p95_latency_ms
-        checks.append(Check("p95 latency cap", cp <= thresholds.max_p95_latency_ms,
-                            f"candidate {cp:.1f} ms (cap {thresholds.max_p95_latency_ms:.1f} ms)"))
-    failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
-    return CanaryVerdict(not failed, failed or [f"{c.name}: {c.detail}" for c in checks], checks, None, candidate)
 
 
 def rollback(workdir: str | Path | None = None, to: str | None = None, config: ServeConfig | None = None) -> str:

@@ -227,12 +227,6 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="ExplicitFlowBaseline._warp reshapes (B,k,...) <-> (B*k,...) with .reshape(b * k, ...); torch.export then "
-    "bakes in a B*k != B guard, so the exported baseline fails for a single source (k=1). Using .flatten(0, 1) / "
-    ".unflatten(0, (b, k)) fixes it (reported to the model area).",
-    strict=False,
-)
 def test_baseline_exports_for_every_number_of_sources(tmp_path):
     from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig
     from serving.export import export_generator
