@@ -88,15 +88,18 @@ def evaluate_model(
     tracking_uri: str,
     sources: list,
     max_videos: int,
+    frechet: bool,
+    landmarks: bool,
     metrics: Output[Metrics],
     report: Output[Artifact],
 ):
     """`iwarp evaluate` on the test split for each number of sources; the metrics go to the
     variant's MLflow run, to a KFP Metrics artifact (`<metric>_k<k>` keys) and, with the
-    variant and run id, to the JSON `report` the compare step reads."""
+    variant and run id, to the JSON `report` the compare step reads. `frechet`: the VGG16
+    Frechet distance (meaningful over many frames); `landmarks`: AKD/MKR (face data only)."""
     from components.steps.training import run_evaluation
 
     values = run_evaluation(checkpoint.path, dataset.path, [int(k) for k in sources], run_id, tracking_uri,
-                            dict(checkpoint.metadata), report.path, max_videos)
+                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks)
     for key, value in values.items():
         metrics.log_metric(key, value)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import time
 import urllib.parse
 import warnings
@@ -42,6 +41,8 @@ class LocalRunOptions:
     model_name: str = "iwarp"
     eval_sources: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4])
     eval_max_videos: int = 0
+    eval_fd: bool = False  # VGG16 Frechet distance: slow on CPU, noise over a small test split
+    eval_landmarks: bool = False  # AKD/MKR: face videos only (the synthetic heads are not faces)
     select_metric: str = "lpips"
     select_margin: float = 0.02
     mlflow_port: int = 5000
@@ -81,6 +82,8 @@ def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
         "gpus_per_node": 0,
         "eval_sources": list(opts.eval_sources),
         "eval_max_videos": opts.eval_max_videos,
+        "eval_fd": opts.eval_fd,
+        "eval_landmarks": opts.eval_landmarks,
         "select_metric": opts.select_metric,
         "select_margin": opts.select_margin,
         "experiment": opts.experiment,
@@ -127,7 +130,7 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     result = LocalRunResult(ok=False, run_dir=run_dir, log=log, mlflow_url=rec.url)
     console.print(f"pipeline: running {TASKS_PER_RUN} tasks; full log {log}")
     started_ms = int(time.time() * 1000)
-    from pipelines.progress import RunProgress
+    from pipelines.progress import RunProgress, failure_message
 
     with RunProgress(log, console, TASKS_PER_RUN, verbose=opts.verbose) as progress:
         try:
@@ -135,10 +138,10 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
                 task = pipeline(**args)
             result.ok = True
             result.outputs = read_outputs(task)
-        except Exception as exc:  # a failed task: kfp raises RuntimeError naming it
+        except Exception as exc:  # a failed task: kfp raises RuntimeError naming it; the why is in its log
             failed = progress.failed_tasks()
             result.failed_task = failed[-1].name if failed else ""
-            result.error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            result.error = failure_message(failed[-1]) if failed else (str(exc).strip() or type(exc).__name__)
     result.seconds = time.monotonic() - t0
     if not result.ok:
         result.data_docs = next(iter(sorted((run_dir / "kfp").rglob("validate-data/data_docs"))), None)

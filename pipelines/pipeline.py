@@ -129,6 +129,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         namespace: str,
         eval_sources: list,
         eval_max_videos: int,
+        eval_fd: bool,
+        eval_landmarks: bool,
     ) -> SweepOutputs:
         with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="variants") as ablation:
             train = common(train_model(
@@ -144,7 +146,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
 
             ev = common(evaluate_model(
                 checkpoint=train.outputs["checkpoint"], dataset=dataset, run_id=train.outputs["Output"],
-                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos,
+                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos, frechet=eval_fd,
+                landmarks=eval_landmarks,
             ), "evaluate")
             _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
             ev.set_caching_options(False)
@@ -172,6 +175,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         namespace: str = "",
         eval_sources: list = [1, 2, 4],  # noqa: B006
         eval_max_videos: int = 0,
+        eval_fd: bool = True,
+        eval_landmarks: bool = True,
         select_metric: str = "lpips",
         select_margin: float = 0.02,
         experiment: str = "iwarp",
@@ -216,7 +221,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
             train_overrides=train_overrides, seed=seed, train_steps=train_steps, tracking_uri=tracking_uri,
             experiment=experiment, train_backend=train_backend, nproc_per_node=nproc_per_node,
             num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
-            namespace=namespace, eval_sources=eval_sources, eval_max_videos=eval_max_videos,
+            namespace=namespace, eval_sources=eval_sources, eval_max_videos=eval_max_videos, eval_fd=eval_fd,
+            eval_landmarks=eval_landmarks,
         ).set_display_name("ablation sweep (residual x extra K/V)")
 
         cmp = common(compare_ablations(

@@ -8,6 +8,7 @@ list (rich) on a terminal, or one line per task event elsewhere (CI logs, pipes)
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import re
@@ -37,6 +38,7 @@ class TaskState:
     status: str = "RUNNING"
     label: str = ""
     last_line: str = ""
+    tail: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=40))
 
     @property
     def title(self) -> str:
@@ -129,6 +131,7 @@ class RunProgress(io.TextIOBase):
             current.label = current.label or m["label"]
         if not _NOISE.match(line):
             current.last_line = line.strip()[:160]
+            current.tail.append(line.strip())
 
     def _event(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -153,3 +156,13 @@ class RunProgress(io.TextIOBase):
 
     def failed_tasks(self) -> list[TaskState]:
         return [t for t in self.tasks if t.status not in ("SUCCESS", "RUNNING")]
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b:?")
+
+
+def failure_message(task: TaskState) -> str:
+    """The exception a failed task ended with (its message lines), else its last lines."""
+    lines = list(task.tail)
+    starts = [i for i, line in enumerate(lines) if _EXCEPTION.match(line)]
+    return "\n".join(lines[starts[-1]:] if starts else lines[-8:])

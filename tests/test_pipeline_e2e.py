@@ -7,16 +7,17 @@ Budget: the full run takes a few minutes on 2 CPU cores (tiny model, few steps, 
 synthetic set); everything after it takes seconds.
 """
 
+import base64
 import io
 import json
 import os
 import shutil
 import subprocess
-import urllib.parse
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from rich.console import Console
 
 from pipelines.local_run import LocalRunOptions, child_runs, compare_url, print_summary, run_local
@@ -30,7 +31,8 @@ ARTIFACTS = Path(os.environ.get("IWARP_TEST_ARTIFACTS", ROOT / "outputs" / "test
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
-STEPS = 30  # per variant: enough for distinct numbers, short enough for CI
+STEPS = 20  # per variant: enough for distinct numbers, short enough for CI
+SMALL_DATA = ["synth.num_identities=4", "synth.videos_per_identity=2", "synth.num_frames=16", "synth.image_size=64"]
 
 
 def chromium() -> str | None:
@@ -63,8 +65,8 @@ def home(tmp_path_factory):
 
 
 def options(home: Path, **kw) -> LocalRunOptions:
-    base = dict(home=str(home), steps=STEPS, synth_identities=4, synth_videos=2, synth_frames=16,
-                eval_max_videos=2, mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
+    base = dict(home=str(home), steps=STEPS, data_params=SMALL_DATA, eval_sources=[1, 2], eval_max_videos=1,
+                mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
     base.update(kw)
     return LocalRunOptions(**base)
 
@@ -87,7 +89,7 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     assert {k.data.tags["iwarp.variant"] for k in kids} == {"full", "no-residual", "no-extra-kv", "neither"}
     keys = [{m for m in k.data.metrics if m.startswith("test/")} for k in kids]
     assert keys[0] and all(k == keys[0] for k in keys), keys
-    assert {"test/l1_k1", "test/lpips_k4"} <= keys[0]
+    assert {"test/l1_k1", "test/psnr_k2", "test/lpips_k1", "test/lpips_k2"} <= keys[0]
     assert {k.info.status for k in kids} == {"FINISHED"}
     # identical data, seed and budget for all four
     for p in ("seed", "optim.steps", "data.root"):
@@ -115,23 +117,41 @@ def test_registered_version_has_the_right_alias(full_run):
     client = MlflowClient(full_run.mlflow_url)
     version = full_run.outputs["registered_version"]
     mv = client.get_model_version("iwarp", version)
-    assert mv.run_id == full_run.outputs["chosen_run_id"] if "chosen_run_id" in full_run.outputs else mv.run_id
+    parent = client.get_run(full_run.outputs["parent_run_id"])
+    assert mv.run_id == parent.data.tags["iwarp.chosen_run_id"]  # the variant the sweep chose
+    assert mv.tags["iwarp.variant"] == full_run.outputs["chosen_variant"]
+    assert mv.tags["canary_verdict"] == "promote"
+    # first version: nothing to beat, so after answering every canary case it is the champion;
+    # `challenger` marked it during the canary and is released once the verdict is in
     aliases = client.get_registered_model("iwarp").aliases
-    assert aliases.get("challenger") == version
-    if full_run.outputs["promoted"]:
-        assert aliases.get("champion") == version  # first version: nothing to beat, it is promoted
+    assert full_run.outputs["promoted"] is True
+    assert aliases == {"champion": version}
 
 
 def test_torchserve_default_version_answers_a_prediction(full_run, home):
-    from serving.client import TorchServeClient
+    """The printed endpoint, called like a user would (token from the key file)."""
+    from iwarp.data import VideoDataset
+    from serving.client import encode_image
+    from serving.server import ServerHandle
 
     endpoint = full_run.outputs["endpoint"]
-    assert endpoint.endswith("/predictions/iwarp")
-    client = TorchServeClient.for_workdir(home / "serve")
-    default = client.default_version("iwarp")
-    assert default == f"{full_run.outputs['registered_version']}.0"
-    frames = client.predict_test_case("iwarp")  # a real request through the HTTP endpoint
-    assert frames.shape[-1] == 3 and frames.shape[1] == frames.shape[2] == 64
+    handle = ServerHandle.load(home / "serve")
+    assert endpoint == f"{handle.inference_url}/predictions/iwarp"
+    assert handle.client().default_version("iwarp") == f"{full_run.outputs['registered_version']}.0"
+
+    dataset = next(full_run.run_dir.rglob("preprocess-data/dataset"))
+    frames = VideoDataset(dataset, "test", image_size=64).read_frames(0, [0, 1, 6, 8])
+    png = [encode_image((f.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for f in frames]
+    body = {"sources": [base64.b64encode(b).decode() for b in png[:2]],
+            "driving": [base64.b64encode(b).decode() for b in png[2:]]}
+    key = json.loads(handle.key_file.read_text())["inference"]["key"]
+    assert requests.post(endpoint, json=body, timeout=60).status_code in (400, 401)  # no token: refused
+    r = requests.post(endpoint, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert len(answer["frames"]) == 2  # one animated frame per driving frame
+    with Image.open(io.BytesIO(base64.b64decode(answer["frames"][0]))) as img:
+        assert img.size == (64, 64)
 
 
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (scripts/system-deps.sh installs it)")
@@ -139,12 +159,51 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
     exp_id, kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
     url = compare_url(full_run.mlflow_url, exp_id, [k.info.run_id for k in kids])
     shot = ARTIFACTS / "mlflow-compare-runs.png"
-    dom = browse(url, tmp_path, screenshot=shot)
+    # tall window: the page lists every parameter before the metrics; the shot shows both
+    dom = browse(url, tmp_path, screenshot=shot, size="1600,5200")
     assert "Comparing 4 Runs" in dom
     for k in kids:
         assert k.info.run_name in dom and k.info.run_id in dom
     assert "test/lpips_k1" in dom  # the metric rows
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, home):
+    """Same settings again: DVC skips the data stages, the services are reused, version N+1 is
+    registered and the canary compares it with the version now serving (the champion)."""
+    from mlflow.tracking import MlflowClient
+
+    from serving.server import ServerHandle
+
+    mlflow_pid = MlflowServer(home).running().pid
+    ts_pid = ServerHandle.load(home / "serve").pid
+    out = io.StringIO()
+    result = run_local(options(home), Console(file=out, width=160))
+    print_summary(result, Console(file=out, width=160))
+    (ARTIFACTS / "pipeline-second-run.txt").write_text(out.getvalue())
+    assert result.ok, result.error
+    assert "MLflow: " in out.getvalue() and "(reused;" in out.getvalue()
+    assert MlflowServer(home).running().pid == mlflow_pid
+    assert ServerHandle.load(home / "serve").pid == ts_pid
+    log = result.log.read_text()
+    assert "Stage 'prepare' didn't change, skipping" in log
+
+    first, second = int(full_run.outputs["registered_version"]), int(result.outputs["registered_version"])
+    assert second == first + 1
+    verdict = result.outputs["canary_verdict"]
+    assert f"candidate {second}.0 vs {first}.0" in verdict  # compared with the serving champion
+    client = MlflowClient(result.mlflow_url)
+    aliases = client.get_registered_model("iwarp").aliases
+    ts = ServerHandle.load(home / "serve").client()
+    if result.outputs["promoted"]:
+        assert aliases == {"champion": str(second)}
+        assert ts.default_version("iwarp") == f"{second}.0"
+        assert f"{first}.0" in ts.versions("iwarp")  # kept for rollback
+    else:
+        assert aliases == {"champion": str(first)}
+        assert ts.default_version("iwarp") == f"{first}.0"
+        assert f"{second}.0" not in ts.versions("iwarp")
+    assert client.get_model_version("iwarp", str(second)).tags["canary_verdict"] in ("promote", "rollback")
 
 
 def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
@@ -154,8 +213,8 @@ def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
 
     from iwarp.data import SynthConfig, make_synth_dataset
 
-    bad = tmp_path / "bad-raw"
-    make_synth_dataset(bad, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=2, format="mp4"),
+    bad = tmp_path / "bad-raw"  # 4-frame clips: fewer than k_max sources + a driving frame
+    make_synth_dataset(bad, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=4, format="mp4"),
                        overwrite=True, progress=False)
     client = MlflowClient(full_run.mlflow_url)
     versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
@@ -164,10 +223,14 @@ def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
     result = run_local(options(home, data=str(bad)), Console(file=io.StringIO()))
     assert not result.ok
     assert result.failed_task == "data-gate"
-    assert result.data_docs is not None and result.data_docs.is_file()
+    assert "too_short" in result.error or "data validation failed" in result.error
+    assert result.data_docs is not None and result.data_docs.is_file()  # the KFP HTML artifact
     html = result.data_docs.read_text()
-    assert "<html" in html.lower() and "expect" in html.lower()
+    assert "Data validation FAILED" in html and "too_short" in html and "expect_column_values_to_be_between" in html
+    assert (result.data_docs.parent / "data_docs_site" / "index.html").is_file()  # the full GX site
     assert {v.version for v in client.search_model_versions("name='iwarp'")} == versions_before
     assert MlflowServer(home).running().pid == mlflow_before.pid  # reused, not restarted
+    # nothing ran past the gate: no new parent run was opened
+    assert not list(result.run_dir.rglob("open-parent-run/executor_output.json"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(result.data_docs, ARTIFACTS / "invalid-data-docs.html")

@@ -85,6 +85,13 @@ def canary_on_torchserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, s
     endpoint = f"{handle.inference_url}/predictions/{req.model_name}"
     with tempfile.TemporaryDirectory(prefix="iwarp-canary-") as tmp:
         cases_dir = build_canary_set(req, Path(tmp) / "canary-set")
+        n_cases = len(load_canary_set(cases_dir))
+        # A small test split gives few cases: send each often enough that both versions reach
+        # the evidence threshold (min_requests) instead of failing on too little data.
+        needed = -(-cfg.canary.min_requests // max(n_cases, 1))
+        cfg.canary_eval.repeats = max(cfg.canary_eval.repeats, needed)
+        print(f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
+              "to both versions", flush=True)
         if client.default_version(req.model_name) is None:
             verdict = first_deployment(req, handle, load_canary_set(cases_dir), cfg)
         else:
@@ -114,7 +121,8 @@ def first_deployment(req: CanaryRequest, handle: Any, cases: list, cfg: Any):
     target = _copy_into_store(Path(req.mar), store, name, version)
     print(f"[canary] first deployment of {name}: registering {version} ({target.name})", flush=True)
     client.register_model(target.name, name, workers=cfg.model.workers)
-    stats = evaluate_versions(client, cases, [version], repeats=1, warmup=1, progress=False)[version].stats(version)
+    stats = evaluate_versions(client, cases, [version], repeats=cfg.canary_eval.repeats, warmup=1,
+                              progress=False)[version].stats(version)
     ok = stats.n_requests > 0 and stats.error_rate == 0.0
     checks = [Check("answers", ok, f"{stats.n_requests - stats.n_errors}/{stats.n_requests} canary cases answered "
                                    f"(p95 {stats.p95_latency_ms:.0f} ms, mean L1 {stats.quality.get('l1', float('nan')):.4f})"),

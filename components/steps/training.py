@@ -167,7 +167,8 @@ def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: str, tracking_uri: str,
-                   info: dict[str, Any], report_path: str, max_videos: int = 0) -> dict[str, float]:
+                   info: dict[str, Any], report_path: str, max_videos: int = 0, frechet: bool = True,
+                   landmarks: bool = True) -> dict[str, float]:
     from mlflow.entities import Metric
 
     out_json = Path(report_path).parent / "evaluate.json"
@@ -175,6 +176,7 @@ def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: st
            "--sources", *map(str, sources), "--out", str(out_json)]
     if max_videos > 0:
         cmd += ["--max-videos", str(max_videos)]
+    cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
     print(f"[evaluate] {info.get('variant', '?')}: {' '.join(cmd)}", flush=True)
     rc = subprocess.call(cmd)
     if rc != 0:
