@@ -19,11 +19,25 @@ class CrossModalAttention(nn.Module):
 
     Dropout (training only) acts on the attention weights, nothing else: it makes the model
     learn to use several sources/positions instead of one, as in the paper.
+
+    Value width vs. kernel: fused kernels (PyTorch's CPU flash kernel, CUDA flash) want one head
+    size for q, k and v, but our values (V, pixels, K concatenated) are wider than the keys. We
+    split the values into `heads` slices of width C and give every slice the *same* q and k via
+    `expand` (stride 0, no copy): each head computes identical weights, so this is exactly
+    single-head attention, with memory flat in the number of sources. Values whose width is not
+    a multiple of C are zero-padded once, in the source cache, not per frame.
+
+    Memory layout: `prepare(keys, values)` runs once per source set (in `encode_sources`); it
+    appends the extra tokens and pads the values, so the per-frame `forward` copies nothing whose
+    size grows with the number of sources.
     """
 
     def __init__(self, qk_dim: int, value_dim: int, num_extra_tokens: int = 4, extra_kv: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         self.qk_dim = qk_dim
+        self.value_dim = value_dim
+        self.heads = -(-value_dim // qk_dim)  # ceil
+        self.padded_value_dim = self.heads * qk_dim
         self.dropout = dropout
         self.num_extra = num_extra_tokens if extra_kv else 0
         if self.num_extra > 0:
@@ -34,41 +48,57 @@ class CrossModalAttention(nn.Module):
             self.register_parameter("extra_keys", None)
             self.register_parameter("extra_values", None)
 
-    def with_extra(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the extra tokens after the source tokens: (B, S, C) -> (B, S + E, C)."""
+    def pad_values(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., value_dim) -> (..., padded_value_dim) with zero channels (done once per source set)."""
+        pad = self.padded_value_dim - values.shape[-1]
+        return F.pad(values, (0, pad)) if pad else values
+
+    def prepare(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source tokens -> attention memory: keys (B, S, C), values (B, S, value_dim) ->
+        (B, S + E, C), (B, S + E, padded_value_dim), the extra tokens last."""
+        values = self.pad_values(values)
         if self.extra_keys is None:
-            return keys, values
+            return keys.contiguous(), values.contiguous()
         b = keys.shape[0]
+        extra_v = self.pad_values(self.extra_values.to(values.dtype))
         keys = torch.cat([keys, self.extra_keys.to(keys.dtype).expand(b, -1, -1)], dim=1)
-        values = torch.cat([values, self.extra_values.to(values.dtype).expand(b, -1, -1)], dim=1)
+        values = torch.cat([values, extra_v.expand(b, -1, -1)], dim=1)
         return keys, values
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """queries (B, L, C), keys (B, S, C), values (B, S, D) -> (B, L, D)."""
-        keys, values = self.with_extra(keys, values)
+        """queries (B, L, C) and the memory from `prepare`: keys (B, S + E, C), values
+        (B, S + E, padded_value_dim) -> (B, L, value_dim)."""
+        # fused kernels need unit stride in the channel axis (a transposed conv map is not)
+        queries, keys, values = queries.contiguous(), keys.contiguous(), values.contiguous()
+        b, length, c = queries.shape
+        h = self.heads
         p = self.dropout if self.training else 0.0
-        q, k, v = queries[:, None], keys[:, None], values[:, None]  # singleton head axis
-        pad = v.shape[-1] - q.shape[-1]
-        if q.device.type == "cpu" and pad > 0:
-            # PyTorch's CPU flash kernel needs one head size for q, k and v (else it falls back to
-            # the math path, which materialises q x k). Zero channels leave q.k unchanged.
-            q, k = F.pad(q, (0, pad)), F.pad(k, (0, pad))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.qk_dim**-0.5)
-        return out[:, 0]
+        q = queries[:, None].expand(b, h, length, c)
+        k = keys[:, None].expand(b, h, keys.shape[1], c)
+        v = values.reshape(b, values.shape[1], h, c).transpose(1, 2)  # (B, h, S, C)
+        if p > 0:
+            # dropout must drop the same weights in every slice (it is one attention matrix):
+            # fused kernels draw per head, so train-time dropout uses the single-head call
+            # (the math path on CPU; GPU kernels accept unequal q/v widths).
+            out = F.scaled_dot_product_attention(queries[:, None], keys[:, None], values[:, None], dropout_p=p, scale=c**-0.5)
+            return out[:, 0, :, : self.value_dim]
+        out = F.scaled_dot_product_attention(q, k, v, scale=c**-0.5)  # (B, h, L, C)
+        return out.transpose(1, 2).reshape(b, length, h * c)[..., : self.value_dim]
 
     @torch.no_grad()
     def attention_mass(self, queries: torch.Tensor, keys: torch.Tensor, num_sources: int, chunk_size: int = 1024) -> torch.Tensor:
         """Per query, the attention mass on each source and on the extra tokens.
 
-        queries (B, L, C), keys (B, k*T, C) ordered source by source -> (B, L, k + 1); the last
-        column is the extra K/V (zeros when they are off). Rows sum to 1. Logits are formed for
-        `chunk_size` queries at a time, so memory is chunk_size x keys, not L x keys.
+        queries (B, L, C), keys (B, k*T + E, C) from `prepare` (source by source, extra tokens
+        last) -> (B, L, k + 1); the last column is the extra K/V (zeros when they are off). Rows
+        sum to 1. Logits are formed for `chunk_size` queries at a time, so memory is
+        chunk_size x keys, not L x keys.
         """
-        b, s, _ = keys.shape
+        s = keys.shape[1] - self.num_extra  # source tokens
         if s % num_sources:
             raise ValueError(f"{s} key tokens cannot be split over {num_sources} sources")
         scale = self.qk_dim**-0.5
-        all_keys = keys if self.extra_keys is None else torch.cat([keys, self.extra_keys.to(keys.dtype).expand(b, -1, -1)], 1)
+        queries, all_keys = queries.float(), keys.float()  # maps in fp32 even under autocast
         chunks = []
         for start in range(0, queries.shape[1], chunk_size):
             attn = torch.softmax(queries[:, start : start + chunk_size] @ all_keys.transpose(1, 2) * scale, dim=-1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 @dataclass
 class DiscriminatorConfig:
     scales: list[float] = field(default_factory=lambda: [1.0, 0.5])  # image scales, one patch discriminator each
-    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # one 4x4 conv block each
     spectral_norm: bool = True
 
 
@@ -52,16 +53,30 @@ class PatchDiscriminator(nn.Module):
 
 class MultiScalePatchDiscriminator(nn.Module):
     """Patch discriminators on an image pyramid: `forward(images in [0, 1])` returns one
-    `ScaleOutput` per scale in `config.scales`."""
+    `ScaleOutput` per scale (full resolution first).
 
-    def __init__(self, config: DiscriminatorConfig | None = None) -> None:
+    `MultiScalePatchDiscriminator(DiscriminatorConfig(...))` or with field overrides, e.g.
+    `MultiScalePatchDiscriminator(scales=[1.0, 0.5], channels=[32, 64, 128])`.
+    """
+
+    def __init__(self, config: DiscriminatorConfig | None = None, **overrides) -> None:
         super().__init__()
-        self.config = config or DiscriminatorConfig()
-        self.discriminators = nn.ModuleList(
-            PatchDiscriminator(self.config.channels, self.config.spectral_norm) for _ in self.config.scales
-        )
+        cfg = replace(config or DiscriminatorConfig(), **overrides)
+        if not cfg.scales or len(cfg.channels) < 2 or any(not 0 < s <= 1 for s in cfg.scales):
+            raise ValueError(f"discriminator needs scales in (0, 1] and >= 2 channel blocks, got {cfg}")
+        self.config = cfg
+        self.discriminators = nn.ModuleList(PatchDiscriminator(list(cfg.channels), cfg.spectral_norm) for _ in cfg.scales)
+
+    def min_size(self) -> int:
+        """Smallest input side: the coarsest scale must keep >= 2x2 patches after the last block."""
+        return math.ceil(2 ** (len(self.config.channels) + 1) / min(self.config.scales))
 
     def forward(self, images: torch.Tensor) -> list[ScaleOutput]:
+        if min(images.shape[-2:]) < self.min_size():
+            raise ValueError(
+                f"images of {images.shape[-2]}x{images.shape[-1]} are too small for scales {self.config.scales} x "
+                f"{len(self.config.channels)} blocks (need >= {self.min_size()} px): drop a scale or a channel block"
+            )
         x = images * 2 - 1
         outs = []
         for scale, disc in zip(self.config.scales, self.discriminators):

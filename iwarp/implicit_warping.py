@@ -39,8 +39,9 @@ class ImplicitWarpingConfig:
     qk_dim: int = 128
     query_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
     key_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
-    # value encoder: one entry per level, stride 1, 2, 4, ... token_stride
-    value_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    # value encoder: one entry per level, stride 1, 2, 4, ... token_stride. The attention's value
+    # width is 320 (V) + 3*8*8 (pixels) + 128 (K) = 640 = 5 x qk_dim, so nothing is zero-padded.
+    value_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 320])
     value_res_blocks: list[int] = field(default_factory=lambda: [0, 2, 3, 4])
     decoder_channels: list[int] = field(default_factory=lambda: [160, 80, 40, 20])
     decoder_res_blocks: int = 0
@@ -53,7 +54,7 @@ class ImplicitWarpingConfig:
 
     @classmethod
     def tiny(cls, image_size: int = 64, **overrides) -> "ImplicitWarpingConfig":
-        """A few-channel model for tests and CPU smoke runs (any power-of-two image size >= 32)."""
+        """A few-channel model for tests and CPU smoke runs (image_size divisible by 32)."""
         base = dict(
             image_size=image_size,
             keypoints=KeypointConfig(num_keypoints=5, channels=[8, 16, 16]),
@@ -77,8 +78,9 @@ class SourceCache(NamedTuple):
     """Everything the per-frame path needs from the source set; plain tensors only.
 
     keys: (B, S, qk_dim) with positional encoding, S = k * tokens per source (after spatial
-    reduction), ordered source by source. values: (B, S, D) = concat(V, pixel patches, K) (V
-    alone when the residual path is off). source_xy (B, k, N, 2) / source_strength (B, k, N):
+    reduction) + the learned extra tokens, ordered source by source, extra tokens last.
+    values: (B, S, D) = concat(V, pixel patches, K) (V alone when the residual path is off),
+    zero-padded to a multiple of qk_dim (see `CrossModalAttention`). source_xy (B, k, N, 2) / source_strength (B, k, N):
     the sources' keypoints (for relative-motion animation).
     """
 
@@ -169,6 +171,7 @@ class ImplicitWarping(nn.Module):
             values = F.avg_pool2d(values, cfg.spatial_reduction)
         keys = keys.flatten(2).transpose(1, 2).reshape(b, -1, keys.shape[1])  # (B, k*T, C)
         values = values.flatten(2).transpose(1, 2).reshape(b, -1, values.shape[1])
+        keys, values = self.attention.prepare(keys, values)  # + extra tokens, padded values
         n = kp.xy.shape[1]
         return SourceCache(keys, values, kp.xy.reshape(b, -1, n, 2), kp.strength.reshape(b, -1, n))
 

@@ -130,7 +130,9 @@ class Losses(nn.Module):
         out: ModelOutput,
         model: nn.Module,
         discriminator: MultiScalePatchDiscriminator | None = None,
+        adversarial: bool = True,
     ) -> dict[str, torch.Tensor]:
+        """`adversarial=False` skips the GAN and feature-matching terms (e.g. a warm-up phase)."""
         cfg = self.config
         pred = out.prediction
         terms: dict[str, torch.Tensor] = {}
@@ -138,7 +140,7 @@ class Losses(nn.Module):
             terms["reconstruction"] = cfg.reconstruction * (pred - driving).abs().mean()
         if self.perceptual is not None:
             terms["perceptual"] = cfg.perceptual * self.perceptual(pred, driving)
-        if self.uses_discriminator:
+        if self.uses_discriminator and adversarial:
             disc = self._need_discriminator(discriminator)
             fake = disc(pred)
             if cfg.gan > 0:
@@ -166,3 +168,4 @@ class Losses(nn.Module):
         fake = discriminator(prediction_detached.detach())
         loss = cfg.gan * sum(gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode) for r, f in zip(real, fake))
         return {"discriminator_gan": loss, "total": loss}
+

@@ -81,7 +81,8 @@ def load_numpy_pickle(path: str | Path) -> dict[str, Any]:
 
 def _conv_from_hwio(kernel: np.ndarray, bias: np.ndarray, stride: int, padding: int) -> nn.Conv2d:
     h, w, cin, cout = kernel.shape
-    conv = nn.Conv2d(cin, cout, (h, w), stride=stride, padding=padding)
+    # skip_init: no random init to overwrite, and loading weights leaves the global RNG alone
+    conv = nn.utils.skip_init(nn.Conv2d, cin, cout, (h, w), stride=stride, padding=padding)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
         conv.bias.copy_(torch.from_numpy(np.asarray(bias)))
@@ -161,7 +162,7 @@ def vgg19_features(path: str | Path) -> VGGFeatures:
     convs = []
     for idx in conv_keys:
         w, b = state[f"features.{idx}.weight"], state[f"features.{idx}.bias"]
-        conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], padding=w.shape[2] // 2)
+        conv = nn.utils.skip_init(nn.Conv2d, w.shape[1], w.shape[0], w.shape[2], padding=w.shape[2] // 2)
         with torch.no_grad():
             conv.weight.copy_(w)
             conv.bias.copy_(b)

@@ -100,6 +100,9 @@ def test_corrupt_inputs_are_skipped_with_a_reason(raw, tmp_path):
     assert not on_disk & {"erin__garbage", "erin__truncated.mp4", "frank__frames", ".frank__frames.partial"}
     text = report.summary()
     assert "SKIPPED erin__truncated" in text and "prepared 5/9" in text
+    from iwarp.data import VideoDataset  # the loader reads the prepared videos, ignoring skipped rows
+    loaded = VideoDataset(tmp_path / "out", "train", 32).videos + VideoDataset(tmp_path / "out", "test", 32).videos
+    assert sorted(v.id for v in loaded) == sorted(df.index[df["status"] == "ok"])
 
 
 def test_identities_csv_sets_identity_and_split(raw, tmp_path):
@@ -170,8 +173,9 @@ def test_cli_prepare_and_bad_params(raw, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  input: ignored/by/the/cli\n  image_size: 32\n  crop: center\n")
     assert data_main(["prepare", "--input", str(raw), "--out", str(tmp_path / "o"), "--params", str(params),
-                      "--format", "mp4"]) == 0
+                      "--format", "mp4", "--max-frames", "6"]) == 0
     assert "prepared 5/5" in capsys.readouterr().out
+    assert read_manifest(tmp_path / "o")["num_frames"].max() == 6
     assert probe(next((tmp_path / "o").glob("*/*.mp4"))).width == 32
     params.write_text("prepare:\n  image_sise: 32\n")  # misspelt key: fails instead of being ignored
     with pytest.raises(SystemExit, match="image_sise"):

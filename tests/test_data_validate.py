@@ -159,3 +159,15 @@ def test_skipped_inputs_are_reported_and_gated(raw_good, tmp_path):
     assert validate_dataset(data, _cfg(max_skipped_fraction=0.2)).success
     payload = json.loads(report.result_path.read_text())
     assert payload["skipped_inputs"][0]["id"] == "dan__broken"
+
+
+def test_unprepared_dataset_fails_on_required_columns(tmp_path):
+    from iwarp.data.synth import SynthConfig, make_synth_dataset
+
+    make_synth_dataset(tmp_path / "synth", SynthConfig(num_identities=2, videos_per_identity=1, num_frames=9,
+                                                       image_size=SIZE), progress=False)
+    report = validate_dataset(tmp_path / "synth", _cfg())
+    failures = {f.check: f for f in report.failures}
+    assert "missing columns ['content_hash', 'contrast_mean', 'motion_mean']" in failures["required_columns"].observed
+    assert "does not exist" in failures["blank_video"].observed
+    assert "iwarp data prepare" in report.summary()

@@ -105,7 +105,24 @@ def test_discriminator_outputs_per_scale() -> None:
     outs = disc(rand(2, 3, 64, 64))
     assert len(outs) == 2
     assert [f.shape[1] for f in outs[0].features] == [8, 16, 32]
+    assert outs[1].features[0].shape[-1] == outs[0].features[0].shape[-1] // 2
     assert outs[0].logits.shape[:2] == (2, 1) and outs[1].logits.shape[-1] < outs[0].logits.shape[-1]
+
+
+def test_discriminator_keyword_overrides() -> None:
+    disc = MultiScalePatchDiscriminator(scales=[1.0, 0.5, 0.25], channels=[4, 8, 16, 32])
+    assert len(disc(rand(1, 3, 128, 128))) == 3
+    assert [f.shape[1] for f in disc(rand(1, 3, 128, 128))[2].features] == [4, 8, 16, 32]
+    with pytest.raises(ValueError, match="too small"):
+        disc(rand(1, 3, 64, 64))  # the 1/4 scale (16 px) is too small for 4 blocks
+
+
+def test_generator_losses_without_adversarial_terms(vgg_losses) -> None:
+    """`adversarial=False` (a warm-up before the GAN starts) drops GAN and feature matching
+    without building a second loss module."""
+    model, disc, sources, driving = setup()
+    terms = vgg_losses.generator_losses(driving, model(sources, driving), model, disc, adversarial=False)
+    assert set(terms) == {"perceptual", "equivariance", "total"}
 
 
 def test_bad_gan_mode_rejected() -> None:
@@ -151,6 +168,14 @@ def test_equivariance_loss_zero_without_deformation(vgg_losses) -> None:
 
 
 # ------------------------------------------------------------------ offline weights
+def test_loading_pretrained_weights_leaves_the_rng_alone() -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    Losses(LossConfig(gan=0, feature_matching=0, equivariance=0))  # loads VGG16
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
 def test_numpy_only_unpickler_refuses_other_globals(tmp_path) -> None:
     class Evil:
         def __reduce__(self):

@@ -127,11 +127,26 @@ def test_baseline_source_attention_sums_to_one() -> None:
     assert (maps >= 0).all()
 
 
+def test_normal_path_uses_a_fused_kernel() -> None:
+    """Eval-mode attention never takes PyTorch's math path (which materialises q x k)."""
+    from torch.profiler import profile
+
+    for cfg in (ImplicitWarpingConfig.tiny(), ImplicitWarpingConfig.tiny(residual=False, value_channels=[8, 16, 16, 40])):
+        m = ImplicitWarping(cfg).eval()
+        cache = m.encode_sources(rand(1, 3, 3, 64, 64))
+        with torch.no_grad(), profile() as prof:
+            m.animate(cache, rand(1, 3, 64, 64, seed=1))
+        names = {e.key for e in prof.key_averages()}
+        assert "aten::scaled_dot_product_attention" in names
+        assert "aten::_scaled_dot_product_attention_math" not in names, names
+
+
 def test_spatial_reduction_shrinks_the_cache_and_still_runs() -> None:
     full, reduced = model(), model(spatial_reduction=2)
     src, driving = rand(1, 2, 3, 64, 64), rand(1, 3, 64, 64, seed=1)
     c_full, c_red = full.encode_sources(src), reduced.encode_sources(src)
-    assert c_red.keys.shape[1] * 4 == c_full.keys.shape[1]
+    extra = full.attention.num_extra  # the learned tokens sit at the end of the cache
+    assert (c_red.keys.shape[1] - extra) * 4 == c_full.keys.shape[1] - extra == 2 * 64
     assert reduced.animate(c_red, driving).prediction.shape == (1, 3, 64, 64)
     maps = reduced.source_attention(src, driving)
     torch.testing.assert_close(maps.sum(1), torch.ones(1, 8, 8))

@@ -96,16 +96,10 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes(data, tmp_path):
     run_iwarp(*train_args(data, out, *SETTINGS), "--resume")
     assert load_checkpoint(out / "checkpoints" / "final.ckpt")["step"] == STEPS
 
-
-def test_cli_refuses_a_corrupt_checkpoint(data, tmp_path):
-    out = tmp_path / "run"
-    run_iwarp(*train_args(data, out, *SETTINGS, "optim.steps=8"))
-    latest = out / "checkpoints" / "step-00000008.ckpt"
+    # A damaged newest checkpoint stops `--resume` with a clear message naming the intact ones.
+    latest = out / "checkpoints" / f"step-{STEPS:08d}.ckpt"
     latest.write_bytes(latest.read_bytes()[:-100])  # a copy cut short
-    proc = run_iwarp(*train_args(data, out, *SETTINGS, "optim.steps=12"), "--resume", check=False)
+    proc = run_iwarp(*train_args(data, out, *SETTINGS, "optim.steps=28"), "--resume", check=False)
     assert proc.returncode == 1
-    assert "truncated" in proc.stderr and "step-00000004.ckpt" in proc.stderr and "--resume-from" in proc.stderr
+    assert "truncated" in proc.stderr and "step-00000020.ckpt" in proc.stderr and "--resume-from" in proc.stderr
     assert "Traceback" not in proc.stderr
-    # the named older checkpoint works
-    run_iwarp(*train_args(data, out, *SETTINGS, "optim.steps=12"), "--resume-from", out / "checkpoints" / "step-00000004.ckpt")
-    assert load_checkpoint(out / "checkpoints" / "final.ckpt")["step"] == 12

@@ -27,17 +27,24 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] 
         origin = typing.get_origin(kind)
         if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})"
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
+        choices = f.metadata.get("choices")
         if typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
             parser.add_argument(_flag(f.name), dest=f.name, type=item, nargs="+", default=None,
-                                help="(default: from the config)")
+                                choices=choices, help=help_text)
         elif kind is bool:
             parser.add_argument(_flag(f.name), dest=f.name, default=None,
                                 action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, help=help_text)
+            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, choices=choices,
+                                help=help_text)
 
 
 # keys a params.yaml section may hold besides its config's fields (used by dvc.yaml itself)

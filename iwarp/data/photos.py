@@ -12,13 +12,14 @@ thin-plate-like deformation). Deterministic from the seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .manifest import assign_splits, write_manifest
+from .options import opt
 from .synth import FORMATS, _prepare_out, _trajectory, write_entry
 
 # photo -> (centre x, centre y, half side) of the square around the face, in source pixels
@@ -31,16 +32,17 @@ PHOTOS = {
 
 @dataclass
 class PhotoConfig:
-    photos: list[str] = field(default_factory=lambda: ["astronaut", "camera", "chelsea"])
-    videos_per_photo: int = 2
-    num_frames: int = 48
-    image_size: int = 64
-    fps: float = 25.0
-    motion: float = 1.0  # scales every motion amplitude
-    split: str = "test"  # "test" or "train" puts every clip there; "auto" splits by photo
-    test_fraction: float = 0.34
-    seed: int = 0
-    format: str = "png"
+    photos: list[str] = opt(None, "scikit-image photos to animate", list(PHOTOS), factory=lambda: list(PHOTOS))
+    videos_per_photo: int = opt(2, "clips per photo (each with its own motion)")
+    num_frames: int = opt(48, "frames per clip")
+    image_size: int = opt(64, "frame side in pixels")
+    fps: float = opt(25.0, "frame rate recorded")
+    motion: float = opt(1.0, "scales every motion amplitude")
+    split: str = opt("test", "where the clips go: test, train, or auto (whole photos split by --test-fraction)",
+                     ("test", "train", "auto"))
+    test_fraction: float = opt(0.34, "share of photos in test/ with --split auto")
+    seed: int = opt(0, "motion seed")
+    format: str = opt("png", "png/jpg frame folders or mp4 files", FORMATS)
 
 
 def load_photo(name: str) -> np.ndarray:

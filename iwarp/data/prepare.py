@@ -26,6 +26,7 @@ from PIL import Image
 
 from .faces import center_box, face_track
 from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write_manifest
+from .options import opt
 from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, frame_files, is_frame_folder, is_video_file,
                     iter_frames, probe, save_frame)
 
@@ -34,16 +35,17 @@ OUTPUT_FORMATS = ("png", "jpg", "mp4")
 
 @dataclass
 class PrepareConfig:
-    image_size: int = 256  # 512 works too (paper's high-res setting)
-    crop: str = "face"  # face: one box over the dlib face track; center: largest centred square
-    crop_scale: float = 1.9  # face box side / detected face size (hair and chin included)
-    face_samples: int = 8  # frames per clip the face detector looks at (spread evenly)
-    format: str = "png"  # png | jpg frame folders, or mp4
-    test_fraction: float = 0.2
-    seed: int = 0
-    fps: float = DEFAULT_FPS  # rate recorded for frame-folder inputs (they carry none)
-    max_frames: int = 0  # keep at most this many frames per clip (0: all)
-    workers: int = 1  # parallel processes
+    image_size: int = opt(256, "output frame side (256 default, 512 supported)")
+    crop: str = opt("face", "face: one square box over the dlib face track; center: the largest centred square",
+                    ("face", "center"))
+    crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
+    face_samples: int = opt(8, "frames per clip the face detector looks at (spread evenly)")
+    format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
+    test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
+    seed: int = opt(0, "seed of the identity split")
+    fps: float = opt(DEFAULT_FPS, "rate recorded for frame-folder inputs (they carry none)")
+    max_frames: int = opt(0, "keep at most this many frames per clip (0: all)")
+    workers: int = opt(1, "parallel processes")
 
 
 @dataclass

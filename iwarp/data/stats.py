@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import SPLITS, read_manifest
+from .options import opt
 
 
 @dataclass
 class StatsConfig:
-    hist_bins: int = 10  # bins of the frames-per-video histogram
-    sample_videos: int = 12  # rows of the contact sheet
-    sample_frames: int = 6  # frames per row, spread over the clip
-    thumb_size: int = 96  # contact-sheet cell size in pixels
+    hist_bins: int = opt(10, "bins of the frames-per-video histogram")
+    sample_videos: int = opt(12, "rows of the contact sheet")
+    sample_frames: int = opt(6, "frames per contact-sheet row")
+    thumb_size: int = opt(96, "contact-sheet cell size in pixels")
 
 
 def dataset_stats(data: str | Path, out: str | Path, cfg: StatsConfig | None = None) -> dict:

@@ -25,23 +25,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .manifest import REQUIRED_COLUMNS, SPLITS, read_manifest
+from .options import opt
 
 STAT_COLUMNS = ["content_hash", "contrast_mean", "motion_mean"]
 
 
 @dataclass
 class ValidationConfig:
-    image_size: int = 256  # every frame must be exactly this size
-    min_frames: int = 9  # k_max sources + 1 driving frame (k up to 8)
-    fps_min: float = 10.0
-    fps_max: float = 120.0
-    min_contrast: float = 5.0  # mean per-frame grey std (0-255) below this: a blank video
-    min_motion: float = 0.2  # mean |frame difference| (0-255) below this: a frozen video
-    face_dataset: bool = False  # check the face-detection rate (face data only)
-    min_face_rate: float = 0.8
-    max_skipped_fraction: float = 0.1  # of the input videos that prepare could not read
-    frames_per_video: int = 3  # frames read back per video (first, middle, last, ...)
-    require_both_splits: bool = True
+    image_size: int = opt(256, "every frame must be exactly this size")
+    min_frames: int = opt(9, "fewest frames a video may have: k_max sources + 1 driving (k up to 8)")
+    fps_min: float = opt(10.0, "lowest allowed frame rate")
+    fps_max: float = opt(120.0, "highest allowed frame rate")
+    min_contrast: float = opt(5.0, "mean per-frame grey std (0-255) below this: a blank video")
+    min_motion: float = opt(0.2, "mean |frame difference| (0-255) below this: a frozen video")
+    face_dataset: bool = opt(False, "check the face-detection rate (face videos only)")
+    min_face_rate: float = opt(0.8, "lowest allowed face-detection rate (with --face-dataset)")
+    max_skipped_fraction: float = opt(0.1, "largest share of input videos prepare may have skipped as unreadable")
+    frames_per_video: int = opt(3, "frames read back from disk per video (first, middle, last, ...)")
+    require_both_splits: bool = opt(True, "train/ and test/ must both hold videos")
 
 
 @dataclass
@@ -78,6 +79,9 @@ class ValidationReport:
         lines = [f"validation {head}: {self.evaluated - len(self.failures)}/{self.evaluated} expectations met "
                  f"({self.seconds:.1f} s)"]
         lines += ["  " + f.line() for f in self.failures]
+        if any(f.check == "required_columns" for f in self.failures):
+            lines.append("  hint: validate a dataset written by `iwarp data prepare`: its manifest carries the "
+                         "statistics the checks need")
         for vid, reason in self.skipped_inputs:
             lines.append(f"  note: input {vid} was skipped by prepare: {reason}")
         lines.append(f"  Data Docs: {self.docs_index}")
@@ -277,14 +281,26 @@ def _failure(suite: str, r) -> Failure:
         if isinstance(row, dict) and "id" in row and str(row["id"]) not in ids:  # frames: once per video
             ids.append(str(row["id"]))
             values.append(_plain(row.get(column)) if column and column != "id" else None)
-    if r.exception_info and r.exception_info.get("raised_exception"):
-        observed = f"could not evaluate: {r.exception_info.get('exception_message')}"
+    missing = ((result.get("details") or {}).get("mismatched") or {}).get("missing")
+    errors = _exception_messages(r.exception_info)
+    if errors:
+        observed = f"could not evaluate: {errors[0]}"
+    elif missing:
+        observed = f"missing columns {missing}"
     elif result.get("partial_missing_list"):
         observed = f"missing {result['partial_missing_list']}"
     else:
         observed = f"observed {_plain(result.get('observed_value'))}"
     return Failure(check=str(meta.get("check", config.type)), expectation=expectation, suite=suite,
                    description=str(config.description or ""), videos=ids, values=values, observed=observed)
+
+
+def _exception_messages(info) -> list[str]:
+    """GE reports errors either flat or keyed by metric; e.g. a column the table lacks."""
+    if not info:
+        return []
+    found = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    return [str(e.get("exception_message")) for e in found if e.get("raised_exception")]
 
 
 def _plain(value):

@@ -114,7 +114,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model.kind, cfg.model_config).to(ctx.device)
         self.losses = Losses(cfg.loss).to(ctx.device)  # holds the frozen VGG; not checkpointed
-        self._warmup_losses = None
         self.disc = None
         if self.losses.uses_discriminator:  # only when an adversarial term has weight
             self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device)
@@ -228,16 +227,8 @@ class Trainer:
     def _generator_losses(self, driving, out, use_gan: bool) -> dict[str, torch.Tensor]:
         # The inner modules, not the DDP wrappers: the equivariance term calls
         # model.detect_keypoints, and D must not sync gradients it does not receive here.
-        if use_gan or self.disc is None:
-            return self.losses.generator_losses(driving, out, self.model, self.disc)
-        if self._warmup_losses is None:  # before optim.gan_start_step: same terms minus adversarial ones
-            from dataclasses import replace
-
-            from iwarp.losses import Losses
-
-            cfg = replace(self.cfg.loss, gan=0.0, feature_matching=0.0)
-            self._warmup_losses = Losses(cfg).to(self.ctx.device)
-        return self._warmup_losses.generator_losses(driving, out, self.model, None)
+        # Before optim.gan_start_step the adversarial terms are skipped.
+        return self.losses.generator_losses(driving, out, self.model, self.disc, adversarial=use_gan)
 
     def _discriminator_losses(self, driving, fake) -> dict[str, torch.Tensor]:
         return self.losses.discriminator_losses(driving, fake, self.ddp_disc)
@@ -353,7 +344,8 @@ class Trainer:
             except (AttributeError, NotImplementedError):
                 maps = None  # a model without attention (the baseline) has no selection map
             if maps is not None:
-                paths.append(visuals.attention_grid(sources, driving, pred, maps, self.image_dir / f"attention-{step:08d}.png"))
+                last = "occluded" if self.cfg.model.kind == "baseline" else "extraKV"
+                paths.append(visuals.attention_grid(sources, driving, pred, maps, self.image_dir / f"attention-{step:08d}.png", last))
             self.model.train()
         for p in paths:
             logger.log_image(p, step)
@@ -429,7 +421,15 @@ class Trainer:
             window_steps += 1
             bar.update(1)
 
-            if step % cfg.logging.every_steps == 0 or step == total:
+            out_of_time = cfg.optim.budget_minutes > 0 and time.monotonic() - started > cfg.optim.budget_minutes * 60
+            if ctx.distributed or out_of_time or self._stop_signal.is_set():
+                # Ranks agree before anyone leaves the loop (rank 0's clock decides the budget).
+                if ctx.any(self._stop_signal.is_set()):
+                    stopped = "signal"
+                elif ctx.any(out_of_time and ctx.is_main):
+                    stopped = "budget"
+
+            if step % cfg.logging.every_steps == 0 or step == total or stopped:
                 metrics = ctx.mean({k: v / window_steps for k, v in window.items()})
                 elapsed = time.perf_counter() - window_start
                 metrics["samples_per_s"] = window_steps * cfg.data.batch_size * ctx.world_size / max(elapsed, 1e-9)
@@ -442,16 +442,9 @@ class Trainer:
                 window, window_steps, window_start = {}, 0, time.perf_counter()
 
             every_img = cfg.logging.images_every_steps
-            if ctx.is_main and every_img > 0 and step % every_img == 0 and step < total:
+            if ctx.is_main and every_img > 0 and step % every_img == 0 and step < total and not stopped:
                 self.write_pictures(step, logger)
 
-            out_of_time = cfg.optim.budget_minutes > 0 and time.monotonic() - started > cfg.optim.budget_minutes * 60
-            if ctx.distributed or out_of_time or self._stop_signal.is_set():
-                # Ranks agree before anyone leaves the loop (rank 0's clock decides the budget).
-                if ctx.any(self._stop_signal.is_set()):
-                    stopped = "signal"
-                elif ctx.any(out_of_time and ctx.is_main):
-                    stopped = "budget"
             if stopped == "signal":
                 self.save(step)
                 break

@@ -72,13 +72,16 @@ def sample_grid(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.
 
 
 def attention_grid(
-    sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, maps: torch.Tensor, path: str | Path
+    sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, maps: torch.Tensor, path: str | Path,
+    last_label: str = "extraKV",
 ) -> Path:
     """The paper's Fig. 6: where each output pixel took its appearance from.
 
     `maps` (B, k+1, h, w) is the attention mass per source plus the extra K/V (last channel).
     Columns: each source with its attention mass blended over it, the extra-K/V mass, the
     arg-max "source selection" map (colour i = source i, dark = extra K/V), driving, prediction.
+    For the explicit-flow baseline the maps are each source's weight in its average and the last
+    channel is the occluded share the decoder fills in (`last_label="occluded"`).
     """
     B, k = sources.shape[:2]
     H, W = driving.shape[-2:]
@@ -95,7 +98,7 @@ def attention_grid(
         row.append(_resize(colors[winner], (H, W), nearest=True))
         row += [to_uint8(driving[b]), to_uint8(prediction[b])]
         rows.append(row)
-    labels = [f"attn{i + 1}" for i in range(k)] + ["extraKV", "select", "driving", "pred"]
+    labels = [f"attn{i + 1}" for i in range(k)] + [last_label, "select", "driving", "pred"]
     return _save(_compose(rows, labels, (H, W)), path)
 
 
