@@ -143,8 +143,9 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
             result.failed_task = failed[-1].name if failed else ""
             result.error = failure_message(failed[-1]) if failed else (str(exc).strip() or type(exc).__name__)
     result.seconds = time.monotonic() - t0
-    if not result.ok:
+    if not result.ok and result.failed_task in ("validate-data", "data-gate"):
         result.data_docs = next(iter(sorted((run_dir / "kfp").rglob("validate-data/data_docs"))), None)
+    if not result.ok:
         mark_failed_runs(rec.url, opts.experiment, started_ms)
     return result
 
@@ -158,7 +159,8 @@ def read_outputs(task: Any) -> dict[str, Any]:
 
 
 def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
-    """Runs this pipeline opened and left RUNNING when a task failed become FAILED."""
+    """The sweep's parent run this pipeline opened is FAILED when a later task failed (the
+    training runs close themselves; other pipelines' runs are left alone)."""
     from mlflow.tracking import MlflowClient
 
     with contextlib.suppress(Exception):  # best effort: the failure itself is what matters
@@ -166,7 +168,8 @@ def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return
-        runs = client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}")
+        runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
+                                  f"attributes.start_time >= {since_ms} and tags.`iwarp.kind` = 'ablation-sweep'")
         for r in runs:
             client.set_terminated(r.info.run_id, "FAILED")
 
@@ -194,7 +197,8 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
         console.print(Panel.fit(f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
                                 f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))
         if result.data_docs:
-            console.print(f"Data Docs (open in a browser): {result.data_docs}")
+            site = result.data_docs.parent / "data_docs_site" / "index.html"
+            console.print(f"Data Docs (open in a browser): {result.data_docs}\n  full site: {site}")
         return
     o = result.outputs
     exp_id, kids = child_runs(result.mlflow_url, o["parent_run_id"])
