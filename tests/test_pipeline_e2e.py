@@ -206,6 +206,25 @@ def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, 
     assert client.get_model_version("iwarp", str(second)).tags["canary_verdict"] in ("promote", "rollback")
 
 
+def test_failed_training_stops_the_run_and_fails_the_sweep_run(full_run, home):
+    """A training that cannot start (an invalid override) fails the run at the train step,
+    says why, leaves the sweep's MLflow parent run FAILED and registers nothing."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(full_run.mlflow_url)
+    versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
+    result = run_local(options(home, overrides=["optim.steps=-5"]), Console(file=io.StringIO()))
+    assert not result.ok and result.failed_task == "train-model"
+    assert "training of variant" in result.error
+    assert "optim.steps must be >= 1" in result.log.read_text()  # the trainer's own message, in the log
+    assert result.data_docs is None  # not a data problem
+    exp = client.get_experiment_by_name("iwarp")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`iwarp.kind` = 'ablation-sweep'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    assert parent.info.status == "FAILED"
+    assert {v.version for v in client.search_model_versions("name='iwarp'")} == versions_before
+
+
 def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
     """Videos far too short for k sources + a driving frame: validation fails, the Data Docs
     are there, nothing new is registered, and the services are reused."""
