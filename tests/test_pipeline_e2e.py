@@ -65,7 +65,7 @@ def home(tmp_path_factory):
 
 
 def options(home: Path, **kw) -> LocalRunOptions:
-    base = dict(home=str(home), steps=STEPS, data_params=SMALL_DATA, eval_sources=[1, 2], eval_max_videos=1,
+    base = dict(home=str(home), steps=STEPS, nproc=2, data_params=SMALL_DATA, eval_sources=[1, 2], eval_max_videos=1,
                 mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
     base.update(kw)
     return LocalRunOptions(**base)
@@ -91,9 +91,10 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     assert keys[0] and all(k == keys[0] for k in keys), keys
     assert {"test/l1_k1", "test/psnr_k2", "test/lpips_k1", "test/lpips_k2"} <= keys[0]
     assert {k.info.status for k in kids} == {"FINISHED"}
-    # identical data, seed and budget for all four
+    # identical data, seed and budget for all four; each trained by 2 DDP processes (torchrun)
     for p in ("seed", "optim.steps", "data.root"):
         assert len({k.data.params[p] for k in kids}) == 1, p
+    assert {k.data.params["world_size"] for k in kids} == {"2"}
 
 
 def test_parent_run_holds_the_ablation_table_and_decision(full_run):

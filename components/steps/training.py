@@ -114,9 +114,11 @@ def run_training(req: TrainRequest, checkpoint_path: str) -> str:
 
 
 def train_local(req: TrainRequest, out_dir: Path) -> Path:
+    """`torchrun --standalone --nproc-per-node N -m iwarp train ...` (gloo on CPU, NCCL on GPU),
+    the same launcher the TrainJob's pods use, one process or several."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "iwarp", "train", "--config", resolve_config(req.config),
-           "--nproc", str(max(1, req.nproc_per_node)), "--tracking-uri", req.tracking_uri,
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(1, req.nproc_per_node)}",
+           "-m", "iwarp", "train", "--config", resolve_config(req.config), "--tracking-uri", req.tracking_uri,
            "--set", *req.train_overrides(req.dataset, str(out_dir))]
     print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
     rc = subprocess.call(cmd)
