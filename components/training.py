@@ -23,13 +23,24 @@ def open_parent_run(
     data_version: str,
     validation: Input[Artifact],
     data_docs: Input[HTML],
-    params: dict,
+    train_config: str,
+    train_overrides: list,
+    seed: int,
+    train_steps: int,
+    nproc_per_node: int,
+    num_nodes: int,
+    select_metric: str,
     pipeline_job: str,
 ) -> str:
     """Create the sweep's MLflow parent run (data version, validation result and Data Docs,
     sweep parameters); the four training runs become its children. Returns its run id."""
     from components.steps.training import start_parent_run
 
+    # Typed parameters, not one dict argument: KFP splices runtime values into a dict literal as
+    # text, which breaks on strings with quotes (train_overrides).
+    params = {"train_config": train_config, "train_overrides": list(train_overrides), "seed": seed,
+              "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
+              "select_metric": select_metric}
     return start_parent_run(tracking_uri, experiment, data_version, validation.path, data_docs.path, params,
                             pipeline_job)
 

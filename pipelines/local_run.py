@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import time
 import urllib.parse
@@ -146,7 +147,8 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     if not result.ok and result.failed_task in ("validate-data", "data-gate"):
         result.data_docs = next(iter(sorted((run_dir / "kfp").rglob("validate-data/data_docs"))), None)
     if not result.ok:
-        mark_failed_runs(rec.url, opts.experiment, started_ms)
+        with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints a "View run" line per run it ends
+            mark_failed_runs(rec.url, opts.experiment, started_ms)
     return result
 
 

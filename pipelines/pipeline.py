@@ -208,9 +208,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         parent = common(open_parent_run(
             tracking_uri=tracking_uri, experiment=experiment, data_version=prep.outputs["Output"],
             validation=val.outputs["validation"], data_docs=val.outputs["data_docs"],
-            params={"train_config": train_config, "train_overrides": train_overrides, "seed": seed,
-                    "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
-                    "image_size": image_size, "select_metric": select_metric},
+            train_config=train_config, train_overrides=train_overrides, seed=seed, train_steps=train_steps,
+            nproc_per_node=nproc_per_node, num_nodes=num_nodes, select_metric=select_metric,
             pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ), "MLflow parent run").after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")

@@ -4,6 +4,7 @@ TrainJob on a cluster: `components.steps.trainjob`), nesting its run, and evalua
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,10 +122,32 @@ def train_local(req: TrainRequest, out_dir: Path) -> Path:
            "-m", "iwarp", "train", "--config", resolve_config(req.config), "--tracking-uri", req.tracking_uri,
            "--set", *req.train_overrides(req.dataset, str(out_dir))]
     print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd)
+    rc, why = run_streaming(cmd)
     if rc != 0:
-        raise RuntimeError(f"training of variant {req.ablation['variant']!r} failed (exit {rc}); see the log above")
+        raise RuntimeError(f"training of variant {req.ablation['variant']!r} failed (exit {rc}): {why}")
     return final_checkpoint(out_dir)
+
+
+def run_streaming(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd`, passing its output through live; return its exit code and, for the error
+    message, the lines it printed as errors (`error: ...`, an exception) or its last line."""
+    import collections
+    import itertools
+
+    tail: collections.deque[str] = collections.deque(maxlen=80)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.strip():
+                tail.append(line.rstrip())
+    lines = list(tail)
+    for i, line in enumerate(lines):  # iwarp's CLIs say `error: <what>` (+ indented details)
+        if line.startswith("error:"):
+            block = [line, *itertools.takewhile(lambda x: x.startswith((" ", "\t")), lines[i + 1:])]
+            return proc.returncode, " ".join(x.strip() for x in block)
+    errors = [x.strip() for x in lines if re.match(r"^\s*[\w.]*(Error|Exception)\b", x)]
+    return proc.returncode, (errors[-1] if errors else lines[-1].strip() if lines else "no output")
 
 
 def final_checkpoint(out_dir: Path) -> Path:
@@ -180,9 +203,9 @@ def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: st
         cmd += ["--max-videos", str(max_videos)]
     cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
     print(f"[evaluate] {info.get('variant', '?')}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd)
+    rc, why = run_streaming(cmd)
     if rc != 0:
-        raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}); see the log above")
+        raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}): {why}")
     values = eval_metrics(json.loads(out_json.read_text()))
     client = mlflow_client(tracking_uri)
     now = int(time.time() * 1000)
