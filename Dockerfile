@@ -11,13 +11,22 @@ FROM python:3.11-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG KUBECTL_VERSION=v1.32.3
+ARG TARGETARCH=amd64
 
 # Java 17 runs TorchServe's frontend; git lets DVC read repositories; tini reaps the
-# processes TorchServe and torchrun leave behind.
+# processes TorchServe and torchrun leave behind; kubectl is what `iwarp deploy kserve`
+# (the canary step on a cluster) drives KServe with, checked against its published sha256.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      openjdk-17-jre-headless git tini ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+      openjdk-17-jre-headless git tini ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && cd /tmp \
+ && curl -fsSLO "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/${TARGETARCH}/kubectl" \
+ && curl -fsSLO "https://dl.k8s.io/release/${KUBECTL_VERSION}/bin/linux/${TARGETARCH}/kubectl.sha256" \
+ && echo "$(cat kubectl.sha256)  kubectl" | sha256sum --check \
+ && install -m 0755 kubectl /usr/local/bin/kubectl \
+ && rm kubectl kubectl.sha256
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -39,7 +48,7 @@ COPY serving/ serving/
 COPY components/ components/
 COPY pipelines/ pipelines/
 COPY configs/ configs/
-COPY dvc.yaml params.yaml ./
+COPY dvc.yaml params.yaml .dvcignore ./
 RUN pip install --no-deps . \
  && python -c "import iwarp, serving, components, pipelines, kfp, mlflow, dvc, great_expectations, kubeflow.trainer"
 

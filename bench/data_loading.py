@@ -1,5 +1,5 @@
 """Training-batch loading speed from the two dataset layouts, side by side in one run: frame
-folders (png; what `iwarp data prepare` writes by default) vs mp4 with the decoded-clip cache vs
+folders (png, what `iwarp data prepare` writes by default, and jpg) vs mp4 with the decoded-clip cache vs
 mp4 without it (decode per access). Prints batches/s and the ratio to the png layout; this is
 why prepare writes frame folders.
 
@@ -40,13 +40,14 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         roots = {}
-        for fmt in ("png", "mp4"):
+        for fmt in ("png", "jpg", "mp4"):
             cfg = SynthConfig(num_identities=6, videos_per_identity=2, num_frames=args.frames,
                               image_size=args.size, format=fmt, test_fraction=0.2)
             roots[fmt] = make_synth_dataset(Path(tmp) / fmt, cfg, progress=False) is not None and Path(tmp) / fmt
         s = args.size
         results = {
             "png frame folders": rate(VideoDataset(roots["png"], "train", s), args.steps, args.batch, False),
+            "jpg frame folders": rate(VideoDataset(roots["jpg"], "train", s), args.steps, args.batch, False),
             "mp4, cached clips (warm)": rate(VideoDataset(roots["mp4"], "train", s), args.steps, args.batch, True),
             "mp4, no cache": rate(VideoDataset(roots["mp4"], "train", s, cache_bytes=0), max(args.steps // 4, 2),
                                   args.batch, False),

@@ -2,13 +2,14 @@
 warping vs the explicit-flow baseline at k = 1, 2, 4, 8 sources, peak attention memory vs k,
 and the per-frame speed-up of cached sources over re-encoding them.
 
-    PYTHONPATH=. python bench/model_cost.py [--reps 2] [--threads 2] [--json out.json]
+    PYTHONPATH=. python bench/model_cost.py [--reps 3] [--threads 1] [--ks 1 2 4 8] [--json out.json]
 
 Everything is measured side by side in one run (same machine, same load), random weights, fp32,
 batch 1, `torch.no_grad()`. FLOPs come from `torch.utils.flop_counter.FlopCounterMode`; it does
 not see PyTorch's fused CPU attention kernel, so attention FLOPs are added analytically,
-2 * Lq * Lk * (dk + dv) per head, for the heads actually executed. Latency is the median of
-`--reps` timed runs after one warm-up. Attention memory is the peak resident-set growth of one
+2 * Lq * Lk * (dk + dv) per head, for the heads actually executed. Latency is the best of
+`--reps` runs after a warm-up, re-encoding and cached calls timed alternately. One thread by
+default: on this shared 2-core machine two OpenMP threads under contention swing 3-10x. Attention memory is the peak resident-set growth of one
 attention call, each measured in a fresh subprocess with glibc's mmap threshold lowered so freed
 buffers leave the process (otherwise malloc reuse hides allocations).
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -63,14 +63,20 @@ def attention_is_counted(model: torch.nn.Module, cache, driving: torch.Tensor) -
     return counted_gflop(lambda: model.attention(q, cache.keys, cache.values)) > 0
 
 
-def latency(fn, reps: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitive cache)
-    times = []
+def paired_latency(fn_a, fn_b, reps: int) -> tuple[float, float]:
+    """Best-of-`reps` seconds of two calls timed alternately, so both see the same machine load
+    (on a shared CPU, interference only ever adds time: the minimum is the stable statistic)."""
+    fn_a(), fn_b()  # warm-up (allocator, oneDNN primitive cache)
+    a, b = [], []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        fn_a()
+        t1 = time.perf_counter()
+        fn_b()
+        t2 = time.perf_counter()
+        a.append(t1 - t0)
+        b.append(t2 - t1)
+    return min(a), min(b)
 
 
 def matmul_gflops() -> float:
@@ -142,8 +148,7 @@ def measure_model(kind: str, k: int, reps: int) -> dict[str, float]:
         extra = 0.0 if attention_is_counted(model, cache, driving) else attention_gflop(model, k)
         full = counted_gflop(lambda: model(sources, driving)) + extra
         per_frame = counted_gflop(lambda: model.animate(cache, driving)) + extra
-        t_full = latency(lambda: model(sources, driving), reps)
-        t_frame = latency(lambda: model.animate(cache, driving), reps)
+        t_full, t_frame = paired_latency(lambda: model(sources, driving), lambda: model.animate(cache, driving), reps)
     return {
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop": full,
@@ -157,8 +162,8 @@ def measure_model(kind: str, k: int, reps: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=2, help="timed runs per measurement (median)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3, help="timed runs per measurement (best of)")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)

@@ -23,7 +23,9 @@ ABLATIONS: list[dict[str, Any]] = [
 FULL = "full"
 
 # Metrics where larger is better; every other evaluation metric is an error.
-HIGHER_IS_BETTER = ("psnr", "ssim", "mkr")
+HIGHER_IS_BETTER = ("psnr", "ssim")
+# The compact table (console, top of the report): the paper's reconstruction metrics.
+CORE_METRICS = ("l1", "psnr", "lpips")
 
 _K_SUFFIX = re.compile(r"^(?P<name>.+)_k(?P<k>\d+)$")
 
@@ -99,13 +101,17 @@ def choose_variant(results: list[dict[str, Any]], metric: str, margin: float) ->
     return Choice(FULL, by_name[FULL]["run_id"], reason)
 
 
-def metric_columns(results: list[dict[str, Any]]) -> list[str]:
-    """Metric keys present in every variant's evaluation, grouped by metric then source count."""
+def metric_columns(results: list[dict[str, Any]], only: tuple[str, ...] | None = None) -> list[str]:
+    """Metric keys present in every variant's evaluation, grouped by metric then source count
+    (`only`: just these metric names, in this order)."""
     common = set.intersection(*(set(r["metrics"]) for r in results)) if results else set()
+    if only is not None:
+        common = {c for c in common if (_K_SUFFIX.match(c).group("name") if _K_SUFFIX.match(c) else c) in only}
 
-    def order(key: str) -> tuple[str, int]:
+    def order(key: str) -> tuple[Any, ...]:
         m = _K_SUFFIX.match(key)
-        return (m.group("name"), int(m.group("k"))) if m else (key, 0)
+        name, k = (m.group("name"), int(m.group("k"))) if m else (key, 0)
+        return (only.index(name) if only and name in only else 0, name, k)
 
     return sorted(common, key=order)
 
@@ -114,9 +120,10 @@ def _fmt(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.4g}"
 
 
-def markdown_table(results: list[dict[str, Any]], choice: Choice | None = None) -> str:
+def markdown_table(results: list[dict[str, Any]], choice: Choice | None = None,
+                   only: tuple[str, ...] | None = None) -> str:
     """The ablation table (rows: variants, columns: metrics at each source count)."""
-    cols = metric_columns(results)
+    cols = metric_columns(results, only)
     header = ["variant", "residual", "extra K/V", *cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
@@ -127,19 +134,27 @@ def markdown_table(results: list[dict[str, Any]], choice: Choice | None = None) 
     return "\n".join(lines)
 
 
+ALL_METRICS_HEADING = "## All metrics"
+
+
 def report_markdown(results: list[dict[str, Any]], choice: Choice, metric: str, data_version: str = "") -> str:
-    arrows = ", ".join(f"{c} {'↑' if higher_is_better(c) else '↓'}" for c in metric_columns(results))
+    """Compact table (L1, PSNR, LPIPS per source count) and the decision, then every metric."""
+    core = metric_columns(results, CORE_METRICS)
+    arrows = ", ".join(f"{n} {'↑' if higher_is_better(n) else '↓'}" for n in CORE_METRICS if any(c.startswith(n + "_") for c in core))
     parts = [
         "# iwarp ablation: residual x extra K/V (paper Table 4, our numbers)",
         "",
         "Same data, seed and training budget for all four variants"
-        + (f"; data version `{data_version}`." if data_version else "."),
+        + (f"; data version `{data_version}`." if data_version else ".")
+        + f" Columns: metric_k<number of sources>; better is {arrows}.",
         "",
-        markdown_table(results, choice),
-        "",
-        f"Better is: {arrows}.",
+        markdown_table(results, choice, CORE_METRICS if core else None),
         "",
         f"**Decision** (selection metric `{metric}`): {choice.reason}.",
+        "",
+        ALL_METRICS_HEADING,
+        "",
+        markdown_table(results, choice),
         "",
     ]
     return "\n".join(parts)

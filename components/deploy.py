@@ -13,10 +13,11 @@ from components.base import IMAGE, SERVING_PACKAGES
 def package_model(checkpoint: Input[Model], model_name: str, version: str, mar: Output[Model]):
     """`serving.package`: exported generator + handler + config -> `<model_name>.mar`,
     versioned like the registry (`<version>.0`)."""
-    from components.deploy import package_mar
+    from components.steps.deploy import package_mar
 
-    package_mar(checkpoint.path, model_name, version, mar.path)
-    mar.metadata.update({"model_name": model_name, "version": version, "variant": checkpoint.metadata.get("variant")})
+    info = package_mar(checkpoint.path, model_name, version, mar.path)
+    mar.metadata.update({"model_name": model_name, "torchserve_version": info["version"], "registry_version": version,
+                         "variant": checkpoint.metadata.get("variant")})
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=SERVING_PACKAGES)
@@ -27,8 +28,8 @@ def deploy_canary(
     version: str,
     tracking_uri: str,
     target: str,
-    inference_url: str,
-    management_url: str,
+    serving_workdir: str,
+    image_size: int,
     namespace: str,
     storage_uri: str,
     s3_endpoint_url: str,
@@ -37,16 +38,17 @@ def deploy_canary(
     """Serve the new version beside the current default, compare both on held-out cases
     from the test split, then promote (default + MLflow `champion`) or roll back.
 
-    target="torchserve": a TorchServe management API (token from $TS_MANAGEMENT_KEY or the
-    key file of a local server). target="kserve": the InferenceService canary.
+    target="torchserve": the TorchServe that `iwarp serve start` runs from `serving_workdir`
+    (local runs). target="kserve": the KServe InferenceService in `namespace`, the new
+    version uploaded under `storage_uri` (cluster runs).
     """
     from collections import namedtuple
 
-    from components.deploy import CanaryRequest, run_canary_step
+    from components.steps.deploy import CanaryRequest, run_canary_step
 
     result = run_canary_step(CanaryRequest(
         mar=mar.path, dataset=dataset.path, model_name=model_name, version=version, tracking_uri=tracking_uri,
-        target=target, inference_url=inference_url, management_url=management_url, namespace=namespace,
+        target=target, serving_workdir=serving_workdir, image_size=image_size, namespace=namespace,
         storage_uri=storage_uri, s3_endpoint_url=s3_endpoint_url,
     ), verdict.path)
     return namedtuple("Canary", ["promoted", "default_version", "endpoint"])(*result)

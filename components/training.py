@@ -23,13 +23,24 @@ def open_parent_run(
     data_version: str,
     validation: Input[Artifact],
     data_docs: Input[HTML],
-    params: dict,
+    train_config: str,
+    train_overrides: list,
+    seed: int,
+    train_steps: int,
+    nproc_per_node: int,
+    num_nodes: int,
+    select_metric: str,
     pipeline_job: str,
 ) -> str:
     """Create the sweep's MLflow parent run (data version, validation result and Data Docs,
     sweep parameters); the four training runs become its children. Returns its run id."""
     from components.steps.training import start_parent_run
 
+    # Typed parameters, not one dict argument: KFP splices runtime values into a dict literal as
+    # text, which breaks on strings with quotes (train_overrides).
+    params = {"train_config": train_config, "train_overrides": list(train_overrides), "seed": seed,
+              "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
+              "select_metric": select_metric}
     return start_parent_run(tracking_uri, experiment, data_version, validation.path, data_docs.path, params,
                             pipeline_job)
 
@@ -88,15 +99,18 @@ def evaluate_model(
     tracking_uri: str,
     sources: list,
     max_videos: int,
+    frechet: bool,
+    landmarks: bool,
     metrics: Output[Metrics],
     report: Output[Artifact],
 ):
     """`iwarp evaluate` on the test split for each number of sources; the metrics go to the
     variant's MLflow run, to a KFP Metrics artifact (`<metric>_k<k>` keys) and, with the
-    variant and run id, to the JSON `report` the compare step reads."""
+    variant and run id, to the JSON `report` the compare step reads. `frechet`: the VGG16
+    Frechet distance (meaningful over many frames); `landmarks`: AKD/MKR (face data only)."""
     from components.steps.training import run_evaluation
 
     values = run_evaluation(checkpoint.path, dataset.path, [int(k) for k in sources], run_id, tracking_uri,
-                            dict(checkpoint.metadata), report.path, max_videos)
+                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks)
     for key, value in values.items():
         metrics.log_metric(key, value)

@@ -98,7 +98,7 @@ class CrossModalAttention(nn.Module):
         if s % num_sources:
             raise ValueError(f"{s} key tokens cannot be split over {num_sources} sources")
         scale = self.qk_dim**-0.5
-        all_keys = keys
+        queries, all_keys = queries.float(), keys.float()  # maps in fp32 even under autocast
         chunks = []
         for start in range(0, queries.shape[1], chunk_size):
             attn = torch.softmax(queries[:, start : start + chunk_size] @ all_keys.transpose(1, 2) * scale, dim=-1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -12,14 +13,9 @@ from torch import nn
 
 @dataclass
 class DiscriminatorConfig:
-    scales: int = 2  # pyramid levels: full, 1/2, 1/4, ... resolution, one patch discriminator each
-    channels: int = 64  # first block's width; doubles per block up to max_channels
-    num_blocks: int = 4
-    max_channels: int = 512
+    scales: list[float] = field(default_factory=lambda: [1.0, 0.5])  # image scales, one patch discriminator each
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # one 4x4 conv block each
     spectral_norm: bool = True
-
-    def widths(self) -> list[int]:
-        return [min(self.channels * 2**i, self.max_channels) for i in range(self.num_blocks)]
 
 
 class ScaleOutput(NamedTuple):
@@ -60,31 +56,30 @@ class MultiScalePatchDiscriminator(nn.Module):
     `ScaleOutput` per scale (full resolution first).
 
     `MultiScalePatchDiscriminator(DiscriminatorConfig(...))` or with field overrides, e.g.
-    `MultiScalePatchDiscriminator(scales=2, channels=32)`.
+    `MultiScalePatchDiscriminator(scales=[1.0, 0.5], channels=[32, 64, 128])`.
     """
 
     def __init__(self, config: DiscriminatorConfig | None = None, **overrides) -> None:
         super().__init__()
         cfg = replace(config or DiscriminatorConfig(), **overrides)
-        if cfg.scales < 1 or cfg.num_blocks < 2:
-            raise ValueError(f"discriminator needs scales >= 1 and num_blocks >= 2, got {cfg}")
+        if not cfg.scales or len(cfg.channels) < 2 or any(not 0 < s <= 1 for s in cfg.scales):
+            raise ValueError(f"discriminator needs scales in (0, 1] and >= 2 channel blocks, got {cfg}")
         self.config = cfg
-        self.discriminators = nn.ModuleList(PatchDiscriminator(cfg.widths(), cfg.spectral_norm) for _ in range(cfg.scales))
+        self.discriminators = nn.ModuleList(PatchDiscriminator(list(cfg.channels), cfg.spectral_norm) for _ in cfg.scales)
 
     def min_size(self) -> int:
-        """Smallest input side: the coarsest level must keep >= 2x2 patches after the last block."""
-        return 2 ** (self.config.num_blocks + 1) * 2 ** (self.config.scales - 1)
+        """Smallest input side: the coarsest scale must keep >= 2x2 patches after the last block."""
+        return math.ceil(2 ** (len(self.config.channels) + 1) / min(self.config.scales))
 
     def forward(self, images: torch.Tensor) -> list[ScaleOutput]:
         if min(images.shape[-2:]) < self.min_size():
             raise ValueError(
-                f"images of {images.shape[-2]}x{images.shape[-1]} are too small for {self.config.scales} scales x "
-                f"{self.config.num_blocks} blocks (need >= {self.min_size()} px): lower discriminator scales or num_blocks"
+                f"images of {images.shape[-2]}x{images.shape[-1]} are too small for scales {self.config.scales} x "
+                f"{len(self.config.channels)} blocks (need >= {self.min_size()} px): drop a scale or a channel block"
             )
         x = images * 2 - 1
         outs = []
-        for level, disc in enumerate(self.discriminators):
-            if level > 0:  # each level sees the image at half the previous resolution
-                x = F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True)
-            outs.append(disc(x))
+        for scale, disc in zip(self.config.scales, self.discriminators):
+            xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
+            outs.append(disc(xs))
         return outs

@@ -129,10 +129,10 @@ class ExplicitFlowBaseline(nn.Module):
         small = F.avg_pool2d(flat, self.config.motion_stride)
         n = kp.xy.shape[1]
         return FlowSourceCache(
-            feats.reshape(b, k, *feats.shape[1:]),
-            small.reshape(b, k, *small.shape[1:]),
-            kp.xy.reshape(b, k, n, 2),
-            kp.strength.reshape(b, k, n),
+            feats.unflatten(0, (b, k)),  # unflatten, not reshape(b*k): torch.export keeps k=1 valid
+            small.unflatten(0, (b, k)),
+            kp.xy.unflatten(0, (b, k)),
+            kp.strength.unflatten(0, (b, k)),
         )
 
     def _warp(self, cache: FlowSourceCache, drv: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,14 +141,14 @@ class ExplicitFlowBaseline(nn.Module):
         n = cache.source_xy.shape[2]
         # every source is paired with the same driving keypoints
         drv_flat = Keypoints(
-            drv.xy[:, None].expand(b, k, n, 2).reshape(b * k, n, 2),
-            drv.strength[:, None].expand(b, k, n).reshape(b * k, n),
+            drv.xy[:, None].expand(b, k, n, 2).flatten(0, 1),
+            drv.strength[:, None].expand(b, k, n).flatten(0, 1),
         )
-        src_flat = Keypoints(cache.source_xy.reshape(b * k, n, 2), cache.source_strength.reshape(b * k, n))
+        src_flat = Keypoints(cache.source_xy.flatten(0, 1), cache.source_strength.flatten(0, 1))
         flow, occ = self.dense_motion(cache.images.flatten(0, 1), src_flat, drv_flat)
         feats = cache.features.flatten(0, 1)
         warped = F.grid_sample(feats, flow, align_corners=False) * occ
-        return warped.reshape(b, k, *warped.shape[1:]), occ.reshape(b, k, *occ.shape[1:])
+        return warped.unflatten(0, (b, k)), occ.unflatten(0, (b, k))
 
     def animate(
         self,

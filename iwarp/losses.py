@@ -169,38 +169,3 @@ class Losses(nn.Module):
         loss = cfg.gan * sum(gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode) for r, f in zip(real, fake))
         return {"discriminator_gan": loss, "total": loss}
 
-
-# Functional form (what the training loop calls): one `Losses` per (config, device) is built on
-# first use and reused, so the frozen VGG is loaded once per process.
-_LOSSES_CACHE: dict[tuple[str, str], Losses] = {}
-
-
-def _losses_for(config: LossConfig | None, device: torch.device) -> Losses:
-    cfg = config or LossConfig()
-    key = (repr(cfg), str(device))
-    if key not in _LOSSES_CACHE:
-        _LOSSES_CACHE[key] = Losses(cfg).to(device)
-    return _LOSSES_CACHE[key]
-
-
-def generator_losses(
-    driving: torch.Tensor,
-    out: ModelOutput,
-    model: nn.Module,
-    discriminator: nn.Module | None = None,
-    config: LossConfig | None = None,
-) -> dict[str, torch.Tensor]:
-    """`Losses(config).generator_losses(...)` with the loss networks cached per config/device.
-    `discriminator=None` skips (and omits) the GAN and feature-matching terms."""
-    losses = _losses_for(config, driving.device)
-    return losses.generator_losses(driving, out, model, discriminator, adversarial=discriminator is not None)
-
-
-def discriminator_losses(
-    driving: torch.Tensor,
-    prediction_detached: torch.Tensor,
-    discriminator: nn.Module,
-    config: LossConfig | None = None,
-) -> dict[str, torch.Tensor]:
-    """`Losses(config).discriminator_losses(...)` (no network to load: built cheaply, cached)."""
-    return _losses_for(config, driving.device).discriminator_losses(driving, prediction_detached, discriminator)

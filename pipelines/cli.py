@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
     )
     r.add_argument("--data", metavar="DIR", help="folder of raw videos (default: generate a synthetic set)")
+    r.add_argument("--data-param", dest="data_params", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="params.yaml overrides for the data stages, e.g. synth.num_identities=4 prepare.crop=face")
     r.add_argument("--config", default="configs/tiny.yaml", help="training config (default: %(default)s)")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="training config overrides applied to all four variants")
@@ -30,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--image-size", type=int, default=64, help="prepared frame size (default: %(default)s)")
     r.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4], metavar="K", help="evaluate with K sources")
     r.add_argument("--eval-max-videos", type=int, default=0, help="evaluate on at most N test videos (0: all)")
+    r.add_argument("--fd", action="store_true", help="also the VGG16 Frechet distance (slow on CPU; needs many frames)")
+    r.add_argument("--landmarks", action="store_true", help="also AKD/MKR (face videos only; dlib, slow on CPU)")
     r.add_argument("--select-metric", default="lpips", help="metric that may overrule the full model (default: lpips)")
     r.add_argument("--experiment", default="iwarp", help="MLflow experiment (default: %(default)s)")
     r.add_argument("--model-name", default="iwarp", help="MLflow registered model / TorchServe model name")
@@ -66,8 +70,9 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console()
     opts = LocalRunOptions(
-        data=args.data, config=args.config, overrides=args.overrides, steps=args.steps, nproc=args.nproc,
+        data=args.data, data_params=args.data_params, config=args.config, overrides=args.overrides, steps=args.steps, nproc=args.nproc,
         seed=args.seed, image_size=args.image_size, eval_sources=args.sources, eval_max_videos=args.eval_max_videos,
+        eval_fd=args.fd, eval_landmarks=args.landmarks,
         select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
         mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose,
     )

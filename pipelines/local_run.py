@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
-import os
 import time
 import urllib.parse
 import warnings
@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.panel import Panel
+from rich.text import Text
 
-from pipelines.services import MlflowServer, dvc_remote_dir, iwarp_home
+from pipelines.services import MlflowServer, dvc_remote_dir, ensure_torchserve, iwarp_home
 
-TASKS_PER_RUN = 15  # preprocess, validate, gate, parent, 4 x (train, evaluate), compare, register, package, canary
+TASKS_PER_RUN = 16  # preprocess, validate, gate, parent, 4 x (train, evaluate), compare, register, package, canary
 
 
 @dataclasses.dataclass
@@ -42,9 +42,12 @@ class LocalRunOptions:
     model_name: str = "iwarp"
     eval_sources: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4])
     eval_max_videos: int = 0
+    eval_fd: bool = False  # VGG16 Frechet distance: slow on CPU, noise over a small test split
+    eval_landmarks: bool = False  # AKD/MKR: face videos only (the synthetic heads are not faces)
     select_metric: str = "lpips"
     select_margin: float = 0.02
     mlflow_port: int = 5000
+    torchserve_ports: tuple[int, int, int] = (8080, 8081, 8082)  # inference, management, metrics
     home: str | None = None
     verbose: bool = False
 
@@ -80,22 +83,15 @@ def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
         "gpus_per_node": 0,
         "eval_sources": list(opts.eval_sources),
         "eval_max_videos": opts.eval_max_videos,
+        "eval_fd": opts.eval_fd,
+        "eval_landmarks": opts.eval_landmarks,
         "select_metric": opts.select_metric,
         "select_margin": opts.select_margin,
         "experiment": opts.experiment,
         "model_name": opts.model_name,
         "serving_target": "torchserve",
-        "serving_url": serving["inference_url"],
-        "serving_management_url": serving["management_url"],
+        "serving_workdir": serving["workdir"],
     }
-
-
-def ensure_torchserve(home: Path, console: Console) -> dict[str, str]:
-    """Start (or reuse) the local TorchServe through `serving`'s process control."""
-    from serving.server import ensure_server
-
-    info = ensure_server(workdir=home / "serve")
-    return {"inference_url": info.inference_url, "management_url": info.management_url}
 
 
 def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRunResult:
@@ -115,8 +111,10 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
         rec, started = mlflow.ensure()
     console.print(f"MLflow: {rec.url} ({'started' if started else 'reused'}; SQLite store {mlflow.db})")
     with console.status("TorchServe: starting or reusing the local server ..."):
-        serving = ensure_torchserve(home, console)
-    console.print(f"TorchServe: inference {serving['inference_url']}, management {serving['management_url']}")
+        ts, ts_started = ensure_torchserve(home, opts.torchserve_ports, opts.model_name)
+    serving = {"workdir": ts.workdir, "inference_url": ts.inference_url}
+    console.print(f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
+                  f"management {ts.management_url}, token auth on: {ts.key_file})")
     if opts.data and not Path(opts.data).is_dir():
         raise FileNotFoundError(f"--data {opts.data}: no such folder")
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
@@ -125,13 +123,15 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     # The runner would otherwise warn that our image name lacks "python": tasks run in this
     # interpreter, which has exactly the image's packages.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    # Resource requests, GPUs and Kubernetes settings only matter on a cluster; said once in the docs.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     pipeline = build_pipeline(PlatformOptions(sweep_parallelism=1))  # 2 cores: one variant at a time
 
     result = LocalRunResult(ok=False, run_dir=run_dir, log=log, mlflow_url=rec.url)
     console.print(f"pipeline: running {TASKS_PER_RUN} tasks; full log {log}")
     started_ms = int(time.time() * 1000)
-    from pipelines.progress import RunProgress
+    from pipelines.progress import RunProgress, failure_message
 
     with RunProgress(log, console, TASKS_PER_RUN, verbose=opts.verbose) as progress:
         try:
@@ -139,14 +139,16 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
                 task = pipeline(**args)
             result.ok = True
             result.outputs = read_outputs(task)
-        except Exception as exc:  # a failed task: kfp raises RuntimeError naming it
+        except Exception as exc:  # a failed task: kfp raises RuntimeError naming it; the why is in its log
             failed = progress.failed_tasks()
             result.failed_task = failed[-1].name if failed else ""
-            result.error = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            result.error = failure_message(failed[-1]) if failed else (str(exc).strip() or type(exc).__name__)
     result.seconds = time.monotonic() - t0
-    if not result.ok:
+    if not result.ok and result.failed_task in ("validate-data", "data-gate"):
         result.data_docs = next(iter(sorted((run_dir / "kfp").rglob("validate-data/data_docs"))), None)
-        mark_failed_runs(rec.url, opts.experiment, started_ms)
+    if not result.ok:
+        with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints a "View run" line per run it ends
+            mark_failed_runs(rec.url, opts.experiment, started_ms)
     return result
 
 
@@ -159,7 +161,8 @@ def read_outputs(task: Any) -> dict[str, Any]:
 
 
 def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
-    """Runs this pipeline opened and left RUNNING when a task failed become FAILED."""
+    """The sweep's parent run this pipeline opened is FAILED when a later task failed (the
+    training runs close themselves; other pipelines' runs are left alone)."""
     from mlflow.tracking import MlflowClient
 
     with contextlib.suppress(Exception):  # best effort: the failure itself is what matters
@@ -167,7 +170,8 @@ def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return
-        runs = client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and attributes.start_time >= {since_ms}")
+        runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
+                                  f"attributes.start_time >= {since_ms} and tags.`iwarp.kind` = 'ablation-sweep'")
         for r in runs:
             client.set_terminated(r.info.run_id, "FAILED")
 
@@ -188,12 +192,15 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> tuple[str, list[Any]]:
 
 
 def print_summary(result: LocalRunResult, console: Console) -> None:
+    from components.ablation import ALL_METRICS_HEADING
+
     minutes = f"{result.seconds / 60:.1f} min"
     if not result.ok:
         console.print(Panel.fit(f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
                                 f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))
         if result.data_docs:
-            console.print(f"Data Docs (open in a browser): {result.data_docs}")
+            site = result.data_docs.parent / "data_docs_site" / "index.html"
+            console.print(f"Data Docs (open in a browser): {result.data_docs}\n  full site: {site}")
         return
     o = result.outputs
     exp_id, kids = child_runs(result.mlflow_url, o["parent_run_id"])
@@ -202,8 +209,9 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
     console.print(f"MLflow UI:        {result.mlflow_url}/#/experiments/{exp_id}")
     console.print(f"  sweep (parent): {result.mlflow_url}/#/experiments/{exp_id}/runs/{o['parent_run_id']}")
     console.print(f"  compare runs:   {compare_url(result.mlflow_url, exp_id, [r.info.run_id for r in kids])}")
-    console.print(Markdown(o["ablation_table"]))
-    console.print(Panel(o["canary_verdict"].strip(), title="canary verdict"))
+    # The Markdown as text: readable in any terminal and in CI logs, pastes into docs.
+    console.print(Text(o["ablation_table"].split(ALL_METRICS_HEADING)[0].strip()))
+    console.print(Panel(Text(o["canary_verdict"].strip()), title="canary verdict"))
     console.print(f"registered: models:/{o['model_name']}/{o['registered_version']} ({o['chosen_variant']})")
     console.print(f"endpoint serving the champion: [bold]POST {o['endpoint']}[/]")
 
@@ -213,6 +221,3 @@ def result_json(result: LocalRunResult) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
 
 
-def env_for_tasks(home: Path) -> None:
-    """Settings the component subprocesses inherit."""
-    os.environ.setdefault("IWARP_HOME", str(home))

@@ -10,10 +10,10 @@ pipeline parameter (`kfp run create ... key=value`).
 
 import dataclasses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, List, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import Markdown
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model
 
 from components.ablation import ABLATIONS
 from components.base import IMAGE
@@ -24,6 +24,9 @@ from components.report import compare_ablations
 from components.training import evaluate_model, open_parent_run, train_model
 
 PIPELINE_NAME = "iwarp-pipeline"
+
+# What the sweep hands to the compare step: per variant, the evaluation report and the checkpoint.
+SweepOutputs = NamedTuple("SweepOutputs", [("reports", List[Artifact]), ("checkpoints", List[Model])])
 
 # What a run hands back (the local driver prints these; on a cluster they show in the run's outputs).
 PipelineOutputs = NamedTuple("PipelineOutputs", [
@@ -67,11 +70,6 @@ class PlatformOptions:
                                                              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
                                        optional=True)
     )
-    # TorchServe tokens for serving_target=torchserve on a cluster (KServe needs none).
-    torchserve: Secret = dataclasses.field(
-        default_factory=lambda: Secret("iwarp-torchserve", {"management_key": "TS_MANAGEMENT_KEY",
-                                                            "inference_key": "TS_INFERENCE_KEY"}, optional=True)
-    )
     data_pvc: str = "iwarp-data"  # ReadWriteMany volume shared by the train step and its TrainJob pods
     data_mount: str = "/data"
     run_as_user: int = 10001  # the image's non-root user (k8s/params.yaml uses the same UID)
@@ -110,6 +108,52 @@ def build_pipeline(opts: PlatformOptions | None = None):
         kubernetes.set_security_context(task, run_as_user=opts.run_as_user, run_as_non_root=True)
         return task
 
+    # A pipeline of its own: the loop body's inputs are then this sub-DAG's parameters, never
+    # another task's outputs (kfp.local 2.17 replaces task outputs fed into a ParallelFor with
+    # the loop item), and the sweep shows as one collapsible node in the KFP UI.
+    @dsl.pipeline(name="ablation-sweep", description="Train and evaluate the four ablation variants alike.")
+    def ablation_sweep(
+        dataset: Input[Dataset],
+        parent_run_id: str,
+        train_config: str,
+        train_overrides: list,
+        seed: int,
+        train_steps: int,
+        tracking_uri: str,
+        experiment: str,
+        train_backend: str,
+        nproc_per_node: int,
+        num_nodes: int,
+        gpus_per_node: int,
+        trainer_runtime: str,
+        namespace: str,
+        eval_sources: list,
+        eval_max_videos: int,
+        eval_fd: bool,
+        eval_landmarks: bool,
+    ) -> SweepOutputs:
+        with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="variants") as ablation:
+            train = common(train_model(
+                dataset=dataset, ablation=ablation, train_config=train_config, train_overrides=train_overrides,
+                seed=seed, steps=train_steps, tracking_uri=tracking_uri, experiment=experiment,
+                parent_run_id=parent_run_id, backend=train_backend, nproc_per_node=nproc_per_node,
+                num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
+                namespace=namespace, image=opts.image, shared_dir=opts.data_mount, data_pvc=opts.data_pvc,
+            ), "train")
+            _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
+            kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
+            train.set_caching_options(False)  # each run logs its own MLflow child runs
+
+            ev = common(evaluate_model(
+                checkpoint=train.outputs["checkpoint"], dataset=dataset, run_id=train.outputs["Output"],
+                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos, frechet=eval_fd,
+                landmarks=eval_landmarks,
+            ), "evaluate")
+            _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
+            ev.set_caching_options(False)
+        return SweepOutputs(reports=dsl.Collected(ev.outputs["report"]),
+                            checkpoints=dsl.Collected(train.outputs["checkpoint"]))
+
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
     def iwarp_pipeline(
         raw_data: str,
@@ -131,13 +175,14 @@ def build_pipeline(opts: PlatformOptions | None = None):
         namespace: str = "",
         eval_sources: list = [1, 2, 4],  # noqa: B006
         eval_max_videos: int = 0,
+        eval_fd: bool = True,
+        eval_landmarks: bool = True,
         select_metric: str = "lpips",
         select_margin: float = 0.02,
         experiment: str = "iwarp",
         model_name: str = "iwarp",
         serving_target: str = "kserve",
-        serving_url: str = "",
-        serving_management_url: str = "",
+        serving_workdir: str = "",
         serving_namespace: str = "",
         serving_storage_uri: str = "",
     ) -> PipelineOutputs:
@@ -146,8 +191,9 @@ def build_pipeline(opts: PlatformOptions | None = None):
         raw_data: folder or s3:// prefix of raw videos. tracking_uri: MLflow server.
         dvc_remote: DVC remote (s3://bucket/prefix or a directory); s3_endpoint_url for
         S3-compatible stores. train_backend: trainjob (Kubeflow Trainer) | torchrun.
-        serving_target: kserve (InferenceService canary) | torchserve (a TorchServe
-        management API at serving_management_url).
+        serving_target: kserve (InferenceService canary in serving_namespace, versions
+        under serving_storage_uri) | torchserve (the TorchServe `iwarp serve start` runs
+        from serving_workdir).
         """
         prep = common(preprocess_data(raw_data=raw_data, dvc_remote=dvc_remote, s3_endpoint_url=s3_endpoint_url,
                                       workspace=dvc_workspace, image_size=image_size, data_params=data_params),
@@ -162,36 +208,24 @@ def build_pipeline(opts: PlatformOptions | None = None):
         parent = common(open_parent_run(
             tracking_uri=tracking_uri, experiment=experiment, data_version=prep.outputs["Output"],
             validation=val.outputs["validation"], data_docs=val.outputs["data_docs"],
-            params={"train_config": train_config, "train_overrides": train_overrides, "seed": seed,
-                    "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
-                    "image_size": image_size, "select_metric": select_metric},
+            train_config=train_config, train_overrides=train_overrides, seed=seed, train_steps=train_steps,
+            nproc_per_node=nproc_per_node, num_nodes=num_nodes, select_metric=select_metric,
             pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ), "MLflow parent run").after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
         parent.set_caching_options(False)  # a new parent run per pipeline run
 
-        with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="ablation-sweep") as ablation:
-            train = common(train_model(
-                dataset=prep.outputs["dataset"], ablation=ablation, train_config=train_config,
-                train_overrides=train_overrides, seed=seed, steps=train_steps, tracking_uri=tracking_uri,
-                experiment=experiment, parent_run_id=parent.output, backend=train_backend,
-                nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-                trainer_runtime=trainer_runtime, namespace=namespace, image=opts.image, shared_dir=opts.data_mount,
-                data_pvc=opts.data_pvc,
-            ), "train")
-            _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
-            kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
-            train.set_caching_options(False)  # each run logs its own MLflow child runs
-
-            ev = common(evaluate_model(
-                checkpoint=train.outputs["checkpoint"], dataset=prep.outputs["dataset"], run_id=train.outputs["Output"],
-                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos,
-            ), "evaluate")
-            _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
-            ev.set_caching_options(False)
+        sweep = ablation_sweep(
+            dataset=prep.outputs["dataset"], parent_run_id=parent.output, train_config=train_config,
+            train_overrides=train_overrides, seed=seed, train_steps=train_steps, tracking_uri=tracking_uri,
+            experiment=experiment, train_backend=train_backend, nproc_per_node=nproc_per_node,
+            num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
+            namespace=namespace, eval_sources=eval_sources, eval_max_videos=eval_max_videos, eval_fd=eval_fd,
+            eval_landmarks=eval_landmarks,
+        ).set_display_name("ablation sweep (residual x extra K/V)")
 
         cmp = common(compare_ablations(
-            reports=dsl.Collected(ev.outputs["report"]), checkpoints=dsl.Collected(train.outputs["checkpoint"]),
+            reports=sweep.outputs["reports"], checkpoints=sweep.outputs["checkpoints"],
             tracking_uri=tracking_uri, parent_run_id=parent.output, data_version=prep.outputs["Output"],
             select_metric=select_metric, select_margin=select_margin,
         ), "compare ablations")
@@ -213,10 +247,10 @@ def build_pipeline(opts: PlatformOptions | None = None):
         canary = common(deploy_canary(
             mar=pkg.outputs["mar"], dataset=prep.outputs["dataset"], model_name=model_name,
             version=reg.outputs["version"], tracking_uri=tracking_uri, target=serving_target,
-            inference_url=serving_url, management_url=serving_management_url, namespace=serving_namespace,
+            serving_workdir=serving_workdir, image_size=image_size, namespace=serving_namespace,
             storage_uri=serving_storage_uri, s3_endpoint_url=s3_endpoint_url,
         ), "canary")
-        _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint, opts.torchserve), "1", "4Gi")
+        _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint), "1", "4Gi")
         canary.set_caching_options(False)
 
         return PipelineOutputs(

@@ -8,6 +8,7 @@ list (rich) on a terminal, or one line per task event elsewhere (CI logs, pipes)
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import re
@@ -21,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
+HEARTBEAT_S = 30.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START = re.compile(r"Executing task '(?P<name>[^']+)'")
 _END = re.compile(r"Task '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
@@ -37,6 +39,7 @@ class TaskState:
     status: str = "RUNNING"
     label: str = ""
     last_line: str = ""
+    tail: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=40))
 
     @property
     def title(self) -> str:
@@ -51,14 +54,18 @@ class RunProgress(io.TextIOBase):
 
     def __init__(self, log_path: Path, console: Console, total_tasks: int, verbose: bool = False):
         super().__init__()
-        self.log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self.console = console
+        self.log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
+        # Bound to the stream the caller's console writes to *now*: while the run goes, sys.stdout
+        # is this object, and a console following sys.stdout would write into itself.
+        self.console = Console(file=console.file, width=console.width, force_terminal=console.is_terminal,
+                               no_color=console.no_color, highlight=False)
         self.verbose = verbose
         self.tasks: list[TaskState] = []
         self.total = total_tasks
         self._lock = threading.Lock()
         self._buf = ""
         self._t0 = time.monotonic()
+        self._last_beat = time.monotonic()
         self.live = console.is_terminal and not verbose
         self._bar = Progress(SpinnerColumn(), TextColumn("[bold]iwarp pipeline"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("tasks"), TimeElapsedColumn(), console=console)
@@ -126,6 +133,11 @@ class RunProgress(io.TextIOBase):
             current.label = current.label or m["label"]
         if not _NOISE.match(line):
             current.last_line = line.strip()[:160]
+            current.tail.append(line.strip())
+            # Without a live view (CI logs, pipes), a heartbeat keeps long steps visibly moving.
+            if not self.live and not self.verbose and time.monotonic() - self._last_beat > HEARTBEAT_S:
+                self._last_beat = time.monotonic()
+                self._event(f"… {current.title}: {current.last_line}")
 
     def _event(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
@@ -150,3 +162,13 @@ class RunProgress(io.TextIOBase):
 
     def failed_tasks(self) -> list[TaskState]:
         return [t for t in self.tasks if t.status not in ("SUCCESS", "RUNNING")]
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b:?")
+
+
+def failure_message(task: TaskState) -> str:
+    """The exception a failed task ended with (its message lines), else its last lines."""
+    lines = list(task.tail)
+    starts = [i for i, line in enumerate(lines) if _EXCEPTION.match(line)]
+    return "\n".join(lines[starts[-1]:] if starts else lines[-8:])

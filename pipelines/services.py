@@ -247,3 +247,51 @@ def dvc_remote_dir(home: Path) -> Path:
     path = home / "dvc-remote"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def torchserve_workdir(home: Path) -> Path:
+    return home / "serve"
+
+
+def ensure_torchserve(home: Path, ports: tuple[int, int, int] = (8080, 8081, 8082),
+                      model_name: str = "iwarp") -> tuple[object, bool]:
+    """Reuse the TorchServe started from `<home>/serve`, or start one (token auth on, model
+    store `<home>/serve/model-store`, earlier versions restored from its state file).
+    Busy default ports fall back to free ones. Returns (serving.server.ServerHandle, started_now)."""
+    from serving.config import load_serve_config
+    from serving.server import ServerError, ServerHandle, start_server
+
+    workdir = torchserve_workdir(home)
+    store = workdir / "model-store"
+    store.mkdir(parents=True, exist_ok=True)
+    cfg = load_serve_config(overrides=[f"model.name={model_name}"])
+    with file_lock(workdir / ".lock"):
+        try:
+            handle = ServerHandle.load(workdir)
+            if handle.alive() and handle.client(timeout=10).ping():
+                return handle, False
+        except (ServerError, OSError, ValueError):
+            pass
+        host = cfg.server.host
+        chosen = [p if p and port_free(host, p) else 0 for p in ports]  # 0: TorchServe picks a free port
+        try:
+            handle = start_server(store, config=cfg, workdir=workdir, inference_port=chosen[0],
+                                  management_port=chosen[1], metrics_port=chosen[2])
+        except ServerError as exc:
+            raise ServiceError(f"TorchServe did not start: {exc}") from exc
+        return handle, True
+
+
+def stop_torchserve(home: Path) -> bool:
+    from serving.server import stop_server
+
+    return stop_server(torchserve_workdir(home))
+
+
+def torchserve_status(home: Path) -> str:
+    from serving.server import server_status
+
+    info = server_status(torchserve_workdir(home))
+    if not info.get("running"):
+        return "not running"
+    return f"running at http://{info['host']}:{info['inference_port']} (pid {info['pid']})"

@@ -106,7 +106,7 @@ class CanaryVerdict:
 
     def summary(self) -> str:
         """Human-readable verdict, one check per line."""
-        b = self.baseline.version if self.baseline else "?"
+        b = self.baseline.version if self.baseline else "none: first deployment"
         c = self.candidate.version if self.candidate else "?"
         head = f"CANARY VERDICT: {'PROMOTE' if self.promote else 'ROLL BACK'} candidate {c} (baseline {b})"
         lines = [head] + [f"  [{'pass' if ch.passed else 'FAIL'}] {ch.name}: {ch.detail}" for ch in self.checks]
@@ -133,8 +133,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def decide(baseline: VersionStats, candidate: VersionStats, thresholds: CanaryThresholds) -> CanaryVerdict:
-    """Promote only if every check passes; each failed check is one reason."""
+def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: CanaryThresholds) -> CanaryVerdict:
+    """Promote only if every check passes; each failed check is one reason.
+
+    `baseline=None` is a first deployment (nothing serves yet): see `first_version_verdict`.
+    """
+    if baseline is None:
+        return first_version_verdict(candidate, thresholds)
     t = thresholds
     checks: list[Check] = []
 
@@ -198,6 +203,23 @@ def decide(baseline: VersionStats, candidate: VersionStats, thresholds: CanaryTh
     promote = not failed
     reasons = failed if failed else [f"{ch.name}: {ch.detail}" for ch in checks]
     return CanaryVerdict(promote=promote, reasons=reasons, checks=checks, baseline=baseline, candidate=candidate)
+
+
+def first_version_verdict(candidate: VersionStats, thresholds: CanaryThresholds) -> CanaryVerdict:
+    """Nothing serves yet, so nothing to compare against: the first version must answer every
+    canary case (error rate 0, enough cases) and meet the absolute latency cap if one is set."""
+    n_ok = candidate.n_requests - candidate.n_errors
+    checks = [
+        Check("baseline", True, "no version serves yet: first deployment, no comparison"),
+        Check("evidence", n_ok >= thresholds.min_requests, f"{n_ok} successful requests (need >= {thresholds.min_requests})"),
+        Check("error rate", candidate.error_rate == 0.0, f"candidate {candidate.error_rate:.3f} (a first version must answer every case)"),
+    ]
+    if thresholds.max_p95_latency_ms > 0:
+        cp = candidate.p95_latency_ms
+        checks.append(Check("p95 latency cap", math.isfinite(cp) and cp <= thresholds.max_p95_latency_ms,
+                            f"candidate {cp:.1f} ms (cap {thresholds.max_p95_latency_ms:.1f} ms)"))
+    failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+    return CanaryVerdict(not failed, failed or [f"{c.name}: {c.detail}" for c in checks], checks, None, candidate)
 
 
 def next_traffic_percent(verdict: CanaryVerdict, current: int, steps: Sequence[int] = (10, 50, 100)) -> int:

@@ -48,6 +48,10 @@ class ServerSettings:
     inference_port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
+    # TorchServe 0.12 always starts its gRPC servers too (no switch): same host, same tokens.
+    # iwarp's clients use HTTP only, so 0 = any free port (no clash with other servers).
+    grpc_inference_port: int = 0
+    grpc_management_port: int = 0
     workdir: str = ".iwarp/serve"  # key_file.json, config.properties, logs, pid file, state
     token_expiration_min: int = 1440  # TorchServe token lifetime; `iwarp serve` refreshes expired ones
     max_request_mb: int = 64  # frontend hard cap: bigger requests get a bare 413 from Netty

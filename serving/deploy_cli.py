@@ -100,7 +100,7 @@ def verdict_from_report(report: Path, thresholds: Path | None = None):
 
     try:
         data = json.loads(Path(report).read_text())
-        baseline = VersionStats(**data["baseline"])
+        baseline = VersionStats(**data["baseline"]) if data["baseline"] is not None else None  # first deployment
         candidate = VersionStats(**data["candidate"])
     except FileNotFoundError as exc:
         raise DeployError(f"canary report not found: {report}") from exc

@@ -233,7 +233,7 @@ class ExportedGenerator:
         return self.animate(self.encode_sources(sources), *self.detect_keypoints(driving))
 
 
-def load_exported(export_dir: str | Path, verify_hashes: bool = True) -> ExportedGenerator:
+def load_exported(export_dir: str | Path, verify_hashes: bool = True, device: str | torch.device = "cpu") -> ExportedGenerator:
     export_dir = Path(export_dir)
     manifest_path = export_dir / MANIFEST
     if not manifest_path.is_file():
@@ -247,7 +247,12 @@ def load_exported(export_dir: str | Path, verify_hashes: bool = True) -> Exporte
         path = export_dir / entry["file"]
         if verify_hashes and _sha256(path) != entry["sha256"]:
             raise ExportError(f"{path} does not match the SHA-256 in {MANIFEST} (corrupt or replaced)")
-        mods[name] = torch.export.load(path).module()
+        program = torch.export.load(path)
+        if torch.device(device).type != "cpu":  # device arguments baked in at export time are rewritten
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, str(device))
+        mods[name] = program.module()
     return ExportedGenerator(manifest, mods["encode_sources"], mods["detect_keypoints"], mods["animate"])
 
 

@@ -318,7 +318,7 @@ def to_tensor(frames: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(T,3,H,W) in [0,1] -> (T,H,W,3) uint8, rounded (not truncated)."""
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- source-set cache
@@ -391,13 +391,17 @@ class IwarpService:
         self.cfg = cfg
         if int(cfg["num_threads"]) > 0:
             torch.set_num_threads(int(cfg["num_threads"]))
+        gpu = props.get("gpu_id")
+        # TorchServe hands a GPU to a worker through gpu_id; the programs were exported on CPU,
+        # so their device arguments are rewritten (move_to_device_pass) rather than .to()'d.
+        self.device = torch.device(f"cuda:{gpu}") if gpu is not None and torch.cuda.is_available() else torch.device("cpu")
         export_dir = os.path.join(model_dir, EXPORT_DIR)
         with open(os.path.join(export_dir, "export.json")) as f:
             self.meta = json.load(f)
         progs = self.meta["programs"]
-        self.encode = torch.export.load(os.path.join(export_dir, progs["encode_sources"]["file"])).module()
-        self.detect = torch.export.load(os.path.join(export_dir, progs["detect_keypoints"]["file"])).module()
-        self.animate = torch.export.load(os.path.join(export_dir, progs["animate"]["file"])).module()
+        self.encode = self._load(os.path.join(export_dir, progs["encode_sources"]["file"]))
+        self.detect = self._load(os.path.join(export_dir, progs["detect_keypoints"]["file"]))
+        self.animate = self._load(os.path.join(export_dir, progs["animate"]["file"]))
         self.size = tuple(int(x) for x in self.meta["image_size"])
         fields = list(self.meta.get("cache_fields", []))
         self.source_xy_field = fields.index("source_xy") if "source_xy" in fields else None
@@ -408,6 +412,14 @@ class IwarpService:
         self.initialized = True
         log.info("iwarp handler ready: version %s, image %s, threads %d", self.version, self.size, torch.get_num_threads())
 
+    def _load(self, path: str) -> Any:
+        program = torch.export.load(path)
+        if self.device.type != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, str(self.device))
+        return program.module()
+
     # -- TorchServe entry point
     def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
         if not self.initialized:
@@ -415,15 +427,19 @@ class IwarpService:
         if data is None:  # initialisation call from the function entry point
             return None
         self._batch = len(data)  # reported back so clients (and tests) can see TorchServe batching
+        t0 = time.perf_counter()
         jobs = [_Job(i, Request()) for i in range(len(data))]
         for job, raw in zip(jobs, data):
             self._guard(job, self._prepare, raw)
+        t1 = time.perf_counter()
         with torch.inference_mode():
             self._guard_all([j for j in jobs if j.error is None and j.sources is not None], self._encode)
             for job in jobs:
                 if job.error is None and job.entry is None:
                     self._guard(job, self._lookup)
             self._guard_all([j for j in jobs if j.error is None and j.driving is not None], self._run)
+        # where a request's time went (per TorchServe batch): decoding inputs vs the model
+        self._timing = {"decode_ms": round((t1 - t0) * 1000, 1), "model_ms": round((time.perf_counter() - t1) * 1000, 1)}
         return [self._respond(job, context) for job in jobs]
 
     def _guard(self, job: _Job, fn: Any, *args: Any) -> None:
@@ -437,14 +453,13 @@ class IwarpService:
 
     def _guard_all(self, jobs: list[_Job], fn: Any) -> None:
         """Run a batched stage; if the batch fails, retry one by one so only the culprit fails."""
-        if not jobs:
+        if len(jobs) <= 1:
+            for job in jobs:
+                self._guard(job, lambda j: fn([j]))
             return
         try:
             fn(jobs)
         except Exception:  # noqa: BLE001
-            if len(jobs) == 1:
-                self._guard(jobs[0], lambda j: fn([j]))
-                return
             for job in jobs:
                 self._guard(job, lambda j: fn([j]))
 
@@ -474,9 +489,9 @@ class IwarpService:
             detail = ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}" for n, a in images + driving)
             raise RequestError(400, f"mismatched image sizes (all images of a request must share one size): {detail}", "sources")
         if images:
-            job.sources = to_tensor([a for _, a in images], self.size)
+            job.sources = to_tensor([a for _, a in images], self.size).to(self.device)
         if driving:
-            job.driving = to_tensor([a for _, a in driving], self.size)
+            job.driving = to_tensor([a for _, a in driving], self.size).to(self.device)
 
     def _encode(self, jobs: list[_Job]) -> None:
         """Encode every new source set, batching sets with the same k into one call."""
@@ -503,7 +518,8 @@ class IwarpService:
                     kp_xy, _ = self.detect(stacked[:, 0])
                 for b, job in enumerate(chunk):
                     job.entry = SourceSet(tuple(t[b : b + 1] for t in cache), kp_xy[b : b + 1], k)
-                    if job.req.register:
+                    if job.req.register:  # own copies: a view would keep the whole batch alive in the LRU
+                        job.entry = SourceSet(tuple(t.clone() for t in job.entry.cache), job.entry.source_kp.clone(), k)
                         self.cache.put(job.set_id, job.entry)
 
     def _lookup(self, job: _Job) -> None:
@@ -573,7 +589,7 @@ class IwarpService:
             context.set_response_content_type(job.idx, "application/json")
             return job.error.body()
         try:
-            info: dict[str, Any] = {"model_version": self.version, "n_sources": job.entry.n_sources, "batch": self._batch}
+            info: dict[str, Any] = {"model_version": self.version, "n_sources": job.entry.n_sources, "batch": self._batch, **self._timing}
             if job.req.register or job.req.source_set_id:
                 info["source_set_id"] = job.set_id
             if job.prediction is None:  # registration only
@@ -587,7 +603,7 @@ class IwarpService:
                 return encode_mp4(to_uint8(pred), fps)
             if job.req.output == "npy":
                 buf = io.BytesIO()
-                np.save(buf, pred.float().numpy())
+                np.save(buf, pred.float().cpu().numpy())
                 info["npy"] = base64.b64encode(buf.getvalue()).decode("ascii")
             else:
                 info["frames"] = [encode_png(f) for f in to_uint8(pred)]
@@ -604,7 +620,7 @@ class IwarpService:
         """Content hash: the same images (after resizing) give the same id on every worker."""
         h = hashlib.sha256(self.version.encode())
         h.update(str(tuple(sources.shape)).encode())
-        h.update(sources.mul(255).round().to(torch.uint8).numpy().tobytes())
+        h.update(sources.mul(255).round().to(torch.uint8).cpu().numpy().tobytes())
         return h.hexdigest()[:24]
 
 

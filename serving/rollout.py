@@ -4,6 +4,8 @@
 
 1. Register the candidate archive as a new version of `iwarp` beside the current default
    (TorchServe keeps the first-registered version as default; nothing reaches users yet).
+   With no version serving yet, the candidate is a first deployment: it must answer every
+   case without an error (nothing to compare against) to become the default.
 2. Send every held-out case to both versions (`POST /predictions/iwarp/<version>`),
    interleaved so machine noise hits both alike, and measure error rate, latency and quality
    (mean L1 and PSNR of the frames against the ground truth).
@@ -95,7 +97,9 @@ def evaluate_versions(client: Any, cases: list, versions: list[str], *, repeats:
     return samples
 
 
-def _copy_into_store(mar: Path, store: Path, name: str, version: str) -> Path:
+def copy_into_store(mar: Path, store: Path, name: str, version: str) -> Path:
+    """The archive's path inside the model store (copied there as `<name>-<version>.mar`
+    unless it already is there): TorchServe registers archives from its store only."""
     if mar.resolve().parent == store.resolve():
         return mar
     target = store / f"{name}-{version}.mar"
@@ -105,6 +109,9 @@ def _copy_into_store(mar: Path, store: Path, name: str, version: str) -> Path:
     shutil.copyfile(mar, partial)
     os.replace(partial, target)
     return target
+
+
+_copy_into_store = copy_into_store  # earlier name, kept for callers
 
 
 def run_canary(
@@ -133,8 +140,6 @@ def run_canary(
     info = read_mar(mar)
     candidate = info["version"]
     baseline = client.default_version(name)
-    if baseline is None:
-        raise CanaryError(f"no version of {name!r} is registered: nothing to compare against (start the server with a model first)")
     if candidate in client.versions(name):
         raise CanaryError(f"version {candidate} of {name!r} is already registered; package the candidate with a new --version")
     set_path = canary_set or cfg.canary_eval.canary_set
@@ -152,14 +157,18 @@ def run_canary(
         registry.mark_challenger()
 
     store = Path(handle.model_store)
-    target = _copy_into_store(mar, store, name, candidate)
-    log(f"canary: registering {name} {candidate} ({target.name}) beside default {baseline}")
+    target = copy_into_store(mar, store, name, candidate)
+    log(f"canary: registering {name} {candidate} ({target.name}) " + (f"beside default {baseline}" if baseline else "(first version)"))
     client.register_model(target.name, name, workers=cfg.model.workers)
     try:
-        log(f"canary: {len(cases)} held-out case(s) x {cfg.canary_eval.repeats} to {baseline} and {candidate}")
-        samples = evaluate_versions(client, cases, [baseline, candidate], repeats=cfg.canary_eval.repeats,
+        versions = [baseline, candidate] if baseline else [candidate]
+        log(f"canary: {len(cases)} held-out case(s) x {cfg.canary_eval.repeats} to {' and '.join(versions)}")
+        samples = evaluate_versions(client, cases, versions, repeats=cfg.canary_eval.repeats,
                                     warmup=cfg.canary_eval.warmup, progress=progress)
-        verdict = decide(samples[baseline].stats(baseline), samples[candidate].stats(candidate), cfg.canary)
+        if baseline:
+            verdict = decide(samples[baseline].stats(baseline), samples[candidate].stats(candidate), cfg.canary)
+        else:
+            verdict = decide(None, samples[candidate].stats(candidate), cfg.canary)
     except BaseException:
         client.unregister_model(candidate, name)  # never leave a half-evaluated candidate behind
         raise
@@ -169,7 +178,8 @@ def run_canary(
     if verdict.promote:
         client.set_default(name, candidate)
         state["versions"][candidate] = target.name
-        state["history"] = [*state.get("history", []), baseline]
+        if baseline:
+            state["history"] = [*state.get("history", []), baseline]
         state["default"] = candidate
     else:
         client.unregister_model(candidate, name)

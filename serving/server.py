@@ -51,6 +51,8 @@ class ServerHandle:
     management_port: int
     metrics_port: int
     pid: int
+    grpc_inference_port: int = 0
+    grpc_management_port: int = 0
 
     @property
     def inference_url(self) -> str:
@@ -80,7 +82,7 @@ class ServerHandle:
         return cls(**json.loads(path.read_text()))
 
     def alive(self) -> bool:
-        return _is_torchserve(self.pid)
+        return _is_torchserve(self.pid, self.workdir)
 
     def client(self, timeout: float = 300.0):
         from serving.client import TorchServeClient
@@ -118,11 +120,14 @@ def _port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _is_torchserve(pid: int) -> bool:
+def _is_torchserve(pid: int, workdir: str | Path) -> bool:
+    """pid is a TorchServe frontend started from `workdir` (its cwd): a recycled pid, or
+    another run's server, is never mistaken for ours."""
     import psutil
 
     try:
-        return _TS_MAIN in " ".join(psutil.Process(pid).cmdline())
+        proc = psutil.Process(pid)
+        return _TS_MAIN in " ".join(proc.cmdline()) and Path(proc.cwd()).resolve() == Path(workdir).resolve()
     except (psutil.Error, OSError):
         return False
 
@@ -137,6 +142,23 @@ def _torchserve_exe() -> str:
     if not found:
         raise ServerError("torchserve not found; install torchserve==0.12.0 (and Java 17)")
     return found
+
+
+def _private_tmp(workdir: Path) -> Path:
+    """workdir/tmp, or a short folder under the system temp dir when socket paths in
+    workdir/tmp would pass the 107-byte limit of a Unix socket path (recorded in workdir)."""
+    tmp = workdir / "tmp"
+    if len(str(tmp)) + len("/.ts.sock.65535") > 100:
+        import tempfile
+
+        link = workdir / "tmp-path"
+        if link.is_file() and Path(link.read_text().strip()).is_dir():
+            return Path(link.read_text().strip())
+        short = Path(tempfile.mkdtemp(prefix="iwarp-ts-"))
+        link.write_text(str(short))
+        return short
+    tmp.mkdir(exist_ok=True)
+    return tmp
 
 
 def render_config(settings: ServerSettings, model_store: Path, ports: dict[str, int]) -> str:
@@ -157,7 +179,8 @@ def _log_tail(workdir: Path, n: int = 40) -> str:
     for name in ("torchserve.out", "logs/ts_log.log", "logs/model_log.log"):
         p = workdir / name
         if p.is_file():
-            lines = p.read_text(errors="replace").splitlines()[-n:]
+            # Java stack frames ("\tat ...") would push the actual error out of view
+            lines = [ln for ln in p.read_text(errors="replace").splitlines() if not ln.lstrip().startswith("at ")][-n:]
             parts.append(f"--- {p} ---\n" + "\n".join(lines))
     return "\n".join(parts)
 
@@ -173,6 +196,7 @@ def start_server(
     inference_port: int | None = None,
     management_port: int | None = None,
     metrics_port: int | None = None,
+    grpc_ports: tuple[int, int] | None = None,
     register: bool = True,
     workers: int | None = None,
 ) -> ServerHandle:
@@ -185,7 +209,6 @@ def start_server(
         raise ServerError(f"model store {model_store} is not a directory")
     workdir = Path(workdir or s.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "tmp").mkdir(exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
     if (workdir / SERVER_FILE).is_file():
         old = ServerHandle.load(workdir)
@@ -195,8 +218,16 @@ def start_server(
         "inference_port": s.inference_port if inference_port is None else inference_port,
         "management_port": s.management_port if management_port is None else management_port,
         "metrics_port": s.metrics_port if metrics_port is None else metrics_port,
+        "grpc_inference_port": s.grpc_inference_port,
+        "grpc_management_port": s.grpc_management_port,
     }
-    ports = {k: (v or free_port(s.host)) for k, v in requested.items()}
+    if grpc_ports is not None:
+        requested["grpc_inference_port"], requested["grpc_management_port"] = grpc_ports
+    ports: dict[str, int] = {}
+    for k, v in requested.items():  # distinct free ports (the OS may hand out one twice)
+        while not v or v in ports.values():
+            v = free_port(s.host)
+        ports[k] = v
     busy = [f"{k}={v}" for k, v in ports.items() if _port_in_use(s.host, v)]
     if busy:
         raise ServerError(f"ports already in use on {s.host}: {', '.join(busy)} (pick others or use 0 for any free port)")
@@ -204,25 +235,32 @@ def start_server(
     conf.write_text(render_config(s, model_store, ports))
     (workdir / KEY_FILE).unlink(missing_ok=True)
 
+    private_tmp = _private_tmp(workdir)
     env = {
         **os.environ,
-        # The launcher keeps its pid file in $TMPDIR: a private one per workdir lets several
-        # servers run at once and `stop` find the right one.
-        "TMPDIR": str(workdir / "tmp"),
+        # The launcher keeps its pid file in $TMPDIR, and $TEMP becomes java.io.tmpdir, where the
+        # frontend puts its worker sockets (.ts.sock.9000, ...): private ones per workdir let
+        # several servers run at once without stealing each other's workers, and `stop` find
+        # the right process.
+        "TMPDIR": str(private_tmp),
+        "TEMP": str(private_tmp),
         "LOG_LOCATION": str(workdir / "logs"),
         "METRICS_LOCATION": str(workdir / "logs"),
     }
     cmd = [_torchserve_exe(), "--start", "--ncs", "--model-store", str(model_store), "--ts-config", str(conf)]
-    with open(workdir / "torchserve.out", "ab") as out:
+    out_path = workdir / "torchserve.out"
+    out_offset = out_path.stat().st_size if out_path.is_file() else 0
+    with open(out_path, "ab") as out:
         proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=120)
     if proc.returncode != 0:
         raise ServerError(f"`torchserve --start` exited {proc.returncode}\n{_log_tail(workdir)}")
-    pid_file = workdir / "tmp" / ".model_server.pid"
+    pid_file = private_tmp / ".model_server.pid"
     pid = int(pid_file.read_text().strip()) if pid_file.is_file() else -1
-    handle = ServerHandle(str(workdir), str(model_store), s.host, ports["inference_port"], ports["management_port"], ports["metrics_port"], pid)
+    handle = ServerHandle(str(workdir), str(model_store), s.host, ports["inference_port"], ports["management_port"],
+                          ports["metrics_port"], pid, ports["grpc_inference_port"], ports["grpc_management_port"])
     handle.save()
     try:
-        _wait_healthy(handle, s.startup_timeout_s)
+        _wait_healthy(handle, s.startup_timeout_s, out_path, out_offset)
         if register:
             restore_models(handle, cfg, workers=workers)
     except BaseException:
@@ -231,7 +269,9 @@ def start_server(
     return handle
 
 
-def _wait_healthy(handle: ServerHandle, timeout_s: float) -> None:
+def _wait_healthy(handle: ServerHandle, timeout_s: float, out_path: Path, out_offset: int) -> None:
+    """Ping answers (with the token) and the frontend says it finished starting: it binds the
+    gRPC ports after REST ones, and a busy gRPC port stops it after a first healthy ping."""
     import requests
 
     deadline = time.monotonic() + timeout_s
@@ -239,7 +279,10 @@ def _wait_healthy(handle: ServerHandle, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if not handle.alive():
             raise ServerError(f"TorchServe exited during start-up\n{_log_tail(Path(handle.workdir))}")
-        if handle.key_file.is_file():
+        with open(out_path, "rb") as f:
+            f.seek(out_offset)
+            started = b"Model server started." in f.read()
+        if started and handle.key_file.is_file():
             try:
                 key = json.loads(handle.key_file.read_text())["inference"]["key"]
                 r = requests.get(f"{handle.inference_url}/ping", headers={"Authorization": f"Bearer {key}"}, timeout=2)
@@ -285,7 +328,9 @@ def stop_server(workdir: str | Path | None = None, timeout_s: float = 60.0) -> b
         pids.add(ServerHandle.load(workdir).pid)
     except ServerError:
         pass
-    pid_file = workdir / "tmp" / ".model_server.pid"
+    if not workdir.is_dir():
+        return False
+    pid_file = _private_tmp(workdir) / ".model_server.pid"
     if pid_file.is_file():
         try:
             pids.add(int(pid_file.read_text().strip()))
@@ -293,7 +338,7 @@ def stop_server(workdir: str | Path | None = None, timeout_s: float = 60.0) -> b
             pass
     stopped = False
     for pid in pids:
-        if not _is_torchserve(pid):
+        if not _is_torchserve(pid, workdir):
             continue
         proc = psutil.Process(pid)
         children = proc.children(recursive=True)  # model workers: gone with the frontend, but make sure
@@ -306,8 +351,8 @@ def stop_server(workdir: str | Path | None = None, timeout_s: float = 60.0) -> b
         for child in alive:
             child.kill()
         stopped = True
-    for name in (KEY_FILE, SERVER_FILE, "tmp/.model_server.pid"):
-        (workdir / name).unlink(missing_ok=True)
+    for path in (workdir / KEY_FILE, workdir / SERVER_FILE, pid_file):
+        path.unlink(missing_ok=True)
     return stopped
 
 

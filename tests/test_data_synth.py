@@ -81,6 +81,10 @@ def test_synth_dataset_layout_and_formats(tmp_path):
     cfg.format = "mp4"
     df = make_synth_dataset(tmp_path / "d", cfg, overwrite=True, progress=False)
     assert all((tmp_path / "d" / p).suffix == ".mp4" for p in df["path"])
+    cfg.workers = 2  # parallel processes write the very same files
+    df2 = make_synth_dataset(tmp_path / "d2", cfg, progress=False)
+    assert df2.equals(df)
+    assert all((tmp_path / "d" / p).read_bytes() == (tmp_path / "d2" / p).read_bytes() for p in df["path"])
     assert not any((tmp_path / "d").glob("*/*.jpg")) and not any((tmp_path / "d").glob("*/*/*.jpg"))
 
 

@@ -19,7 +19,7 @@ from iwarp.transforms import RandomTPS
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
-SMALL_D = DiscriminatorConfig(scales=2, channels=8, num_blocks=3)
+SMALL_D = DiscriminatorConfig(scales=[1.0, 0.5], channels=[8, 16, 32])
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -110,31 +110,19 @@ def test_discriminator_outputs_per_scale() -> None:
 
 
 def test_discriminator_keyword_overrides() -> None:
-    disc = MultiScalePatchDiscriminator(scales=3, channels=4)
+    disc = MultiScalePatchDiscriminator(scales=[1.0, 0.5, 0.25], channels=[4, 8, 16, 32])
     assert len(disc(rand(1, 3, 128, 128))) == 3
-    assert disc.config.widths() == [4, 8, 16, 32]
+    assert [f.shape[1] for f in disc(rand(1, 3, 128, 128))[2].features] == [4, 8, 16, 32]
     with pytest.raises(ValueError, match="too small"):
-        disc(rand(1, 3, 64, 64))  # the 1/4 level (16 px) is too small for 4 blocks
+        disc(rand(1, 3, 64, 64))  # the 1/4 scale (16 px) is too small for 4 blocks
 
 
-def test_functional_losses_match_the_module_and_skip_gan_without_discriminator(vgg_losses) -> None:
-    from iwarp.losses import discriminator_losses, generator_losses
-
+def test_generator_losses_without_adversarial_terms(vgg_losses) -> None:
+    """`adversarial=False` (a warm-up before the GAN starts) drops GAN and feature matching
+    without building a second loss module."""
     model, disc, sources, driving = setup()
-    model.eval()  # deterministic forward; equivariance draws random transforms, so seed each call
-    disc.eval()  # spectral norm's power iteration updates its state on every training-mode call
-    out = model(sources, driving)
-    torch.manual_seed(5)
-    functional = generator_losses(driving, out, model, disc, LossConfig())
-    torch.manual_seed(5)
-    method = vgg_losses.generator_losses(driving, out, model, disc)
-    assert functional.keys() == method.keys()
-    for key in method:
-        torch.testing.assert_close(functional[key], method[key])
-    no_gan = generator_losses(driving, out, model, None, LossConfig())
-    assert set(no_gan) == {"perceptual", "equivariance", "total"}
-    d = discriminator_losses(driving, out.prediction.detach(), disc, LossConfig())
-    torch.testing.assert_close(d["total"], vgg_losses.discriminator_losses(driving, out.prediction.detach(), disc)["total"])
+    terms = vgg_losses.generator_losses(driving, model(sources, driving), model, disc, adversarial=False)
+    assert set(terms) == {"perceptual", "equivariance", "total"}
 
 
 def test_bad_gan_mode_rejected() -> None:

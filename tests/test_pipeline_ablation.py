@@ -84,7 +84,12 @@ def test_table_lists_every_variant_and_shared_metric(tmp_path):
     assert lines[2].startswith("| full **(registered)** | yes | yes | 0.1 | 0.09 | 0.2 |")
     assert lines[5].startswith("| neither | no | no |")
     md = report_markdown(r, choice, "lpips", data_version="abc123")
-    assert "abc123" in md and "**Decision**" in md and "psnr_k1 ↑" in md and "lpips_k1 ↓" in md
+    assert "abc123" in md and "**Decision**" in md and "psnr ↑" in md and "lpips ↓" in md
+    compact, full = md.split("## All metrics")
+    # compact table: the paper's metrics in the order l1, psnr, lpips; the full one has the rest
+    assert "| variant | residual | extra K/V | l1_k1 | l1_k4 | psnr_k1 | lpips_k1 | lpips_k4 |" in compact
+    assert "extra_only_here" not in md  # not shared by every variant
+    assert full.count("| neither |") == 1
 
     png = chart(r, str(tmp_path / "chart.png"))
     with Image.open(png) as img:

@@ -56,19 +56,27 @@ def test_yaml_lists_pipeline_parameters(compiled):
 
 def test_ablation_sweep_is_a_parallel_for_over_four_variants(compiled):
     spec, _ = compiled
-    loops = {name: t for name, t in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in t}
+    root = spec["root"]["dag"]["tasks"]
+    sweep = spec["components"][root["ablation-sweep"]["componentRef"]["name"]]["dag"]
+    loops = {name: t for name, t in sweep["tasks"].items() if "parameterIterator" in t}
     assert len(loops) == 1
-    (loop_name, loop), = loops.items()
-    loops = [loop]
-    items = yaml.safe_load(loops[0]["parameterIterator"]["items"]["raw"])
+    (loop,) = loops.values()
+    items = yaml.safe_load(loop["parameterIterator"]["items"]["raw"])
     assert items == ABLATIONS
     assert {(a["residual"], a["extra_kv"]) for a in items} == {(True, True), (True, False), (False, True), (False, False)}
-    body = spec["components"][loops[0]["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(body) == {"train-model", "evaluate-model"}
-    # the compare step fans the four evaluations back in
-    compare = spec["root"]["dag"]["tasks"]["compare-ablations"]
-    assert loop_name in compare["dependentTasks"]
     assert loop["iteratorPolicy"]["parallelismLimit"] == 4
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(body) == {"train-model", "evaluate-model"}
+    # every variant gets the same data, seed, config and budget: only the loop item differs
+    train_inputs = body["train-model"]["inputs"]
+    assert train_inputs["parameters"]["ablation"]["componentInputParameter"].startswith("pipelinechannel--loop-item")
+    for same in ("seed", "steps", "train_config", "train_overrides"):
+        assert "loop-item" not in str(train_inputs["parameters"][same]), same
+    assert "dataset" in train_inputs["artifacts"]
+    # the compare step fans the four evaluations and checkpoints back in
+    compare = root["compare-ablations"]
+    assert "ablation-sweep" in compare["dependentTasks"]
+    assert compare["inputs"]["artifacts"]["reports"]["taskOutputArtifact"]["producerTask"] == "ablation-sweep"
 
 
 def test_chain_order(compiled):
@@ -121,7 +129,7 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     assert secrets("exec-train-model") == {**s3, **mlflow}
     for ex in ("exec-open-parent-run", "exec-evaluate-model", "exec-compare-ablations", "exec-register-model"):
         assert secrets(ex) == mlflow, ex
-    assert secrets("exec-deploy-canary") == {**s3, **mlflow, ("iwarp-torchserve", True): {"TS_MANAGEMENT_KEY", "TS_INFERENCE_KEY"}}
+    assert secrets("exec-deploy-canary") == {**s3, **mlflow}
     # the train step shares the data volume with the TrainJob it submits
     assert platform["exec-train-model"]["pvcMount"][0]["mountPath"] == "/data"
     assert platform["exec-train-model"]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "iwarp-data"

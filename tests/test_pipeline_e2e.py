@@ -7,16 +7,19 @@ Budget: the full run takes a few minutes on 2 CPU cores (tiny model, few steps, 
 synthetic set); everything after it takes seconds.
 """
 
+import base64
 import io
 import json
 import os
 import shutil
 import subprocess
-import urllib.parse
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from rich.console import Console
 
 from pipelines.local_run import LocalRunOptions, child_runs, compare_url, print_summary, run_local
@@ -30,25 +33,85 @@ ARTIFACTS = Path(os.environ.get("IWARP_TEST_ARTIFACTS", ROOT / "outputs" / "test
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
-STEPS = 30  # per variant: enough for distinct numbers, short enough for CI
+STEPS = 10  # per variant: the variants still differ (architectures differ from step 0); CI stays short
+SMALL_DATA = ["synth.num_identities=4", "synth.videos_per_identity=2", "synth.num_frames=16", "synth.image_size=64"]
 
 
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def browse(url: str, profile: Path, screenshot: Path | None = None, size: str = "1600,1400") -> str:
-    """Load `url` in headless Chromium (fresh profile); return the rendered DOM, and save a
-    screenshot when asked. `--virtual-time-budget` lets the page's XHRs finish first."""
-    exe = chromium()
-    base = [exe, *CHROMIUM_FLAGS, f"--window-size={size}", "--virtual-time-budget=20000"]
-    dom = subprocess.run([*base, f"--user-data-dir={profile / 'dom'}", "--dump-dom", url],
-                         capture_output=True, text=True, timeout=180, check=True).stdout
-    if screenshot is not None:
-        screenshot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*base, f"--user-data-dir={profile / 'shot'}", f"--screenshot={screenshot}", url],
-                       capture_output=True, timeout=180, check=True)
-    return dom
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (fresh profile, loopback only):
+    load a page, wait for text, run a little JavaScript, take a screenshot."""
+
+    def __init__(self, profile: Path, width: int = 1400, height: int = 1500):
+        import websocket
+
+        self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                                      "--remote-debugging-port=0", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"  # Chromium writes its chosen port here
+        deadline = time.monotonic() + 60
+        while not (port_file.is_file() and port_file.read_text().strip()):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "Chromium did not start"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
+        self.ws = websocket.create_connection(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"],
+                                              timeout=60)
+        self.n = 0
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.n:
+                assert "error" not in msg, msg
+                return msg.get("result", {})
+
+    def js(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                         awaitPromise=True).get("result", {}).get("value")
+
+    def open(self, url: str, wait_for: str, timeout: float = 90) -> str:
+        """Navigate and wait until the rendered text contains `wait_for`; returns that text."""
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.js("document.body ? document.body.innerText : ''") or ""
+            if wait_for in text:
+                return text
+            time.sleep(0.5)
+        raise AssertionError(f"{wait_for!r} never appeared on {url}")
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+# On MLflow's run-comparison page: fold the sections above the metrics, close the assistant
+# panel, and scroll the metrics table (it scrolls on its own) to the evaluation rows.
+SHOW_METRICS_JS = """(() => {
+  const headers = [...document.querySelectorAll('.du-bois-light-collapse-header')];
+  for (const name of ['Visualizations', 'Parameters']) {
+    const h = headers.find(h => h.innerText.trim() === name);
+    if (h) h.click();
+  }
+  const close = [...document.querySelectorAll('button')].find(b => b.getAttribute('aria-label') === 'Close');
+  if (close) close.click();
+  const row = document.evaluate("//*[normalize-space(text())='test/lpips_k1']", document, null,
+                                XPathResult.FIRST_ORDERED_NODE_TYPE, null).singleNodeValue;
+  if (row) row.scrollIntoView({block: 'center'});
+  return !!row;
+})()"""
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +126,8 @@ def home(tmp_path_factory):
 
 
 def options(home: Path, **kw) -> LocalRunOptions:
-    base = dict(home=str(home), steps=STEPS, synth_identities=4, synth_videos=2, synth_frames=16,
-                eval_max_videos=2, mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
+    base = dict(home=str(home), steps=STEPS, nproc=2, data_params=SMALL_DATA, eval_sources=[1, 2], eval_max_videos=1,
+                mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
     base.update(kw)
     return LocalRunOptions(**base)
 
@@ -87,11 +150,12 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     assert {k.data.tags["iwarp.variant"] for k in kids} == {"full", "no-residual", "no-extra-kv", "neither"}
     keys = [{m for m in k.data.metrics if m.startswith("test/")} for k in kids]
     assert keys[0] and all(k == keys[0] for k in keys), keys
-    assert {"test/l1_k1", "test/lpips_k4"} <= keys[0]
+    assert {"test/l1_k1", "test/psnr_k2", "test/lpips_k1", "test/lpips_k2"} <= keys[0]
     assert {k.info.status for k in kids} == {"FINISHED"}
-    # identical data, seed and budget for all four
+    # identical data, seed and budget for all four; each trained by 2 DDP processes (torchrun)
     for p in ("seed", "optim.steps", "data.root"):
         assert len({k.data.params[p] for k in kids}) == 1, p
+    assert {k.data.params["world_size"] for k in kids} == {"2"}
 
 
 def test_parent_run_holds_the_ablation_table_and_decision(full_run):
@@ -115,23 +179,41 @@ def test_registered_version_has_the_right_alias(full_run):
     client = MlflowClient(full_run.mlflow_url)
     version = full_run.outputs["registered_version"]
     mv = client.get_model_version("iwarp", version)
-    assert mv.run_id == full_run.outputs["chosen_run_id"] if "chosen_run_id" in full_run.outputs else mv.run_id
+    parent = client.get_run(full_run.outputs["parent_run_id"])
+    assert mv.run_id == parent.data.tags["iwarp.chosen_run_id"]  # the variant the sweep chose
+    assert mv.tags["iwarp.variant"] == full_run.outputs["chosen_variant"]
+    assert mv.tags["canary_verdict"] == "promote"
+    # first version: nothing to beat, so after answering every canary case it is the champion;
+    # `challenger` marked it during the canary and is released once the verdict is in
     aliases = client.get_registered_model("iwarp").aliases
-    assert aliases.get("challenger") == version
-    if full_run.outputs["promoted"]:
-        assert aliases.get("champion") == version  # first version: nothing to beat, it is promoted
+    assert full_run.outputs["promoted"] is True
+    assert aliases == {"champion": version}
 
 
 def test_torchserve_default_version_answers_a_prediction(full_run, home):
-    from serving.client import TorchServeClient
+    """The printed endpoint, called like a user would (token from the key file)."""
+    from iwarp.data import VideoDataset
+    from serving.client import encode_image
+    from serving.server import ServerHandle
 
     endpoint = full_run.outputs["endpoint"]
-    assert endpoint.endswith("/predictions/iwarp")
-    client = TorchServeClient.for_workdir(home / "serve")
-    default = client.default_version("iwarp")
-    assert default == f"{full_run.outputs['registered_version']}.0"
-    frames = client.predict_test_case("iwarp")  # a real request through the HTTP endpoint
-    assert frames.shape[-1] == 3 and frames.shape[1] == frames.shape[2] == 64
+    handle = ServerHandle.load(home / "serve")
+    assert endpoint == f"{handle.inference_url}/predictions/iwarp"
+    assert handle.client().default_version("iwarp") == f"{full_run.outputs['registered_version']}.0"
+
+    dataset = next(full_run.run_dir.rglob("preprocess-data/dataset"))
+    frames = VideoDataset(dataset, "test", image_size=64).read_frames(0, [0, 1, 6, 8])
+    png = [encode_image((f.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for f in frames]
+    body = {"sources": [base64.b64encode(b).decode() for b in png[:2]],
+            "driving": [base64.b64encode(b).decode() for b in png[2:]]}
+    key = json.loads(handle.key_file.read_text())["inference"]["key"]
+    assert requests.post(endpoint, json=body, timeout=60).status_code in (400, 401)  # no token: refused
+    r = requests.post(endpoint, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert len(answer["frames"]) == 2  # one animated frame per driving frame
+    with Image.open(io.BytesIO(base64.b64decode(answer["frames"][0]))) as img:
+        assert img.size == (64, 64)
 
 
 @pytest.mark.skipif(chromium() is None, reason="headless Chromium not installed (scripts/system-deps.sh installs it)")
@@ -139,12 +221,82 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
     exp_id, kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
     url = compare_url(full_run.mlflow_url, exp_id, [k.info.run_id for k in kids])
     shot = ARTIFACTS / "mlflow-compare-runs.png"
-    dom = browse(url, tmp_path, screenshot=shot)
-    assert "Comparing 4 Runs" in dom
-    for k in kids:
-        assert k.info.run_name in dom and k.info.run_id in dom
-    assert "test/lpips_k1" in dom  # the metric rows
-    assert shot.is_file() and shot.stat().st_size > 20_000
+    browser = Browser(tmp_path / "chromium-profile")
+    try:
+        text = browser.open(url, wait_for="test/lpips_k1")
+        assert "Comparing 4 Runs" in text
+        for k in kids:
+            assert k.info.run_name in text  # the four variants, side by side
+        for metric in ("test/l1_k1", "test/psnr_k2", "test/lpips_k1"):
+            assert metric in text
+        assert browser.js(SHOW_METRICS_JS) is True
+        time.sleep(1.0)  # let the folds and the scroll settle
+        shown = browser.js("document.body.innerText")
+        # the value each run logged appears in the table, formatted as the UI does
+        value = kids[0].data.metrics["test/lpips_k1"]
+        assert any(f"{value:.{d}g}" in shown for d in (3, 4, 5, 6)), value
+        browser.screenshot(shot)
+    finally:
+        browser.close()
+    with Image.open(shot) as img:  # look at it: outputs/test-artifacts/pipeline/mlflow-compare-runs.png
+        assert img.size == (1400, 1500)
+
+
+def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, home):
+    """Same settings again: DVC skips the data stages, the services are reused, version N+1 is
+    registered and the canary compares it with the version now serving (the champion)."""
+    from mlflow.tracking import MlflowClient
+
+    from serving.server import ServerHandle
+
+    mlflow_pid = MlflowServer(home).running().pid
+    ts_pid = ServerHandle.load(home / "serve").pid
+    out = io.StringIO()
+    result = run_local(options(home), Console(file=out, width=160))
+    print_summary(result, Console(file=out, width=160))
+    (ARTIFACTS / "pipeline-second-run.txt").write_text(out.getvalue())
+    assert result.ok, result.error
+    assert "MLflow: " in out.getvalue() and "(reused;" in out.getvalue()
+    assert MlflowServer(home).running().pid == mlflow_pid
+    assert ServerHandle.load(home / "serve").pid == ts_pid
+    log = result.log.read_text()
+    assert "Stage 'prepare' didn't change, skipping" in log
+
+    first, second = int(full_run.outputs["registered_version"]), int(result.outputs["registered_version"])
+    assert second == first + 1
+    verdict = result.outputs["canary_verdict"]
+    assert f"candidate {second}.0 vs {first}.0" in verdict  # compared with the serving champion
+    client = MlflowClient(result.mlflow_url)
+    aliases = client.get_registered_model("iwarp").aliases
+    ts = ServerHandle.load(home / "serve").client()
+    if result.outputs["promoted"]:
+        assert aliases == {"champion": str(second)}
+        assert ts.default_version("iwarp") == f"{second}.0"
+        assert f"{first}.0" in ts.versions("iwarp")  # kept for rollback
+    else:
+        assert aliases == {"champion": str(first)}
+        assert ts.default_version("iwarp") == f"{first}.0"
+        assert f"{second}.0" not in ts.versions("iwarp")
+    assert client.get_model_version("iwarp", str(second)).tags["canary_verdict"] in ("promote", "rollback")
+
+
+def test_failed_training_stops_the_run_and_fails_the_sweep_run(full_run, home):
+    """A training that cannot start (an invalid override) fails the run at the train step,
+    says why, leaves the sweep's MLflow parent run FAILED and registers nothing."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(full_run.mlflow_url)
+    versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
+    result = run_local(options(home, overrides=["optim.steps=-5"]), Console(file=io.StringIO()))
+    assert not result.ok and result.failed_task == "train-model"
+    assert "training of variant" in result.error
+    assert "optim.steps must be >= 1" in result.error  # the trainer's own message, passed on
+    assert result.data_docs is None  # not a data problem
+    exp = client.get_experiment_by_name("iwarp")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.`iwarp.kind` = 'ablation-sweep'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)
+    assert parent.info.status == "FAILED"
+    assert {v.version for v in client.search_model_versions("name='iwarp'")} == versions_before
 
 
 def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
@@ -154,8 +306,8 @@ def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
 
     from iwarp.data import SynthConfig, make_synth_dataset
 
-    bad = tmp_path / "bad-raw"
-    make_synth_dataset(bad, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=2, format="mp4"),
+    bad = tmp_path / "bad-raw"  # 4-frame clips: fewer than k_max sources + a driving frame
+    make_synth_dataset(bad, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=4, format="mp4"),
                        overwrite=True, progress=False)
     client = MlflowClient(full_run.mlflow_url)
     versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
@@ -164,10 +316,14 @@ def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
     result = run_local(options(home, data=str(bad)), Console(file=io.StringIO()))
     assert not result.ok
     assert result.failed_task == "data-gate"
-    assert result.data_docs is not None and result.data_docs.is_file()
+    assert "too_short" in result.error or "data validation failed" in result.error
+    assert result.data_docs is not None and result.data_docs.is_file()  # the KFP HTML artifact
     html = result.data_docs.read_text()
-    assert "<html" in html.lower() and "expect" in html.lower()
+    assert "Data validation FAILED" in html and "too_short" in html and "expect_column_values_to_be_between" in html
+    assert (result.data_docs.parent / "data_docs_site" / "index.html").is_file()  # the full GX site
     assert {v.version for v in client.search_model_versions("name='iwarp'")} == versions_before
     assert MlflowServer(home).running().pid == mlflow_before.pid  # reused, not restarted
+    # nothing ran past the gate: no new parent run was opened
+    assert not list(result.run_dir.rglob("open-parent-run/executor_output.json"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(result.data_docs, ARTIFACTS / "invalid-data-docs.html")

@@ -98,3 +98,51 @@ def test_thresholds_from_yaml(tmp_path):
 
     with pytest.raises(ConfigError):
         load_thresholds(bad)
+
+
+def test_canary_set_from_a_dataset_test_split(tmp_path):
+    """`iwarp serve canary-set`: one self-reenactment case per held-out video."""
+    from iwarp.data import SynthConfig, make_synth_dataset
+    from serving.canary_set import CanarySetError, build_from_dataset, load_canary_set
+
+    make_synth_dataset(tmp_path / "data", SynthConfig(num_identities=4, videos_per_identity=1, num_frames=14,
+                                                      image_size=32, test_fraction=0.5), progress=False)
+    out = build_from_dataset(tmp_path / "data", tmp_path / "canary", k=2, n_driving=4, stride=2, image_size=32)
+    cases = load_canary_set(out)
+    test_videos = sorted(p.name for p in (tmp_path / "data" / "test").iterdir())
+    assert len(cases) == len(test_videos) == 2
+    for case in cases:
+        assert len(case.sources) == 2 and len(case.driving) == 4
+        assert case.sources[0].shape == (32, 32, 3) and case.ground_truth().shape == (4, 3, 32, 32)
+        assert any(v in case.name for v in test_videos)
+    assert len(load_canary_set(out, max_cases=1)) == 1
+    with pytest.raises(CanarySetError, match="not a folder"):
+        load_canary_set(tmp_path / "missing")
+
+
+def test_first_deployment_has_no_baseline_and_must_answer_everything():
+    """decide(None, ...) is a first deployment: no comparison, but every case must succeed."""
+    t = CanaryThresholds()
+    ok = decide(None, stats("1.0"), t)
+    assert ok.promote and ok.baseline is None
+    assert "first deployment" in ok.summary()
+    failing = decide(None, stats("1.0", err=0.1), t)
+    assert not failing.promote
+    assert any(r.startswith("error rate") for r in failing.reasons)
+    too_few = decide(None, stats("1.0", n=t.min_requests - 1), t)
+    assert not too_few.promote and any(r.startswith("evidence") for r in too_few.reasons)
+
+
+def test_first_deployment_report_round_trips_through_the_kserve_cli(tmp_path):
+    """The report `iwarp serve canary` writes for a first deployment (baseline null) is accepted
+    by `iwarp deploy kserve --report`, which re-decides it with the same rule."""
+    import json
+
+    from serving.deploy_cli import verdict_from_report
+
+    report = tmp_path / "canary.json"
+    report.write_text(json.dumps(decide(None, stats("1.0"), CanaryThresholds()).to_dict()))
+    again = verdict_from_report(report)
+    assert again.promote and again.baseline is None and again.candidate.version == "1.0"
+    report.write_text(json.dumps(decide(None, stats("1.0", err=0.5), CanaryThresholds()).to_dict()))
+    assert not verdict_from_report(report).promote

@@ -1,5 +1,6 @@
-"""The gated canary against a real TorchServe and a real MLflow server: a candidate with the
-same weights is promoted (set-default, old version kept, aliases challenger -> champion), a
+"""The gated canary against a real TorchServe and a real MLflow server: the first version on
+an empty server is deployed after answering every case, a candidate with the same weights is
+promoted (set-default, old version kept, aliases challenger -> champion), a
 broken candidate is rolled back (unregistered, default unchanged), `rollback` restores the
 previous default, and a restart brings back exactly the recorded versions and default."""
 
@@ -31,15 +32,17 @@ def env(tmp_path_factory):
     mlflow_server = MlflowServer(tmp)  # starts in the background while we package
     # Latency tolerance is wide: both versions share two busy CPU cores here; the latency rule
     # itself is covered by test_serve_canary.py.
-    cfg = load_serve_config(overrides=[*TEST_OVERRIDES, "canary.max_p95_latency_ratio=5.0", "canary.min_requests=4",
-                                       "canary_eval.repeats=2"])
+    overrides = [*TEST_OVERRIDES, "canary.max_p95_latency_ratio=5.0", "canary.min_requests=4", "canary_eval.repeats=2"]
+    cfg = load_serve_config(overrides=overrides)
     base = tiny_model(seed=0)
     broken = copy.deepcopy(base)
     with torch.no_grad():  # a bad release: the output layer collapsed to black frames
         broken.decoder.head.weight.zero_()
         broken.decoder.head.bias.fill_(-12.0)
     store, cand = tmp / "model_store", tmp / "candidates"
-    package(write_checkpoint(base, tmp / "v1.ckpt"), "1.0", store, config=cfg)
+    store.mkdir(parents=True)
+    mar1 = package(write_checkpoint(base, tmp / "v1.ckpt"), "1.0", cand / "v1", config=cfg,
+                   metadata={"mlflow_model_version": "1"})
     mar2 = package(write_checkpoint(base, tmp / "v2.ckpt"), "2.0", cand / "v2", config=cfg,
                    metadata={"mlflow_model_version": "2"})
     mar3 = package(write_checkpoint(broken, tmp / "v3.ckpt"), "3.0", cand / "v3", config=cfg,
@@ -58,12 +61,11 @@ def env(tmp_path_factory):
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
         client.create_registered_model("iwarp")
-        for mar in (store / "iwarp.mar", mar2, mar3):  # versions 1, 2, 3: archives logged to runs
+        for mar in (mar1, mar2, mar3):  # versions 1, 2, 3: archives logged to runs
             with mlflow.start_run() as run:
                 mlflow.log_artifact(str(mar), "mar")
             client.create_model_version("iwarp", f"runs:/{run.info.run_id}/mar", run.info.run_id)
-        client.set_registered_model_alias("iwarp", "champion", "1")
-        yield {"handle": handle, "cfg": cfg, "mar2": mar2, "mar3": mar3, "set": canary_set, "mlflow": client,
+        yield {"handle": handle, "cfg": cfg, "cfg_overrides": overrides, "mar1": mar1, "mar2": mar2, "mar3": mar3, "set": canary_set, "mlflow": client,
                "uri": uri, "store": store, "workdir": tmp / "work"}
     finally:
         stop_server(tmp / "work")
@@ -75,6 +77,20 @@ def _alias(client, alias):
         return client.get_model_version_by_alias("iwarp", alias).version
     except Exception:  # noqa: BLE001 - alias not set
         return None
+
+
+def test_first_version_on_an_empty_server_is_deployed(env):
+    from serving.rollout import run_canary
+    from serving.server import read_state
+
+    client = env["handle"].client()
+    assert client.versions() == [] and client.default_version() is None
+    verdict = run_canary(env["mar1"], handle=env["handle"], canary_set=env["set"], config=env["cfg"],
+                         mlflow_tracking_uri=env["uri"], progress=False, log=lambda s: None)
+    assert verdict.promote and verdict.baseline is None and "first deployment" in verdict.summary()
+    assert client.versions() == ["1.0"] and client.default_version() == "1.0"
+    assert (env["store"] / "iwarp-1.0.mar").is_file() and read_state(env["store"])["default"] == "1.0"
+    assert _alias(env["mlflow"], "champion") == "1"
 
 
 def test_same_weights_candidate_is_promoted(env):
@@ -100,18 +116,27 @@ def test_same_weights_candidate_is_promoted(env):
 
 
 def test_broken_candidate_is_rolled_back(env):
-    from serving.rollout import run_canary
+    """Through the CLI, as a release script would run it."""
+    import os
+    import subprocess
+    import sys
 
-    lines: list[str] = []
-    verdict = run_canary(env["mar3"], handle=env["handle"], canary_set=env["set"], config=env["cfg"],
-                         mlflow_tracking_uri=env["uri"], progress=False, log=lines.append)
-    assert not verdict.promote
-    assert any(r.startswith("quality l1") for r in verdict.reasons), verdict.summary()
-    assert verdict.candidate.quality["l1"] > 1.5 * verdict.baseline.quality["l1"]
+    root = Path(__file__).resolve().parents[1]
+    sets = [a for o in env["cfg_overrides"] for a in ("--set", o)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "serve", "canary", "--mar", str(env["mar3"]), "--canary-set", str(env["set"]),
+         "--workdir", str(env["workdir"]), "--mlflow-uri", env["uri"], "--fail-on-rollback", *sets],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "CANARY VERDICT: ROLL BACK candidate 3.0 (baseline 2.0)" in proc.stdout
+    assert "[FAIL] quality l1" in proc.stdout and "default is now 2.0" in proc.stdout
+    report = json.loads(sorted((env["workdir"] / "canary").glob("3.0-*.json"))[-1].read_text())
+    assert report["action"] == "rollback"
+    assert report["candidate"]["quality"]["l1"] > 1.5 * report["baseline"]["quality"]["l1"]
     client = env["handle"].client()
     assert client.default_version() == "2.0" and client.versions() == ["1.0", "2.0"]
     assert not (env["store"] / "iwarp-3.0.mar").exists()  # our copy went with it
-    assert any("ROLL BACK" in line for line in lines)
     ml = env["mlflow"]
     assert _alias(ml, "champion") == "2" and _alias(ml, "challenger") is None
     assert ml.get_model_version("iwarp", "3").tags["canary_verdict"] == "rollback"

@@ -191,6 +191,23 @@ def test_requests_without_the_token_are_refused(served, frames):
         assert r.status_code in (400, 401, 403) and "Token Authorization failed" in r.json()["message"]
     r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
     assert r.status_code == 200
+    # keys expire after server.token_expiration_min; the key file says when
+    from datetime import datetime, timedelta, timezone
+
+    from serving.client import _parse_utc
+
+    left = _parse_utc(keys["inference"]["expiration time"]) - datetime.now(timezone.utc)
+    assert timedelta(minutes=1400) < left <= timedelta(minutes=1440)
+    # rotating the inference key (TorchServe's token API, with the API key) refuses the old
+    # key at once; the client reads the key file on every call and keeps working
+    r = requests.post(f"{handle.management_url}/token", params={"type": "inference"},
+                      headers={"Authorization": f"Bearer {keys['API']['key']}"}, timeout=60)
+    assert r.status_code == 200
+    new_key = json.loads(handle.key_file.read_text())["inference"]["key"]
+    assert new_key != keys["inference"]["key"]
+    r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
+    assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"]
+    assert handle.client().predict(frames[:1], frames[1:2]).status == 200
 
 
 def test_concurrent_requests_are_batched_and_all_correct(served, frames):
@@ -235,3 +252,32 @@ def test_cli_predict_status_and_metrics(served, frames, tmp_path):
     assert status["models"]["iwarp"][0]["workers"][0]["status"] == "READY"
     metrics = handle.client().metrics()
     assert "ts_inference_requests_total" in metrics and 'model_name="iwarp"' in metrics
+
+
+def test_a_second_server_runs_beside_the_first(served, frames, tmp_path):
+    """Private worker sockets, pid file and gRPC ports: two servers (two test runs, two
+    users) on one machine keep their own workers; the same workdir or a busy port is refused."""
+    import shutil
+
+    from serving.server import ServerError, start_server, stop_server
+
+    handle, model, cfg = served
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(Path(handle.model_store) / "iwarp.mar", store / "iwarp.mar")
+    second = start_server(store, config=cfg, workdir=tmp_path / "work2", inference_port=0, management_port=0, metrics_port=0)
+    try:
+        ports = [getattr(h, f"{n}_port") for h in (handle, second)
+                 for n in ("inference", "management", "metrics", "grpc_inference", "grpc_management")]
+        assert len(set(ports)) == 10
+        expected = reference(model, frames[:1], frames[1:3])
+        for h in (handle, second):  # both workers answer, each through its own socket
+            np.testing.assert_allclose(h.client().predict(frames[:1], frames[1:3], output="npy").array, expected, atol=1e-4)
+        with pytest.raises(ServerError, match="already runs"):
+            start_server(store, config=cfg, workdir=tmp_path / "work2", inference_port=0, management_port=0, metrics_port=0)
+        with pytest.raises(ServerError, match="already in use"):
+            start_server(store, config=cfg, workdir=tmp_path / "work3", inference_port=handle.inference_port,
+                         management_port=0, metrics_port=0)
+    finally:
+        assert stop_server(tmp_path / "work2")
+    assert handle.client().ping() and not second.alive()

@@ -1,6 +1,6 @@
-"""The TorchServe handler in-process: request parsing, media limits, the source-set LRU, and a
-mixed batch through `handle()` with TorchServe's own Context class (the HTTP path is covered
-in test_serve_e2e.py)."""
+"""In-process serving pieces: the torch.export artifacts, request parsing, media limits, the
+source-set LRU, and a mixed batch through the handler's `handle()` with TorchServe's own
+Context class (the HTTP path is covered in test_serve_e2e.py)."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def service(tmp_path_factory):
     ctx = Context("iwarp", str(model_dir), manifest, 4, None, "0.12.0", model_yaml_config=yaml_cfg)
     svc = IwarpService()
     svc.initialize(ctx)
-    return svc, ctx, model
+    return svc, ctx, model, model_dir / "export"
 
 
 def run_batch(svc, ctx, requests):
@@ -160,7 +160,7 @@ def run_batch(svc, ctx, requests):
 def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
     """One TorchServe batch with different k, a bad request and a cached set: the bad one
     gets its 4xx, every other one the same frames as the model in-process."""
-    svc, ctx, model = service
+    svc, ctx, model, _ = service
     p = [b64(png_bytes(f)) for f in frames]
     requests = [
         {"body": {"sources": p[:1], "driving": p[2:5], "output": "npy"}},
@@ -195,3 +195,42 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
         run_batch(svc, ctx, [{"body": {"sources": p[i : i + 1], "register": True}}])
     _, statuses = run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": p[3:4]}}])
     assert statuses == [404]
+
+
+@pytest.mark.slow
+def test_export_folder_is_self_describing_and_verified(service, tmp_path):
+    import shutil
+
+    from serving.export import ExportError, load_exported
+
+    _, _, model, export_dir = service
+    exported = load_exported(export_dir)
+    m = exported.manifest
+    assert m["format"] == "iwarp-export/1" and m["image_size"] == [SIZE, SIZE] and m["max_sources"] == 8
+    assert m["cache_fields"] == ["keys", "values", "source_xy", "source_strength"]
+    # one export serves any batch and any number of sources, including k=1 and k=8
+    gen = torch.Generator().manual_seed(3)
+    for b, k in ((1, 1), (2, 5), (1, 8)):
+        sources, driving = torch.rand(b, k, 3, SIZE, SIZE, generator=gen), torch.rand(b, 3, SIZE, SIZE, generator=gen)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(sources, driving), model(sources, driving).prediction, atol=1e-5, rtol=1e-5)
+    # a tampered program is caught by its SHA-256 before it is loaded
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    blob = bytearray((copy / "animate.pt2").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / "animate.pt2").write_bytes(bytes(blob))
+    with pytest.raises(ExportError, match="SHA-256"):
+        load_exported(copy)
+    with pytest.raises(ExportError, match="not an iwarp export"):
+        load_exported(tmp_path)
+
+
+@pytest.mark.slow
+def test_baseline_exports_for_every_number_of_sources(tmp_path):
+    from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig
+    from serving.export import export_generator
+
+    torch.manual_seed(0)
+    baseline = ExplicitFlowBaseline(ExplicitFlowConfig.tiny()).eval()
+    export_generator(baseline, tmp_path / "export", (SIZE, SIZE), max_sources=4)  # verifies k=1..4 itself

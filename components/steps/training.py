@@ -4,6 +4,7 @@ TrainJob on a cluster: `components.steps.trainjob`), nesting its run, and evalua
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,15 +115,39 @@ def run_training(req: TrainRequest, checkpoint_path: str) -> str:
 
 
 def train_local(req: TrainRequest, out_dir: Path) -> Path:
+    """`torchrun --standalone --nproc-per-node N -m iwarp train ...` (gloo on CPU, NCCL on GPU),
+    the same launcher the TrainJob's pods use, one process or several."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "iwarp", "train", "--config", resolve_config(req.config),
-           "--nproc", str(max(1, req.nproc_per_node)), "--tracking-uri", req.tracking_uri,
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(1, req.nproc_per_node)}",
+           "-m", "iwarp", "train", "--config", resolve_config(req.config), "--tracking-uri", req.tracking_uri,
            "--set", *req.train_overrides(req.dataset, str(out_dir))]
     print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd)
+    rc, why = run_streaming(cmd)
     if rc != 0:
-        raise RuntimeError(f"training of variant {req.ablation['variant']!r} failed (exit {rc}); see the log above")
+        raise RuntimeError(f"training of variant {req.ablation['variant']!r} failed (exit {rc}): {why}")
     return final_checkpoint(out_dir)
+
+
+def run_streaming(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd`, passing its output through live; return its exit code and, for the error
+    message, the lines it printed as errors (`error: ...`, an exception) or its last line."""
+    import collections
+    import itertools
+
+    tail: collections.deque[str] = collections.deque(maxlen=80)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            if line.strip():
+                tail.append(line.rstrip())
+    lines = list(tail)
+    for i, line in enumerate(lines):  # iwarp's CLIs say `error: <what>` (+ indented details)
+        if line.startswith("error:"):
+            block = [line, *itertools.takewhile(lambda x: x.startswith((" ", "\t")), lines[i + 1:])]
+            return proc.returncode, " ".join(x.strip() for x in block)
+    errors = [x.strip() for x in lines if re.match(r"^\s*[\w.]*(Error|Exception)\b", x)]
+    return proc.returncode, (errors[-1] if errors else lines[-1].strip() if lines else "no output")
 
 
 def final_checkpoint(out_dir: Path) -> Path:
@@ -149,18 +174,26 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
     return run_id
 
 
+NOT_METRICS = {"frames"}  # counts in the evaluate JSON, not measurements
+
+
 def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """`iwarp evaluate` JSON -> flat `<metric>_k<k>` floats."""
+    """`iwarp evaluate` JSON -> flat `<metric>_k<k>` floats. Null values (metrics not computed,
+    e.g. AKD without --landmarks) are left out, and MKR with them: with no keypoints compared,
+    its "all missing" is not a measurement."""
     out: dict[str, float] = {}
     for k, row in result["per_k"].items():
         for name, value in row.items():
+            if name in NOT_METRICS or (name == "mkr" and row.get("akd") is None):
+                continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{name}_k{int(k)}"] = float(value)
     return out
 
 
 def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: str, tracking_uri: str,
-                   info: dict[str, Any], report_path: str, max_videos: int = 0) -> dict[str, float]:
+                   info: dict[str, Any], report_path: str, max_videos: int = 0, frechet: bool = True,
+                   landmarks: bool = True) -> dict[str, float]:
     from mlflow.entities import Metric
 
     out_json = Path(report_path).parent / "evaluate.json"
@@ -168,10 +201,11 @@ def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: st
            "--sources", *map(str, sources), "--out", str(out_json)]
     if max_videos > 0:
         cmd += ["--max-videos", str(max_videos)]
-    print(f"[evaluate] {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd)
+    cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
+    print(f"[evaluate] {info.get('variant', '?')}: {' '.join(cmd)}", flush=True)
+    rc, why = run_streaming(cmd)
     if rc != 0:
-        raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}); see the log above")
+        raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}): {why}")
     values = eval_metrics(json.loads(out_json.read_text()))
     client = mlflow_client(tracking_uri)
     now = int(time.time() * 1000)

@@ -41,6 +41,7 @@ class SynthConfig:
     test_fraction: float = opt(0.25, "share of identities in test/")
     seed: int = opt(0, "everything is a function of this seed")
     format: str = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files", FORMATS)
+    workers: int = opt(1, "parallel processes (the output does not depend on it)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def render_frame(atlas: _Atlas, vp: dict, t: int, size: int) -> np.ndarray:
     rows, cols = _box(tx, ty, ta + px, tb + px, size)
     torso = _ellipse(xs[:, cols] - tx, ys[rows] - ty, ta, tb, px / tb)
     stripes = (0.5 + 0.5 * np.sign(np.sin(ip["stripes"] * (xs[:, cols] - tx)))) * 0.6
-    shirt = _mix(np.broadcast_to(ip["shirt"], torso.shape + (3,)), ip["shirt2"], np.broadcast_to(stripes, torso.shape))
+    shirt = _mix(ip["shirt"][None, None, :], ip["shirt2"], stripes)  # vertical stripes: one row, broadcast
     img[rows, cols] = _mix(img[rows, cols], shirt, torso)
     nx, ny, na, nb = 0.85 * cx, cy - rv * 0.95, 0.42 * r, 0.55 * r
     rows, cols = _box(nx, ny, na + px, nb + px, size)
@@ -379,19 +380,35 @@ def make_synth_dataset(out: str | Path, cfg: SynthConfig, overwrite: bool = Fals
     _prepare_out(out, overwrite)
     names = [f"synth{i:03d}" for i in range(cfg.num_identities)]
     splits = assign_splits(names, cfg.test_fraction, cfg.seed)
+    jobs = [(out, cfg, names[i], splits[names[i]], i, v)
+            for i in range(cfg.num_identities) for v in range(cfg.videos_per_identity)]
+    bar = tqdm(total=len(jobs), desc="synth", unit="video", disable=not progress)
     rows = []
-    jobs = [(i, v) for i in range(cfg.num_identities) for v in range(cfg.videos_per_identity)]
-    for i, v in tqdm(jobs, desc="synth", unit="video", disable=not progress):
-        frames = render_video(cfg.seed, i, v, cfg.num_frames, cfg.image_size)
-        vid, split = f"{names[i]}_v{v:02d}", splits[names[i]]
-        rel = write_entry(out / split, vid, frames, cfg.format, cfg.fps).relative_to(out)
-        rows.append({"id": vid, "identity": names[i], "split": split, "status": "ok", "path": str(rel),
-                     "source": f"synth:seed={cfg.seed}:identity={i}:video={v}", "format": cfg.format,
-                     "num_frames": cfg.num_frames, "width": cfg.image_size, "height": cfg.image_size,
-                     "fps": cfg.fps, "duration_s": cfg.num_frames / cfg.fps})
+    if cfg.workers > 1:  # clips are independent: same output, any number of processes
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cfg.workers) as pool:
+            for row in pool.map(_synth_clip, *zip(*jobs)):
+                rows.append(row)
+                bar.update()
+    else:
+        for job in jobs:
+            rows.append(_synth_clip(*job))
+            bar.update()
+    bar.close()
     df = pd.DataFrame(rows)
     write_manifest(df, out / "manifest.csv")
     return df
+
+
+def _synth_clip(out: Path, cfg: SynthConfig, name: str, split: str, i: int, v: int) -> dict:
+    frames = render_video(cfg.seed, i, v, cfg.num_frames, cfg.image_size)
+    vid = f"{name}_v{v:02d}"
+    rel = write_entry(out / split, vid, frames, cfg.format, cfg.fps).relative_to(out)
+    return {"id": vid, "identity": name, "split": split, "status": "ok", "path": str(rel),
+            "source": f"synth:seed={cfg.seed}:identity={i}:video={v}", "format": cfg.format,
+            "num_frames": cfg.num_frames, "width": cfg.image_size, "height": cfg.image_size,
+            "fps": cfg.fps, "duration_s": cfg.num_frames / cfg.fps}
 
 
 def write_entry(split_dir: Path, vid: str, frames: np.ndarray, fmt: str, fps: float) -> Path:

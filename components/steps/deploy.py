@@ -1,0 +1,155 @@
+"""Serving steps: package the chosen checkpoint as a `.mar` (`serving.package`), then roll it
+out on TorchServe through `serving.rollout.run_canary` against a canary set cut from the
+dataset's held-out split (`serving.canary_set`). Registry aliases move with the verdict
+(`serving.registry`): `champion` only on a pass."""
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def serve_config(model_name: str):
+    from serving.config import load_serve_config
+
+    return load_serve_config(overrides=[f"model.name={model_name}", f"canary_eval.mlflow_model_name={model_name}"])
+
+
+def torchserve_version(registry_version: str) -> str:
+    """TorchServe version of MLflow registry version N: `N.0` (so the two always line up)."""
+    return f"{int(registry_version)}.0"
+
+
+def package_mar(checkpoint: str, model_name: str, registry_version: str, mar_path: str) -> dict[str, Any]:
+    from serving.package import package, read_mar
+
+    with tempfile.TemporaryDirectory(prefix="iwarp-mar-") as tmp:
+        built = package(checkpoint, torchserve_version(registry_version), tmp, config=serve_config(model_name),
+                        archive_name=model_name, metadata={"mlflow_model_version": str(registry_version)})
+        shutil.copyfile(built, mar_path)
+    info = read_mar(mar_path)
+    print(f"[package] {model_name}.mar version {info['version']} ({Path(mar_path).stat().st_size / 1e6:.1f} MB)", flush=True)
+    return info
+
+
+@dataclasses.dataclass
+class CanaryRequest:
+    mar: str
+    dataset: str
+    model_name: str
+    version: str  # MLflow registry version of the candidate
+    tracking_uri: str
+    target: str  # torchserve | kserve
+    serving_workdir: str = ""  # torchserve: the folder `iwarp serve start` runs from
+    image_size: int = 64
+    max_cases: int = 4
+    namespace: str = ""
+    storage_uri: str = ""
+    s3_endpoint_url: str = ""
+
+
+def build_canary_set(req: CanaryRequest, out: Path) -> Path:
+    """Held-out self-reenactment cases from the test split (the same cases for both versions)."""
+    from serving.canary_set import build_from_dataset
+
+    return build_from_dataset(req.dataset, out, split="test", k=2, n_driving=8, stride=2,
+                              image_size=req.image_size, max_videos=req.max_cases)
+
+
+def run_canary_step(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
+    """Returns (promoted, default TorchServe version, endpoint URL serving the champion)."""
+    if req.target == "torchserve":
+        return canary_on_torchserve(req, verdict_path)
+    if req.target == "kserve":
+        from components.steps.kserve import canary_on_kserve
+
+        return canary_on_kserve(req, verdict_path)
+    raise ValueError(f"serving_target must be 'torchserve' or 'kserve', got {req.target!r}")
+
+
+def canary_on_torchserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
+    from serving.canary import CanaryVerdict
+    from serving.canary_set import load_canary_set
+    from serving.rollout import run_canary
+    from serving.server import ServerHandle
+
+    cfg = serve_config(req.model_name)
+    if not req.serving_workdir:
+        raise ValueError("serving_target=torchserve needs serving_workdir (the folder TorchServe was started from)")
+    handle = ServerHandle.load(req.serving_workdir)
+    if not handle.alive():
+        raise RuntimeError(f"TorchServe from {req.serving_workdir} is not running (`iwarp serve start` it first)")
+    client = handle.client(timeout=cfg.canary_eval.timeout_s)
+    endpoint = f"{handle.inference_url}/predictions/{req.model_name}"
+    with tempfile.TemporaryDirectory(prefix="iwarp-canary-") as tmp:
+        cases_dir = build_canary_set(req, Path(tmp) / "canary-set")
+        n_cases = len(load_canary_set(cases_dir))
+        # A small test split gives few cases: send each often enough that both versions reach
+        # the evidence threshold (min_requests) instead of failing on too little data.
+        needed = -(-cfg.canary.min_requests // max(n_cases, 1))
+        cfg.canary_eval.repeats = max(cfg.canary_eval.repeats, needed)
+        print(f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
+              "to both versions", flush=True)
+        if client.default_version(req.model_name) is None:
+            verdict = first_deployment(req, handle, load_canary_set(cases_dir), cfg)
+        else:
+            verdict = run_canary(req.mar, handle=handle, canary_set=cases_dir, config=cfg,
+                                 mlflow_tracking_uri=req.tracking_uri, mlflow_model_version=req.version)
+    assert isinstance(verdict, CanaryVerdict)
+    default = client.default_version(req.model_name) or ""
+    write_verdict(verdict_path, verdict, default, endpoint)
+    return verdict.promote, default, endpoint
+
+
+def first_deployment(req: CanaryRequest, handle: Any, cases: list, cfg: Any):
+    """Nothing serves yet, so there is no champion to compare against: the candidate must
+    answer every canary case without an error, then it becomes the default and `champion`."""
+    from serving.canary import CanaryVerdict, Check
+    from serving.package import read_mar
+    from serving.registry import AliasMover
+    from serving.rollout import _copy_into_store, evaluate_versions
+    from serving.server import read_state, write_state
+
+    client = handle.client(timeout=cfg.canary_eval.timeout_s)
+    name, store = req.model_name, Path(handle.model_store)
+    version = read_mar(req.mar)["version"]
+    registry = AliasMover(req.tracking_uri, name, req.version) if req.tracking_uri else None
+    if registry:
+        registry.mark_challenger()
+    target = _copy_into_store(Path(req.mar), store, name, version)
+    print(f"[canary] first deployment of {name}: registering {version} ({target.name})", flush=True)
+    client.register_model(target.name, name, workers=cfg.model.workers)
+    stats = evaluate_versions(client, cases, [version], repeats=cfg.canary_eval.repeats, warmup=1,
+                              progress=False)[version].stats(version)
+    ok = stats.n_requests > 0 and stats.error_rate == 0.0
+    checks = [Check("answers", ok, f"{stats.n_requests - stats.n_errors}/{stats.n_requests} canary cases answered "
+                                   f"(p95 {stats.p95_latency_ms:.0f} ms, mean L1 {stats.quality.get('l1', float('nan')):.4f})"),
+              Check("baseline", True, "no earlier version serves: nothing to compare against")]
+    verdict = CanaryVerdict(ok, [c.detail for c in checks], checks, None, stats)
+    if ok:
+        client.set_default(name, version)
+        state = read_state(store) or {"model_name": name, "versions": {}}
+        state["versions"] = {**state.get("versions", {}), version: target.name}
+        state["default"] = version
+        write_state(store, state)
+    else:
+        client.unregister_model(version, name)
+        target.unlink(missing_ok=True)
+    if registry:
+        registry.finish(verdict)
+    print(verdict.summary(), flush=True)
+    return verdict
+
+
+def write_verdict(path: str, verdict: Any, default: str, endpoint: str) -> None:
+    """The verdict as Markdown (KFP artifact; the local run prints it)."""
+    d = verdict.to_dict()
+    lines = [f"**{'PROMOTED' if verdict.promote else 'ROLLED BACK'}**: candidate "
+             f"{d['candidate']['version'] if d['candidate'] else '?'} vs "
+             f"{d['baseline']['version'] if d['baseline'] else 'none (first deployment)'}", ""]
+    lines += [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}" for c in d["checks"]]
+    lines += ["", f"Default version now: {default}; endpoint: `POST {endpoint}`"]
+    Path(path).write_text("\n".join(lines) + "\n")
+    Path(path).with_name("verdict.json").write_text(json.dumps(d, indent=2, default=str))

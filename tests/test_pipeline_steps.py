@@ -1,0 +1,74 @@
+"""The step wiring on its own: params.yaml overrides, evaluation JSON, error messages passed
+on from subprocesses, the validation gate and the single-page Data Docs."""
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from components.steps.data import bundle_data_docs, check_gate, set_params
+from components.steps.training import eval_metrics, run_streaming
+
+
+def test_set_params_applies_typed_overrides_and_rejects_unknown_keys(tmp_path):
+    params = set_params(tmp_path, "/videos", 128, ["prepare.crop=face", "synth.num_frames=16", "validate.fps_min=5.5"])
+    written = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert written == params
+    assert params["prepare"]["input"] == "/videos"
+    assert params["prepare"]["image_size"] == params["validate"]["image_size"] == 128
+    assert params["prepare"]["crop"] == "face" and params["synth"]["num_frames"] == 16
+    assert params["validate"]["fps_min"] == 5.5
+    for bad in ("prepare.no_such_key=1", "nosection.x=1", "prepare.crop"):
+        with pytest.raises(ValueError, match="section.key=value"):
+            set_params(tmp_path, "/videos", 64, [bad])
+
+
+def test_eval_metrics_flattens_per_k_and_drops_non_measurements():
+    result = {"per_k": {"1": {"l1": 0.1, "psnr": 20.0, "lpips": 0.3, "akd": None, "mkr": 1.0, "frames": 12.0},
+                        "4": {"l1": 0.08, "psnr": 21.0, "lpips": 0.25, "akd": 2.5, "mkr": 0.1, "frames": 12.0}}}
+    assert eval_metrics(result) == {"l1_k1": 0.1, "psnr_k1": 20.0, "lpips_k1": 0.3, "l1_k4": 0.08, "psnr_k4": 21.0,
+                                    "lpips_k4": 0.25, "akd_k4": 2.5, "mkr_k4": 0.1}
+
+
+def test_run_streaming_passes_output_through_and_keeps_the_reason(capsys):
+    code = 'import sys; print("step 1"); print("error: invalid training config:"); print("  optim.steps must be >= 1"); sys.exit(3)'
+    assert run_streaming([sys.executable, "-c", code]) == (3, "error: invalid training config: optim.steps must be >= 1")
+    assert "step 1" in capsys.readouterr().out
+    rc, why = run_streaming([sys.executable, "-c", "raise KeyError('manifest.csv')"])
+    assert rc == 1 and why == "KeyError: 'manifest.csv'"
+    assert run_streaming([sys.executable, "-c", "print('fine')"]) == (0, "fine")
+
+
+def validation_result(success: bool) -> dict:
+    failures = [] if success else [
+        {"check": "identity_leak", "expectation": "expect_column_values_to_be_in_set(identity_splits)",
+         "suite": "iwarp_videos", "description": "an identity is in both train and test",
+         "videos": ["a_v0", "a_v1"], "values": [], "observed": ""},
+        {"check": "too_few_videos", "expectation": "expect_table_row_count_to_be_between", "suite": "iwarp_videos",
+         "description": "enough videos", "videos": [], "values": [], "observed": "observed 1"}]
+    return {"success": success, "data": "/d <script>", "videos": 3, "failures": failures}
+
+
+def test_gate_passes_good_data_and_names_what_failed(tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(validation_result(True)))
+    bad.write_text(json.dumps(validation_result(False)))
+    check_gate(str(good))
+    with pytest.raises(RuntimeError) as err:
+        check_gate(str(bad))
+    msg = str(err.value)
+    assert "identity_leak" in msg and "a_v0, a_v1" in msg and "too_few_videos" in msg and "observed 1" in msg
+
+
+def test_data_docs_bundle_is_one_page_with_every_validation_page(tmp_path):
+    site = tmp_path / "site"
+    for suite in ("iwarp_videos", "iwarp_frames"):
+        page = site / "validations" / suite / "__none__" / "20260101T000000Z" / f"{suite}.html"
+        page.parent.mkdir(parents=True)
+        page.write_text(f"<html><body><h1>{suite} result</h1><p>it's \"quoted\"</p></body></html>")
+    html = bundle_data_docs(site, validation_result(False))
+    assert html.startswith("<!doctype html>") and "Data validation FAILED" in html
+    assert html.count("<iframe") == 2 and "iwarp_frames result" in html and "iwarp_videos result" in html
+    assert "&lt;script&gt;" in html and "<script>" not in html  # paths and messages are escaped
+    assert "identity_leak" in html and "a_v0, a_v1" in html
