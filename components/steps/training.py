@@ -52,8 +52,7 @@ def start_parent_run(tracking_uri: str, experiment: str, data_version: str, vali
 
 @dataclasses.dataclass
 class TrainRequest:
-    dataset: str  # local path of the prepared dataset
-    dataset_uri: str  # where KFP stored it (s3://... on a cluster): what a TrainJob downloads
+    dataset: str  # local path of the prepared dataset (a TrainJob gets a copy on the shared volume)
     ablation: dict[str, Any]
     config: str
     overrides: list[str]
