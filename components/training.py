@@ -78,7 +78,7 @@ def train_model(
     from components.steps.training import TrainRequest, run_training
 
     req = TrainRequest(
-        dataset=dataset.path, dataset_uri=dataset.uri, ablation=ablation, config=train_config,
+        dataset=dataset.path, ablation=ablation, config=train_config,
         overrides=list(train_overrides), seed=seed, steps=steps, tracking_uri=tracking_uri,
         experiment=experiment, parent_run_id=parent_run_id, backend=backend,
         nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,

@@ -118,7 +118,7 @@ def request(tmp_path, variant: dict, gpus: int = 4) -> TrainRequest:
     (dataset / "train").mkdir(parents=True)
     (dataset / "manifest.csv").write_text("id,identity,split\nv0,a,train\n")
     return TrainRequest(
-        dataset=str(dataset), dataset_uri="s3://bucket/root/dataset", ablation=variant, config="configs/paper256.yaml",
+        dataset=str(dataset), ablation=variant, config="configs/paper-256.yaml",
         overrides=["optim.lr_generator=1e-4"], seed=7, steps=5000, tracking_uri="http://iwarp-mlflow.iwarp.svc:5000",
         experiment="iwarp", parent_run_id="parent", backend="trainjob", nproc_per_node=gpus, num_nodes=2,
         gpus_per_node=gpus, image="registry.example/iwarp:0.1.0", shared_dir=str(tmp_path / "shared"),
