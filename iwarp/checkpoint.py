@@ -83,13 +83,17 @@ def latest_checkpoint(directory: str | Path, pattern: str = "step-*.ckpt") -> Pa
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
     """The generator stored in a checkpoint, rebuilt from its saved config, in eval mode."""
+    return model_from_payload(load_checkpoint(path, map_location), source=str(path))
+
+
+def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+    """The generator of an already loaded (verified) checkpoint payload, in eval mode."""
     from iwarp.models import build_model  # deferred: keeps this module light for serving
 
-    ckpt = load_checkpoint(path, map_location)
     try:
         kind, cfg, state = ckpt["model_kind"], ckpt["model_config"], ckpt["model"]
     except KeyError as exc:
-        raise CheckpointError(f"checkpoint {path} lacks {exc}; was it written by `iwarp train`?") from exc
+        raise CheckpointError(f"{source} lacks {exc}; was it written by `iwarp train`?") from exc
     model = build_model(kind, cfg)
     model.load_state_dict(state)
     return model.eval()

@@ -72,7 +72,7 @@ def package(
 ) -> Path:
     """Export the checkpoint's generator and archive it as `<out>/<archive_name>.mar`
     (default archive name: the model name, `iwarp`). Returns the archive path."""
-    from iwarp.checkpoint import load_checkpoint, load_model
+    from iwarp.checkpoint import load_checkpoint, model_from_payload
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
@@ -84,8 +84,8 @@ def package(
         "step": ckpt.get("step"),
         **(metadata or {}),
     }
+    model = model_from_payload(ckpt, source=str(checkpoint))  # one read + hash check, not two
     del ckpt  # optimizer state etc. is not needed any more
-    model = load_model(checkpoint)
     return package_model(
         model, version, out, config=config, archive_name=archive_name, force=force, image_size=image_size, metadata=meta
     )
