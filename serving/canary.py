@@ -123,6 +123,12 @@ class CanaryVerdict:
         }
 
 
+def evidence_repeats(n_cases: int, repeats: int, thresholds: CanaryThresholds) -> int:
+    """Times to send each case so a version can reach `min_requests` successes even from a
+    small canary set (at least `repeats`)."""
+    return max(repeats, -(-thresholds.min_requests // max(n_cases, 1)))
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default) without importing numpy; NaN if empty."""
     xs = sorted(float(v) for v in values)

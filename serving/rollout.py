@@ -111,9 +111,6 @@ def copy_into_store(mar: Path, store: Path, name: str, version: str) -> Path:
     return target
 
 
-_copy_into_store = copy_into_store  # earlier name, kept for callers
-
-
 def run_canary(
     mar: str | Path,
     *,
@@ -165,10 +162,8 @@ def run_canary(
         log(f"canary: {len(cases)} held-out case(s) x {cfg.canary_eval.repeats} to {' and '.join(versions)}")
         samples = evaluate_versions(client, cases, versions, repeats=cfg.canary_eval.repeats,
                                     warmup=cfg.canary_eval.warmup, progress=progress)
-        if baseline:
-            verdict = decide(samples[baseline].stats(baseline), samples[candidate].stats(candidate), cfg.canary)
-        else:
-            verdict = decide(None, samples[candidate].stats(candidate), cfg.canary)
+        verdict = decide(samples[baseline].stats(baseline) if baseline else None,
+                         samples[candidate].stats(candidate), cfg.canary)
     except BaseException:
         client.unregister_model(candidate, name)  # never leave a half-evaluated candidate behind
         raise

@@ -11,6 +11,7 @@ from serving.canary import (
     CanaryThresholds,
     VersionStats,
     decide,
+    evidence_repeats,
     load_thresholds,
     next_traffic_percent,
     percentile,
@@ -146,3 +147,23 @@ def test_first_deployment_report_round_trips_through_the_kserve_cli(tmp_path):
     assert again.promote and again.baseline is None and again.candidate.version == "1.0"
     report.write_text(json.dumps(decide(None, stats("1.0", err=0.5), CanaryThresholds()).to_dict()))
     assert not verdict_from_report(report).promote
+
+
+def test_evidence_repeats_reach_min_requests_from_a_small_set():
+    t = CanaryThresholds(min_requests=4)
+    assert evidence_repeats(3, 1, t) == 2  # 3 cases x 2 >= 4
+    assert evidence_repeats(1, 1, t) == 4
+    assert evidence_repeats(8, 1, t) == 1  # enough cases: configured repeats stand
+    assert evidence_repeats(3, 5, t) == 5  # never fewer than configured
+    assert evidence_repeats(0, 1, t) == 4  # an empty set still asks for the full evidence
+
+
+def test_stop_server_without_a_server_creates_no_folders(tmp_path):
+    """Stopping where nothing runs finds nothing to stop and leaves the folder as it was,
+    also for a workdir long enough to need a short socket folder elsewhere."""
+    from serving.server import stop_server
+
+    for workdir in (tmp_path / "short", tmp_path / ("long-" + "x" * 120)):
+        workdir.mkdir()
+        assert stop_server(workdir) is False
+        assert list(workdir.iterdir()) == []

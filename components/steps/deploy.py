@@ -70,7 +70,9 @@ def run_canary_step(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, s
 
 
 def canary_on_torchserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
-    from serving.canary import CanaryVerdict
+    """`serving.rollout.run_canary` against the held-out split: a first deployment on an empty
+    server, or the candidate beside the serving champion."""
+    from serving.canary import evidence_repeats
     from serving.canary_set import load_canary_set
     from serving.rollout import run_canary
     from serving.server import ServerHandle
@@ -85,62 +87,17 @@ def canary_on_torchserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, s
     endpoint = f"{handle.inference_url}/predictions/{req.model_name}"
     with tempfile.TemporaryDirectory(prefix="iwarp-canary-") as tmp:
         cases_dir = build_canary_set(req, Path(tmp) / "canary-set")
-        n_cases = len(load_canary_set(cases_dir))
+        n_cases = len(load_canary_set(cases_dir, cfg.canary_eval.max_cases))
         # A small test split gives few cases: send each often enough that both versions reach
         # the evidence threshold (min_requests) instead of failing on too little data.
-        needed = -(-cfg.canary.min_requests // max(n_cases, 1))
-        cfg.canary_eval.repeats = max(cfg.canary_eval.repeats, needed)
+        cfg.canary_eval.repeats = evidence_repeats(n_cases, cfg.canary_eval.repeats, cfg.canary)
         print(f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
               "to both versions", flush=True)
-        if client.default_version(req.model_name) is None:
-            verdict = first_deployment(req, handle, load_canary_set(cases_dir), cfg)
-        else:
-            verdict = run_canary(req.mar, handle=handle, canary_set=cases_dir, config=cfg,
-                                 mlflow_tracking_uri=req.tracking_uri, mlflow_model_version=req.version)
-    assert isinstance(verdict, CanaryVerdict)
+        verdict = run_canary(req.mar, handle=handle, canary_set=cases_dir, config=cfg,
+                             mlflow_tracking_uri=req.tracking_uri, mlflow_model_version=req.version)
     default = client.default_version(req.model_name) or ""
     write_verdict(verdict_path, verdict, default, endpoint)
     return verdict.promote, default, endpoint
-
-
-def first_deployment(req: CanaryRequest, handle: Any, cases: list, cfg: Any):
-    """Nothing serves yet, so there is no champion to compare against: the candidate must
-    answer every canary case without an error, then it becomes the default and `champion`."""
-    from serving.canary import CanaryVerdict, Check
-    from serving.package import read_mar
-    from serving.registry import AliasMover
-    from serving.rollout import _copy_into_store, evaluate_versions
-    from serving.server import read_state, write_state
-
-    client = handle.client(timeout=cfg.canary_eval.timeout_s)
-    name, store = req.model_name, Path(handle.model_store)
-    version = read_mar(req.mar)["version"]
-    registry = AliasMover(req.tracking_uri, name, req.version) if req.tracking_uri else None
-    if registry:
-        registry.mark_challenger()
-    target = _copy_into_store(Path(req.mar), store, name, version)
-    print(f"[canary] first deployment of {name}: registering {version} ({target.name})", flush=True)
-    client.register_model(target.name, name, workers=cfg.model.workers)
-    stats = evaluate_versions(client, cases, [version], repeats=cfg.canary_eval.repeats, warmup=1,
-                              progress=False)[version].stats(version)
-    ok = stats.n_requests > 0 and stats.error_rate == 0.0
-    checks = [Check("answers", ok, f"{stats.n_requests - stats.n_errors}/{stats.n_requests} canary cases answered "
-                                   f"(p95 {stats.p95_latency_ms:.0f} ms, mean L1 {stats.quality.get('l1', float('nan')):.4f})"),
-              Check("baseline", True, "no earlier version serves: nothing to compare against")]
-    verdict = CanaryVerdict(ok, [c.detail for c in checks], checks, None, stats)
-    if ok:
-        client.set_default(name, version)
-        state = read_state(store) or {"model_name": name, "versions": {}}
-        state["versions"] = {**state.get("versions", {}), version: target.name}
-        state["default"] = version
-        write_state(store, state)
-    else:
-        client.unregister_model(version, name)
-        target.unlink(missing_ok=True)
-    if registry:
-        registry.finish(verdict)
-    print(verdict.summary(), flush=True)
-    return verdict
 
 
 def write_verdict(path: str, verdict: Any, default: str, endpoint: str) -> None:

@@ -67,7 +67,7 @@ def deploy_kserve(namespace: str, *args: str) -> str:
 
 def canary_on_kserve(req: Any, verdict_path: str) -> tuple[bool, str, str]:
     from components.steps.deploy import build_canary_set, serve_config, write_verdict
-    from serving.canary import CanaryVerdict, Check, decide
+    from serving.canary import decide, evidence_repeats
     from serving.canary_set import load_canary_set
     from serving.deploy_cli import Kubectl
     from serving.kserve import KServeSettings
@@ -92,16 +92,13 @@ def canary_on_kserve(req: Any, verdict_path: str) -> tuple[bool, str, str]:
     endpoint = f"{str(isvc.get('status', {}).get('url', '')).rstrip('/')}/predictions/{req.model_name}"
     with tempfile.TemporaryDirectory(prefix="iwarp-canary-") as tmp:
         cases = load_canary_set(build_canary_set(req, Path(tmp) / "canary-set"))
-        repeats = max(cfg.canary_eval.repeats, -(-cfg.canary.min_requests // max(len(cases), 1)))
+        repeats = evidence_repeats(len(cases), cfg.canary_eval.repeats, cfg.canary)
         client = revision_client(urls, req.model_name, cfg.canary_eval.timeout_s)
         if first:  # the new revision already has all traffic; it must answer every case
             if "latest" not in urls:
                 raise RuntimeError(f"InferenceService {settings.name} reports no 'latest' revision URL: {urls}")
             stats = evaluate_versions(client, cases, ["latest"], repeats=repeats, progress=False)["latest"].stats(req.version)
-            ok = stats.n_requests > 0 and stats.error_rate == 0.0
-            checks = [Check("answers", ok, f"{stats.n_requests - stats.n_errors}/{stats.n_requests} canary cases answered"),
-                      Check("baseline", True, "no earlier revision serves: nothing to compare against")]
-            verdict = CanaryVerdict(ok, [c.detail for c in checks], checks, None, stats)
+            verdict = decide(None, stats, cfg.canary)
         else:
             missing = {"prev", "latest"} - set(urls)
             if missing:
