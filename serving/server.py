@@ -144,9 +144,10 @@ def _torchserve_exe() -> str:
     return found
 
 
-def _private_tmp(workdir: Path) -> Path:
+def _private_tmp(workdir: Path, create: bool = True) -> Path:
     """workdir/tmp, or a short folder under the system temp dir when socket paths in
-    workdir/tmp would pass the 107-byte limit of a Unix socket path (recorded in workdir)."""
+    workdir/tmp would pass the 107-byte limit of a Unix socket path (recorded in workdir).
+    `create=False` only looks it up (stopping a server must not make folders)."""
     tmp = workdir / "tmp"
     if len(str(tmp)) + len("/.ts.sock.65535") > 100:
         import tempfile
@@ -154,10 +155,13 @@ def _private_tmp(workdir: Path) -> Path:
         link = workdir / "tmp-path"
         if link.is_file() and Path(link.read_text().strip()).is_dir():
             return Path(link.read_text().strip())
+        if not create:
+            return tmp
         short = Path(tempfile.mkdtemp(prefix="iwarp-ts-"))
         link.write_text(str(short))
         return short
-    tmp.mkdir(exist_ok=True)
+    if create:
+        tmp.mkdir(exist_ok=True)
     return tmp
 
 
@@ -330,7 +334,7 @@ def stop_server(workdir: str | Path | None = None, timeout_s: float = 60.0) -> b
         pass
     if not workdir.is_dir():
         return False
-    pid_file = _private_tmp(workdir) / ".model_server.pid"
+    pid_file = _private_tmp(workdir, create=False) / ".model_server.pid"
     if pid_file.is_file():
         try:
             pids.add(int(pid_file.read_text().strip()))
