@@ -229,8 +229,15 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
 @pytest.mark.slow
 def test_baseline_exports_for_every_number_of_sources(tmp_path):
     from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig
-    from serving.export import export_generator
+    from serving.export import export_generator, load_exported
 
     torch.manual_seed(0)
     baseline = ExplicitFlowBaseline(ExplicitFlowConfig.tiny()).eval()
     export_generator(baseline, tmp_path / "export", (SIZE, SIZE), max_sources=4)  # verifies k=1..4 itself
+    exported = load_exported(tmp_path / "export")
+    driving = torch.rand(1, 3, SIZE, SIZE)
+    for k in (1, 3):  # k=1 is the case a reshape(b*k) export used to break
+        sources = torch.rand(1, k, 3, SIZE, SIZE)
+        with torch.no_grad():
+            expected = baseline(sources, driving).prediction
+        assert torch.allclose(exported(sources, driving), expected, atol=1e-4)
