@@ -7,8 +7,9 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from iwarp.blocks import downscale
 
 
 @dataclass
@@ -80,6 +81,6 @@ class MultiScalePatchDiscriminator(nn.Module):
         x = images * 2 - 1
         outs = []
         for scale, disc in zip(self.config.scales, self.discriminators):
-            xs = x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False, antialias=True)
+            xs = downscale(x, scale)
             outs.append(disc(xs))
         return outs

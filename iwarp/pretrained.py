@@ -121,9 +121,19 @@ class VGGFeatures(nn.Module):
         self.convs = nn.ModuleList(convs)
         self.plan = plan
         self.taps = taps
-        pools_used = [step for step in plan[: _plan_index(plan, taps[-1]) + 1] if step == "M"]
-        self.min_size = 2 ** len(pools_used)  # smallest input that reaches the last tap
+        self.truncate(len(taps))  # sets min_size: the smallest input that reaches the last tap
         _freeze(self)
+
+    def truncate(self, num_taps: int) -> "VGGFeatures":
+        """Keep only the first `num_taps` taps and the convs they need (deeper layers cost compute
+        for nothing when their loss weight is 0)."""
+        if not 1 <= num_taps <= len(self.taps):
+            raise ValueError(f"num_taps must be in [1, {len(self.taps)}], got {num_taps}")
+        self.taps = self.taps[:num_taps]
+        self.convs = self.convs[: self.taps[-1] + 1]
+        pools_used = [step for step in self.plan[: _plan_index(self.plan, self.taps[-1]) + 1] if step == "M"]
+        self.min_size = 2 ** len(pools_used)
+        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, i = [], 0

@@ -13,8 +13,8 @@ from iwarp import ImplicitWarping, ImplicitWarpingConfig
 from iwarp.config import load_config
 from iwarp.discriminator import DiscriminatorConfig, MultiScalePatchDiscriminator
 from iwarp.keypoints import coordinate_grid
-from iwarp.losses import LossConfig, Losses, gan_discriminator_loss, gan_generator_loss
-from iwarp.pretrained import PretrainedWeightsError, load_numpy_pickle, package_file, vgg19_features
+from iwarp.losses import LossConfig, Losses, PerceptualLoss, gan_discriminator_loss, gan_generator_loss
+from iwarp.pretrained import PretrainedWeightsError, load_numpy_pickle, package_file, vgg16_features, vgg19_features
 from iwarp.transforms import RandomTPS
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
@@ -215,10 +215,26 @@ def test_user_supplied_vgg19(tmp_path) -> None:
     net = vgg19_features(path)
     torch.testing.assert_close(net.convs[5].weight, state["features.12.weight"])  # conv 6 sits at index 12
     losses = Losses(LossConfig(gan=0, feature_matching=0, equivariance=0, vgg19_weights=str(path)))
-    assert losses.perceptual.net is not None and len(losses.perceptual.net.convs) == 16
+    # relu5_1 (the last tap) is conv 12: the three convs after it would never be used
+    assert losses.perceptual.net is not None and len(losses.perceptual.net.convs) == 13
     a = rand(1, 3, 32, 32)
     assert losses.perceptual(a, a).item() == 0 and losses.perceptual(a, rand(1, 3, 32, 32, seed=2)).item() > 0
     bad = tmp_path / "bad.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, bad)
     with pytest.raises(PretrainedWeightsError, match="not a VGG19"):
         vgg19_features(bad)
+
+
+def test_zero_trailing_layer_weights_truncate_the_vgg() -> None:
+    """Trailing zero layer weights stop the VGG early: the same loss value, fewer convolutions."""
+    a, b = rand(2, 3, 64, 64), rand(2, 3, 64, 64, seed=3)
+    weights = [1.0, 0.5, 1.0, 0.0, 0.0]
+    full = Losses(LossConfig(gan=0, feature_matching=0, equivariance=0, perceptual_scales=[1.0, 0.5, 0.25],
+                             perceptual_layer_weights=weights))
+    assert len(full.perceptual.net.convs) == 7  # relu3_3 is VGG16's conv 6
+    assert full.perceptual.net.min_size == 4  # two pools before relu3_3
+    untruncated = PerceptualLoss([1.0, 0.5, 0.25], weights)
+    untruncated.net = vgg16_features()  # all 13 convs; zero weights only skip the terms
+    torch.testing.assert_close(full.perceptual(a, b), untruncated(a, b))
+    with pytest.raises(ValueError, match="all 0"):
+        PerceptualLoss([1.0], [0.0] * 5)

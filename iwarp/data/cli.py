@@ -100,6 +100,17 @@ def _cmd_photos(args) -> int:
     return 0
 
 
+def _cmd_faces(args) -> int:
+    from .realfaces import FacesConfig, make_faces_dataset
+
+    cfg = config_from_args(FacesConfig, args, "faces")
+    frames = make_faces_dataset(args.out, cfg, overwrite=args.overwrite)
+    for name, df in frames.items():
+        print(f"{name}:")
+        _print_split_summary(df, Path(args.out) / name)
+    return 0
+
+
 def _cmd_prepare(args) -> int:
     from .prepare import PrepareConfig, prepare_dataset
 
@@ -173,6 +184,7 @@ def register(subparsers) -> None:
     # Config modules import only numpy/PIL at the top: registering stays fast.
     from .photos import PhotoConfig
     from .prepare import PrepareConfig
+    from .realfaces import FacesConfig
     from .stats import StatsConfig
     from .synth import SynthConfig
     from .validate import ValidationConfig
@@ -194,6 +206,13 @@ def register(subparsers) -> None:
     _params_arg(p, "photos")
     add_config_args(p, PhotoConfig)
     p.set_defaults(func=_cmd_photos)
+
+    p = sub.add_parser("faces", help="real-face datasets (general + personal) from files inside installed packages")
+    p.add_argument("--out", required=True, help="folder for general/ and personal/ (dataset layout each)")
+    p.add_argument("--overwrite", action="store_true")
+    _params_arg(p, "faces")
+    add_config_args(p, FacesConfig)
+    p.set_defaults(func=_cmd_faces)
 
     p = sub.add_parser("prepare", help="crop/resize raw videos into the dataset layout with a manifest")
     p.add_argument("--input", required=True, help="folder of raw videos / frame folders (searched recursively)")

@@ -27,7 +27,7 @@ from PIL import Image
 from .faces import center_box, face_track
 from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write_manifest
 from .options import opt
-from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, frame_files, is_frame_folder, is_video_file,
+from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, is_frame_folder, is_video_file,
                     iter_frames, probe, save_frame)
 
 OUTPUT_FORMATS = ("png", "jpg", "mp4")
@@ -39,7 +39,8 @@ class PrepareConfig:
     crop: str = opt("face", "face: one square box over the dlib face track; center: the largest centred square",
                     ("face", "center"))
     crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
-    face_samples: int = opt(8, "frames per clip the face detector looks at (spread evenly)")
+    face_samples: int = opt(32, "frames per clip the face detector looks at (spread evenly); with face "
+                            "crop, frames whose nearest sampled frame shows no face are dropped")
     format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
     test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
     seed: int = opt(0, "seed of the identity split")
@@ -173,8 +174,19 @@ def _known_identities(root: Path, identities_csv) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 # one video
 
-def _sample_indices(n: int, k: int) -> set[int]:
-    return set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist())
+def _sample_indices(n: int, k: int) -> list[int]:
+    return sorted(set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist()))
+
+
+def face_frames(n: int, samples: list[int], found: list[bool]) -> np.ndarray:
+    """(n,) bool: frames whose nearest sampled frame shows a face (title cards, cutaways and
+    other face-less spans of a real video are dropped). All True when no sample shows a face, so
+    a clip without any face stays whole and fails validation on its face rate instead of vanishing."""
+    if not any(found):
+        return np.ones(n, bool)
+    idx = np.asarray(samples)
+    nearest = np.abs(np.arange(n)[:, None] - idx[None, :]).argmin(1)
+    return np.asarray(found)[nearest]
 
 
 def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dict:
@@ -191,11 +203,16 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
         row.update(src_width=info.width, src_height=info.height, fps=fps)
         # 1) the crop box (needs a first pass over sampled frames for the face track)
         face_rate = float("nan")
+        keep = np.ones(n, bool)
         if cfg.crop == "face":
             want = _sample_indices(n, cfg.face_samples)
-            sampled = [f for i, f in zip(range(n), iter_frames(entry.path)) if i in want]
+            wanted = set(want)
+            sampled = [f for i, f in zip(range(n), iter_frames(entry.path)) if i in wanted]
             track = face_track(sampled, cfg.crop_scale)
-            face_rate = track.rate
+            found = [d is not None for d in track.detections]
+            keep = face_frames(n, want[: len(found)], found)
+            kept_found = [f for i, f in zip(want, found) if keep[i]]
+            face_rate = sum(kept_found) / max(len(kept_found), 1)  # over the frames kept
             box = track.box or center_box(info.width, info.height)
         elif cfg.crop == "center":
             box = center_box(info.width, info.height)
@@ -209,20 +226,23 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
             writer = VideoWriter(split_dir / f"{entry.id}.mp4", fps=fps)
         else:
             tmp.mkdir(parents=True)
-        count = 0
+        count = decoded = 0
         for i, frame in zip(range(n), iter_frames(entry.path)):
+            decoded += 1
             if frame.shape[:2] != (info.height, info.width):
                 raise VideoReadError(f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, the video is "
                                      f"{info.width}x{info.height}")
+            if not keep[i]:
+                continue
             out = np.asarray(Image.fromarray(frame).resize((s, s), Image.LANCZOS, box=box))
             stats.add(out)
             if writer is not None:
                 writer.write(out)
             else:
-                save_frame(tmp / f"{i:06d}.{cfg.format}", out)
+                save_frame(tmp / f"{count:06d}.{cfg.format}", out)
             count += 1
-        if count < n:
-            raise VideoReadError(f"{entry.path}: decoded {count} of {n} frames")
+        if decoded < n:
+            raise VideoReadError(f"{entry.path}: decoded {decoded} of {n} frames")
         if writer is not None:
             final = writer.close()
         else:
@@ -231,7 +251,7 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
             tmp.rename(final)
         row.update(status="ok", reason="", path=final.name, format=cfg.format,
                    num_frames=count, width=s, height=s, duration_s=count / fps if fps else 0.0,
-                   face_rate=face_rate, **stats.result(),
+                   face_rate=face_rate, faceless_frames=int(n - count), **stats.result(),
                    crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])
     except (VideoReadError, IndexError, OSError, ValueError, RuntimeError) as exc:
         if writer is not None:

