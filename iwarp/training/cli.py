@@ -28,16 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="reconstruction metrics per number of sources",
-        description="Test-split reconstruction: the first frames of each video are the sources, "
-        "every other remaining frame is driven. Prints a per-k table and writes JSON.",
+        description="Test-split reconstruction: k frames of each video are the sources (the first k, "
+        "or spread over the clip), the remaining frames are driven. Prints a per-k table and writes JSON.",
     )
-    p.add_argument("--checkpoint", required=False, help="checkpoint written by `iwarp train` (omit with --copy-source-only)")
+    p.add_argument("--checkpoint", required=False, help="checkpoint written by `iwarp train`, or a shipped model's name (omit with --copy-source-only)")
     p.add_argument("--data", required=True, help="dataset folder holding <split>/")
     p.add_argument("--sources", nargs="+", type=int, default=[1, 2, 4], metavar="K", help="numbers of sources to test")
     p.add_argument("--out", default="metrics.json", help="JSON output path")
     p.add_argument("--split", default="test")
     p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
     p.add_argument("--frame-stride", type=int, default=2, help="drive every n-th frame (default 2)")
+    p.add_argument("--source-placement", choices=["first", "spread"], default="first",
+                   help="first: the first k frames are the sources, frames from max(k) on are driven (FOMM's "
+                   "protocol); spread: the k sources are evenly spread over the clip (different poses, like a "
+                   "photo set) and every frame that is no source of any k is driven")
     p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
     p.add_argument("--landmarks", action=argparse.BooleanOptionalAction, default=True,
                    help="AKD/MKR from 68-point face landmarks (dlib; slow on CPU); --no-landmarks for non-face data")
@@ -54,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="animate source image(s) with a driving video",
         description="Encode the source images once, then animate each driving frame; writes an H.264 mp4.",
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a shipped model's name (e.g. iwarp-faces-64)")
     p.add_argument("--source", nargs="+", required=True, metavar="IMAGE", help="one or more source images of one subject")
     p.add_argument("--driving", required=True, help="driving video (.mp4 etc.) or a folder of frames")
     p.add_argument("--out", required=True, help="output .mp4")
