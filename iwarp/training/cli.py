@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override config values, e.g. --set optim.steps=100 data.root=data/synth")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out_dir>/checkpoints")
     p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="fine-tune: a fresh run (step 0, fresh optimizers) from this checkpoint's weights (a file or "
+                   "a shipped model's name); sets init_from. With --resume, a checkpoint already in out_dir wins")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (http://..., sqlite:///..., file:...)")
     p.add_argument("--register-model", metavar="NAME", help="also register the final model under this MLflow name")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
@@ -95,7 +98,8 @@ def _relaunch(args: argparse.Namespace) -> int:
         cmd += ["--set", *args.overrides]
     if args.resume:
         cmd.append("--resume")
-    for flag, value in (("--resume-from", args.resume_from), ("--tracking-uri", args.tracking_uri),
+    for flag, value in (("--resume-from", args.resume_from), ("--init-from", args.init_from),
+                        ("--tracking-uri", args.tracking_uri),
                         ("--register-model", args.register_model)):
         if value:
             cmd += [flag, value]
@@ -113,6 +117,8 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_train_config(args.config, args.overrides)
+        if args.init_from:
+            cfg.init_from = args.init_from
     except ConfigError as exc:
         return _fail(str(exc))
 
