@@ -75,6 +75,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint {path} could not be decoded: {exc}") from exc
 
 
+MODELS_ENV = "IWARP_MODELS_DIR"
+
+
+def models_dir() -> Path:
+    """Where shipped models live: `$IWARP_MODELS_DIR`, else `models/` at the repository root."""
+    env = os.environ.get(MODELS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "models"
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """An existing file as is; else a bare name (`iwarp-faces-64`) as `<models dir>/<name>.ckpt`.
+
+    A miss raises a one-line `CheckpointError` that lists the shipped names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    folder = models_dir()
+    if text and "/" not in text and os.sep not in text:
+        shipped = folder / (text if text.endswith(".ckpt") else f"{text}.ckpt")
+        if shipped.is_file():
+            return shipped
+    names = sorted(p.stem for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    available = ", ".join(names) if names else "none"
+    raise CheckpointError(f"checkpoint not found: {text} (not a file, nor a shipped model in {folder}; "
+                          f"available: {available})")
+
+
 def latest_checkpoint(directory: str | Path, pattern: str = "step-*.ckpt") -> Path | None:
     """Newest checkpoint in `directory` by step number, or None."""
     files = sorted(Path(directory).glob(pattern), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))

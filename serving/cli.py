@@ -139,7 +139,7 @@ def register(subparsers) -> None:
     sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser("package", help="checkpoint -> MODEL_STORE/iwarp.mar (torch.export + handler + config)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a shipped model's name (models/)")
     p.add_argument("--version", required=True, help="model version, e.g. 1.0")
     p.add_argument("--out", required=True, metavar="MODEL_STORE")
     p.add_argument("--archive-name", default=None, help="file name without .mar (default: the model name, iwarp)")

@@ -72,9 +72,9 @@ def package(
 ) -> Path:
     """Export the checkpoint's generator and archive it as `<out>/<archive_name>.mar`
     (default archive name: the model name, `iwarp`). Returns the archive path."""
-    from iwarp.checkpoint import load_checkpoint, model_from_payload
+    from iwarp.checkpoint import load_checkpoint, model_from_payload, resolve_checkpoint
 
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)  # a file, or a shipped model's name
     ckpt = load_checkpoint(checkpoint)
     meta = {
         "model_kind": ckpt.get("model_kind"),

@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from iwarp.checkpoint import load_model
+from iwarp.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from iwarp.data import VideoDataset
 from iwarp.data.video import read_video, write_video
 from iwarp.training.animate import animate_frames
 from iwarp.training.config import load_train_config
+from iwarp.training.evaluate import frame_plan, spread_indices
 from iwarp.training.loop import train
 
 from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp
@@ -71,6 +72,7 @@ def test_evaluate_reports_every_k_and_the_copy_floor(kind, checkpoints, data, tm
     assert "sources k" in proc.stdout and "copy source" in proc.stdout  # the printed table
     report = json.loads(out.read_text())
     assert report["model_kind"] == kind and report["split"] == "test" and report["step"] == 3
+    assert report["source_placement"] == "first" and report["driving_start"] == 4
     assert set(report["per_k"]) == {"1", "2", "4"}
     ds = VideoDataset(data, "test", 64)
     # every k is scored on the same driven frames: from frame max(k)=4 on, every 4th
@@ -85,6 +87,71 @@ def test_evaluate_reports_every_k_and_the_copy_floor(kind, checkpoints, data, tm
         diffs += [(frames[0] - frames[t]).abs().mean().item() for t in range(4, v.num_frames, 4)]
     assert report["copy_source"]["l1"] == pytest.approx(float(np.mean(diffs)), rel=1e-5)
     assert report["copy_source"]["frames"] == expected_frames
+
+
+def test_spread_sources_cover_the_clip_and_every_k_drives_the_same_frames():
+    assert spread_indices(16, 1) == [8] and spread_indices(16, 2) == [4, 12] and spread_indices(16, 4) == [2, 6, 10, 14]
+    plan = frame_plan(16, [1, 2, 4], "spread", 1)
+    union = {8, 4, 12, 2, 6, 10, 14}
+    assert plan["sources"] == {1: [8], 2: [4, 12], 4: [2, 6, 10, 14]}
+    # one driven list for all k: every frame that is no source of any k, none that is
+    assert plan["driving"] == [t for t in range(16) if t not in union]
+    assert frame_plan(16, [1, 2, 4], "spread", 2)["driving"] == [0, 3, 7, 11, 15]
+    # `first` is FOMM's protocol as before: sources 0..k-1, driven frames from max(k) on
+    assert frame_plan(16, [1, 2, 4], "first", 4) == {"sources": {1: [0], 2: [0, 1], 4: [0, 1, 2, 3]},
+                                                     "driving": [4, 8, 12]}
+    # too short: fewer than k distinct spread sources, or nothing left to drive
+    assert spread_indices(3, 4) == [0, 1, 2] and frame_plan(3, [4], "spread", 1) is None
+    assert frame_plan(4, [1, 2, 4], "spread", 1) is None and frame_plan(4, [4], "first", 1) is None
+
+
+def test_evaluate_with_spread_sources(checkpoints, data, tmp_path):
+    out = tmp_path / "spread.json"
+    proc = run_iwarp("evaluate", "--checkpoint", checkpoints["implicit"], "--data", data, "--sources", "1", "2", "4",
+                     "--out", out, "--copy-source", "--no-landmarks", "--no-fd", "--source-placement", "spread")
+    assert "first source of k=1" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["source_placement"] == "spread" and report["driving_start"] is None
+    ds = VideoDataset(data, "test", 64)
+    diffs, driven = [], 0
+    for i, v in enumerate(ds.videos):  # recomputed by hand from the formula in the docstring
+        n = v.num_frames
+        sources = {k: sorted({round(n * (2 * j + 1) / (2 * k)) for j in range(k)}) for k in (1, 2, 4)}
+        assert len(sources[4]) == 4 and max(sources[4]) - min(sources[4]) >= n // 2  # spread over the clip
+        taken = set().union(*sources.values())
+        drive = [t for t in range(n) if t not in taken][::2]
+        driven += len(drive)
+        frames = ds.read_frames(i, list(range(n)))
+        diffs += [(frames[sources[1][0]] - frames[t]).abs().mean().item() for t in drive]
+    assert report["videos"] == len(ds.videos)
+    for m in report["per_k"].values():
+        assert m["frames"] == driven and 0 < m["l1"] < 1
+    # the floor predicts the first source of the smallest k (the middle frame for k=1)
+    assert report["copy_source"]["frames"] == driven
+    assert report["copy_source"]["l1"] == pytest.approx(float(np.mean(diffs)), rel=1e-5)
+
+
+def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    shipped = models / "iwarp-tiny-64.ckpt"
+    shipped.write_bytes(Path(checkpoints["implicit"]).read_bytes())
+    monkeypatch.setenv("IWARP_MODELS_DIR", str(models))  # the subprocesses inherit it
+    assert resolve_checkpoint("iwarp-tiny-64") == shipped
+    assert resolve_checkpoint(checkpoints["baseline"]) == checkpoints["baseline"]  # a file wins, as is
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: iwarp-faces-64 .*available: iwarp-tiny-64\)"):
+        resolve_checkpoint("iwarp-faces-64")
+    run_iwarp("animate", "--checkpoint", "iwarp-tiny-64", "--source", media["a"], "--driving", media["drive"],
+              "--out", tmp_path / "named.mp4", "--max-frames", "2")
+    assert len(decode(tmp_path / "named.mp4")) == 2
+    run_iwarp("evaluate", "--checkpoint", "iwarp-tiny-64", "--data", data, "--sources", "1", "--out", tmp_path / "m.json",
+              "--no-landmarks", "--no-fd", "--max-videos", "1", "--frame-stride", "8")
+    assert json.loads((tmp_path / "m.json").read_text())["checkpoint"] == str(shipped)
+    for cmd in (["animate", "--source", media["a"], "--driving", media["drive"], "--out", tmp_path / "x.mp4"],
+                ["serve", "package", "--version", "1.0", "--out", tmp_path / "store"]):
+        proc = run_iwarp(*cmd, "--checkpoint", "nope", check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "checkpoint not found: nope" in proc.stderr and "available: iwarp-tiny-64" in proc.stderr
 
 
 def test_evaluate_all_metrics_on_the_floor(data, tmp_path):

@@ -201,14 +201,14 @@ def animate_file(
     """Animate and write the mp4; returns (path, number of frames)."""
     from tqdm import tqdm
 
-    from iwarp.checkpoint import load_model
+    from iwarp.checkpoint import load_model, resolve_checkpoint
     from iwarp.training.distributed import pick_device
 
     if not source_paths:
         raise AnimateError("give at least one source image")
     if Path(out_path).suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise AnimateError(f"output must be an .mp4 file, got {out_path}")
-    model = load_model(checkpoint).to(pick_device(device))
+    model = load_model(resolve_checkpoint(checkpoint)).to(pick_device(device))
     size = model.config.image_size
     sources = torch.stack([load_image(p, size) for p in source_paths])
     frames = driving_frames(driving_path, size, max_frames)

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override config values, e.g. --set optim.steps=100 data.root=data/synth")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out_dir>/checkpoints")
     p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="fine-tune: a fresh run (step 0, fresh optimizers) from this checkpoint's weights (a file or "
+                   "a shipped model's name); sets init_from. With --resume, a checkpoint already in out_dir wins")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (http://..., sqlite:///..., file:...)")
     p.add_argument("--register-model", metavar="NAME", help="also register the final model under this MLflow name")
     p.add_argument("--nproc", type=int, default=0, metavar="N",
@@ -28,16 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="reconstruction metrics per number of sources",
-        description="Test-split reconstruction: the first frames of each video are the sources, "
-        "every other remaining frame is driven. Prints a per-k table and writes JSON.",
+        description="Test-split reconstruction: k frames of each video are the sources (the first k, "
+        "or spread over the clip), the remaining frames are driven. Prints a per-k table and writes JSON.",
     )
-    p.add_argument("--checkpoint", required=False, help="checkpoint written by `iwarp train` (omit with --copy-source-only)")
+    p.add_argument("--checkpoint", required=False, help="checkpoint written by `iwarp train`, or a shipped model's name (omit with --copy-source-only)")
     p.add_argument("--data", required=True, help="dataset folder holding <split>/")
     p.add_argument("--sources", nargs="+", type=int, default=[1, 2, 4], metavar="K", help="numbers of sources to test")
     p.add_argument("--out", default="metrics.json", help="JSON output path")
     p.add_argument("--split", default="test")
     p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
     p.add_argument("--frame-stride", type=int, default=2, help="drive every n-th frame (default 2)")
+    p.add_argument("--source-placement", choices=["first", "spread"], default="first",
+                   help="first: the first k frames are the sources, frames from max(k) on are driven (FOMM's "
+                   "protocol); spread: the k sources are evenly spread over the clip (different poses, like a "
+                   "photo set) and every frame that is no source of any k is driven")
     p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
     p.add_argument("--landmarks", action=argparse.BooleanOptionalAction, default=True,
                    help="AKD/MKR from 68-point face landmarks (dlib; slow on CPU); --no-landmarks for non-face data")
@@ -54,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="animate source image(s) with a driving video",
         description="Encode the source images once, then animate each driving frame; writes an H.264 mp4.",
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a shipped model's name (e.g. iwarp-faces-64)")
     p.add_argument("--source", nargs="+", required=True, metavar="IMAGE", help="one or more source images of one subject")
     p.add_argument("--driving", required=True, help="driving video (.mp4 etc.) or a folder of frames")
     p.add_argument("--out", required=True, help="output .mp4")
@@ -91,7 +98,8 @@ def _relaunch(args: argparse.Namespace) -> int:
         cmd += ["--set", *args.overrides]
     if args.resume:
         cmd.append("--resume")
-    for flag, value in (("--resume-from", args.resume_from), ("--tracking-uri", args.tracking_uri),
+    for flag, value in (("--resume-from", args.resume_from), ("--init-from", args.init_from),
+                        ("--tracking-uri", args.tracking_uri),
                         ("--register-model", args.register_model)):
         if value:
             cmd += [flag, value]
@@ -109,6 +117,8 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_train_config(args.config, args.overrides)
+        if args.init_from:
+            cfg.init_from = args.init_from
     except ConfigError as exc:
         return _fail(str(exc))
 

@@ -86,6 +86,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads per process; 0 leaves torch's default
     experiment: str = "iwarp"  # tracking experiment name
     run_name: str = ""
+    # Fine-tuning: start (step 0, fresh optimizers) from this checkpoint's weights, a file or a
+    # shipped model's name; see iwarp/training/init.py. Ignored when --resume finds a checkpoint.
+    init_from: str = ""
 
     @property
     def model_config(self) -> ImplicitWarpingConfig | ExplicitFlowConfig:

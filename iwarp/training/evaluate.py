@@ -1,10 +1,16 @@
 """`iwarp evaluate`: reconstruction quality on the test split, per number of sources k.
 
-Protocol (FOMM's reconstruction, extended to k sources): in every test video the first k frames
-are the sources, and every `stride`-th frame from frame max(ks) on is driven and compared with
-the real frame. Starting the driven frames at max(ks) for every k means all k are scored on the
-same frames, so the per-k rows are comparable. The "copy the source" floor predicts the first
-frame for every driven frame: a model must beat it to have learnt any motion.
+Two source placements; in both, every k is scored on the same driven frames, so the per-k rows
+of one run are comparable:
+
+* `first` (FOMM's reconstruction protocol, extended to k sources; the default): in every test
+  video the first k frames are the sources, and every `stride`-th frame from frame max(ks) on is
+  driven and compared with the real frame. The "copy the source" floor predicts frame 0.
+* `spread` (a user's photo set: different poses and expressions): the k sources are evenly spread
+  over the clip, frames round(n*(2i+1)/(2k)) for i < k; every `stride`-th frame that is no source
+  of any evaluated k is driven. The floor predicts the first source of the smallest k.
+
+The floor is what a model must beat to have learnt any motion.
 """
 
 from __future__ import annotations
@@ -14,13 +20,41 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+
+SourcePlacement = Literal["first", "spread"]
+SOURCE_PLACEMENTS: tuple[str, ...] = get_args(SourcePlacement)
 
 
 class EvalError(ValueError):
     """Arguments or data that cannot be evaluated."""
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """k frame indices evenly spread over n frames (the middle of k equal slices), clamped to
+    the clip and de-duplicated: fewer than k only when the clip is too short (n < k or so)."""
+    picked = (min(n - 1, max(0, round(n * (2 * i + 1) / (2 * k)))) for i in range(k))
+    return list(dict.fromkeys(picked))
+
+
+def frame_plan(n: int, ks: list[int], placement: SourcePlacement, stride: int) -> dict[str, Any] | None:
+    """Which frames of an n-frame video are the sources of each k, and the driven frames that
+    every k shares: {"sources": {k: [...]}, "driving": [...]}; None when the video is too short
+    (some k gets fewer than k distinct sources, or no frame is left to drive)."""
+    if placement == "first":
+        sources = {k: list(range(k)) for k in ks}
+        driving = list(range(max(ks), n, stride))
+    elif placement == "spread":
+        sources = {k: spread_indices(n, k) for k in ks}
+        taken = {i for idx in sources.values() for i in idx}
+        driving = [t for t in range(n) if t not in taken][::stride]
+    else:
+        raise EvalError(f"--source-placement must be one of {SOURCE_PLACEMENTS}, got {placement!r}")
+    if not driving or any(len(idx) != k for k, idx in sources.items()):
+        return None
+    return {"sources": sources, "driving": driving}
 
 
 @torch.no_grad()
@@ -48,29 +82,32 @@ def evaluate(
     batch_size: int = 8,
     copy_source: bool = False,
     progress: bool = True,
+    source_placement: SourcePlacement = "first",
 ) -> dict[str, Any]:
     """{"per_k": {k: metrics}, "copy_source": metrics | None, "videos": n, "frames": n, ...}.
 
-    `model=None` evaluates only the copy-the-source floor.
+    `model=None` evaluates only the copy-the-source floor (it predicts the first source of the
+    smallest k: frame 0 with `first`, see the module docstring).
     """
     from tqdm import tqdm
-
-    from iwarp.data import reconstruction_pairs
 
     ks = sorted(set(int(k) for k in ks))
     if not ks or ks[0] < 1:
         raise EvalError(f"--sources needs numbers >= 1, got {ks}")
     if stride < 1:
         raise EvalError("--frame-stride must be >= 1")
-    start = ks[-1]  # driven frames start after the largest source set: same frames for every k
-    usable = [i for i, v in enumerate(dataset.videos) if v.num_frames > start]
+    plans = {i: frame_plan(v.num_frames, ks, source_placement, stride) for i, v in enumerate(dataset.videos)}
+    usable = [i for i, plan in plans.items() if plan is not None]
     skipped = len(dataset.videos) - len(usable)
+    start = ks[-1] if source_placement == "first" else None  # `first`: driven frames start after max(ks)
+    too_short = (f"<= {start} frames (nothing left to drive after {start} sources)" if start is not None else
+                 f"too few frames for {ks[-1]} distinct spread sources plus a driven frame")
     if skipped:
-        warnings.warn(f"{skipped} video(s) have <= {start} frames (nothing left to drive after {start} sources); skipped", stacklevel=2)
+        warnings.warn(f"{skipped} video(s) have {too_short}; skipped", stacklevel=2)
     if max_videos is not None:
         usable = usable[:max_videos]
     if not usable:
-        raise EvalError(f"no video in {dataset.root}/{dataset.split} has more than {start} frames")
+        raise EvalError(f"no video in {dataset.root}/{dataset.split} is long enough: all have {too_short}")
     if model is not None:
         model.eval()
 
@@ -79,18 +116,20 @@ def evaluate(
         frames = 0
         what = "copy-source" if k is None else f"k={k}"
         for i in tqdm(usable, desc=f"evaluate {what}", unit="video", disable=not progress, file=sys.stderr, leave=False):
-            pair = reconstruction_pairs(dataset, i, k or 1, driving_start=start, stride=stride)
-            driving = pair["driving"]
+            plan = plans[i]
+            source_idx = plan["sources"][ks[0]][:1] if k is None else plan["sources"][k]
+            frames_read = dataset.read_frames(i, source_idx + plan["driving"])
+            sources, driving = frames_read[: len(source_idx)], frames_read[len(source_idx) :]
             if k is None:
-                pred = pair["sources"][:1].expand_as(driving)
+                pred = sources.expand_as(driving)
             else:
-                pred = predict_video(model, pair["sources"], driving, batch_size)
+                pred = predict_video(model, sources, driving, batch_size)
             suite.update(pred, driving)
             frames += driving.shape[0]
         return {**suite.compute(), "frames": float(frames)}
 
     result: dict[str, Any] = {"per_k": {}, "copy_source": None, "videos": len(usable), "skipped_videos": skipped,
-                              "driving_start": start, "frame_stride": stride}
+                              "source_placement": source_placement, "driving_start": start, "frame_stride": stride}
     if model is not None:
         for k in ks:
             result["per_k"][k] = run(k)
@@ -109,7 +148,7 @@ def to_json(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     return {
         **meta,
         "videos": result["videos"], "skipped_videos": result["skipped_videos"],
-        "driving_start": result["driving_start"], "frame_stride": result["frame_stride"],
+        "source_placement": result["source_placement"], "driving_start": result["driving_start"], "frame_stride": result["frame_stride"],
         "per_k": {str(k): clean(m) for k, m in result["per_k"].items()},
         "copy_source": clean(result["copy_source"]) if result["copy_source"] else None,
     }
@@ -147,9 +186,11 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     device: str = "auto",
     progress: bool = True,
+    source_placement: SourcePlacement = "first",
 ) -> dict[str, Any]:
-    """Load, evaluate and return the JSON-ready result (also what pipelines call)."""
-    from iwarp.checkpoint import load_checkpoint, load_model
+    """Load, evaluate and return the JSON-ready result (also what pipelines call).
+    `checkpoint` is a file or a shipped model's name (`iwarp.checkpoint.resolve_checkpoint`)."""
+    from iwarp.checkpoint import load_checkpoint, load_model, resolve_checkpoint
     from iwarp.data import VideoDataset
     from iwarp.metrics import MetricSuite
     from iwarp.training.distributed import pick_device
@@ -157,6 +198,7 @@ def evaluate_checkpoint(
     dev = pick_device(device)
     model, meta = None, {"checkpoint": None, "model_kind": "copy_source"}
     if checkpoint is not None:
+        checkpoint = resolve_checkpoint(checkpoint)
         model = load_model(checkpoint).to(dev)
         ckpt_size = model.config.image_size
         if image_size is not None and image_size != ckpt_size:
@@ -172,7 +214,7 @@ def evaluate_checkpoint(
         raise EvalError(f"cannot evaluate on {data}: {exc}") from exc
     suite = MetricSuite(device=dev, landmarks=landmarks, frechet=fd)
     result = evaluate(model, dataset, ks, suite, stride=stride, max_videos=max_videos, batch_size=batch_size,
-                      copy_source=copy_source, progress=progress)
+                      copy_source=copy_source, progress=progress, source_placement=source_placement)
     meta.update({"data": str(data), "split": split, "image_size": image_size})
     return {"result": result, "json": to_json(result, meta)}
 
@@ -184,9 +226,12 @@ def evaluate_cli(args) -> int:
         None if args.copy_source_only else args.checkpoint, args.data, args.sources, split=args.split,
         image_size=args.image_size, stride=args.frame_stride, max_videos=args.max_videos, landmarks=args.landmarks,
         fd=args.fd, copy_source=args.copy_source, batch_size=args.batch_size, device=args.device,
+        source_placement=args.source_placement,
     )
     report = out["json"]
     title = f"{report['model_kind']} on {report['data']}/{report['split']} ({report['videos']} videos)"
+    if report["source_placement"] == "spread":
+        title += f"; sources spread over each clip, copy source = first source of k={min(args.sources)}"
     print_table(out["result"], title)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

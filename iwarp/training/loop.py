@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from iwarp.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from iwarp.config import ConfigError, flatten, save_config, to_dict
-from iwarp.training import visuals
+from iwarp.training import init, visuals
 from iwarp.training.config import TrainConfig
 from iwarp.training.distributed import DistContext, init_distributed
 from iwarp.training.loggers import ConsoleLogger, JSONLLogger, Logger, MultiLogger
@@ -157,9 +157,9 @@ class Trainer:
 
         self.start_step = 0
         self.tracking_run_id: str | None = None
-        if self.resume:
-            self._load_resume_state()
-        else:
+        self.init_report: dict[str, Any] | None = None
+        resumed = self.resume and self._load_resume_state()
+        if not self.resume:
             existing = sorted(self.ckpt_dir.glob(CHECKPOINT_PATTERN))
             if existing:  # a fresh run would interleave with (and prune) the old run's files
                 raise ConfigError(
@@ -167,6 +167,11 @@ class Trainer:
                     "continue that run, or choose another out_dir (--set out_dir=...)"
                 )
             seed_everything(cfg.seed, ctx.rank)
+        if cfg.init_from and resumed:  # a retried step continues its own run, it does not restart
+            if ctx.is_main:
+                tqdm.write(f"init_from {cfg.init_from} ignored: resuming this run's own checkpoint")
+        elif cfg.init_from:
+            self._init_from(cfg.init_from)
 
         self.ddp_model: torch.nn.Module = self.model
         self.ddp_disc: torch.nn.Module | None = self.disc
@@ -176,14 +181,22 @@ class Trainer:
             if self.disc is not None:
                 self.ddp_disc = DDP(self.disc, device_ids=ids)
 
-    def _load_resume_state(self) -> None:
+    def _init_from(self, name_or_path: str) -> None:
+        """Fine-tuning: fresh run, weights from another checkpoint (every rank loads the same)."""
+        self.init_report = init.init_from_checkpoint(name_or_path, self.cfg.model.kind, self.model, self.disc,
+                                                     map_location=self.ctx.device)
+        if self.ctx.is_main:
+            tqdm.write(init.describe(self.init_report))
+
+    def _load_resume_state(self) -> bool:
+        """True when a checkpoint was loaded; False when there is none yet (fresh start)."""
         cfg, ctx = self.cfg, self.ctx
         path = self.resume_from or latest_checkpoint(self.ckpt_dir, CHECKPOINT_PATTERN)
         if path is None:
             if ctx.is_main:
                 warnings.warn(f"--resume: no checkpoint in {self.ckpt_dir}; starting from step 0", stacklevel=2)
             seed_everything(cfg.seed, ctx.rank)
-            return
+            return False
         try:
             ckpt = load_checkpoint(path, map_location=ctx.device)
         except CheckpointError as exc:
@@ -218,6 +231,7 @@ class Trainer:
         self.resumed_from = path
         if ctx.is_main:
             tqdm.write(f"resuming from {path} at step {self.start_step}")
+        return True
 
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of another model; warn when the data stream would differ."""
@@ -404,7 +418,11 @@ class Trainer:
             save_config(cfg, self.out_dir / "config.yaml")
             params = flatten(to_dict(cfg))
             params.update({"world_size": ctx.world_size, "global_batch_size": cfg.data.batch_size * ctx.world_size})
+            if self.init_report is not None:
+                params.update(init.log_params(self.init_report, cfg.init_from))
             logger.log_params(params)
+            if self.init_report is not None:
+                logger.log_artifact(init.write_report(self.init_report, self.out_dir))
             self.tracking_run_id = getattr(self.extra_logger, "run_id", None) or self.tracking_run_id
             self._preview = self._preview_batch()
         previous_handler = self._install_signal_handler()
