@@ -32,7 +32,11 @@ class CrossModalAttention(nn.Module):
     size grows with the number of sources.
     """
 
-    def __init__(self, qk_dim: int, value_dim: int, num_extra_tokens: int = 4, extra_kv: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, qk_dim: int, value_dim: int, num_extra_tokens: int = 4, extra_kv: bool = True, dropout: float = 0.0,
+                 residual_dim: int = 0) -> None:
+        """`residual_dim`: the trailing value channels that only the residual path reads (pixels
+        and K). Their extra-token values are a parameter of their own, so a model without the
+        residual path has the very same other parameters (fine-tuning one from the other)."""
         super().__init__()
         self.qk_dim = qk_dim
         self.value_dim = value_dim
@@ -43,10 +47,12 @@ class CrossModalAttention(nn.Module):
         if self.num_extra > 0:
             # "nothing in the sources fits": learned tokens any query can fall back to
             self.extra_keys = nn.Parameter(torch.randn(self.num_extra, qk_dim) * qk_dim**-0.5)
-            self.extra_values = nn.Parameter(torch.randn(self.num_extra, value_dim) * 0.02)
+            self.extra_values = nn.Parameter(torch.randn(self.num_extra, value_dim - residual_dim) * 0.02)
+            self.extra_residual_values = nn.Parameter(torch.randn(self.num_extra, residual_dim) * 0.02) if residual_dim else None
         else:
             self.register_parameter("extra_keys", None)
             self.register_parameter("extra_values", None)
+            self.extra_residual_values = None
 
     def pad_values(self, values: torch.Tensor) -> torch.Tensor:
         """(..., value_dim) -> (..., padded_value_dim) with zero channels (done once per source set)."""
@@ -60,7 +66,10 @@ class CrossModalAttention(nn.Module):
         if self.extra_keys is None:
             return keys.contiguous(), values.contiguous()
         b = keys.shape[0]
-        extra_v = self.pad_values(self.extra_values.to(values.dtype))
+        extra_v = self.extra_values
+        if self.extra_residual_values is not None:
+            extra_v = torch.cat([extra_v, self.extra_residual_values], dim=-1)
+        extra_v = self.pad_values(extra_v.to(values.dtype))
         keys = torch.cat([keys, self.extra_keys.to(keys.dtype).expand(b, -1, -1)], dim=1)
         values = torch.cat([values, extra_v.expand(b, -1, -1)], dim=1)
         return keys, values

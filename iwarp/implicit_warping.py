@@ -129,7 +129,8 @@ class ImplicitWarping(nn.Module):
         self.key_net = UNet(n + 3 * cfg.heatmap_stride**2, cfg.qk_dim, cfg.key_channels, out_level=out_level)
         self.value_net = FeatureEncoder(3, cfg.value_channels, cfg.value_res_blocks)
         total_value = self.value_dim + (self.pixel_dim + cfg.qk_dim if cfg.residual else 0)
-        self.attention = CrossModalAttention(cfg.qk_dim, total_value, cfg.num_extra_tokens, cfg.extra_kv, cfg.attention_dropout)
+        self.attention = CrossModalAttention(cfg.qk_dim, total_value, cfg.num_extra_tokens, cfg.extra_kv, cfg.attention_dropout,
+                                             residual_dim=total_value - self.value_dim)
         if cfg.residual:
             self.residual_mlp = nn.Sequential(
                 nn.Linear(self.pixel_dim + 2 * cfg.qk_dim, cfg.residual_hidden),

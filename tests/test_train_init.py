@@ -59,22 +59,20 @@ def test_matching_init_loads_every_weight_and_starts_fresh(parent, data, tmp_pat
 
 def test_partial_init_skips_and_reports_what_the_new_config_dropped(parent, data, tmp_path):
     out = tmp_path / "ft"
-    # residual off shrinks the attention values, so the extra K/V tokens must go too (else refused)
-    result = train(tiny_config(data, out, f"init_from={parent}", "model.implicit.residual=false",
-                               "model.implicit.extra_kv=false", "optim.steps=1"))
+    # residual off: the residual MLP and the extra tokens' residual values (pixels, K) go
+    result = train(tiny_config(data, out, f"init_from={parent}", "model.implicit.residual=false", "optim.steps=1"))
     assert result.step == 1
     report = json.loads((out / "init_from.json").read_text())
     g = report["generator"]
-    assert g["skipped"] and all(n.startswith(("residual_mlp.", "attention.extra_")) for n in g["skipped"])
-    assert {"attention.extra_keys", "attention.extra_values"} <= set(g["skipped"])
+    assert g["skipped"] and all(n.startswith(("residual_mlp.", "attention.extra_residual_values")) for n in g["skipped"])
+    assert "attention.extra_residual_values" in g["skipped"] and "attention.extra_values" in g["loaded"]
     assert any(n.startswith("residual_mlp.") for n in g["skipped"]) and g["new"] == []
     assert report["checkpoint"] == str(parent) and report["step"] == 2
     params = json.loads((out / "params.json").read_text())  # what MLflow receives too
     assert params["init_from"] == str(parent) and params["init_from.loaded"] == len(g["loaded"])
     assert params["init_from.skipped"] == len(g["skipped"]) and params["init_from.new"] == 0
     # the kept weights are the parent's (checked before any step, on a fresh trainer)
-    trainer = Trainer(tiny_config(data, tmp_path / "again", f"init_from={parent}", "model.implicit.residual=false",
-                                  "model.implicit.extra_kv=false"))
+    trainer = Trainer(tiny_config(data, tmp_path / "again", f"init_from={parent}", "model.implicit.residual=false"))
     assert_equal_to(trainer.model, load_checkpoint(parent)["model"], g["loaded"])
 
 
@@ -90,9 +88,9 @@ def test_new_weights_are_reported_as_freshly_initialised(parent):
 
 
 def test_a_changed_shape_is_refused_naming_the_parameter(parent, data, tmp_path):
-    # residual off with extra K/V kept: the extra value tokens change width
-    with pytest.raises(ConfigError, match=r"breaks compatibility with .*attention\.extra_values \(2, \d+\) vs \(2, 32\)"):
-        Trainer(tiny_config(data, tmp_path / "a", f"init_from={parent}", "model.implicit.residual=false"))
+    # narrower value features: the extra value tokens (and the decoder) change width
+    with pytest.raises(ConfigError, match=r"breaks compatibility with .*attention\.extra_values \(2, 32\) vs \(2, 24\)"):
+        Trainer(tiny_config(data, tmp_path / "a", f"init_from={parent}", "model.implicit.value_channels=[8,16,16,24]"))
     with pytest.raises(ConfigError, match=r"breaks compatibility .*query_net"):
         Trainer(tiny_config(data, tmp_path / "b", f"init_from={parent}", "model.implicit.qk_dim=8"))
 
