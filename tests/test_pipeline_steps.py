@@ -120,3 +120,20 @@ def test_data_docs_bundle_is_one_page_with_every_validation_page(tmp_path):
     assert html.count("<iframe") == 2 and "iwarp_frames result" in html and "iwarp_videos result" in html
     assert "&lt;script&gt;" in html and "<script>" not in html  # paths and messages are escaped
     assert "identity_leak" in html and "a_v0, a_v1" in html
+
+
+def test_the_animation_is_kept_per_run_and_in_docs_only_when_asked(tmp_path, monkeypatch):
+    from pipelines.local_run import README_PICTURE, keep_animation
+
+    monkeypatch.setenv("IWARP_PROJECT_DIR", str(tmp_path / "project"))
+    src = tmp_path / "kfp" / "animation"  # KFP artifact files have no extension
+    src.parent.mkdir()
+    src.write_bytes(b"\x89PNG fake")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert keep_animation(src, run_dir, readme=False) == run_dir / "animation.png"
+    assert (run_dir / "animation.png").read_bytes() == b"\x89PNG fake"
+    assert not (tmp_path / "project" / README_PICTURE).exists()
+    keep_animation(src, run_dir, readme=True)
+    assert (tmp_path / "project" / "docs" / "images" / "main-job.png").read_bytes() == b"\x89PNG fake"
+    assert keep_animation(None, run_dir, readme=True) is None  # a failed run has no picture
