@@ -106,6 +106,7 @@ def evaluate_model(
     tracking_uri: str,
     sources: list,
     source_placement: str,
+    frame_stride: int,
     max_videos: int,
     frechet: bool,
     landmarks: bool,
@@ -117,12 +118,14 @@ def evaluate_model(
     trained person; skipped when that dataset is empty). Keys `<target>/<metric>_k<k>` and the
     copy-source floor `<target>/copy_source_<metric>` go to the variant's MLflow run (`eval/`
     prefix), to a KFP Metrics artifact and, with the variant and run id, to the JSON `report`
-    the compare step reads. `source_placement`: first | spread (sources spread over the clip).
+    the compare step reads. `source_placement`: first | spread (sources spread over the clip);
+    `frame_stride`: drive every n-th of the other frames.
     `frechet`: the VGG16 Frechet distance (meaningful over many frames); `landmarks`: AKD/MKR."""
     from components.steps.training import run_evaluation
 
     targets = {"general": dataset.path, "personal": personal.path}
     values = run_evaluation(checkpoint.path, targets, [int(k) for k in sources], run_id, tracking_uri,
-                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks, source_placement)
+                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks, source_placement,
+                            int(frame_stride))
     for key, value in values.items():
         metrics.log_metric(key, value)

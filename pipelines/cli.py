@@ -9,7 +9,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pipelines.local_run import DEFAULT_STEPS  # light: rich + the standard library
+    from pipelines.local_run import DEFAULT_FRAME_STRIDE, DEFAULT_STEPS  # light: rich + the standard library
     p = sub.add_parser("pipeline", help="run the Kubeflow pipeline locally, or compile it for a cluster",
                        description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")
     psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4], metavar="K", help="evaluate with K sources")
     r.add_argument("--source-placement", choices=["first", "spread"], default="spread",
                    help="evaluation sources: spread over each test clip (default) or its first frames")
+    r.add_argument("--frame-stride", type=int, default=DEFAULT_FRAME_STRIDE,
+                   help="evaluation drives every n-th of the other frames (default: %(default)s)")
     r.add_argument("--eval-max-videos", type=int, default=0, help="evaluate on at most N test videos (0: all)")
     r.add_argument("--fd", action="store_true", help="also the VGG16 Frechet distance (slow on CPU; needs many frames)")
     r.add_argument("--landmarks", action="store_true", help="also AKD/MKR (dlib face landmarks, slow on CPU)")
@@ -83,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     opts = LocalRunOptions(
         data=args.data, data_params=args.data_params, config=args.config, init_from=args.init_from,
         overrides=args.overrides, steps=args.steps, nproc=args.nproc, seed=args.seed, image_size=args.image_size,
-        eval_sources=args.sources, eval_source_placement=args.source_placement, eval_max_videos=args.eval_max_videos,
+        eval_sources=args.sources, eval_source_placement=args.source_placement,
+        eval_frame_stride=args.frame_stride, eval_max_videos=args.eval_max_videos,
         eval_fd=args.fd, eval_landmarks=args.landmarks,
         select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
         mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose, readme_picture=args.readme_picture,

@@ -133,6 +133,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         init_from: str,
         eval_sources: list,
         eval_source_placement: str,
+        eval_frame_stride: int,
         eval_max_videos: int,
         eval_fd: bool,
         eval_landmarks: bool,
@@ -153,7 +154,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
             ev = common(evaluate_model(
                 checkpoint=train.outputs["checkpoint"], dataset=dataset, personal=personal,
                 run_id=train.outputs["Output"], tracking_uri=tracking_uri, sources=eval_sources,
-                source_placement=eval_source_placement, max_videos=eval_max_videos, frechet=eval_fd,
+                source_placement=eval_source_placement, frame_stride=eval_frame_stride,
+                max_videos=eval_max_videos, frechet=eval_fd,
                 landmarks=eval_landmarks,
             ), "evaluate")
             _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
@@ -184,6 +186,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         namespace: str = "",
         eval_sources: list = [1, 2, 4],  # noqa: B006
         eval_source_placement: str = "spread",
+        eval_frame_stride: int = 2,
         eval_max_videos: int = 0,
         eval_fd: bool = True,
         eval_landmarks: bool = True,
@@ -234,7 +237,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
             experiment=experiment, train_backend=train_backend, nproc_per_node=nproc_per_node,
             num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
             namespace=namespace, init_from=init_from, eval_sources=eval_sources,
-            eval_source_placement=eval_source_placement, eval_max_videos=eval_max_videos, eval_fd=eval_fd,
+            eval_source_placement=eval_source_placement, eval_frame_stride=eval_frame_stride,
+            eval_max_videos=eval_max_videos, eval_fd=eval_fd,
             eval_landmarks=eval_landmarks,
         ).set_display_name("ablation sweep (residual x extra K/V)")
 

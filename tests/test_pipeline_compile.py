@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_PARAMS = {
     "data_source", "raw_data", "tracking_uri", "dvc_remote", "s3_endpoint_url", "image_size", "train_config",
     "init_from", "train_overrides", "seed", "train_steps", "train_backend", "nproc_per_node", "num_nodes",
-    "gpus_per_node", "eval_sources", "eval_source_placement", "select_metric", "experiment", "model_name",
+    "gpus_per_node", "eval_sources", "eval_source_placement", "eval_frame_stride", "select_metric", "experiment", "model_name",
     "serving_target",
 }
 

@@ -151,7 +151,7 @@ def home(tmp_path_factory):
 
 def options(home: Path, **kw) -> LocalRunOptions:
     base = dict(home=str(home), steps=STEPS, nproc=2, data="faces", data_params=SMALL_FACES, init_from=SHIPPED,
-                eval_sources=[1, 2], eval_max_videos=1,
+                eval_sources=[1, 2], eval_frame_stride=8, eval_max_videos=1,
                 mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
     base.update(kw)
     return LocalRunOptions(**base)

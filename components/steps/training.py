@@ -234,9 +234,10 @@ def has_test_split(dataset: str) -> bool:
 
 def run_evaluation(checkpoint: str, targets: dict[str, str], sources: list[int], run_id: str, tracking_uri: str,
                    info: dict[str, Any], report_path: str, max_videos: int = 0, frechet: bool = True,
-                   landmarks: bool = True, placement: str = "spread") -> dict[str, float]:
+                   landmarks: bool = True, placement: str = "spread", frame_stride: int = 2) -> dict[str, float]:
     """`iwarp evaluate --copy-source` on each target's test split ({name: dataset folder};
-    a target without a test split is left out), sources placed by `placement`."""
+    a target without a test split is left out), sources placed by `placement`, every
+    `frame_stride`-th of the other frames driven."""
     from mlflow.entities import Metric
 
     values: dict[str, float] = {}
@@ -247,7 +248,8 @@ def run_evaluation(checkpoint: str, targets: dict[str, str], sources: list[int],
             continue
         out_json = Path(report_path).parent / f"evaluate-{target}.json"
         cmd = [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint", checkpoint, "--data", dataset,
-               "--sources", *map(str, sources), "--source-placement", placement, "--copy-source", "--out", str(out_json)]
+               "--sources", *map(str, sources), "--source-placement", placement, "--frame-stride", str(frame_stride),
+               "--copy-source", "--out", str(out_json)]
         if max_videos > 0:
             cmd += ["--max-videos", str(max_videos)]
         cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
