@@ -9,7 +9,10 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pipelines.local_run import DEFAULT_FRAME_STRIDE, DEFAULT_STEPS  # light: rich + the standard library
+    from pipelines.local_run import (  # light: rich + the standard library
+        DEFAULT_FRAME_STRIDE,
+        DEFAULT_STEPS,
+    )
     p = sub.add_parser("pipeline", help="run the Kubeflow pipeline locally, or compile it for a cluster",
                        description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")
     psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
@@ -78,7 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from pipelines.local_run import LocalRunOptions, print_summary, result_json, run_local
+    from pipelines.local_run import (
+        LocalRunOptions,
+        print_summary,
+        result_json,
+        run_local,
+    )
     from pipelines.services import ServiceError
 
     console = Console()
@@ -145,7 +153,13 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _services(args: argparse.Namespace) -> int:
-    from pipelines.services import MlflowServer, ServiceError, iwarp_home, stop_torchserve, torchserve_status
+    from pipelines.services import (
+        MlflowServer,
+        ServiceError,
+        iwarp_home,
+        stop_torchserve,
+        torchserve_status,
+    )
 
     home = iwarp_home(args.home)
     mlflow = MlflowServer(home)
