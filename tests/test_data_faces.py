@@ -57,9 +57,11 @@ def test_faceless_spans_are_cut(faces) -> None:
         assert len(read_video(out / "general" / row["path"])) == row["num_frames"] > 0
 
 
-def test_nearest_sample_rule() -> None:
+def test_faceless_span_rule() -> None:
+    # only frames whose sampled neighbours on both sides show a face: a cut may lie anywhere in 0-3
     keep = face_frames(10, [0, 3, 6, 9], [False, True, True, False])
-    assert keep.tolist() == [False, False, True, True, True, True, True, True, False, False]
+    assert keep.tolist() == [False, False, False, True, True, True, True, False, False, False]
+    assert face_frames(6, [0, 5], [True, True]).all() and face_frames(6, [1, 4], [True, True]).all()
     assert face_frames(5, [0, 4], [False, False]).all()  # no face at all: keep the clip whole
 
 

@@ -41,7 +41,7 @@ class PrepareConfig:
                     ("face", "center"))
     crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
     face_samples: int = opt(32, "frames per clip the face detector looks at (spread evenly); with face "
-                            "crop, frames whose nearest sampled frame shows no face are dropped")
+                            "crop, frames between a face-less sample and its neighbours are dropped")
     format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
     test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
     seed: int = opt(0, "seed of the identity split")
@@ -184,14 +184,19 @@ def _sample_indices(n: int, k: int) -> list[int]:
 
 
 def face_frames(n: int, samples: list[int], found: list[bool]) -> np.ndarray:
-    """(n,) bool: frames whose nearest sampled frame shows a face (title cards, cutaways and
-    other face-less spans of a real video are dropped). All True when no sample shows a face, so
-    a clip without any face stays whole and fails validation on its face rate instead of vanishing."""
-    if not any(found):
+    """(n,) bool: frames whose sampled neighbours on both sides show a face (title cards,
+    cutaways and other face-less spans of a real video are dropped, and so is the stretch between
+    a face sample and a face-less one: a cut can fall anywhere in it). All True when no sample
+    shows a face, so a clip without any face stays whole and fails validation on its face rate
+    instead of vanishing."""
+    found_arr = np.asarray(found, bool)
+    if not found_arr.any():
         return np.ones(n, bool)
     idx = np.asarray(samples)
-    nearest = np.abs(np.arange(n)[:, None] - idx[None, :]).argmin(1)
-    return np.asarray(found)[nearest]
+    frames = np.arange(n)
+    before = np.clip(np.searchsorted(idx, frames, side="right") - 1, 0, len(idx) - 1)  # last sample <= frame
+    after = np.clip(np.searchsorted(idx, frames, side="left"), 0, len(idx) - 1)  # first sample >= frame
+    return found_arr[before] & found_arr[after]
 
 
 def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dict:

@@ -71,6 +71,17 @@ def sample_grid(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.
     return _save(_compose(rows, labels, tuple(driving.shape[-2:])), path)
 
 
+def animation_strip(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, path: str | Path,
+                    copy: torch.Tensor | None = None) -> Path:
+    """What a user sees, one row per driving frame: the source set (k, 3, H, W) | driving | the
+    prediction | optionally the copy-the-source floor (first source), for model cards and READMEs."""
+    tiles = [to_uint8(s) for s in sources]
+    rows = [tiles + [to_uint8(d), to_uint8(p)] + ([to_uint8(copy[i])] if copy is not None else [])
+            for i, (d, p) in enumerate(zip(driving, prediction))]
+    labels = [f"src{i + 1}" for i in range(len(tiles))] + ["driving", "iwarp"] + (["copy src1"] if copy is not None else [])
+    return _save(_compose(rows, labels, tuple(driving.shape[-2:])), path)
+
+
 def attention_grid(
     sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, maps: torch.Tensor, path: str | Path,
     last_label: str = "extraKV",
