@@ -294,8 +294,9 @@ BITEXACT_CONTAINER = {"fflags": "+bitexact"}
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """RGB frames -> H.264 mp4 bytes (cropped to even sizes), byte-identical to iwarp's VideoWriter."""
-    import av
     from fractions import Fraction
+
+    import av
 
     buf = io.BytesIO()
     h, w = frames.shape[1:3]
