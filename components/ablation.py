@@ -24,10 +24,24 @@ FULL = "full"
 
 # Metrics where larger is better; every other evaluation metric is an error.
 HIGHER_IS_BETTER = ("psnr", "ssim")
-# The compact table (console, top of the report): the paper's reconstruction metrics.
+# The compact table (console, top of the report): the paper's reconstruction metrics on the
+# general target, and L1 on the personal one.
 CORE_METRICS = ("l1", "psnr", "lpips")
+PERSONAL_CORE = ("l1",)
+# Evaluation targets (metric key prefixes `<target>/`): unseen identities, and a held-out clip of a
+# trained person. The selection metric is read on the first unless it names its target.
+GENERAL, PERSONAL = "general", "personal"
+# The copy-source floor: `<target>/copy_source_<metric>` (predict a source frame, ignore the driving one).
+FLOOR_PREFIX = "copy_source_"
 
 _K_SUFFIX = re.compile(r"^(?P<name>.+)_k(?P<k>\d+)$")
+
+
+def split_key(key: str) -> tuple[str, str, int]:
+    """`general/lpips_k4` -> ("general", "lpips", 4); no target -> ""; no source count -> 0."""
+    target, _, rest = key.rpartition("/")
+    m = _K_SUFFIX.match(rest)
+    return (target, m.group("name"), int(m.group("k"))) if m else (target, rest, 0)
 
 
 def variant_overrides(ablation: dict[str, Any]) -> list[str]:
@@ -46,11 +60,13 @@ def higher_is_better(metric: str) -> bool:
 
 def selection_score(metrics: dict[str, float], metric: str) -> float:
     """Mean of `metric` over every source count it was measured at (`<metric>_k<k>` keys),
-    or the metric itself when it has no per-k keys. NaN when absent."""
+    or the metric itself when it has no per-k keys. A metric without a target (`lpips`) is read
+    on the general target when the keys have targets. NaN when absent."""
+    names = {metric} if "/" in metric else {metric, f"{GENERAL}/{metric}"}
     values = []
     for key, value in metrics.items():
         m = _K_SUFFIX.match(key)
-        if (m and m.group("name") == metric) or key == metric:
+        if (m and m.group("name") in names) or key in names:
             values.append(float(value))
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -101,62 +117,133 @@ def choose_variant(results: list[dict[str, Any]], metric: str, margin: float) ->
     return Choice(FULL, by_name[FULL]["run_id"], reason)
 
 
-def metric_columns(results: list[dict[str, Any]], only: tuple[str, ...] | None = None) -> list[str]:
-    """Metric keys present in every variant's evaluation, grouped by metric then source count
-    (`only`: just these metric names, in this order)."""
+def is_floor(key: str) -> bool:
+    return split_key(key)[1].startswith(FLOOR_PREFIX)
+
+
+def in_compact_table(key: str) -> bool:
+    target, name, _ = split_key(key)
+    return name in (PERSONAL_CORE if target == PERSONAL else CORE_METRICS)
+
+
+def metric_columns(results: list[dict[str, Any]], compact: bool = False) -> list[str]:
+    """Metric keys present in every variant's evaluation (floors aside), grouped by target, then
+    metric, then source count (`compact`: the core metrics only, in the order l1, psnr, lpips)."""
     common = set.intersection(*(set(r["metrics"]) for r in results)) if results else set()
-    if only is not None:
-        common = {c for c in common if (_K_SUFFIX.match(c).group("name") if _K_SUFFIX.match(c) else c) in only}
+    common = {c for c in common if not is_floor(c) and (not compact or in_compact_table(c))}
 
     def order(key: str) -> tuple[Any, ...]:
-        m = _K_SUFFIX.match(key)
-        name, k = (m.group("name"), int(m.group("k"))) if m else (key, 0)
-        return (only.index(name) if only and name in only else 0, name, k)
+        target, name, k = split_key(key)
+        rank = CORE_METRICS.index(name) if compact and name in CORE_METRICS else 0
+        return (target == PERSONAL, target, rank, name, k)
 
     return sorted(common, key=order)
+
+
+def floors(results: list[dict[str, Any]]) -> dict[str, float]:
+    """{`<target>/<metric>`: floor value}: the copy-source floor (the same data for every variant)."""
+    out: dict[str, float] = {}
+    for r in results:
+        for key, value in r["metrics"].items():
+            if is_floor(key):
+                target, name, _ = split_key(key)
+                out.setdefault(f"{target}/{name.removeprefix(FLOOR_PREFIX)}".lstrip("/"), float(value))
+    return out
+
+
+@dataclass
+class FloorCheck:
+    target: str
+    k: int
+    model: float
+    floor: float
+
+    @property
+    def beats(self) -> bool:
+        return self.model < self.floor
+
+
+def floor_checks(result: dict[str, Any], metric: str = "l1") -> list[FloorCheck]:
+    """Per target: the variant's `metric` at its fewest sources against the copy-source floor."""
+    fl = floors([result])
+    checks = []
+    for key in sorted(fl):
+        target, _, name = key.rpartition("/")
+        if name != metric:
+            continue
+        ks = sorted(k for t, n, k in map(split_key, result["metrics"]) if t == target and n == metric and k)
+        if ks:
+            model = result["metrics"][f"{target}/{metric}_k{ks[0]}" if target else f"{metric}_k{ks[0]}"]
+            checks.append(FloorCheck(target or GENERAL, ks[0], float(model), fl[key]))
+    return checks
 
 
 def _fmt(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.4g}"
 
 
-def markdown_table(results: list[dict[str, Any]], choice: Choice | None = None,
-                   only: tuple[str, ...] | None = None) -> str:
-    """The ablation table (rows: variants, columns: metrics at each source count)."""
-    cols = metric_columns(results, only)
-    header = ["variant", "residual", "extra K/V", *cols]
+def markdown_table(results: list[dict[str, Any]], choice: Choice | None = None, compact: bool = False) -> str:
+    """The ablation table (rows: variants, then the copy-source floor; columns: metrics at each
+    source count, then how each variant started when any was fine-tuned)."""
+    cols = metric_columns(results, compact)
+    with_init = any(r.get("init") for r in results)
+    header = ["variant", "residual", "extra K/V", *cols, *(["init (from the shipped model)"] if with_init else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         mark = " **(registered)**" if choice and r["variant"] == choice.variant else ""
         row = [f"{r['variant']}{mark}", "yes" if r["residual"] else "no", "yes" if r["extra_kv"] else "no"]
         row += [_fmt(float(r["metrics"][c])) for c in cols]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(row + ([r.get("init") or "-"] if with_init else [])) + " |")
+    fl = floors(results)
+    if fl:
+        row = ["copy-source floor", "-", "-"]
+        for c in cols:
+            target, name, _ = split_key(c)
+            value = fl.get(f"{target}/{name}".lstrip("/"))
+            row.append(_fmt(value) if value is not None else "")
+        lines.append("| " + " | ".join(row + (["-"] if with_init else [])) + " |")
     return "\n".join(lines)
 
 
 ALL_METRICS_HEADING = "## All metrics"
 
 
+def floor_sentence(result: dict[str, Any]) -> str:
+    """Whether the registered variant beats the copy-source floor on L1, per target."""
+    checks = floor_checks(result)
+    if not checks:
+        return ""
+    parts = [f"{c.target} {_fmt(c.model)} at k={c.k} vs floor {_fmt(c.floor)}: "
+             + ("beats it" if c.beats else "does NOT beat it") for c in checks]
+    verdict = "beats the copy-source floor on L1" if all(c.beats for c in checks) else \
+        "does NOT beat the copy-source floor on L1 everywhere"
+    return f"**Floor** (L1 of copying a source frame): the registered model {verdict} ({'; '.join(parts)})."
+
+
 def report_markdown(results: list[dict[str, Any]], choice: Choice, metric: str, data_version: str = "") -> str:
-    """Compact table (L1, PSNR, LPIPS per source count) and the decision, then every metric."""
-    core = metric_columns(results, CORE_METRICS)
-    arrows = ", ".join(f"{n} {'↑' if higher_is_better(n) else '↓'}" for n in CORE_METRICS if any(c.startswith(n + "_") for c in core))
+    """Compact table (L1, PSNR, LPIPS per source count; personal L1), the floor check and the
+    decision, then every metric."""
+    core = metric_columns(results, compact=True)
+    names = {split_key(c)[1] for c in core}
+    arrows = ", ".join(f"{n} {'↑' if higher_is_better(n) else '↓'}" for n in CORE_METRICS if n in names)
+    targets = sorted({split_key(c)[0] for c in core} - {""})
+    chosen = next((r for r in results if r["variant"] == choice.variant), None)
     parts = [
         "# iwarp ablation: residual x extra K/V (paper Table 4, our numbers)",
         "",
         "Same data, seed and training budget for all four variants"
         + (f"; data version `{data_version}`." if data_version else ".")
-        + f" Columns: metric_k<number of sources>; better is {arrows}.",
+        + (f" Targets: {', '.join(targets)}." if targets else "")
+        + f" Columns: [target/]metric_k<number of sources>; better is {arrows}.",
         "",
-        markdown_table(results, choice, CORE_METRICS if core else None),
+        markdown_table(results, choice, compact=bool(core)),
         "",
         f"**Decision** (selection metric `{metric}`): {choice.reason}.",
-        "",
-        ALL_METRICS_HEADING,
-        "",
-        markdown_table(results, choice),
-        "",
     ]
+    floor = floor_sentence(chosen) if chosen else ""
+    if floor:
+        parts += ["", floor]
+    parts += ["", ALL_METRICS_HEADING, "", markdown_table(results, choice), ""]
     return "\n".join(parts)
 
 

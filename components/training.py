@@ -30,6 +30,8 @@ def open_parent_run(
     nproc_per_node: int,
     num_nodes: int,
     select_metric: str,
+    init_from: str,
+    data_source: str,
     pipeline_job: str,
 ) -> str:
     """Create the sweep's MLflow parent run (data version, validation result and Data Docs,
@@ -40,7 +42,7 @@ def open_parent_run(
     # text, which breaks on strings with quotes (train_overrides).
     params = {"train_config": train_config, "train_overrides": list(train_overrides), "seed": seed,
               "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
-              "select_metric": select_metric}
+              "select_metric": select_metric, "init_from": init_from, "data_source": data_source}
     return start_parent_run(tracking_uri, experiment, data_version, validation.path, data_docs.path, params,
                             pipeline_job)
 
@@ -65,6 +67,7 @@ def train_model(
     image: str,
     shared_dir: str,
     data_pvc: str,
+    init_from: str,
     checkpoint: Output[Model],
 ) -> str:
     """Train one ablation variant with the same data, seed and step budget as the others,
@@ -74,6 +77,9 @@ def train_model(
     backend="trainjob": a Kubeflow Trainer TrainJob of `num_nodes` x `nproc_per_node`
     processes with `gpus_per_node` GPUs each (needs a cluster; tested with the SDK client
     mocked only).
+    `init_from`: fine-tune from this checkpoint (a shipped model's name such as `iwarp-faces-64`,
+    or a path); a module the variant lacks is dropped, one it adds starts fresh (checkpoint
+    metadata `init` says which). Empty: train from scratch.
     """
     from components.steps.training import TrainRequest, run_training
 
@@ -83,10 +89,10 @@ def train_model(
         experiment=experiment, parent_run_id=parent_run_id, backend=backend,
         nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
         trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir, data_pvc=data_pvc,
-        data_version=dataset.metadata.get("data_version", ""),
+        data_version=dataset.metadata.get("data_version", ""), init_from=init_from,
     )
-    run_id = run_training(req, checkpoint.path)
-    checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id,
+    run_id, init = run_training(req, checkpoint.path)
+    checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id, "init": init,
                                 "residual": bool(ablation["residual"]), "extra_kv": bool(ablation["extra_kv"])})
     return run_id
 
@@ -95,22 +101,31 @@ def train_model(
 def evaluate_model(
     checkpoint: Input[Model],
     dataset: Input[Dataset],
+    personal: Input[Dataset],
     run_id: str,
     tracking_uri: str,
     sources: list,
+    source_placement: str,
+    frame_stride: int,
     max_videos: int,
     frechet: bool,
     landmarks: bool,
     metrics: Output[Metrics],
     report: Output[Artifact],
 ):
-    """`iwarp evaluate` on the test split for each number of sources; the metrics go to the
-    variant's MLflow run, to a KFP Metrics artifact (`<metric>_k<k>` keys) and, with the
-    variant and run id, to the JSON `report` the compare step reads. `frechet`: the VGG16
-    Frechet distance (meaningful over many frames); `landmarks`: AKD/MKR (face data only)."""
+    """`iwarp evaluate --copy-source` for each number of sources on two targets: `general` (the
+    dataset's test split: identities never trained on) and `personal` (a held-out clip of a
+    trained person; skipped when that dataset is empty). Keys `<target>/<metric>_k<k>` and the
+    copy-source floor `<target>/copy_source_<metric>` go to the variant's MLflow run (`eval/`
+    prefix), to a KFP Metrics artifact and, with the variant and run id, to the JSON `report`
+    the compare step reads. `source_placement`: first | spread (sources spread over the clip);
+    `frame_stride`: drive every n-th of the other frames.
+    `frechet`: the VGG16 Frechet distance (meaningful over many frames); `landmarks`: AKD/MKR."""
     from components.steps.training import run_evaluation
 
-    values = run_evaluation(checkpoint.path, dataset.path, [int(k) for k in sources], run_id, tracking_uri,
-                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks)
+    targets = {"general": dataset.path, "personal": personal.path}
+    values = run_evaluation(checkpoint.path, targets, [int(k) for k in sources], run_id, tracking_uri,
+                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks, source_placement,
+                            int(frame_stride))
     for key, value in values.items():
         metrics.log_metric(key, value)

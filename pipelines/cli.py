@@ -9,6 +9,10 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from pipelines.local_run import (  # light: rich + the standard library
+        DEFAULT_FRAME_STRIDE,
+        DEFAULT_STEPS,
+    )
     p = sub.add_parser("pipeline", help="run the Kubeflow pipeline locally, or compile it for a cluster",
                        description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")
     psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
@@ -16,24 +20,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = psub.add_parser(
         "run",
         help="run the whole pipeline locally (kfp.local + local MLflow, TorchServe, DVC)",
-        description="Run preprocess -> validate -> ablation sweep (4 trainings) -> compare -> register -> "
-        "package -> canary with kfp.local's SubprocessRunner. Starts or reuses a local MLflow server "
-        "(SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
+        description="Run preprocess -> validate -> ablation sweep (4 fine-tunings of the shipped model) -> "
+        "compare -> animate + register -> package -> canary with kfp.local's SubprocessRunner. Starts or "
+        "reuses a local MLflow server (SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
     )
-    r.add_argument("--data", metavar="DIR", help="folder of raw videos (default: generate a synthetic set)")
+    r.add_argument("--data", default="faces", metavar="faces|synth|DIR",
+                   help="faces: real faces (DVC's faces stage, the default); synth: synthetic heads; "
+                   "or a folder of raw videos")
     r.add_argument("--data-param", dest="data_params", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="params.yaml overrides for the data stages, e.g. synth.num_identities=4 prepare.crop=face")
-    r.add_argument("--config", default="configs/tiny.yaml", help="training config (default: %(default)s)")
+                   help="params.yaml overrides for the data stages, e.g. faces.clips_per_photo=2 prepare.crop=face")
+    r.add_argument("--config", default="configs/faces-64.yaml", help="training config (default: %(default)s)")
+    r.add_argument("--init-from", default="iwarp-faces-64", metavar="NAME|CKPT",
+                   help="shipped model (models/ or $IWARP_MODELS_DIR) or checkpoint every variant fine-tunes from; "
+                   "'' trains from scratch (default: %(default)s)")
     r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="training config overrides applied to all four variants")
-    r.add_argument("--steps", type=int, default=0, help="training steps per variant (default: the config's)")
+    r.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help="training steps per variant (default: %(default)s; 0: the config's)")
     r.add_argument("--nproc", type=int, default=1, help="training processes per variant (torchrun; default 1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--image-size", type=int, default=64, help="prepared frame size (default: %(default)s)")
     r.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4], metavar="K", help="evaluate with K sources")
+    r.add_argument("--source-placement", choices=["first", "spread"], default="spread",
+                   help="evaluation sources: spread over each test clip (default) or its first frames")
+    r.add_argument("--frame-stride", type=int, default=DEFAULT_FRAME_STRIDE,
+                   help="evaluation drives every n-th of the other frames (default: %(default)s)")
     r.add_argument("--eval-max-videos", type=int, default=0, help="evaluate on at most N test videos (0: all)")
     r.add_argument("--fd", action="store_true", help="also the VGG16 Frechet distance (slow on CPU; needs many frames)")
-    r.add_argument("--landmarks", action="store_true", help="also AKD/MKR (face videos only; dlib, slow on CPU)")
+    r.add_argument("--landmarks", action="store_true", help="also AKD/MKR (dlib face landmarks, slow on CPU)")
     r.add_argument("--select-metric", default="lpips", help="metric that may overrule the full model (default: lpips)")
     r.add_argument("--experiment", default="iwarp", help="MLflow experiment (default: %(default)s)")
     r.add_argument("--model-name", default="iwarp", help="MLflow registered model / TorchServe model name")
@@ -41,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--home", help="state directory (default: $IWARP_HOME or ./.iwarp)")
     r.add_argument("--verbose", "-v", action="store_true", help="stream every task's log instead of the progress view")
     r.add_argument("--json", metavar="PATH", help="also write the run's result as JSON")
+    r.add_argument("--readme-picture", action="store_true",
+                   help="also copy the champion's animation (sources | driving | output) to docs/images/main-job.png")
     r.set_defaults(func=_run)
 
     c = psub.add_parser("compile", help="write the pipeline IR YAML for `kfp run create`",
@@ -65,16 +81,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from pipelines.local_run import LocalRunOptions, print_summary, result_json, run_local
+    from pipelines.local_run import (
+        LocalRunOptions,
+        print_summary,
+        result_json,
+        run_local,
+    )
     from pipelines.services import ServiceError
 
     console = Console()
     opts = LocalRunOptions(
-        data=args.data, data_params=args.data_params, config=args.config, overrides=args.overrides, steps=args.steps, nproc=args.nproc,
-        seed=args.seed, image_size=args.image_size, eval_sources=args.sources, eval_max_videos=args.eval_max_videos,
+        data=args.data, data_params=args.data_params, config=args.config, init_from=args.init_from,
+        overrides=args.overrides, steps=args.steps, nproc=args.nproc, seed=args.seed, image_size=args.image_size,
+        eval_sources=args.sources, eval_source_placement=args.source_placement,
+        eval_frame_stride=args.frame_stride, eval_max_videos=args.eval_max_videos,
         eval_fd=args.fd, eval_landmarks=args.landmarks,
         select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
-        mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose,
+        mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose, readme_picture=args.readme_picture,
     )
     try:
         result = run_local(opts, console)
@@ -124,13 +147,19 @@ def _compile(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
-    print(f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} raw_data=s3://BUCKET/raw "
+    print(f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} "
           "tracking_uri=http://iwarp-mlflow.iwarp.svc.cluster.local:5000 dvc_remote=s3://BUCKET/dvc")
     return 0
 
 
 def _services(args: argparse.Namespace) -> int:
-    from pipelines.services import MlflowServer, ServiceError, iwarp_home, stop_torchserve, torchserve_status
+    from pipelines.services import (
+        MlflowServer,
+        ServiceError,
+        iwarp_home,
+        stop_torchserve,
+        torchserve_status,
+    )
 
     home = iwarp_home(args.home)
     mlflow = MlflowServer(home)

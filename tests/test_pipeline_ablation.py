@@ -94,3 +94,41 @@ def test_table_lists_every_variant_and_shared_metric(tmp_path):
     png = chart(r, str(tmp_path / "chart.png"))
     with Image.open(png) as img:
         assert img.format == "PNG" and img.width > 600 and img.height > 200
+
+
+def target_results(general_l1: dict[str, float], personal_l1: float = 0.05) -> list[dict]:
+    """The main job's reports: general and personal targets, their copy-source floors, init notes."""
+    out = []
+    for a in ABLATIONS:
+        g = general_l1[a["variant"]]
+        metrics = {"general/l1_k1": g, "general/l1_k2": g * 0.9, "general/psnr_k1": 20.0, "general/lpips_k1": g * 2,
+                   "general/copy_source_l1": 0.12, "general/copy_source_lpips": 0.3,
+                   "personal/l1_k1": personal_l1, "personal/lpips_k1": 0.2, "personal/copy_source_l1": 0.08}
+        init = "loaded 90" + ("" if a["residual"] else "; skipped residual_mlp")
+        out.append({**a, "run_id": f"run-{a['variant']}", "init": init, "metrics": metrics})
+    return out
+
+
+def test_targets_floors_and_init_in_the_report():
+    r = target_results({"full": 0.10, "no-residual": 0.11, "no-extra-kv": 0.12, "neither": 0.13})
+    choice = choose_variant(r, "lpips", 0.02)  # read on the general target
+    assert choice.variant == "full" and "mean lpips 0.2 " in choice.reason
+    assert selection_score(r[0]["metrics"], "lpips") == pytest.approx(0.2)
+    assert selection_score(r[0]["metrics"], "personal/lpips") == pytest.approx(0.2)
+    assert metric_columns(r, compact=True) == ["general/l1_k1", "general/l1_k2", "general/psnr_k1",
+                                               "general/lpips_k1", "personal/l1_k1"]
+    md = report_markdown(r, choice, "lpips")
+    compact = md.split("## All metrics")[0]
+    assert "| init (from the shipped model) |" in compact and "| loaded 90; skipped residual_mlp |" in compact
+    # the floor is a row of its own, under the metric it bounds, never a column
+    assert "| copy-source floor | - | - | 0.12 | 0.12 |  | 0.3 | 0.08 | - |" in compact
+    assert "copy_source" not in compact
+    assert "the registered model beats the copy-source floor on L1" in compact
+    assert "general 0.1 at k=1 vs floor 0.12: beats it; personal 0.05 at k=1 vs floor 0.08: beats it" in compact
+
+
+def test_a_champion_above_the_floor_is_said_so():
+    r = target_results({a["variant"]: 0.2 for a in ABLATIONS}, personal_l1=0.05)
+    md = report_markdown(r, choose_variant(r, "l1", 0.02), "l1")
+    assert "does NOT beat the copy-source floor on L1 everywhere" in md
+    assert "general 0.2 at k=1 vs floor 0.12: does NOT beat it; personal 0.05 at k=1 vs floor 0.08: beats it" in md

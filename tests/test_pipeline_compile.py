@@ -15,9 +15,10 @@ from pipelines.pipeline import PlatformOptions, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_PARAMS = {
-    "raw_data", "tracking_uri", "dvc_remote", "s3_endpoint_url", "image_size", "train_config", "train_overrides",
-    "seed", "train_steps", "train_backend", "nproc_per_node", "num_nodes", "gpus_per_node", "eval_sources",
-    "select_metric", "experiment", "model_name", "serving_target",
+    "data_source", "raw_data", "tracking_uri", "dvc_remote", "s3_endpoint_url", "image_size", "train_config",
+    "init_from", "train_overrides", "seed", "train_steps", "train_backend", "nproc_per_node", "num_nodes",
+    "gpus_per_node", "eval_sources", "eval_source_placement", "eval_frame_stride", "select_metric", "experiment", "model_name",
+    "serving_target",
 }
 
 
@@ -45,9 +46,14 @@ def test_yaml_lists_pipeline_parameters(compiled):
     spec, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert EXPECTED_PARAMS <= set(params)
-    # required on a cluster (no default): where the data, the tracking server and the remote are
-    for required in ("raw_data", "tracking_uri", "dvc_remote"):
+    # required on a cluster (no default): where the tracking server and the data remote are
+    for required in ("tracking_uri", "dvc_remote"):
         assert "defaultValue" not in params[required]
+    # the main job: real faces, every variant fine-tuned from the shipped model, evaluated with spread sources
+    assert params["data_source"]["defaultValue"] == "faces" and params["raw_data"]["defaultValue"] == ""
+    assert params["init_from"]["defaultValue"] == "iwarp-faces-64"
+    assert params["train_config"]["defaultValue"] == "configs/faces-64.yaml" and params["image_size"]["defaultValue"] == 64
+    assert params["eval_source_placement"]["defaultValue"] == "spread"
     assert params["train_backend"]["defaultValue"] == "trainjob"
     assert params["eval_sources"]["defaultValue"] == [1, 2, 4]
     assert params["eval_sources"]["parameterType"] == "LIST"
@@ -73,6 +79,9 @@ def test_ablation_sweep_is_a_parallel_for_over_four_variants(compiled):
     for same in ("seed", "steps", "train_config", "train_overrides"):
         assert "loop-item" not in str(train_inputs["parameters"][same]), same
     assert "dataset" in train_inputs["artifacts"]
+    assert "loop-item" not in str(train_inputs["parameters"]["init_from"])  # all four start from one model
+    # evaluation sees both targets: the general test identity and the personal hold-out
+    assert {"dataset", "personal", "checkpoint"} <= set(body["evaluate-model"]["inputs"]["artifacts"])
     # the compare step fans the four evaluations and checkpoints back in
     compare = root["compare-ablations"]
     assert "ablation-sweep" in compare["dependentTasks"]
@@ -89,6 +98,8 @@ def test_chain_order(compiled):
     assert {"compare-ablations"} <= deps["register-model"]
     assert {"register-model", "compare-ablations"} <= deps["package-model"]
     assert {"package-model", "register-model"} <= deps["deploy-canary"]
+    # the champion's picture (sources | driving | output) from the chosen model and the test split
+    assert {"compare-ablations", "preprocess-data"} <= deps["animate-champion"]
 
 
 def test_every_step_uses_the_project_image_and_locked_pins(compiled):
@@ -96,7 +107,7 @@ def test_every_step_uses_the_project_image_and_locked_pins(compiled):
     lock = {line.split("==")[0].lower().replace("_", "-"): line.strip()
             for line in (ROOT / "requirements/lock.txt").read_text().splitlines() if "==" in line and not line.startswith("#")}
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 10
+    assert len(executors) == 11
     for name, ex in executors.items():
         c = ex["container"]
         assert c["image"] == DEFAULT_IMAGE, name
@@ -127,7 +138,8 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     mlflow = {("iwarp-mlflow-auth", True): {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
     assert secrets("exec-preprocess-data") == s3
     assert secrets("exec-train-model") == {**s3, **mlflow}
-    for ex in ("exec-open-parent-run", "exec-evaluate-model", "exec-compare-ablations", "exec-register-model"):
+    for ex in ("exec-open-parent-run", "exec-evaluate-model", "exec-compare-ablations", "exec-register-model",
+               "exec-animate-champion"):
         assert secrets(ex) == mlflow, ex
     assert secrets("exec-deploy-canary") == {**s3, **mlflow}
     # the train step shares the data volume with the TrainJob it submits

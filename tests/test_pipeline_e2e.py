@@ -1,10 +1,13 @@
 """`iwarp pipeline run` end to end on this machine: kfp.local's SubprocessRunner, a real
 MLflow server (SQLite), a real TorchServe, real DVC with a directory remote, real Great
-Expectations, the tiny training config. One full run is shared by the tests below; an
-invalid-data run reuses its services.
+Expectations. The main job's path: DVC's real `faces` stage (fewer photo clips), the four
+variants fine-tuning a stand-in for the shipped model `iwarp-faces-64` (configs/faces-64.yaml
+trained a few steps here, found by name through $IWARP_MODELS_DIR), evaluation on the general
+and personal targets. One full run is shared by the tests below; a second run, a failed
+training and an invalid-data run (synthetic clips, too short) reuse its services.
 
-Budget: the full run takes a few minutes on 2 CPU cores (tiny model, few steps, small
-synthetic set); everything after it takes seconds.
+Budget: the full run takes a few minutes on 2 CPU cores (few steps, one clip per photo);
+everything after it takes seconds.
 """
 
 import base64
@@ -13,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -34,7 +38,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
 STEPS = 10  # per variant: the variants still differ (architectures differ from step 0); CI stays short
-SMALL_DATA = ["synth.num_identities=4", "synth.videos_per_identity=2", "synth.num_frames=16", "synth.image_size=64"]
+SMALL_FACES = ["faces.clips_per_photo=1", "faces.photo_frames=24"]  # the real faces, fewer photo clips
+SHIPPED = "iwarp-faces-64"
 
 
 def chromium() -> str | None:
@@ -113,6 +118,27 @@ FOLD_JS = """(() => {
 
 
 @pytest.fixture(scope="module")
+def shipped_model(tmp_path_factory):
+    """A stand-in for models/iwarp-faces-64.ckpt: configs/faces-64.yaml trained 3 steps on a few
+    synthetic clips, put where `resolve_checkpoint` finds shipped models ($IWARP_MODELS_DIR);
+    the pipeline's tasks inherit the variable."""
+    from iwarp.data import SynthConfig, make_synth_dataset
+
+    tmp = tmp_path_factory.mktemp("shipped")
+    make_synth_dataset(tmp / "data", SynthConfig(num_identities=3, videos_per_identity=1, num_frames=12,
+                                                 image_size=64, format="png"), overwrite=True, progress=False)
+    subprocess.run([sys.executable, "-m", "iwarp", "train", "--config", str(ROOT / "configs/faces-64.yaml"), "--set",
+                    f"data.root={tmp / 'data'}", f"out_dir={tmp / 'run'}", "optim.steps=3", "optim.warmup_steps=1",
+                    "data.batch_size=2", "logging.images_every_steps=0"], check=True, capture_output=True)
+    models = tmp / "models"
+    models.mkdir()
+    shutil.copy(tmp / "run" / "checkpoints" / "final.ckpt", models / f"{SHIPPED}.ckpt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IWARP_MODELS_DIR", str(models))
+        yield models / f"{SHIPPED}.ckpt"
+
+
+@pytest.fixture(scope="module")
 def home(tmp_path_factory):
     """A private state dir (its own MLflow port and TorchServe ports); services stopped after."""
     path = tmp_path_factory.mktemp("iwarp-home")
@@ -124,14 +150,15 @@ def home(tmp_path_factory):
 
 
 def options(home: Path, **kw) -> LocalRunOptions:
-    base = dict(home=str(home), steps=STEPS, nproc=2, data_params=SMALL_DATA, eval_sources=[1, 2], eval_max_videos=1,
+    base = dict(home=str(home), steps=STEPS, nproc=2, data="faces", data_params=SMALL_FACES, init_from=SHIPPED,
+                eval_sources=[1, 2], eval_frame_stride=8, eval_max_videos=1,
                 mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
     base.update(kw)
     return LocalRunOptions(**base)
 
 
 @pytest.fixture(scope="module")
-def full_run(home):
+def full_run(home, shipped_model):
     out = io.StringIO()
     console = Console(file=out, width=160)
     result = run_local(options(home), console)
@@ -148,12 +175,20 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     assert {k.data.tags["iwarp.variant"] for k in kids} == {"full", "no-residual", "no-extra-kv", "neither"}
     keys = [{m for m in k.data.metrics if m.startswith("eval/")} for k in kids]
     assert keys[0] and all(k == keys[0] for k in keys), keys
-    assert {"eval/l1_k1", "eval/psnr_k2", "eval/lpips_k1", "eval/lpips_k2"} <= keys[0]
+    # both targets (the unseen woman, the man's held-out clip), each with its copy-source floor
+    for target in ("general", "personal"):
+        assert {f"eval/{target}/l1_k1", f"eval/{target}/psnr_k2", f"eval/{target}/lpips_k1",
+                f"eval/{target}/lpips_k2", f"eval/{target}/copy_source_l1"} <= keys[0]
     assert {k.info.status for k in kids} == {"FINISHED"}
-    # identical data, seed and budget for all four; each trained by 2 DDP processes (torchrun)
-    for p in ("seed", "optim.steps", "data.root"):
+    # identical data, seed, budget and starting model for all four; each trained by 2 DDP processes
+    for p in ("seed", "optim.steps", "data.root", "init_from", "init_from.checkpoint"):
         assert len({k.data.params[p] for k in kids}) == 1, p
     assert {k.data.params["world_size"] for k in kids} == {"2"}
+    by_variant = {k.data.tags["iwarp.variant"]: k.data.params for k in kids}
+    assert by_variant["full"]["init_from"] == SHIPPED and by_variant["full"]["init_from.skipped"] == "0"
+    for variant in ("no-residual", "no-extra-kv", "neither"):  # each drops the modules it lacks
+        assert int(by_variant[variant]["init_from.skipped"]) > 0, variant
+    assert by_variant["full"]["data.root"].endswith("preprocess-data/dataset")
 
 
 def test_parent_run_holds_the_ablation_table_and_decision(full_run):
@@ -169,6 +204,36 @@ def test_parent_run_holds_the_ablation_table_and_decision(full_run):
     for variant in ("full", "no-residual", "no-extra-kv", "neither"):
         assert f"| {variant}" in table
     assert "**Decision**" in table
+    # what each variant took from the shipped model, the floor row and the floor verdict
+    assert "init (from the shipped model)" in table and "skipped residual_mlp" in table
+    assert "| copy-source floor |" in table and "**Floor**" in table
+    assert {"floor/general/l1", "floor/personal/l1", "champion/general/l1_k1"} <= set(parent.data.metrics)
+    assert parent.data.tags["iwarp.beats_floor.general"] in ("true", "false")
+    assert "animation/animation.png" in {f.path for f in client.list_artifacts(parent.info.run_id, "animation")}
+
+
+def test_data_is_the_real_faces_versioned_and_validated_with_face_checks(full_run):
+    from iwarp.data.manifest import read_manifest
+
+    general = next(full_run.run_dir.rglob("preprocess-data/dataset"))
+    personal = next(full_run.run_dir.rglob("preprocess-data/personal"))
+    g, p = read_manifest(general / "manifest.csv"), read_manifest(personal / "manifest.csv")
+    assert set(g[g["split"] == "test"]["identity"]) == {"feat_woman"}  # never trained on
+    assert "feat_woman" not in set(g[g["split"] == "train"]["identity"])
+    assert set(p["identity"]) == {"feat_man"} and set(p["split"]) == {"train", "test"}
+    assert (g["face_rate"].notna()).all()  # real faces only: no synthetic heads in the main job
+    validation = json.loads(next(full_run.run_dir.rglob("validate-data/validation")).read_text())
+    assert validation["success"] and validation["config"]["face_dataset"] is True
+    log = full_run.log.read_text()
+    assert "Running stage 'faces'" in log and "personal set" in log
+
+
+def test_animation_picture_of_the_test_identity(full_run):
+    assert full_run.animation == full_run.run_dir / "animation.png"
+    with Image.open(full_run.animation) as img:  # 2 sources + a gap + 6 frames, 64 px tiles shown at 128
+        assert img.format == "PNG" and img.width >= 9 * 128 and img.height >= 2 * 128
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(full_run.animation, ARTIFACTS / "animation.png")
 
 
 def test_registered_version_has_the_right_alias(full_run):
@@ -221,7 +286,7 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
     shot = ARTIFACTS / "mlflow-compare-runs.png"
     browser = Browser(tmp_path / "chromium-profile")
     try:
-        text = browser.open(url, wait_for="eval/l1_k1")
+        text = browser.open(url, wait_for="eval/general/l1_k1")
         assert "Comparing 4 Runs" in text
         for k in kids:
             assert k.info.run_name in text  # the four variants, side by side
@@ -230,10 +295,10 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
         # the metrics table renders only the rows in view (it is virtualised): the evaluation's
         # come right after the discriminator's three, in the first screenful
         shown = browser.js("document.body.innerText")
-        for metric in ("eval/l1_k1", "eval/l1_k2", "eval/lpips_k1"):
+        for metric in ("eval/general/l1_k1", "eval/general/l1_k2", "eval/general/lpips_k1"):
             assert metric in shown, metric
         # the value each run logged appears in the table, formatted as the UI does
-        value = kids[0].data.metrics["eval/lpips_k1"]
+        value = kids[0].data.metrics["eval/general/lpips_k1"]
         assert any(f"{value:.{d}g}" in shown for d in (3, 4, 5, 6)), value
         browser.screenshot(shot)
     finally:
@@ -260,7 +325,7 @@ def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, 
     assert MlflowServer(home).running().pid == mlflow_pid
     assert ServerHandle.load(home / "serve").pid == ts_pid
     log = result.log.read_text()
-    assert "Stage 'prepare' didn't change, skipping" in log
+    assert "Stage 'faces' didn't change, skipping" in log
 
     first, second = int(full_run.outputs["registered_version"]), int(result.outputs["registered_version"])
     assert second == first + 1

@@ -7,28 +7,76 @@ import sys
 import pytest
 import yaml
 
-from components.steps.data import bundle_data_docs, check_gate, set_params
-from components.steps.training import eval_metrics, run_streaming
+from components.steps.data import bundle_data_docs, check_gate, check_source, set_params
+from components.steps.training import (
+    eval_metrics,
+    init_summary,
+    module_name,
+    run_streaming,
+)
 
 
 def test_set_params_applies_typed_overrides_and_rejects_unknown_keys(tmp_path):
-    params = set_params(tmp_path, "/videos", 128, ["prepare.crop=face", "synth.num_frames=16", "validate.fps_min=5.5"])
+    params = set_params(tmp_path, "videos", "/videos", 128,
+                        ["prepare.crop=face", "synth.num_frames=16", "validate.fps_min=5.5"])
     written = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert written == params
-    assert params["prepare"]["input"] == "/videos"
-    assert params["prepare"]["image_size"] == params["validate"]["image_size"] == 128
+    assert params["prepare"]["input"] == "/videos" and params["dataset"] == "data/prepared"
+    assert params["prepare"]["image_size"] == params["validate"]["image_size"] == params["faces"]["image_size"] == 128
     assert params["prepare"]["crop"] == "face" and params["synth"]["num_frames"] == 16
     assert params["validate"]["fps_min"] == 5.5
-    for bad in ("prepare.no_such_key=1", "nosection.x=1", "prepare.crop"):
+    assert params["validate"]["face_dataset"] is True  # face-cropped videos get the face checks
+    for bad in ("prepare.no_such_key=1", "nosection.x=1", "prepare.crop", "dataset.x=1"):
         with pytest.raises(ValueError, match="section.key=value"):
-            set_params(tmp_path, "/videos", 64, [bad])
+            set_params(tmp_path, "videos", "/videos", 64, [bad])
+
+
+def test_set_params_per_data_source(tmp_path):
+    faces = set_params(tmp_path, "faces", "", 64, ["faces.clips_per_photo=1"])
+    assert faces["dataset"] == "data/faces/general" and faces["faces"]["clips_per_photo"] == 1
+    assert faces["validate"]["face_dataset"] is True and faces["faces"]["synth_identities"] == 0
+    synth = set_params(tmp_path, "synth", "data/synth", 64, [])
+    assert synth["dataset"] == "data/prepared" and synth["prepare"]["input"] == "data/synth"
+    assert synth["validate"]["face_dataset"] is False  # the synthetic heads are not faces
+    forced = set_params(tmp_path, "synth", "data/synth", 64, ["validate.face_dataset=true"])
+    assert forced["validate"]["face_dataset"] is True  # an explicit override wins
+
+
+def test_data_source_and_raw_data_go_together():
+    check_source("faces", "")
+    check_source("synth", "")
+    check_source("videos", "s3://bucket/raw")
+    for source, raw in (("videos", ""), ("faces", "/videos"), ("webcam", "")):
+        with pytest.raises(ValueError, match="data_source"):
+            check_source(source, raw)
 
 
 def test_eval_metrics_flattens_per_k_and_drops_non_measurements():
     result = {"per_k": {"1": {"l1": 0.1, "psnr": 20.0, "lpips": 0.3, "akd": None, "mkr": 1.0, "frames": 12.0},
-                        "4": {"l1": 0.08, "psnr": 21.0, "lpips": 0.25, "akd": 2.5, "mkr": 0.1, "frames": 12.0}}}
+                        "4": {"l1": 0.08, "psnr": 21.0, "lpips": 0.25, "akd": 2.5, "mkr": 0.1, "frames": 12.0}},
+              "copy_source": None}
     assert eval_metrics(result) == {"l1_k1": 0.1, "psnr_k1": 20.0, "lpips_k1": 0.3, "l1_k4": 0.08, "psnr_k4": 21.0,
                                     "lpips_k4": 0.25, "akd_k4": 2.5, "mkr_k4": 0.1}
+
+
+def test_eval_metrics_names_the_target_and_the_copy_source_floor():
+    result = {"per_k": {"1": {"l1": 0.2, "lpips": 0.5, "akd": None, "frames": 9.0}},
+              "copy_source": {"l1": 0.12, "lpips": 0.1, "akd": None, "mkr": None, "frames": 9.0}}
+    assert eval_metrics(result, "personal") == {"personal/l1_k1": 0.2, "personal/lpips_k1": 0.5,
+                                                "personal/copy_source_l1": 0.12, "personal/copy_source_lpips": 0.1}
+
+
+def test_init_summary_names_the_modules_a_variant_dropped_or_added(tmp_path):
+    assert init_summary(tmp_path) == "scratch"  # no init_from.json: trained from scratch
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "init_from.json").write_text(json.dumps({"generator": {
+        "loaded": ["a.weight", "b.weight", "c.bias"],
+        "skipped": ["residual_mlp.0.weight", "residual_mlp.0.bias", "residual_mlp.2.weight",
+                    "attention.extra_residual_values"],
+        "new": []}}))
+    assert init_summary(tmp_path) == "loaded 3; skipped residual_mlp, attention.extra_residual_values"
+    assert module_name("attention.extra_keys") == "attention.extra_keys"
+    assert module_name("value.blocks.1.conv.weight") == "value.blocks"
 
 
 def test_run_streaming_passes_output_through_and_keeps_the_reason(capsys):
@@ -72,3 +120,20 @@ def test_data_docs_bundle_is_one_page_with_every_validation_page(tmp_path):
     assert html.count("<iframe") == 2 and "iwarp_frames result" in html and "iwarp_videos result" in html
     assert "&lt;script&gt;" in html and "<script>" not in html  # paths and messages are escaped
     assert "identity_leak" in html and "a_v0, a_v1" in html
+
+
+def test_the_animation_is_kept_per_run_and_in_docs_only_when_asked(tmp_path, monkeypatch):
+    from pipelines.local_run import README_PICTURE, keep_animation
+
+    monkeypatch.setenv("IWARP_PROJECT_DIR", str(tmp_path / "project"))
+    src = tmp_path / "kfp" / "animation"  # KFP artifact files have no extension
+    src.parent.mkdir()
+    src.write_bytes(b"\x89PNG fake")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert keep_animation(src, run_dir, readme=False) == run_dir / "animation.png"
+    assert (run_dir / "animation.png").read_bytes() == b"\x89PNG fake"
+    assert not (tmp_path / "project" / README_PICTURE).exists()
+    keep_animation(src, run_dir, readme=True)
+    assert (tmp_path / "project" / "docs" / "images" / "main-job.png").read_bytes() == b"\x89PNG fake"
+    assert keep_animation(None, run_dir, readme=True) is None  # a failed run has no picture

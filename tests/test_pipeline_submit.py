@@ -83,7 +83,8 @@ def test_kfp_run_create_sends_our_spec_and_typed_parameters(tmp_path, kfp_api, v
     url, api = kfp_api
     package = compile_pipeline(tmp_path / "iwarp_pipeline.yaml")
     proc = kfp_cli("--endpoint", url, "run", verb, "-e", "iwarp-ablation", "-f", str(package),
-                   "raw_data=s3://team-bucket/raw/talking-heads", "tracking_uri=http://iwarp-mlflow.iwarp:5000",
+                   "data_source=videos", "raw_data=s3://team-bucket/raw/talking-heads",
+                   "tracking_uri=http://iwarp-mlflow.iwarp:5000",
                    "dvc_remote=s3://team-bucket/dvc", "num_nodes=2", "gpus_per_node=4", "nproc_per_node=4",
                    "eval_sources=[1, 2, 4, 8]", "select_margin=0.05")
     assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -16,7 +16,7 @@ from iwarp.data import VideoDataset
 from iwarp.data.video import read_video, write_video
 from iwarp.training.animate import animate_frames
 from iwarp.training.config import load_train_config
-from iwarp.training.evaluate import frame_plan, spread_indices
+from iwarp.training.evaluate import EvalError, animation_picture, frame_plan, spread_indices
 from iwarp.training.loop import train
 
 from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp
@@ -129,6 +129,25 @@ def test_evaluate_with_spread_sources(checkpoints, data, tmp_path):
     # the floor predicts the first source of the smallest k (the middle frame for k=1)
     assert report["copy_source"]["frames"] == driven
     assert report["copy_source"]["l1"] == pytest.approx(float(np.mean(diffs)), rel=1e-5)
+
+
+def test_animation_picture_shows_sources_driving_and_output(checkpoints, data, tmp_path):
+    """The README picture: k sources, a gap, then driving frames over the model's outputs."""
+    path = animation_picture(checkpoints["implicit"], data, tmp_path / "anim.png", k=2, frames=4)
+    ds = VideoDataset(data, "test", 64)
+    n = ds.videos[0].num_frames
+    sources = ds.read_frames(0, spread_indices(n, 2))
+    with Image.open(path) as img:
+        picture = np.asarray(img.convert("RGB"))
+    tile, pad, label = 128, 2, 12  # 64 px frames drawn at 2x, 2 px gaps, a 12 px header
+    assert picture.shape == (label + 2 * (tile + pad), 7 * (tile + pad), 3)
+    first = (sources[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).repeat(2, 0).repeat(2, 1)
+    assert np.abs(picture[label:label + tile, :tile].astype(int) - first).max() <= 1  # source 1, top left
+    assert (picture[label + tile + pad:, :tile] == 255).all()  # nothing under the sources
+    output = picture[label + tile + pad:label + 2 * tile + pad, 3 * (tile + pad):3 * (tile + pad) + tile]
+    assert output.std() > 0  # the model drew something under the first driving frame
+    with pytest.raises(EvalError, match="no test videos|cannot draw"):
+        animation_picture(checkpoints["implicit"], tmp_path / "nowhere", tmp_path / "x.png")
 
 
 def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monkeypatch):

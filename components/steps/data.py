@@ -50,23 +50,45 @@ def init_workspace(workspace: Path, remote: str, endpoint_url: str) -> None:
         dvc(workspace, "remote", "modify", "pipeline", "endpointurl", endpoint_url)
 
 
-def set_params(workspace: Path, raw_input: str, image_size: int, overrides: list[str]) -> dict[str, Any]:
-    """This run's params.yaml: the repository's, plus the input, size and `section.key=value`
-    overrides. A key the stages do not know fails here, not halfway through `dvc repro`."""
+# Where the main job's data comes from (pipeline parameter `data_source`).
+DATA_SOURCES = ("faces", "synth", "videos")
+# The DVC stage that makes each source's training set and what it writes (dvc.yaml).
+FACES_OUTS = {"dataset": "data/faces/general", "personal": "data/faces/personal"}
+PREPARED = "data/prepared"
+
+
+def set_params(workspace: Path, data_source: str, raw_input: str, image_size: int,
+               overrides: list[str]) -> dict[str, Any]:
+    """This run's params.yaml: the repository's, plus the data source, input, size and
+    `section.key=value` overrides. A key the stages do not know fails here, not halfway through
+    `dvc repro`. Face checks run on face data: the real faces, or videos cropped with
+    `prepare.crop=face` (the synthetic heads are not faces); an override still wins."""
     import yaml
 
     params = yaml.safe_load(project_file("params.yaml").read_text())
-    params["prepare"]["input"] = raw_input
-    params["prepare"]["image_size"] = int(image_size)
-    params["validate"]["image_size"] = int(image_size)  # the repo's file ties them with a YAML alias
+    params["dataset"] = FACES_OUTS["dataset"] if data_source == "faces" else PREPARED
+    params["prepare"]["input"] = raw_input or params["prepare"]["input"]
+    for section in ("faces", "prepare", "validate"):  # the repo's file ties them with a YAML alias
+        params[section]["image_size"] = int(image_size)
     for item in overrides:
         key, sep, value = item.partition("=")
         section, _, name = key.partition(".")
-        if not sep or not name or section not in params or name not in params[section]:
+        if not sep or not name or not isinstance(params.get(section), dict) or name not in params[section]:
             raise ValueError(f"data_params entries look like section.key=value with a key of params.yaml, got {item!r}")
         params[section][name] = yaml.safe_load(value)
+    if not any(item.startswith("validate.face_dataset=") for item in overrides):
+        params["validate"]["face_dataset"] = data_source == "faces" or (
+            data_source == "videos" and params["prepare"]["crop"] == "face")
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
+
+
+def check_source(data_source: str, raw_data: str) -> None:
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"data_source must be one of {', '.join(DATA_SOURCES)}, got {data_source!r}")
+    if (data_source == "videos") != bool(raw_data):
+        raise ValueError("raw_data (a folder or s3:// prefix of videos) goes with data_source=videos, and only with it; "
+                         f"got data_source={data_source!r}, raw_data={raw_data!r}")
 
 
 def stage_raw_data(raw_data: str, workspace: Path, endpoint_url: str) -> str:
@@ -88,34 +110,49 @@ def stage_raw_data(raw_data: str, workspace: Path, endpoint_url: str) -> str:
     return str(path)
 
 
-def data_version(workspace: Path, out: str = "data/prepared") -> str:
-    """The DVC content hash of the prepared dataset, from dvc.lock."""
+def data_version(workspace: Path, out: str = PREPARED) -> str:
+    """The DVC content hash of one stage output (a dataset folder), from dvc.lock."""
     import yaml
 
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
-    for o in lock["stages"]["prepare"]["outs"]:
-        if o["path"] == out:
-            return str(o["md5"]).removesuffix(".dir")
+    for stage in lock["stages"].values():
+        for o in stage.get("outs", []):
+            if o["path"] == out:
+                return str(o["md5"]).removesuffix(".dir")
     raise RuntimeError(f"dvc.lock in {workspace} has no output {out}")
 
 
-def run_preprocess(raw_data: str, dvc_remote: str, endpoint_url: str, workspace: str, image_size: int,
-                   data_params: list[str], dataset_path: str) -> tuple[str, dict[str, Any]]:
+def run_preprocess(data_source: str, raw_data: str, dvc_remote: str, endpoint_url: str, workspace: str,
+                   image_size: int, data_params: list[str], dataset_path: str,
+                   personal_path: str) -> tuple[str, dict[str, Any], str]:
+    """`dvc repro` of the source's stage, `dvc push`; copies the training set to `dataset_path`
+    and, for the real faces, the personal set to `personal_path` (else that folder stays empty).
+    Returns (data version of the training set, params, data version of the personal set or "")."""
+    check_source(data_source, raw_data)
     if not dvc_remote:
         raise ValueError("dvc_remote is required (s3://bucket/prefix or a directory)")
     ws = Path(workspace) if workspace else Path(tempfile.mkdtemp(prefix="iwarp-dvc-"))
     init_workspace(ws, dvc_remote, endpoint_url)
-    params = set_params(ws, stage_raw_data(raw_data, ws, endpoint_url), image_size, data_params)
+    raw_input = stage_raw_data(raw_data, ws, endpoint_url) if data_source != "faces" else ""
+    params = set_params(ws, data_source, raw_input, image_size, data_params)
     # Outputs recorded in dvc.lock but absent here (a fresh node) come back from the remote,
     # so `repro` can skip; on a first run the remote is empty and pull has nothing to fetch.
     if (ws / "dvc.lock").exists():
         dvc(ws, "pull", "--allow-missing", check=False)
-    dvc(ws, "repro", "prepare")
-    dvc(ws, "push")
-    version = data_version(ws)
-    shutil.copytree(ws / "data" / "prepared", dataset_path, dirs_exist_ok=True)
-    print(f"[preprocess] data version {version} (pushed to {dvc_remote})", flush=True)
-    return version, params
+    stage = "faces" if data_source == "faces" else "prepare"
+    dvc(ws, "repro", stage)
+    dvc(ws, "push", stage)
+    train_out = params["dataset"]
+    version = data_version(ws, train_out)
+    shutil.copytree(ws / train_out, dataset_path, dirs_exist_ok=True)
+    personal = ""
+    Path(personal_path).mkdir(parents=True, exist_ok=True)
+    if data_source == "faces":
+        personal = data_version(ws, FACES_OUTS["personal"])
+        shutil.copytree(ws / FACES_OUTS["personal"], personal_path, dirs_exist_ok=True)
+    print(f"[preprocess] {data_source}: data version {version}" + (f", personal set {personal}" if personal else "")
+          + f" (pushed to {dvc_remote})", flush=True)
+    return version, params, personal
 
 
 def validation_config(params: dict[str, Any]):

@@ -38,7 +38,7 @@ def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from components.ablation import chart, choose_variant, metric_columns, report_markdown
+    from components.ablation import chart, choose_variant, floor_checks, floors, metric_columns, report_markdown
 
     results = load_results(report_paths)
     choice = choose_variant(results, metric, margin)
@@ -56,14 +56,21 @@ def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str
         client.log_artifact(parent_run_id, str(md), "ablation")
     cols = metric_columns(results)
     rows = [{"variant": r["variant"], "residual": r["residual"], "extra_kv": r["extra_kv"], "run_id": r["run_id"],
-             **{c: r["metrics"][c] for c in cols}} for r in results]
+             "init": r.get("init", ""), **{c: r["metrics"][c] for c in cols}} for r in results]
     client.log_table(parent_run_id, data=pd.DataFrame(rows), artifact_file="ablation/table.json")
     # The parent carries each variant's numbers too, so one run holds the whole Table 4.
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(f"{r['variant']}/{c}", float(r["metrics"][c]), now, 0)
                                              for r in results for c in cols])
-    for key, value in {"iwarp.chosen_variant": choice.variant, "iwarp.chosen_run_id": choice.run_id,
-                       "iwarp.choice_reason": choice.reason}.items():
+    # ... and the registered variant against the copy-source floor, per target.
+    chosen = next(r for r in results if r["variant"] == choice.variant)
+    checks = floor_checks(chosen)
+    client.log_batch(parent_run_id, metrics=[Metric(f"floor/{k}", v, now, 0) for k, v in floors(results).items()]
+                     + [Metric(f"champion/{c.target}/l1_k{c.k}", c.model, now, 0) for c in checks])
+    tags = {"iwarp.chosen_variant": choice.variant, "iwarp.chosen_run_id": choice.run_id,
+            "iwarp.choice_reason": choice.reason, "iwarp.chosen_init": chosen.get("init", "")}
+    tags.update({f"iwarp.beats_floor.{c.target}": str(c.beats).lower() for c in checks})
+    for key, value in tags.items():
         client.set_tag(parent_run_id, key, value)
     client.set_terminated(parent_run_id, "FINISHED")
 
@@ -73,3 +80,17 @@ def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str
                            f"{[m.get('variant') for m, _ in checkpoints]}")
     shutil.copy(src, chosen_path)
     return choice
+
+
+def draw_animation(checkpoint: str, dataset: str, out_path: str, tracking_uri: str, parent_run_id: str) -> str:
+    """`iwarp.training.evaluate.animation_picture` on the test split, to `out_path` and MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from iwarp.training.evaluate import animation_picture
+
+    with tempfile.TemporaryDirectory() as tmp:  # KFP artifact paths have no extension: PIL needs one
+        png = animation_picture(checkpoint, dataset, Path(tmp) / "animation.png", device="cpu")
+        shutil.copy(png, out_path)
+        MlflowClient(tracking_uri).log_artifact(parent_run_id, str(png), "animation")
+    print(f"[animate] sources | driving | output on {dataset}/test -> {out_path}", flush=True)
+    return out_path

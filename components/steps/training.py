@@ -71,6 +71,7 @@ class TrainRequest:
     shared_dir: str = "/data"  # volume shared with the TrainJob pods (trainjob backend)
     data_pvc: str = "iwarp-data"  # ... and the claim behind it
     data_version: str = ""
+    init_from: str = ""  # fine-tune from this checkpoint (a file or a shipped model's name); "" = from scratch
 
     def train_overrides(self, dataset_root: str, out_dir: str) -> list[str]:
         """Identical for every variant except the two ablation switches."""
@@ -80,6 +81,8 @@ class TrainRequest:
                 f"experiment={self.experiment}", f"run_name={self.ablation['variant']}"]
         if self.steps > 0:
             sets.append(f"optim.steps={self.steps}")
+        if self.init_from:
+            sets.append(f"init_from={self.init_from}")
         return [*sets, *self.overrides, *variant_overrides(self.ablation)]
 
 
@@ -99,8 +102,9 @@ def project_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2]
 
 
-def run_training(req: TrainRequest, checkpoint_path: str) -> str:
-    """Train, copy the final checkpoint to `checkpoint_path`, nest the run under the parent."""
+def run_training(req: TrainRequest, checkpoint_path: str) -> tuple[str, str]:
+    """Train, copy the final checkpoint to `checkpoint_path`, nest the run under the parent.
+    Returns (run id, what init_from loaded and dropped: `init_summary`)."""
     if req.backend == "torchrun":
         final = train_local(req, Path(checkpoint_path).parent / "train")
     elif req.backend == "trainjob":
@@ -110,7 +114,33 @@ def run_training(req: TrainRequest, checkpoint_path: str) -> str:
     else:
         raise ValueError(f"train backend must be 'torchrun' or 'trainjob', got {req.backend!r}")
     shutil.copy(final, checkpoint_path)
-    return attach_to_parent(req, final)
+    return attach_to_parent(req, final), init_summary(Path(checkpoint_path).parent / "train")
+
+
+def module_name(tensor: str) -> str:
+    """`residual_mlp.0.weight` -> `residual_mlp`: the module a state-dict entry belongs to."""
+    parts = tensor.split(".")
+    if len(parts) > 1 and parts[-1] in ("weight", "bias"):
+        parts = parts[:-1]
+    cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
+    return ".".join(parts[:max(cut, 1)])
+
+
+def init_summary(train_dir: Path) -> str:
+    """One line from the trainer's init_from.json: "scratch", or "loaded N" plus the modules of
+    the starting checkpoint this variant lacks (dropped) and the ones it adds (fresh)."""
+    from iwarp.training.init import REPORT_NAME
+
+    found = sorted(Path(train_dir).rglob(REPORT_NAME))
+    if not found:
+        return "scratch"
+    g = json.loads(found[0].read_text())["generator"]
+    line = f"loaded {len(g['loaded'])}"
+    for key, what in (("skipped", "skipped"), ("new", "new")):
+        modules = list(dict.fromkeys(module_name(t) for t in g[key]))
+        if modules:
+            line += f"; {what} {', '.join(modules)}"
+    return line
 
 
 def train_local(req: TrainRequest, out_dir: Path) -> Path:
@@ -174,45 +204,68 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
 
 
 NOT_METRICS = {"frames"}  # counts in the evaluate JSON, not measurements
+FLOOR = "copy_source"  # the floor every model must beat: predict a source frame, ignore the driving one
 
 
-def eval_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """`iwarp evaluate` JSON -> flat `<metric>_k<k>` floats. Null values (metrics not computed,
-    e.g. AKD without --landmarks) are left out, and MKR with them: with no keypoints compared,
-    its "all missing" is not a measurement."""
-    out: dict[str, float] = {}
-    for k, row in result["per_k"].items():
-        for name, value in row.items():
-            if name in NOT_METRICS or (name == "mkr" and row.get("akd") is None):
-                continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{name}_k{int(k)}"] = float(value)
+def _measured(row: dict[str, Any]) -> dict[str, float]:
+    """Null values (metrics not computed, e.g. AKD without --landmarks) are left out, and MKR
+    with them: with no keypoints compared, its "all missing" is not a measurement."""
+    return {name: float(value) for name, value in row.items()
+            if name not in NOT_METRICS and not (name == "mkr" and row.get("akd") is None)
+            and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def eval_metrics(result: dict[str, Any], target: str = "") -> dict[str, float]:
+    """`iwarp evaluate` JSON -> flat floats: `<target>/<metric>_k<k>`, and the copy-source floor
+    as `<target>/copy_source_<metric>` when it was measured (no prefix without a target)."""
+    prefix = f"{target}/" if target else ""
+    out = {f"{prefix}{name}_k{int(k)}": v for k, row in result["per_k"].items() for name, v in _measured(row).items()}
+    if result.get(FLOOR):
+        out.update({f"{prefix}{FLOOR}_{name}": v for name, v in _measured(result[FLOOR]).items()})
     return out
 
 
-def run_evaluation(checkpoint: str, dataset: str, sources: list[int], run_id: str, tracking_uri: str,
+def has_test_split(dataset: str) -> bool:
+    from iwarp.data.manifest import read_manifest
+
+    manifest = Path(dataset) / "manifest.csv"
+    return manifest.is_file() and bool((read_manifest(manifest)["split"] == "test").any())
+
+
+def run_evaluation(checkpoint: str, targets: dict[str, str], sources: list[int], run_id: str, tracking_uri: str,
                    info: dict[str, Any], report_path: str, max_videos: int = 0, frechet: bool = True,
-                   landmarks: bool = True) -> dict[str, float]:
+                   landmarks: bool = True, placement: str = "spread", frame_stride: int = 2) -> dict[str, float]:
+    """`iwarp evaluate --copy-source` on each target's test split ({name: dataset folder};
+    a target without a test split is left out), sources placed by `placement`, every
+    `frame_stride`-th of the other frames driven."""
     from mlflow.entities import Metric
 
-    out_json = Path(report_path).parent / "evaluate.json"
-    cmd = [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint", checkpoint, "--data", dataset,
-           "--sources", *map(str, sources), "--out", str(out_json)]
-    if max_videos > 0:
-        cmd += ["--max-videos", str(max_videos)]
-    cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
-    print(f"[evaluate] {info.get('variant', '?')}: {' '.join(cmd)}", flush=True)
-    rc, why = run_streaming(cmd)
-    if rc != 0:
-        raise RuntimeError(f"evaluation of {checkpoint} failed (exit {rc}): {why}")
-    values = eval_metrics(json.loads(out_json.read_text()))
+    values: dict[str, float] = {}
     client = mlflow_client(tracking_uri)
-    now = int(time.time() * 1000)
+    for target, dataset in targets.items():
+        if not has_test_split(dataset):
+            print(f"[evaluate] {target}: {dataset} has no test split, skipped", flush=True)
+            continue
+        out_json = Path(report_path).parent / f"evaluate-{target}.json"
+        cmd = [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint", checkpoint, "--data", dataset,
+               "--sources", *map(str, sources), "--source-placement", placement, "--frame-stride", str(frame_stride),
+               "--copy-source", "--out", str(out_json)]
+        if max_videos > 0:
+            cmd += ["--max-videos", str(max_videos)]
+        cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
+        print(f"[evaluate] {info.get('variant', '?')} on {target}: {' '.join(cmd)}", flush=True)
+        rc, why = run_streaming(cmd)
+        if rc != 0:
+            raise RuntimeError(f"evaluation of {checkpoint} on {target} failed (exit {rc}): {why}")
+        values.update(eval_metrics(json.loads(out_json.read_text()), target))
+        client.log_artifact(run_id, str(out_json), "evaluation")
+    if not values:
+        raise RuntimeError(f"nothing to evaluate: no test split in {sorted(targets.values())}")
     # `eval/` sorts right after the discriminator's `d/` losses: MLflow's run comparison shows the
     # evaluation near the top of its metrics table instead of below every training curve.
+    now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, 0) for k, v in values.items()])
-    client.log_artifact(run_id, str(out_json), "evaluation")
     report = {"variant": info.get("variant"), "residual": info.get("residual"), "extra_kv": info.get("extra_kv"),
-              "run_id": run_id, "metrics": values}
+              "init": info.get("init", ""), "run_id": run_id, "metrics": values}
     Path(report_path).write_text(json.dumps(report, indent=2))
     return values

@@ -162,9 +162,12 @@ def train_on_cluster(req: TrainRequest, work_dir: Path, client: Any = None, poll
         tail = _log_tail(client, created)
         raise RuntimeError(f"TrainJob {created} did not complete: {exc}\n{tail}") from exc
     from components.steps.training import final_checkpoint
+    from iwarp.training.init import REPORT_NAME
 
     final = final_checkpoint(out_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    for report in out_dir.rglob(REPORT_NAME):  # what init_from loaded: the sweep's table shows it
+        shutil.copy(report, work_dir / REPORT_NAME)
     return Path(shutil.copy(final, work_dir / "final.ckpt"))
 
 

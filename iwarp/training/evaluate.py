@@ -219,6 +219,31 @@ def evaluate_checkpoint(
     return {"result": result, "json": to_json(result, meta)}
 
 
+def animation_picture(checkpoint: str | Path, data: str | Path, path: str | Path, split: str = "test",
+                      k: int = 2, frames: int = 6, device: str = "auto") -> Path:
+    """sources | driving | output for the first video of `split` (the README's picture): k
+    sources spread over the clip, `frames` driving frames spread between them."""
+    from iwarp.checkpoint import load_model, resolve_checkpoint
+    from iwarp.data import VideoDataset
+    from iwarp.training.distributed import pick_device
+    from iwarp.training.visuals import animation_strip
+
+    model = load_model(resolve_checkpoint(checkpoint)).to(pick_device(device)).eval()
+    try:
+        dataset = VideoDataset(data, split, model.config.image_size)
+    except (FileNotFoundError, ValueError) as exc:
+        raise EvalError(f"cannot draw an animation from {data}: {exc}") from exc
+    if not len(dataset):
+        raise EvalError(f"{data} has no {split} videos to animate")
+    n = dataset.videos[0].num_frames
+    src = spread_indices(n, k)
+    driving = [i for i in spread_indices(n, frames + len(src)) if i not in src][:frames]
+    if not driving:
+        raise EvalError(f"{dataset.videos[0].path}: {n} frames are too few for {k} sources and a driving frame")
+    sources, drive = dataset.read_frames(0, src), dataset.read_frames(0, driving)
+    return animation_strip(sources, drive, predict_video(model, sources, drive).cpu(), path)
+
+
 def evaluate_cli(args) -> int:
     if args.checkpoint is None and not args.copy_source_only:
         raise EvalError("--checkpoint is required (or --copy-source-only for the floor alone)")
