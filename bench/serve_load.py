@@ -24,7 +24,6 @@ import base64
 import io
 import json
 import random
-import statistics
 import sys
 import tempfile
 import threading

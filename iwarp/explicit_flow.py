@@ -127,7 +127,6 @@ class ExplicitFlowBaseline(nn.Module):
         kp = self.keypoint_detector(flat)
         feats = self.encoder(flat)
         small = F.avg_pool2d(flat, self.config.motion_stride)
-        n = kp.xy.shape[1]
         return FlowSourceCache(
             feats.unflatten(0, (b, k)),  # unflatten, not reshape(b*k): torch.export keeps k=1 valid
             small.unflatten(0, (b, k)),

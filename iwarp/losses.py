@@ -59,7 +59,7 @@ class PerceptualLoss(nn.Module):
         self.net.truncate(used[-1] + 1)  # trailing zero weights: stop the VGG early (at 64 px, ~2x cheaper)
 
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = prediction.new_zeros(())
+        total = prediction.new_zeros((), dtype=torch.float32)
         for s in self.scales:
             if min(prediction.shape[-2:]) * s < self.net.min_size:
                 continue
@@ -69,7 +69,7 @@ class PerceptualLoss(nn.Module):
                 fy = self.net(imagenet_normalize(y))
             for w, a, b in zip(self.layer_weights, fx, fy):
                 if w:
-                    total = total + w * (a - b).abs().mean()
+                    total = total + w * (a - b).abs().mean(dtype=torch.float32)  # fp32 sums under bf16 autocast
         return total
 
 
@@ -154,7 +154,8 @@ class Losses(nn.Module):
                 terms["feature_matching"] = cfg.feature_matching * feature_matching_loss(fake, real)
         if cfg.equivariance > 0:
             terms["equivariance"] = cfg.equivariance * equivariance_loss(model, driving, out.driving_keypoints.xy, cfg)
-        terms["total"] = sum(terms.values()) if terms else pred.new_zeros(())
+        terms = {k: v.float() for k, v in terms.items()}  # logged and summed in fp32 even under bf16 autocast
+        terms["total"] = sum(terms.values()) if terms else pred.new_zeros((), dtype=torch.float32)
         return terms
 
     def discriminator_losses(
@@ -169,6 +170,6 @@ class Losses(nn.Module):
             return {"total": zero}
         real = discriminator(driving)
         fake = discriminator(prediction_detached.detach())
-        loss = cfg.gan * sum(gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode) for r, f in zip(real, fake))
+        loss = cfg.gan * sum(gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode).float() for r, f in zip(real, fake))
         return {"discriminator_gan": loss, "total": loss}
 

@@ -284,18 +284,31 @@ def encode_png(frame: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
-    import av
+# H.264 settings: a copy of iwarp/data/video.py's (this file ships alone in the .mar), under
+# which the same frames give the same bytes (one thread everywhere, no x264 macroblock-tree pass,
+# bitexact); see the comment there for why. tests/test_serve_handler.py ties the two copies.
+H264_PRESET = "veryfast"
+X264_PARAMS = "threads=1:sliced-threads=0:lookahead-threads=1:no-mbtree=1"
+BITEXACT_CONTAINER = {"fflags": "+bitexact"}
+
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """RGB frames -> H.264 mp4 bytes (cropped to even sizes), byte-identical to iwarp's VideoWriter."""
     from fractions import Fraction
+
+    import av
 
     buf = io.BytesIO()
     h, w = frames.shape[1:3]
-    with av.open(buf, mode="w", format="mp4") as container:
+    with av.open(buf, mode="w", format="mp4", options=BITEXACT_CONTAINER) as container:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = w - w % 2, h - h % 2, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast"}
+        stream.codec_context.thread_count = 1  # PyAV's default is one thread per core
+        stream.codec_context.thread_type = "NONE"
+        x264 = {"crf": str(crf), "preset": H264_PRESET} if codec == "libx264" else {}
+        stream.options = {**x264, "threads": "1", **({"x264-params": X264_PARAMS} if x264 else {}),
+                          "flags": "+bitexact"}
         for f in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: h - h % 2, : w - w % 2]), format="rgb24")
             for packet in stream.encode(vf):

@@ -196,3 +196,43 @@ def test_video_io_roundtrip_and_partial_reads(tmp_path):
     from iwarp.data.video import probe
     info = probe(path)
     assert (info.num_frames, info.width, info.height) == (10, 32, 32) and info.fps == pytest.approx(12.5)
+
+
+_ENCODE_CLIPS = r"""
+import sys
+from pathlib import Path
+from iwarp.data.synth import render_video
+from iwarp.data.video import write_video
+out, order = Path(sys.argv[1]), sys.argv[2]
+clips = [(i, v, s) for s in (48, 64) for i in range(3) for v in range(2)]
+for i, v, s in (clips if order == "forward" else clips[::-1]):
+    write_video(out / f"{s}_{i}_{v}.mp4", render_video(0, i, v, 8, s), fps=25.0)
+"""
+
+
+def test_same_frames_give_the_same_mp4_bytes_in_any_process_under_load(tmp_path):
+    """Issue 15: two processes (encoding the clips in opposite orders, so their memory history
+    differs, as pool workers' does) under a concurrent CPU hog write byte-identical files."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for order in ("forward", "backward"):
+        (tmp_path / order).mkdir()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # the machine is busy
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", _ENCODE_CLIPS, str(tmp_path / order), order], env=env)
+                 for order in ("forward", "backward")]
+        assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    finally:
+        hog.kill()
+        hog.wait()
+    runs = {order: {f.name: f.read_bytes() for f in sorted((tmp_path / order).glob("*.mp4"))}
+            for order in ("forward", "backward")}
+    assert len(runs["forward"]) == 12 and runs["forward"].keys() == runs["backward"].keys()
+    differ = [name for name in runs["forward"] if runs["forward"][name] != runs["backward"][name]]
+    assert differ == []
+    assert b"Lavf" not in runs["forward"]["48_0_0.mp4"]  # bitexact: no library version in the file

@@ -20,7 +20,6 @@ import requests
 import torch
 
 from conftest_serve import TEST_OVERRIDES, decode_mp4, mp4_bytes, photo_frames, png_bytes, reference, tiny_model, write_checkpoint
-from serving.client import ServeError
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -241,3 +241,20 @@ def test_baseline_exports_for_every_number_of_sources(tmp_path):
         with torch.no_grad():
             expected = baseline(sources, driving).prediction
         assert torch.allclose(exported(sources, driving), expected, atol=1e-4)
+
+
+def test_handler_mp4_answer_is_byte_identical_to_iwarp_video_writer(tmp_path):
+    """handler.py ships alone in the .mar, so it repeats iwarp's H.264 settings: same frames,
+    same bytes (issue 15), and twice the same answer."""
+    from iwarp.data import video
+    from iwarp.data.synth import render_video
+    from serving import handler
+
+    assert (handler.H264_PRESET, handler.X264_PARAMS, handler.BITEXACT_CONTAINER) == (
+        video.H264_PRESET, video.X264_PARAMS, video.BITEXACT_CONTAINER)
+    frames = render_video(0, 0, 1, 8, 48)
+    answer = handler.encode_mp4(frames, 25.0)
+    assert answer == handler.encode_mp4(frames, 25.0)
+    assert answer == video.write_video(tmp_path / "w.mp4", frames, fps=25.0).read_bytes()
+    odd = handler.encode_mp4(np.pad(frames, ((0, 0), (0, 1), (0, 1), (0, 0))), 25.0)  # cropped to even
+    assert odd == answer

@@ -201,7 +201,7 @@ def test_animate_writes_a_playable_mp4_of_the_driving_length(kind, checkpoints, 
     assert f"({media['drive_frames']} frames)" in proc.stdout
     frames = decode(out)
     assert len(frames) == media["drive_frames"] and frames[0].shape == (64, 64, 3)
-    assert not list(tmp_path.glob(".*.part"))
+    assert not list(tmp_path.glob(".*.partial"))
 
 
 def test_animate_relative_side_by_side_and_frame_limit(checkpoints, media, tmp_path):
@@ -233,7 +233,7 @@ def test_animate_rejects_unreadable_inputs(bad, message, checkpoints, media, tmp
     proc = run_iwarp("animate", "--checkpoint", checkpoints["implicit"], "--source", source, "--driving", driving,
                      "--out", out, check=False)
     assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+    assert not out.exists() and not list(tmp_path.glob(".*.partial"))
 
 
 @pytest.mark.parametrize("kind", ["implicit", "baseline"])

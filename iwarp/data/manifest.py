@@ -20,7 +20,7 @@ COLUMNS = [
     "id", "identity", "split", "status", "reason", "path", "source", "format",
     "num_frames", "width", "height", "fps", "duration_s",
     "content_hash", "brightness_mean", "contrast_mean", "blur_score", "motion_mean", "face_rate",
-    "faceless_frames",
+    "faceless_frames", "split_by",
     "src_width", "src_height", "crop_x0", "crop_y0", "crop_x1", "crop_y1",
 ]
 REQUIRED_COLUMNS = ["id", "identity", "split", "num_frames", "width", "height", "fps"]
@@ -75,8 +75,13 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def identity_leaks(df: pd.DataFrame) -> dict[str, list[str]]:
-    """Identities present in more than one split -> their splits (empty when the split is safe)."""
+    """Identities present in more than one split -> their splits (empty when the split is safe).
+
+    Rows whose `split_by` is "clip" were split by clip on purpose (a personal target: new clips
+    of a person trained on, e.g. from an identities CSV's split column) and are no leak."""
     ok = df[df["status"] == "ok"] if "status" in df.columns else df
+    if "split_by" in ok.columns:
+        ok = ok[ok["split_by"] != "clip"]
     splits = ok.groupby("identity")["split"].agg(lambda s: sorted(set(s)))
     return {str(k): v for k, v in splits.items() if len(v) > 1}
 

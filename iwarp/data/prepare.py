@@ -31,6 +31,7 @@ from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, is_frame_folder, i
                     iter_frames, probe, save_frame)
 
 OUTPUT_FORMATS = ("png", "jpg", "mp4")
+MIN_DECODED = 0.9  # share of the container's frame count that must decode (no_face.mp4: 95 of 98)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PrepareConfig:
                     ("face", "center"))
     crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
     face_samples: int = opt(32, "frames per clip the face detector looks at (spread evenly); with face "
-                            "crop, frames whose nearest sampled frame shows no face are dropped")
+                            "crop, frames between a face-less sample and its neighbours are dropped")
     format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
     test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
     seed: int = opt(0, "seed of the identity split")
@@ -55,6 +56,7 @@ class InputEntry:
     id: str
     identity: str | None = None
     split: str | None = None
+    split_by: str | None = None  # "clip": an explicit split of one person's clips (no leak)
 
 
 @dataclass
@@ -123,6 +125,7 @@ def discover(input_dir: str | Path, identities_csv: str | Path | None = None) ->
         info = known.get(rel) or known.get(e.id) or known.get(e.path.stem) or {}
         e.identity = info.get("identity") or e.identity
         e.split = info.get("split") or e.split
+        e.split_by = info.get("split_by") or e.split_by
     return entries, ignored
 
 
@@ -162,7 +165,9 @@ def _known_identities(root: Path, identities_csv) -> dict[str, dict]:
         tables.append(table)  # later tables win
     for table in tables:
         for row in table.to_dict("records"):
-            info = {k: str(row[k]) for k in ("identity", "split") if k in row and isinstance(row[k], str)}
+            info = {k: str(row[k]) for k in ("identity", "split", "split_by") if k in row and isinstance(row[k], str)}
+            if info.get("split_by") not in (None, "identity", "clip"):
+                raise ValueError(f"split_by must be identity or clip, got {info['split_by']!r} for {row}")
             if info.get("split") and info["split"] not in SPLITS:
                 raise ValueError(f"split must be train or test, got {info['split']!r} for {row}")
             for key in ("path", "id"):
@@ -179,14 +184,19 @@ def _sample_indices(n: int, k: int) -> list[int]:
 
 
 def face_frames(n: int, samples: list[int], found: list[bool]) -> np.ndarray:
-    """(n,) bool: frames whose nearest sampled frame shows a face (title cards, cutaways and
-    other face-less spans of a real video are dropped). All True when no sample shows a face, so
-    a clip without any face stays whole and fails validation on its face rate instead of vanishing."""
-    if not any(found):
+    """(n,) bool: frames whose sampled neighbours on both sides show a face (title cards,
+    cutaways and other face-less spans of a real video are dropped, and so is the stretch between
+    a face sample and a face-less one: a cut can fall anywhere in it). All True when no sample
+    shows a face, so a clip without any face stays whole and fails validation on its face rate
+    instead of vanishing."""
+    found_arr = np.asarray(found, bool)
+    if not found_arr.any():
         return np.ones(n, bool)
     idx = np.asarray(samples)
-    nearest = np.abs(np.arange(n)[:, None] - idx[None, :]).argmin(1)
-    return np.asarray(found)[nearest]
+    frames = np.arange(n)
+    before = np.clip(np.searchsorted(idx, frames, side="right") - 1, 0, len(idx) - 1)  # last sample <= frame
+    after = np.clip(np.searchsorted(idx, frames, side="left"), 0, len(idx) - 1)  # first sample >= frame
+    return found_arr[before] & found_arr[after]
 
 
 def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dict:
@@ -241,7 +251,7 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
             else:
                 save_frame(tmp / f"{count:06d}.{cfg.format}", out)
             count += 1
-        if decoded < n:
+        if decoded < MIN_DECODED * n:  # container counts are estimates: a few frames short is normal
             raise VideoReadError(f"{entry.path}: decoded {decoded} of {n} frames")
         if writer is not None:
             final = writer.close()
@@ -251,7 +261,7 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
             tmp.rename(final)
         row.update(status="ok", reason="", path=final.name, format=cfg.format,
                    num_frames=count, width=s, height=s, duration_s=count / fps if fps else 0.0,
-                   face_rate=face_rate, faceless_frames=int(n - count), **stats.result(),
+                   face_rate=face_rate, faceless_frames=int(decoded - count), **stats.result(),
                    crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])
     except (VideoReadError, IndexError, OSError, ValueError, RuntimeError) as exc:
         if writer is not None:
@@ -343,6 +353,7 @@ def prepare_dataset(input_dir: str | Path, out: str | Path, cfg: PrepareConfig |
         (out / split).mkdir(parents=True, exist_ok=True)
     for e, row in zip(entries, rows):
         row["split"] = e.split or given.get(e.identity) or drawn.get(e.identity, "")
+        row["split_by"] = e.split_by or "identity"
         if row["status"] == "ok":
             name = Path(row["path"]).name
             (staging / name).rename(out / row["split"] / name)

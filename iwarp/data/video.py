@@ -194,9 +194,41 @@ def _read_image(path: Path) -> np.ndarray:
 # writing
 
 
+# Encoder settings under which the same frames give the same bytes, whatever the process ran
+# before, the number of worker processes or the machine's load (DVC hashes depend on it):
+# * one thread everywhere: libavcodec, x264's frame/slice/lookahead threads and the swscale
+#   RGB->YUV conversion PyAV runs with the codec's thread count;
+# * no macroblock-tree pass (`no-mbtree`): x264's SIMD mbtree code reads uninitialised stack
+#   memory (valgrind: "use of uninitialised value" inside x264_encoder_encode, gone with
+#   no-mbtree or asm=0), so with it on the rate control, and every frame, varied from run to
+#   run. Turning it off costs ~25-35% more bytes at the same crf and encodes ~1.6x faster;
+#   asm=0 would keep the size but encode ~3x slower;
+# * bitexact container and codec: no library version string in the file.
+# serving/handler.py (packaged alone in the .mar) repeats these; a test ties the two copies.
+H264_PRESET = "veryfast"
+X264_PARAMS = "threads=1:sliced-threads=0:lookahead-threads=1:no-mbtree=1"
+BITEXACT_CONTAINER = {"fflags": "+bitexact"}
+
+
+def add_h264_stream(container, width: int, height: int, fps: float, crf: int = 18):
+    """A yuv420p H.264 stream on an output container, with the reproducible settings above."""
+    from fractions import Fraction
+
+    stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.thread_count = 1  # PyAV's default is 0 (= one per core)
+    stream.codec_context.thread_type = "NONE"
+    stream.options = {"crf": str(crf), "preset": H264_PRESET, "threads": "1", "x264-params": X264_PARAMS,
+                      "flags": "+bitexact"}
+    return stream
+
+
 class VideoWriter:
     """Streaming H.264 writer (yuv420p, playable everywhere); the file appears under its real
     name only on a clean `close()`, so a crash or kill never leaves a half-written video.
+
+    Reproducible: the same frames, fps and crf always give the same bytes (same PyAV/x264 build),
+    in any process, with any number of workers, under any load; see `add_h264_stream`.
 
         with VideoWriter("out.mp4", fps=25) as w:
             for frame in frames: w.write(frame)
@@ -216,15 +248,10 @@ class VideoWriter:
             height, width = frame.shape[:2]
             if width % 2 or height % 2:
                 raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
-            from fractions import Fraction
-
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.tmp), "w", format=_container_format(self.path))
-            stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            # One thread: identical frames give identical bytes, which keeps DVC hashes stable.
-            stream.options = {"crf": str(self.crf), "preset": "veryfast", "threads": "1"}
-            self._stream = stream
+            self._container = av.open(str(self.tmp), "w", format=_container_format(self.path),
+                                      options=BITEXACT_CONTAINER)
+            self._stream = add_h264_stream(self._container, width, height, self.fps, self.crf)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
@@ -258,7 +285,8 @@ class VideoWriter:
 
 def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS,
                 crf: int = 18) -> Path:
-    """Encode RGB uint8 frames (T, H, W, 3) as H.264 mp4. Sizes must be even."""
+    """Encode RGB uint8 frames (T, H, W, 3) as H.264 mp4 (reproducible bytes, see `VideoWriter`).
+    Sizes must be even."""
     if len(frames) == 0:
         raise ValueError("write_video needs at least one frame")
     with VideoWriter(path, fps, crf) as writer:

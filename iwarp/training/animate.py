@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Iterator
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -92,45 +91,6 @@ def driving_frames(path: str | Path, size: int, max_frames: int | None = None) -
         raise AnimateError(f"cannot read driving video: {exc}") from exc
 
 
-class Mp4Writer:
-    """Streams RGB uint8 frames into an H.264 mp4; renames into place on `close()`."""
-
-    def __init__(self, path: str | Path, fps: float, crf: int = 18):
-        import av
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.part")
-        self.container = av.open(str(self.tmp), "w", format="mp4")
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(crf), "preset": "veryfast"}
-        self.frames = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        import av
-
-        if self.frames == 0:
-            self.stream.height, self.stream.width = frame.shape[:2]
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        for packet in self.stream.encode(vf):
-            self.container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> Path:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        self.tmp.replace(self.path)
-        return self.path
-
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
 def expand_cache(cache, n: int):
     """A batch-1 source cache viewed as batch n (no copy), for any NamedTuple of tensors."""
     return type(cache)(*(t.expand(n, *t.shape[1:]) if torch.is_tensor(t) else t for t in cache))
@@ -202,6 +162,7 @@ def animate_file(
     from tqdm import tqdm
 
     from iwarp.checkpoint import load_model, resolve_checkpoint
+    from iwarp.data.video import VideoWriter
     from iwarp.training.distributed import pick_device
 
     if not source_paths:
@@ -218,7 +179,7 @@ def animate_file(
         for driving, pred in tqdm(pairs, desc="animate", unit="frame", disable=not progress, file=sys.stderr):
             picture = torch.cat([driving, pred], dim=-1) if side_by_side else pred
             if writer is None:
-                writer = Mp4Writer(out_path, fps or video_fps(driving_path))
+                writer = VideoWriter(out_path, fps or video_fps(driving_path))
             writer.write(_uint8(picture))
         if writer is None:
             raise AnimateError(f"driving video {driving_path} has no frames")

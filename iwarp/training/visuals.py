@@ -71,18 +71,22 @@ def sample_grid(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.
     return _save(_compose(rows, labels, tuple(driving.shape[-2:])), path)
 
 
-def animation_strip(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, path: str | Path) -> Path:
-    """The picture of what the model does: the k sources, then the driving frames over the
-    animated outputs. sources (k, 3, H, W); driving, prediction (n, 3, H, W)."""
+def animation_strip(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, path: str | Path,
+                    copy: torch.Tensor | None = None) -> Path:
+    """The picture of what the model does (README, model card): the k sources, then the driving
+    frames over the animated outputs (and, given `copy`, over the copy-the-source floor).
+    sources (k, 3, H, W); driving, prediction, copy (n, 3, H, W)."""
     k, n = sources.shape[0], driving.shape[0]
-    top = [to_uint8(s) for s in sources] + [None] + [to_uint8(d) for d in driving]
-    bottom = [None] * (k + 1) + [to_uint8(p) for p in prediction]
+    rows = [[to_uint8(s) for s in sources] + [None] + [to_uint8(d) for d in driving]]
+    names = ["driving ->", "output ->"] + (["copy src 1 ->"] if copy is not None else [])
+    for frames in [prediction] + ([copy] if copy is not None else []):
+        rows.append([None] * (k + 1) + [to_uint8(p) for p in frames])
     labels = [f"source {i + 1}" for i in range(k)] + [""] + [f"frame {j + 1}" for j in range(n)]
-    picture = _compose([top, bottom], labels, tuple(driving.shape[-2:]))
+    picture = _compose(rows, labels, tuple(driving.shape[-2:]))
     draw = ImageDraw.Draw(picture)  # row names in the gap between the sources and the frames
     tile_w = (picture.width + 2) // (k + 1 + n)  # _compose's tile width + its 2 px pad
-    tile_h = (picture.height - _LABEL_H) // 2
-    for row, name in enumerate(("driving ->", "output ->")):
+    tile_h = (picture.height - _LABEL_H) // len(rows)
+    for row, name in enumerate(names):
         draw.text((k * tile_w + 4, _LABEL_H + row * tile_h + tile_h // 2 - 5), name, fill=(0, 0, 0))
     return _save(picture, path)
 

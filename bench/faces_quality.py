@@ -1,0 +1,140 @@
+"""Real-face quality of a checkpoint against the copy-the-source floor, both targets side by side.
+
+* general: the woman of `iwarp data faces` (general/test), an identity never trained on; her
+  sources are spread over the clip (`--source-placement spread`: different poses and expressions,
+  as a user's photo set would be), for k = 1, 2, 4 on the same driven frames;
+* personal: the held-out end of the man's recording (personal/test) with a model that knows him
+  (the general model, or a fine-tuned one with `--personal-checkpoint`).
+
+Also the check that the model uses its sources instead of memorising a face: the woman's driving
+frames rendered from another person's sources must be far worse than from her own.
+
+    python bench/faces_quality.py --checkpoint iwarp-faces-64 --data data/faces
+    python bench/faces_quality.py --checkpoint runs/faces-64/checkpoints/final.ckpt \
+        --personal-checkpoint runs/faces-64-personal/checkpoints/final.ckpt
+
+Targets (issue 11): L1 below the floor at every k (required), LPIPS below the floor at every k,
+L1 at k = 4 below k = 1; personal L1 and LPIPS at most half the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("l1", "psnr", "lpips", "akd")
+
+
+def evaluate(checkpoint: str, data: Path, ks: list[int], stride: int, landmarks: bool) -> dict:
+    from iwarp.training.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(checkpoint, data, ks, stride=stride, landmarks=landmarks, fd=False, copy_source=True,
+                               source_placement="spread", progress=False)["json"]
+
+
+def swap_test(checkpoint: str, data: Path, stride: int) -> dict[str, float]:
+    """L1 of the woman's frames from her own spread sources vs from the first train identity's."""
+    import torch
+
+    from iwarp.checkpoint import load_model
+    from iwarp.data import VideoDataset
+    from iwarp.training.evaluate import frame_plan, predict_video
+
+    model = load_model(checkpoint)
+    size = model.config.image_size
+    test, train = VideoDataset(data, "test", size), VideoDataset(data, "train", size)
+    plan = frame_plan(test.videos[0].num_frames, [4], "spread", stride)
+    sources, driving = plan["sources"][4], plan["driving"]
+    own = test.read_frames(0, sources)
+    drive = test.read_frames(0, driving)
+    other_video = next(i for i, v in enumerate(train.videos) if v.num_frames > 4)
+    other = train.read_frames(other_video, list(range(0, train.videos[other_video].num_frames, 8))[:4])
+    with torch.no_grad():
+        err = {name: float((predict_video(model, s, drive) - drive).abs().mean()) for name, s in
+               (("own sources", own), (f"sources of {train.videos[other_video].identity}", other))}
+    return err
+
+
+def pictures(checkpoint: str, data: Path, out_dir: Path, stride: int, rows: int = 5) -> list[Path]:
+    """The model card's pictures on the unseen person: strip (sources | driving | iwarp | copy)
+    and attention maps (the paper's Fig. 6), k = 4 spread sources."""
+    import torch
+
+    from iwarp.checkpoint import load_model
+    from iwarp.data import VideoDataset
+    from iwarp.training import visuals
+    from iwarp.training.evaluate import frame_plan, predict_video
+
+    model = load_model(checkpoint)
+    test = VideoDataset(data, "test", model.config.image_size)
+    plan = frame_plan(test.videos[0].num_frames, [4], "spread", stride)
+    sources = test.read_frames(0, plan["sources"][4])
+    picks = plan["driving"][:: max(1, len(plan["driving"]) // rows)][:rows]
+    driving = test.read_frames(0, picks)
+    prediction = predict_video(model, sources, driving)
+    strip = visuals.animation_strip(sources, driving, prediction, out_dir / "strip.png", sources[:1].expand_as(driving))
+    with torch.no_grad():
+        maps = model.source_attention(sources[None].expand(len(picks), -1, -1, -1, -1), driving)
+    attention = visuals.attention_grid(sources[None].expand(len(picks), -1, -1, -1, -1), driving, prediction, maps,
+                                       out_dir / "attention.png")
+    return [strip, attention]
+
+
+def table(title: str, report: dict) -> None:
+    print(f"\n{title}: {report['videos']} video(s), {int(report['copy_source']['frames'])} driven frames per row")
+    print(f"{'k':<14}" + "".join(f"{k:>9}" for k in KEYS))
+    rows = [(f"k = {k}", m) for k, m in report["per_k"].items()] + [("copy source", report["copy_source"])]
+    for name, m in rows:
+        print(f"{name:<14}" + "".join(f"{m.get(k):>9.4f}" if m.get(k) is not None else f"{'-':>9}" for k in KEYS))
+
+
+def checks(general: dict, personal: dict) -> dict[str, bool]:
+    g, floor = general["per_k"], general["copy_source"]
+    ks = sorted(g, key=int)
+    p, pfloor = personal["per_k"], personal["copy_source"]
+    return {
+        "general: L1 below the copy floor at every k (required)": all(g[k]["l1"] < floor["l1"] for k in ks),
+        "general: LPIPS below the copy floor at every k": all(g[k]["lpips"] < floor["lpips"] for k in ks),
+        f"general: L1 with k = {ks[-1]} below k = {ks[0]}": g[ks[-1]]["l1"] < g[ks[0]]["l1"],
+        "personal: L1 at most half the floor (every k)": all(p[k]["l1"] <= 0.5 * pfloor["l1"] for k in p),
+        "personal: LPIPS at most half the floor (every k)": all(p[k]["lpips"] <= 0.5 * pfloor["lpips"] for k in p),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default="iwarp-faces-64", help="the general model (file or shipped name)")
+    ap.add_argument("--personal-checkpoint", help="model for the personal target (default: --checkpoint)")
+    ap.add_argument("--data", type=Path, default=REPO / "data" / "faces", help="`iwarp data faces` output")
+    ap.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--frame-stride", type=int, default=4)
+    ap.add_argument("--no-landmarks", dest="landmarks", action="store_false", help="skip AKD (dlib, slow)")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-faces" / "results.json")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    general = evaluate(args.checkpoint, args.data / "general", args.sources, args.frame_stride, args.landmarks)
+    personal = evaluate(args.personal_checkpoint or args.checkpoint, args.data / "personal", args.sources, 1,
+                        args.landmarks)
+    table("general (unseen person, spread sources)", general)
+    table(f"personal (held-out end of a known person's recording, {args.personal_checkpoint or args.checkpoint})",
+          personal)
+    swap = swap_test(args.checkpoint, args.data / "general", args.frame_stride)
+    print("\nsource swap (k = 4, the unseen person's driving frames), L1:")
+    for name, v in swap.items():
+        print(f"  {name:<40}{v:.4f}")
+    for path in pictures(args.checkpoint, args.data / "general", args.out.parent, args.frame_stride):
+        print(f"wrote {path}")
+    result = checks(general, personal)
+    print()
+    for name, ok in result.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"general": general, "personal": personal, "swap": swap, "checks": result}, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
