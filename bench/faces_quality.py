@@ -39,11 +39,11 @@ def swap_test(checkpoint: str, data: Path, stride: int) -> dict[str, float]:
     """L1 of the woman's frames from her own spread sources vs from the first train identity's."""
     import torch
 
-    from iwarp.checkpoint import load_model
+    from iwarp.checkpoint import load_model, resolve_checkpoint
     from iwarp.data import VideoDataset
     from iwarp.training.evaluate import frame_plan, predict_video
 
-    model = load_model(checkpoint)
+    model = load_model(resolve_checkpoint(checkpoint))
     size = model.config.image_size
     test, train = VideoDataset(data, "test", size), VideoDataset(data, "train", size)
     plan = frame_plan(test.videos[0].num_frames, [4], "spread", stride)
@@ -63,12 +63,12 @@ def pictures(checkpoint: str, data: Path, out_dir: Path, stride: int, rows: int 
     and attention maps (the paper's Fig. 6), k = 4 spread sources."""
     import torch
 
-    from iwarp.checkpoint import load_model
+    from iwarp.checkpoint import load_model, resolve_checkpoint
     from iwarp.data import VideoDataset
     from iwarp.training import visuals
     from iwarp.training.evaluate import frame_plan, predict_video
 
-    model = load_model(checkpoint)
+    model = load_model(resolve_checkpoint(checkpoint))
     test = VideoDataset(data, "test", model.config.image_size)
     plan = frame_plan(test.videos[0].num_frames, [4], "spread", stride)
     sources = test.read_frames(0, plan["sources"][4])
@@ -119,6 +119,9 @@ def main() -> None:
     personal = evaluate(args.personal_checkpoint or args.checkpoint, args.data / "personal", args.sources, 1,
                         args.landmarks)
     table("general (unseen person, spread sources)", general)
+    if args.personal_checkpoint:  # the general model on the personal target, before fine-tuning
+        table(f"personal, before fine-tuning ({args.checkpoint})",
+              evaluate(args.checkpoint, args.data / "personal", args.sources, 1, args.landmarks))
     table(f"personal (held-out end of a known person's recording, {args.personal_checkpoint or args.checkpoint})",
           personal)
     swap = swap_test(args.checkpoint, args.data / "general", args.frame_stride)
