@@ -112,9 +112,9 @@ def photo_faces(name: str, image: np.ndarray, crop_scale: float) -> list[tuple[f
     """Every face as (centre x, centre y, half side) of its crop square, largest first."""
     if name in FIXED_BOXES:
         return [FIXED_BOXES[name]]
-    import dlib
+    from .faces import _detector
 
-    detector = dlib.get_frontal_face_detector()
+    detector = _detector()  # the one cached dlib HOG detector
     scale = min(1.0, 1280 / max(image.shape[:2]))  # big photos: detect on a copy of at most 1280 px
     small = np.asarray(Image.fromarray(image).resize(
         (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.BILINEAR))
