@@ -114,8 +114,21 @@ def log_tail(path: str | Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+def group_alive(pgid: int) -> bool:
+    """Any process left in the process group `pgid`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def terminate_group(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM the process group led by `pid` (server + its workers), SIGKILL what lingers."""
+    """SIGTERM the process group led by `pid` (server + its workers), SIGKILL what lingers.
+
+    Returns once the whole group is gone: the leader can exit a moment before its workers."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
@@ -128,7 +141,7 @@ def terminate_group(pid: int, timeout: float = 20.0) -> None:
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)  # reap it if we happen to be its parent
-            if not pid_alive(pid):
+            if not pid_alive(pid) and not group_alive(pid):
                 return
             time.sleep(0.2)
 

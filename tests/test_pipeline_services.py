@@ -2,24 +2,15 @@
 second caller, recovery from a stale record, a busy port, and a clean stop."""
 
 import json
-import os
 import socket
 import time
 
 import pytest
 import requests
 
-from pipelines.services import MlflowServer, ServiceError, ServiceRecord, free_port, pid_alive
+from pipelines.services import MlflowServer, ServiceError, ServiceRecord, free_port, group_alive, pid_alive
 
 pytestmark = pytest.mark.slow  # two real MLflow server start-ups (~20-40 s each)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_start_reuse_stop(tmp_path):
