@@ -106,12 +106,15 @@ class CrossModalAttention(nn.Module):
         s = keys.shape[1] - self.num_extra  # source tokens
         if s % num_sources:
             raise ValueError(f"{s} key tokens cannot be split over {num_sources} sources")
-        scale = self.qk_dim**-0.5
-        queries, all_keys = queries.float(), keys.float()  # maps in fp32 even under autocast
         chunks = []
         for start in range(0, queries.shape[1], chunk_size):
-            attn = torch.softmax(queries[:, start : start + chunk_size] @ all_keys.transpose(1, 2) * scale, dim=-1)
+            attn = self.weights(queries[:, start : start + chunk_size], keys)
             per_source = attn[..., :s].reshape(attn.shape[0], attn.shape[1], num_sources, s // num_sources).sum(-1)
             extra = attn[..., s:].sum(-1, keepdim=True)  # zeros (empty sum) without extra tokens
             chunks.append(torch.cat([per_source, extra], dim=-1))
         return torch.cat(chunks, dim=1)
+
+    def weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The attention matrix (softmax in fp32): queries (B, L, C), keys (B, S + E, C) from
+        `prepare` -> (B, L, S + E), rows summing to 1 (no dropout)."""
+        return torch.softmax(queries.float() @ keys.float().transpose(1, 2) * self.qk_dim**-0.5, dim=-1)

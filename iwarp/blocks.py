@@ -128,19 +128,28 @@ class Decoder(nn.Module):
 
     Each step upsamples x2 then convolves; the widths shrink as the resolution grows so the
     per-frame cost stays low (this runs every frame, the encoders only once per source set).
+
+    With `pixel_mask`, `forward(x, pixels)` also predicts a mask m and returns
+    m * pixels + (1 - m) * rendered (in fp32): an image the caller already has at full resolution
+    (the implicit model's sources sampled where attention points) is kept where the mask trusts it.
     """
 
-    def __init__(self, in_channels: int, channels: list[int], res_blocks: int = 1) -> None:
+    def __init__(self, in_channels: int, channels: list[int], res_blocks: int = 1, pixel_mask: bool = False) -> None:
         super().__init__()
         self.stem = nn.Sequential(ConvNormAct(in_channels, channels[0]), *[ResBlock(channels[0]) for _ in range(res_blocks)])
         self.ups = nn.ModuleList(ConvNormAct(channels[i - 1], channels[i]) for i in range(1, len(channels)))
         self.head = nn.Conv2d(channels[-1], 3, 3, padding=1)
+        self.mask_head = nn.Conv2d(channels[-1], 1, 3, padding=1) if pixel_mask else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         x = self.stem(x)
         for block in self.ups:
             x = block(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
-        return torch.sigmoid(self.head(x))
+        rendered = torch.sigmoid(self.head(x))
+        if self.mask_head is None or pixels is None:
+            return rendered
+        mask = torch.sigmoid(self.mask_head(x)).float()
+        return mask * pixels + (1 - mask) * rendered.float()
 
 
 def check_divisible(size: int, factor: int, what: str) -> None:

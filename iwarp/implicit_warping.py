@@ -6,7 +6,14 @@ features of a whole set of source images to the pose of a driving frame.
     V = ValueEncoder(source image)                                per source set (cached)
     A = softmax((Q + PE)(K + PE)^T / sqrt(C))  over all k sources' tokens + extra tokens
     out = A V + MLP(concat(A concat(pixels, K), Q))               residual path
-    prediction = Decoder(out)
+    prediction = m * P + (1 - m) * Decoder(out)                   pixel output (m: decoder's mask)
+
+P is iwarp's addition (`pixel_output`): for each query and source, the attention-weighted mean
+position of the source tokens it attends to says where its content sits in that source; the
+sources are sampled there at full resolution and blended by their attention mass. The paper's
+decoder renders everything from tokens at 1/token_stride resolution; a small decoder trained
+briefly renders those as a blur, while P holds the sources' own sharp pixels wherever the
+attention is confident, and the mask lets the decoder render what no source shows.
 
 The three attention products A V, A pixels, A K are one fused call: V, the source pixel
 patches (space-to-depth at token resolution) and K are concatenated along the value channels.
@@ -25,7 +32,7 @@ from torch import nn
 
 from iwarp.attention import CrossModalAttention
 from iwarp.blocks import Decoder, FeatureEncoder, UNet, check_divisible, log2_int
-from iwarp.keypoints import KeypointConfig, KeypointDetector, Keypoints, gaussian_heatmaps
+from iwarp.keypoints import KeypointConfig, KeypointDetector, Keypoints, coordinate_grid, gaussian_heatmaps
 from iwarp.outputs import ModelOutput
 from iwarp.positional import sine_encoding_2d
 
@@ -50,6 +57,7 @@ class ImplicitWarpingConfig:
     attention_dropout: float = 0.1
     residual: bool = True
     residual_hidden: int = 256
+    pixel_output: bool = True  # blend the sources, sampled where attention points, into the output
     spatial_reduction: int = 1  # >1 average-pools source keys/values by this factor (cheaper, coarser)
 
     @classmethod
@@ -81,13 +89,18 @@ class SourceCache(NamedTuple):
     reduction) + the learned extra tokens, ordered source by source, extra tokens last.
     values: (B, S, D) = concat(V, pixel patches, K) (V alone when the residual path is off),
     zero-padded to a multiple of qk_dim (see `CrossModalAttention`). source_xy (B, k, N, 2) / source_strength (B, k, N):
-    the sources' keypoints (for relative-motion animation).
+    the sources' keypoints (for relative-motion animation). sources (B, k, 3, H, W): the images,
+    which the pixel output samples. token_places (B, S, 3k): per key token, [1, x, y] in its own
+    source's slot (zeros elsewhere and for the extra tokens), so `A @ token_places` gives each
+    query's attention mass and mass-weighted position per source in one product.
     """
 
     keys: torch.Tensor
     values: torch.Tensor
     source_xy: torch.Tensor
     source_strength: torch.Tensor
+    sources: torch.Tensor
+    token_places: torch.Tensor
 
 
 def check_images(x: torch.Tensor, name: str, ndim: int, size: int) -> None:
@@ -139,10 +152,14 @@ class ImplicitWarping(nn.Module):
             )
         else:
             self.residual_mlp = None
-        self.decoder = Decoder(self.value_dim, cfg.decoder_channels, cfg.decoder_res_blocks)
+        self.decoder = Decoder(self.value_dim, cfg.decoder_channels, cfg.decoder_res_blocks, pixel_mask=cfg.pixel_output)
         if len(cfg.decoder_channels) != tok_levels + 1:
             raise ValueError(f"decoder_channels needs {tok_levels + 1} entries (one per x2 upsampling + 1), got {cfg.decoder_channels}")
         self.register_buffer("pos_enc", sine_encoding_2d(self.grid_size, self.grid_size, cfg.qk_dim), persistent=False)
+        key_grid = self.grid_size // cfg.spatial_reduction
+        # token centres in [-1, 1] (x, y): queries on the token grid, keys after spatial reduction
+        self.register_buffer("query_xy", coordinate_grid(self.grid_size, self.grid_size).reshape(-1, 2), persistent=False)
+        self.register_buffer("key_xy", coordinate_grid(key_grid, key_grid).reshape(-1, 2), persistent=False)
 
     # ------------------------------------------------------------------ keypoints
     def detect_keypoints(self, images: torch.Tensor) -> Keypoints:
@@ -174,7 +191,16 @@ class ImplicitWarping(nn.Module):
         values = values.flatten(2).transpose(1, 2).reshape(b, -1, values.shape[1])
         keys, values = self.attention.prepare(keys, values)  # + extra tokens, padded values
         n = kp.xy.shape[1]
-        return SourceCache(keys, values, kp.xy.reshape(b, -1, n, 2), kp.strength.reshape(b, -1, n))
+        return SourceCache(keys, values, kp.xy.reshape(b, -1, n, 2), kp.strength.reshape(b, -1, n), sources,
+                           self._token_places(sources.shape[1], keys))
+
+    def _token_places(self, k: int, keys: torch.Tensor) -> torch.Tensor:
+        """(B, S, 3k) for `SourceCache.token_places`; the extra tokens (last) get zero rows."""
+        places = torch.cat([torch.ones_like(self.key_xy[:, :1]), self.key_xy], dim=1)  # (T, 3)
+        eye = torch.eye(k, dtype=places.dtype, device=places.device)
+        grid = (eye[:, None, :, None] * places[None, :, None, :]).reshape(k * places.shape[0], 3 * k)
+        grid = F.pad(grid, (0, 0, 0, self.attention.num_extra))
+        return grid.expand(keys.shape[0], -1, -1)
 
     # ------------------------------------------------------------------ per-frame path
     def _queries(self, kp: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,11 +230,33 @@ class ImplicitWarping(nn.Module):
         if self.residual_mlp is not None:
             feat = feat + self.residual_mlp(torch.cat([warped[..., self.value_dim :], q_raw], dim=-1))
         feat = feat.transpose(1, 2).reshape(b, self.value_dim, self.grid_size, self.grid_size)
+        pixels = self.sampled_sources(q, cache) if self.config.pixel_output else None
         return ModelOutput(
-            prediction=self.decoder(feat),
+            prediction=self.decoder(feat, pixels),
             driving_keypoints=driving_keypoints,
             source_keypoints=Keypoints(cache.source_xy, cache.source_strength),
         )
+
+    def sampled_sources(self, q: torch.Tensor, cache: SourceCache) -> torch.Tensor:
+        """The pixel output P (B, 3, H, W): each source sampled at full resolution where the
+        attention points (its mean attended token position per query token, as a displacement
+        upsampled bilinearly), blended by the attention mass on each source.
+
+        Forms the (queries x keys) weights, unlike the fused attention call: L x k*T floats per
+        item (64 px: 256 x 256k; 256 px at token stride 8: 1024 x 1024k)."""
+        src = cache.sources
+        b, k, _, h, w = src.shape
+        stats = (self.attention.weights(q, cache.keys) @ cache.token_places).reshape(b, q.shape[1], k, 3)
+        mass = stats[..., 0]  # (B, L, k)
+        centre = stats[..., 1:] / mass.clamp_min(1e-6)[..., None]  # (B, L, k, 2)
+        g = self.grid_size
+        shift = (centre - self.query_xy[:, None]).permute(0, 2, 3, 1).reshape(b * k, 2, g, g)
+        shift = F.interpolate(shift, size=(h, w), mode="bilinear", align_corners=False)
+        grid = coordinate_grid(h, w, shift.device) + shift.permute(0, 2, 3, 1)
+        warped = F.grid_sample(src.flatten(0, 1).float(), grid, align_corners=False, padding_mode="border")
+        weight = F.interpolate(mass.transpose(1, 2).reshape(b, k, g, g), size=(h, w), mode="bilinear", align_corners=False)
+        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-6)  # mass on the extra tokens is no source's
+        return (warped.reshape(b, k, 3, h, w) * weight[:, :, None]).sum(1)
 
     def forward(self, sources: torch.Tensor, driving: torch.Tensor) -> ModelOutput:
         return self.animate(self.encode_sources(sources), driving)

@@ -159,6 +159,39 @@ def test_residual_and_extra_kv_switches_change_the_network() -> None:
     assert model(extra_kv=False).attention.extra_keys is None
 
 
+def _forced_attention(targets: torch.Tensor) -> tuple[ImplicitWarping, torch.Tensor, torch.Tensor]:
+    """A one-source model whose query token i attends only to source token targets[i], with the
+    decoder's mask at 1 (the output is the pixel output alone). Returns (model, source, output)."""
+    m = model(extra_kv=False, qk_dim=64).eval()  # 8x8 tokens: one-hot keys need 64 channels
+    one_hot = torch.eye(m.grid_size**2)[None]
+    src = rand(1, 1, 3, 64, 64)
+    cache = m.encode_sources(src)._replace(keys=one_hot)  # source token j has key e_j
+    m._queries = lambda kp: (one_hot, one_hot[:, targets] * 1e3)  # query i matches key targets[i]
+    torch.nn.init.zeros_(m.decoder.mask_head.weight)
+    torch.nn.init.constant_(m.decoder.mask_head.bias, 1e4)
+    with torch.no_grad():
+        return m, src[:, 0], m.animate(cache, src[:, 0]).prediction
+
+
+def test_pixel_output_copies_the_source_when_every_query_attends_to_its_own_place() -> None:
+    _, src, out = _forced_attention(torch.arange(64))
+    torch.testing.assert_close(out, src, atol=1e-5, rtol=0)
+
+
+def test_pixel_output_moves_the_source_where_the_attention_points() -> None:
+    """Each query attends one token (8 px) to its right: the output is the source moved 8 px left."""
+    idx = torch.arange(64).reshape(8, 8)
+    targets = torch.where(idx % 8 < 7, idx + 1, idx).flatten()  # the last column keeps its own token
+    _, src, out = _forced_attention(targets)
+    torch.testing.assert_close(out[..., :48], src[..., 8:56], atol=1e-5, rtol=0)
+    assert (out[..., :48] - src[..., :48]).abs().mean() > 0.1  # not a copy
+
+
+def test_pixel_output_off_is_the_decoder_alone() -> None:
+    m = model(pixel_output=False)
+    assert m.decoder.mask_head is None and "pixel" not in " ".join(n for n, _ in m.named_parameters())
+
+
 class _Encode(torch.nn.Module):
     def __init__(self, m: torch.nn.Module) -> None:
         super().__init__()
@@ -182,9 +215,10 @@ def test_torch_export_with_dynamic_batch_and_sources(kind: str) -> None:
     else:
         m = ExplicitFlowBaseline(ExplicitFlowConfig.tiny()).eval()
     B, K, S = Dim("B", min=1, max=64), Dim("k", min=1, max=32), Dim("S", min=2, max=1 << 20)
+    K3 = 3 * K  # token_places: [1, x, y] per source
     enc = export(_Encode(m), (rand(2, 3, 3, 64, 64),), dynamic_shapes=({0: B, 1: K},)).module()
     if kind == "implicit":
-        spec = SourceCache({0: B, 1: S}, {0: B, 1: S}, {0: B, 1: K}, {0: B, 1: K})
+        spec = SourceCache({0: B, 1: S}, {0: B, 1: S}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: S, 2: K3})
     else:
         spec = FlowSourceCache({0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K})
     anim = export(_Animate(m), (m.encode_sources(rand(2, 3, 3, 64, 64)), rand(2, 3, 64, 64)), dynamic_shapes=(spec, {0: B})).module()

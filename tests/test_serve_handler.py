@@ -207,7 +207,7 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
     exported = load_exported(export_dir)
     m = exported.manifest
     assert m["format"] == "iwarp-export/1" and m["image_size"] == [SIZE, SIZE] and m["max_sources"] == 8
-    assert m["cache_fields"] == ["keys", "values", "source_xy", "source_strength"]
+    assert m["cache_fields"] == ["keys", "values", "source_xy", "source_strength", "sources", "token_places"]
     # one export serves any batch and any number of sources, including k=1 and k=8
     gen = torch.Generator().manual_seed(3)
     for b, k in ((1, 1), (2, 5), (1, 8)):
