@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.canary import CanaryVerdict, VersionStats, decide, with_failed_check, worker_restarts
+from serving.canary import CanaryVerdict, VersionStats, decide
 from serving.config import ServeConfig, load_serve_config
 from serving.server import ServerHandle, read_state, write_state
 
@@ -126,6 +126,7 @@ def run_canary(
     log: Any = print,
 ) -> CanaryVerdict:
     """Register `mar` beside the default version, evaluate both, then promote or roll back."""
+    from serving.canary import with_failed_check, worker_restarts
     from serving.canary_set import load_canary_set
     from serving.package import read_mar
 
