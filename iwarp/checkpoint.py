@@ -26,14 +26,32 @@ class CheckpointError(RuntimeError):
     """The file is missing, truncated, corrupt or not an iwarp checkpoint."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only, ...); the previous file at that
+    path, and every other checkpoint, is untouched and no temp file is left behind."""
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write `payload` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    """Write `payload` to `path` atomically (temp file in the same folder, fsync, rename).
+
+    An OSError on the way (ENOSPC, EROFS, ...) becomes one-line `CheckpointWriteError`; the temp
+    file is removed and the old `path`, if any, stays as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
     header = _HEADER.pack(MAGIC, len(data), hashlib.sha256(data).digest())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, header, data)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {reason} (errno {exc.errno}); "
+                                   "the previous checkpoints are untouched") from exc
+    return path
+
+
+def _write_atomically(path: Path, header: bytes, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -50,7 +68,6 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
-    return path
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -211,6 +211,25 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
     return CanaryVerdict(promote=promote, reasons=reasons, checks=checks, baseline=baseline, candidate=candidate)
 
 
+def with_failed_check(verdict: CanaryVerdict, check: Check) -> CanaryVerdict:
+    """The verdict with one more, failed, check: never a promotion (e.g. evidence the numbers
+    cannot show, such as a worker that died and was restarted during the canary)."""
+    checks = [*verdict.checks, check]
+    reasons = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+    return CanaryVerdict(False, reasons, checks, verdict.baseline, verdict.candidate)
+
+
+def worker_restarts(before: dict[str, list[int]], after: dict[str, list[int]], versions: Sequence[str]) -> Check:
+    """TorchServe restarts a worker that dies (a crash, the OOM killer, kill -9) and requests
+    queued meanwhile may still succeed, so the answers alone can hide it. Any version whose
+    worker pids changed during the canary makes the evidence incomplete: not promotable."""
+    changed = [f"{v} ({before.get(v)} -> {after.get(v)})" for v in versions if before.get(v) != after.get(v)]
+    if changed:
+        return Check("worker restarts", False, "worker died and was restarted during the canary: " + ", ".join(changed)
+                     + "; the evidence is incomplete, rerun the canary")
+    return Check("worker restarts", True, "no worker restarted during the canary")
+
+
 def first_version_verdict(candidate: VersionStats, thresholds: CanaryThresholds) -> CanaryVerdict:
     """Nothing serves yet, so nothing to compare against: the first version must answer every
     canary case (error rate 0, enough cases) and meet the absolute latency cap if one is set."""

@@ -65,12 +65,22 @@ _REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415:
 _TYPES = {400: "BadRequest", 404: "UnknownSourceSet", 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalError"}
 
 
+ECHO_CHARS = 64  # client text quoted back in an error is cut to this many characters
+MAX_JSON_DEPTH = 32  # a valid request nests 2 deep; json.loads recurses once per level
+
+
+def clip(value: Any, limit: int = ECHO_CHARS) -> str:
+    """Client-supplied text for an error message: at most `limit` characters, then '…'."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 class RequestError(Exception):
     """A client mistake: becomes this request's HTTP status and JSON error body."""
 
     def __init__(self, code: int, message: str, field: str | None = None):
         super().__init__(message)
-        self.code, self.message, self.field = code, message, field
+        self.code, self.message, self.field = code, message, None if field is None else clip(field)
 
     def body(self) -> str:
         return json.dumps({"code": self.code, "type": _TYPES.get(self.code, "Error"), "message": self.message, "field": self.field})
@@ -104,7 +114,7 @@ def _to_bool(value: Any, name: str) -> bool:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off", ""):
         return value.strip().lower() in ("true", "1", "yes", "on")
-    raise RequestError(400, f"`{name}` must be a boolean (true/false), got {str(value)[:40]!r}", name)
+    raise RequestError(400, f"`{name}` must be a boolean (true/false), got {clip(value, 40)!r}", name)
 
 
 def _to_text(value: Any, name: str) -> str:
@@ -137,6 +147,8 @@ def _b64_list(value: Any, name: str) -> list[tuple[str, bytes]]:
         value = [value]
     if not isinstance(value, list):
         raise RequestError(400, f"`{name}` must be a list of base64 images", name)
+    if any(isinstance(v, (list, dict)) for v in value):
+        raise RequestError(400, f"`{name}` must be a flat list of base64 images, not nested lists or objects", name)
     return [(f"{name}[{i}]", _b64(v, f"{name}[{i}]")) for i, v in enumerate(value)]
 
 
@@ -154,12 +166,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
         text = bytes(body) if not isinstance(body, str) else body.encode()
         if not text.strip():
             raise RequestError(400, "empty request: send `sources` (or `source_set_id`) and `driving` frames", "body")
-        try:
-            fields = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError(
-                400, "request body is neither JSON (application/json) nor multipart/form-data", "body"
-            ) from None
+        fields = _loads(text)
         if not isinstance(fields, dict):
             raise RequestError(400, "JSON body must be an object with `sources`/`source_set_id` and `driving`", "body")
         from_json = True
@@ -169,11 +176,12 @@ def parse_request(raw: dict[str, Any]) -> Request:
     if not fields:
         raise RequestError(400, "empty request: send `sources` (or `source_set_id`) and `driving` frames", "body")
 
+    _check_depth(fields)
     req = Request()
     indexed: dict[str, list[tuple[int, str, bytes]]] = {"source": [], "driving": []}
     for key, value in fields.items():
         k = str(key)
-        m = _INDEXED.match(k)
+        m = _INDEXED.match(k) if len(k) <= 32 else None  # bounds the index too: driving_999...
         if m:
             kind, idx = m.group(1), m.group(2)
             if from_json and idx is None:
@@ -190,7 +198,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
         elif k == "output":
             out = _to_text(value, k).lower()
             if out not in OUTPUTS:
-                raise RequestError(400, f"`output` must be one of {list(OUTPUTS)}, got {out!r}", k)
+                raise RequestError(400, f"`output` must be one of {list(OUTPUTS)}, got {clip(out)!r}", k)
             req.output = out
         elif k == "fps":
             try:
@@ -200,7 +208,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
             if not 0 < req.fps <= 240:
                 raise RequestError(400, "`fps` must be in (0, 240]", k)
         else:
-            raise RequestError(400, f"unknown field `{k}`", k)
+            raise RequestError(400, f"unknown field `{clip(k)}`", k)
     req.sources = [(n, b) for _, n, b in sorted(indexed["source"])]
     req.driving = [(n, b) for _, n, b in sorted(indexed["driving"])]
     if req.driving and req.driving_video is not None:
@@ -212,6 +220,31 @@ def parse_request(raw: dict[str, Any]) -> Request:
     if not req.driving and req.driving_video is None and not req.register:
         raise RequestError(400, "missing field `driving` (one or more frames) or `driving_video`", "driving")
     return req
+
+
+def _loads(text: bytes) -> Any:
+    """Parse a JSON body; bad or hostile JSON (e.g. 100 000 nested `[`, which makes json.loads
+    raise RecursionError) is the client's 400, never the worker's 500."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise RequestError(400, f"JSON body nests deeper than {MAX_JSON_DEPTH} levels", "body") from None
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "request body is neither JSON (application/json) nor multipart/form-data", "body") from None
+
+
+def _check_depth(fields: dict[str, Any]) -> None:
+    """Refuse deep nesting in an already parsed body (TorchServe parses application/json itself)
+    before anything walks it recursively (str(), json.dumps)."""
+    stack = [(v, 2) for v in fields.values()]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(400, f"JSON body nests deeper than {MAX_JSON_DEPTH} levels", "body")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _raw_bytes(value: Any, name: str) -> bytes:
@@ -235,9 +268,9 @@ def decode_image(data: bytes, name: str, max_side: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise RequestError(415, f"`{name}` is not an image Pillow can read (PNG, JPEG, WebP, ...)", name) from None
     except Image.DecompressionBombError as exc:
-        raise RequestError(413, f"`{name}` declares too many pixels: {exc}", name) from None
+        raise RequestError(413, f"`{name}` declares too many pixels: {clip(exc, 200)}", name) from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bytes
-        raise RequestError(415, f"`{name}` could not be read as an image: {exc}", name) from None
+        raise RequestError(415, f"`{name}` could not be read as an image: {clip(exc, 200)}", name) from None
     w, h = img.size
     if max(w, h) > max_side:
         raise RequestError(413, f"`{name}` is {w}x{h}; the largest side allowed is {max_side} px", name)
@@ -246,7 +279,7 @@ def decode_image(data: bytes, name: str, max_side: int) -> np.ndarray:
     try:
         return np.asarray(img.convert("RGB"))
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
-        raise RequestError(415, f"`{name}` is a corrupt image: {exc}", name) from None
+        raise RequestError(415, f"`{name}` is a corrupt image: {clip(exc, 200)}", name) from None
 
 
 def decode_video(data: bytes, name: str, max_side: int, max_frames: int) -> tuple[list[np.ndarray], float | None]:
@@ -272,7 +305,7 @@ def decode_video(data: bytes, name: str, max_side: int, max_frames: int) -> tupl
     except RequestError:
         raise
     except Exception as exc:  # noqa: BLE001 - av raises many types for corrupt input
-        raise RequestError(400, f"`{name}` is not a decodable video: {exc or type(exc).__name__}", name) from None
+        raise RequestError(400, f"`{name}` is not a decodable video: {clip(exc or type(exc).__name__, 200)}", name) from None
     if not frames:
         raise RequestError(400, f"`{name}` decoded to zero frames (corrupt or truncated video)", name)
     return frames, fps
@@ -462,7 +495,7 @@ class IwarpService:
             job.error = exc
         except Exception as exc:  # noqa: BLE001 - one request's bug must not fail the batch
             log.exception("request %d failed", job.idx)
-            job.error = RequestError(500, f"internal error: {type(exc).__name__}: {exc}")
+            job.error = RequestError(500, f"internal error: {type(exc).__name__}: {clip(exc, 200)}")
 
     def _guard_all(self, jobs: list[_Job], fn: Any) -> None:
         """Run a batched stage; if the batch fails, retry one by one so only the culprit fails."""
@@ -481,6 +514,7 @@ class IwarpService:
         cfg = self.cfg
         total = sum(len(v) for v in raw.values() if isinstance(v, (bytes, bytearray, str)))
         if isinstance(raw.get("body"), dict):
+            _check_depth(raw["body"])  # before str() walks it recursively
             total = sum(len(str(v)) for v in raw["body"].values())
         limit = float(cfg["max_payload_mb"]) * 1024 * 1024
         if total > limit:
@@ -541,7 +575,7 @@ class IwarpService:
         if entry is None:
             raise RequestError(
                 404,
-                f"unknown or expired source_set_id {sid!r}: this worker keeps the {self.cache.capacity} most recent "
+                f"unknown or expired source_set_id {clip(sid)!r}: this worker keeps the {self.cache.capacity} most recent "
                 f"sets for {self.cache.ttl_s:.0f} s; register the sources again (same images give the same id)",
                 "source_set_id",
             )
@@ -624,7 +658,7 @@ class IwarpService:
             return json.dumps(info)
         except Exception as exc:  # noqa: BLE001
             log.exception("encoding response %d failed", job.idx)
-            err = RequestError(500, f"internal error while encoding the response: {exc}")
+            err = RequestError(500, f"internal error while encoding the response: {clip(exc, 200)}")
             context.set_response_status(500, _REASONS[500], job.idx)
             context.set_response_content_type(job.idx, "application/json")
             return err.body()

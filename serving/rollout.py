@@ -8,7 +8,9 @@
    case without an error (nothing to compare against) to become the default.
 2. Send every held-out case to both versions (`POST /predictions/iwarp/<version>`),
    interleaved so machine noise hits both alike, and measure error rate, latency and quality
-   (mean L1 and PSNR of the frames against the ground truth).
+   (mean L1 and PSNR of the frames against the ground truth). A worker of either version that
+   died meanwhile (its pid changed: TorchServe restarted it) vetoes promotion, even when the
+   requests queued behind the restart all succeeded: the evidence is incomplete.
 3. `serving.canary.decide` -> promote (`set-default`, the old version stays registered for
    `iwarp serve rollback`) or roll back (unregister the candidate).
 4. With an MLflow tracking URI, move registry aliases: the candidate's model version is
@@ -124,6 +126,7 @@ def run_canary(
     log: Any = print,
 ) -> CanaryVerdict:
     """Register `mar` beside the default version, evaluate both, then promote or roll back."""
+    from serving.canary import with_failed_check, worker_restarts
     from serving.canary_set import load_canary_set
     from serving.package import read_mar
 
@@ -159,11 +162,17 @@ def run_canary(
     client.register_model(target.name, name, workers=cfg.model.workers)
     try:
         versions = [baseline, candidate] if baseline else [candidate]
+        pids = client.worker_pids(name)
         log(f"canary: {len(cases)} held-out case(s) x {cfg.canary_eval.repeats} to {' and '.join(versions)}")
         samples = evaluate_versions(client, cases, versions, repeats=cfg.canary_eval.repeats,
                                     warmup=cfg.canary_eval.warmup, progress=progress)
         verdict = decide(samples[baseline].stats(baseline) if baseline else None,
                          samples[candidate].stats(candidate), cfg.canary)
+        restarts = worker_restarts(pids, client.worker_pids(name), versions)
+        if restarts.passed:
+            verdict.checks.append(restarts)
+        else:
+            verdict = with_failed_check(verdict, restarts)
     except BaseException:
         client.unregister_model(candidate, name)  # never leave a half-evaluated candidate behind
         raise

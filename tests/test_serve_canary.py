@@ -15,6 +15,8 @@ from serving.canary import (
     load_thresholds,
     next_traffic_percent,
     percentile,
+    with_failed_check,
+    worker_restarts,
 )
 
 
@@ -28,6 +30,21 @@ def test_identical_versions_promote():
     assert v.promote and v.action == "promote"
     assert all(ch.passed for ch in v.checks)
     assert "PROMOTE" in v.summary() and "2.0" in v.summary()
+
+
+def test_a_worker_restart_during_the_canary_vetoes_promotion():
+    """Answers that all succeeded (requests queued behind TorchServe's restart) still do not
+    promote when a worker died: the evidence is incomplete."""
+    good = decide(stats("1.0"), stats("2.0"), CanaryThresholds())
+    assert good.promote
+    same = worker_restarts({"1.0": [11], "2.0": [22]}, {"1.0": [11], "2.0": [22]}, ["1.0", "2.0"])
+    assert same.passed
+    for after in ({"1.0": [11], "2.0": [23]}, {"1.0": [12], "2.0": [22]}, {"1.0": [11], "2.0": []}):
+        check = worker_restarts({"1.0": [11], "2.0": [22]}, after, ["1.0", "2.0"])
+        assert not check.passed and "restarted during the canary" in check.detail
+        vetoed = with_failed_check(good, check)
+        assert not vetoed.promote and vetoed.action == "rollback"
+        assert vetoed.reasons == [f"worker restarts: {check.detail}"] and "[FAIL] worker restarts" in vetoed.summary()
 
 
 def test_quality_regression_beyond_tolerance_rolls_back():

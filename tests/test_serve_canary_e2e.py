@@ -166,3 +166,75 @@ def test_rollback_and_restart_keep_the_recorded_versions(env):
     frames = photo_frames(3)
     assert client.predict(frames[:1], frames[1:], version="2.0").info["model_version"] == "2.0"
     assert client.predict(frames[:1], frames[1:]).info["model_version"] == "1.0"
+
+
+@pytest.mark.parametrize("victim", ["candidate", "baseline"])
+def test_worker_killed_during_the_canary_is_never_promoted(env, tmp_path, victim):
+    """`kill -9` on a worker pid (from the management API) while the canary evaluates a
+    candidate with the baseline's weights, which would otherwise be promoted: the verdict is a
+    rollback (or a clear failure), the default keeps serving, the candidate is gone, and the
+    next request to the default succeeds once TorchServe has restarted the worker."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from serving.package import package
+    from serving.rollout import run_canary
+    from serving.server import read_state
+
+    handle = env["handle"]
+    client = handle.client()
+    cfg = copy.deepcopy(env["cfg"])
+    cfg.canary_eval.timeout_s = 20.0  # a request the dying worker swallows fails after this, not 120 s
+    if client.default_version() is None:  # this test run alone: deploy a first version
+        run_canary(env["mar1"], handle=handle, canary_set=env["set"], config=cfg, progress=False, log=lambda s: None)
+    default, registered = client.default_version(), client.versions()
+    version = {"candidate": "4.0", "baseline": "5.0"}[victim]
+    mar = package(write_checkpoint(tiny_model(seed=0), tmp_path / "c.ckpt"), version, tmp_path / "mar", config=cfg)
+
+    evaluating, result = threading.Event(), {}
+
+    def log(line: str) -> None:
+        if "held-out case" in line:  # logged once both workers are up, right before the first request
+            evaluating.set()
+
+    def canary() -> None:
+        try:
+            result["verdict"] = run_canary(mar, handle=handle, canary_set=env["set"], config=cfg, progress=False, log=log)
+        except Exception as exc:  # noqa: BLE001 - a clear failure is an allowed outcome
+            result["error"] = exc
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=canary)
+    thread.start()
+    assert evaluating.wait(600), "the canary never started evaluating"
+    pid = client.worker_pids()[version if victim == "candidate" else default][0]
+    time.sleep(0.5)  # a few requests in
+    os.kill(pid, signal.SIGKILL)
+    thread.join(900)
+    assert not thread.is_alive()
+    elapsed = time.monotonic() - t0
+
+    verdict = result.get("verdict")
+    if verdict is not None:
+        assert not verdict.promote, verdict.summary()
+        assert any(r.startswith(("worker restarts", "error rate", "evidence")) for r in verdict.reasons), verdict.reasons
+    else:
+        assert str(result["error"]).strip() and "\n" not in str(result["error"]).strip()
+    assert client.default_version() == default and client.versions() == registered
+    assert read_state(env["store"])["default"] == default
+    frames = photo_frames(3)
+    deadline = time.monotonic() + 180
+    while True:  # TorchServe restarts a killed baseline worker; until then requests may be refused
+        try:
+            answer = client.predict(frames[:1], frames[1:])
+            break
+        except Exception:  # noqa: BLE001
+            assert time.monotonic() < deadline, "the default version never served again"
+            time.sleep(2)
+    recovered = time.monotonic() - t0 - elapsed
+    assert answer.status == 200 and answer.info["model_version"] == default
+    lost = {s.version: round(s.error_rate * s.n_requests) for s in (verdict.baseline, verdict.candidate) if s} if verdict else "n/a"
+    print(f"\nkill -9 {victim} worker: {verdict.action if verdict else result['error']!r}; failed canary requests {lost}; "
+          f"canary {elapsed:.1f} s, default served again {recovered:.1f} s later")

@@ -62,6 +62,10 @@ def test_parse_json_and_multipart_forms(frames):
         ({"body": {"sources": ["aGk="], "driving": ["aGk="], "driving_video": "aGk="}}, 400, "not both"),
         ({"body": {"sources": 5, "driving": ["aGk="]}}, 400, "list of base64"),
         ({"body": {"sources": ["aGk="], "driving": ["aGk="], "fps": 0}}, 400, "`fps` must be in"),
+        # hostile JSON: json.loads would raise RecursionError (a 500 before), or str() would on a parsed body
+        ({"body": b"[" * 100_000}, 400, "nests deeper than 32"),
+        ({"body": {"sources": json.loads("[" * 500 + "]" * 500), "driving": ["aGk="]}}, 400, "nests deeper than 32"),
+        ({"body": {"sources": [["aGk="]], "driving": ["aGk="]}}, 400, "flat list"),
     ],
 )
 def test_parse_errors_say_what_is_wrong(raw, code, needle):
@@ -70,6 +74,18 @@ def test_parse_errors_say_what_is_wrong(raw, code, needle):
     assert info.value.code == code and needle in info.value.message
     body = json.loads(info.value.body())
     assert body["code"] == code and needle in body["message"]
+
+
+def test_echoed_input_is_cut_to_a_short_prefix():
+    long = "x" * 100_000
+    for raw in ({"body": {"sources": ["aGk="], "driving": ["aGk="], long: 1}},
+                {"body": {"sources": ["aGk="], "driving": ["aGk="], "output": long}},
+                {"driving_" + "9" * 100_000: b"x", "source": b"y"}):
+        with pytest.raises(RequestError) as info:
+            parse_request(raw)
+        body = json.loads(info.value.body())
+        assert ("x" * 64 + "…" in body["message"] or "9" * 56 + "…" in body["message"]), body["message"][:200]
+        assert len(body["message"]) < 200 and len(body["field"]) <= 65
 
 
 # ----------------------------------------------------------------------------- media
@@ -195,6 +211,32 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
         run_batch(svc, ctx, [{"body": {"sources": p[i : i + 1], "register": True}}])
     _, statuses = run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": p[3:4]}}])
     assert statuses == [404]
+
+
+@pytest.mark.slow
+def test_hostile_bodies_fuzz_never_get_a_5xx(service, frames):
+    """600 generated hostile requests (seeded: a failure names its case and reproduces) through
+    handle() in batches of 4, as TorchServe's worker would hand them over: every answer is a
+    4xx or a 200, never a 5xx, every error body is short JSON, and a good request still works."""
+    from conftest_serve import hostile_cases
+
+    svc, ctx, _, _ = service
+    cases = hostile_cases(600, seed=12, good=frames[0])
+    good = {"body": {"sources": [b64(png_bytes(frames[0]))], "driving": [b64(png_bytes(frames[1]))]}}
+    seen: dict[int, int] = {}
+    for start in range(0, len(cases), 4):
+        batch = cases[start : start + 4]
+        out, statuses = run_batch(svc, ctx, [c.ts_request() for c in batch])
+        for i, (case, body, status) in enumerate(zip(batch, out, statuses)):
+            seen[status] = seen.get(status, 0) + 1
+            assert status < 500, f"case {start + i} ({case.name}): {status} {str(body)[:300]}"
+            if status >= 400:
+                err = json.loads(body)
+                assert err["code"] == status and len(err["message"]) < 400, f"case {start + i} ({case.name}): {err['message'][:300]}"
+    assert seen.get(200, 0) > 0 and sum(v for k, v in seen.items() if k >= 400) > 400, seen  # both paths exercised
+    _, statuses = run_batch(svc, ctx, [good])
+    assert statuses == [200]
+    print(f"\nhostile bodies in-process: {len(cases)} cases, statuses {sorted(seen.items())}")
 
 
 @pytest.mark.slow

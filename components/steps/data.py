@@ -30,8 +30,19 @@ def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.Completed
     if proc.stdout.strip():
         print(proc.stdout.rstrip(), flush=True)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed (exit {proc.returncode}) in {workspace}")
+        raise RuntimeError(dvc_failure(args, proc.returncode, proc.stdout, workspace))
     return proc
+
+
+def dvc_failure(args: tuple[str, ...], code: int, output: str, workspace: Path) -> str:
+    """One line for a failed DVC command: DVC's own summary (its last `ERROR:` line) and the
+    first cause it gave, e.g. an unreachable S3 endpoint, instead of one line per file."""
+    errors = [line.removeprefix("ERROR:").strip() for line in output.splitlines() if line.startswith("ERROR")]
+    detail = f": {errors[-1]}" if errors else ""
+    cause = next((e.split(" - ", 1)[1] for e in errors[:-1] if " - " in e), "")
+    if cause:
+        detail += f" (first cause: {cause[:300]})"
+    return f"`dvc {' '.join(args)}` failed (exit {code}) in {workspace}{detail}"
 
 
 def init_workspace(workspace: Path, remote: str, endpoint_url: str) -> None:

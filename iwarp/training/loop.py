@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -24,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from iwarp.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from iwarp.checkpoint import CheckpointError, CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
 from iwarp.config import ConfigError, flatten, save_config, to_dict
 from iwarp.training import init, visuals
 from iwarp.training.config import TrainConfig
@@ -335,11 +336,26 @@ class Trainer:
             "saved_at": time.time(),
         }
         path = save_checkpoint(payload, self.ckpt_dir / checkpoint_name(step))
-        prune_checkpoints(self.ckpt_dir, self.cfg.checkpoint.keep_last)
+        prune_checkpoints(self.ckpt_dir, self.cfg.checkpoint.keep_last)  # only after a good write
         if final:
-            link_or_copy(path, self.ckpt_dir / FINAL_NAME)
+            try:
+                link_or_copy(path, self.ckpt_dir / FINAL_NAME)
+            except OSError as exc:
+                raise CheckpointWriteError(f"could not write {self.ckpt_dir / FINAL_NAME}: {exc.strerror or exc}; "
+                                           f"the step checkpoint {path} is complete") from exc
             return self.ckpt_dir / FINAL_NAME
         return path
+
+    def _save_periodic(self, step: int) -> None:
+        """Policy: a periodic checkpoint that cannot be written (disk full, ...) costs one warning
+        line and training carries on, trying again at the next interval; the last good checkpoint
+        stays the resume point. The final (and the SIGTERM) checkpoint has no next try: its
+        failure stops the run with CheckpointWriteError (`iwarp train`: `error: ...`, exit 1)."""
+        try:
+            self.save(step)
+        except CheckpointWriteError as exc:
+            nxt = step + self.cfg.checkpoint.every_steps
+            tqdm.write(f"warning: step {step}: {exc}; training continues, next try at step {nxt}", file=sys.stderr)
 
     # ------------------------------------------------------------------ pictures
     def _preview_batch(self) -> dict[str, Any]:
@@ -486,7 +502,7 @@ class Trainer:
             if stopped == "budget":
                 break
             if step % cfg.checkpoint.every_steps == 0 and step < total:
-                self.save(step)
+                self._save_periodic(step)
         bar.close()
 
         if stopped == "signal":
