@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from iwarp.errors import ServiceUnavailable
+
 HOME_ENV = "IWARP_HOME"
 DEFAULT_MLFLOW_PORT = 5000
 
 
-class ServiceError(RuntimeError):
+class ServiceError(ServiceUnavailable, RuntimeError):
     """A local service could not be started, reached or stopped."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from iwarp.errors import IwarpError
 from serving.config import ServeConfig, ServerSettings, load_serve_config
 
 TEMPLATE = Path(__file__).with_name("config.properties")
@@ -36,7 +37,7 @@ KEY_FILE = "key_file.json"
 _TS_MAIN = "org.pytorch.serve.ModelServer"
 
 
-class ServerError(RuntimeError):
+class ServerError(IwarpError, RuntimeError):
     pass
 
 
