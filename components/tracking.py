@@ -45,7 +45,7 @@ from iwarp.training.loggers import Logger, read_jsonl
 
 _STEPPED_IMAGE = re.compile(r"^(?P<key>.+)-(?P<step>\d+)$")
 _BATCH = 100  # MLflow's limit of params / metrics per log_batch call
-QUEUE_SIZE = 256  # calls held in memory; more wait in the journal
+QUEUE_ENV, QUEUE_SIZE = "IWARP_TRACKING_QUEUE", 256  # calls held in memory; more wait in the journal
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
 DRAIN_ENV = "IWARP_TRACKING_DRAIN_S"  # how long close() waits for a server that makes no progress
 DEFAULT_DRAIN_S = 30.0
@@ -365,7 +365,7 @@ class MLflowLogger(Logger):
         self.journal.save_spec(self.spec)
         self._file = open(self.journal.path, "ab")  # noqa: SIM115 - open for the run's lifetime
         self._written = len(entries)
-        self._queue: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue(int(os.environ.get(QUEUE_ENV, QUEUE_SIZE)))
         self._pending: tuple[int, dict[str, Any]] | None = None
         self._cv = threading.Condition()
         self._closed = False

@@ -11,7 +11,7 @@ An `IwarpError` carries a one-line message and the exit code the CLI returns for
 
 Areas subclass these (`class ConfigError(InputError, ValueError)`) and keep the builtin base
 callers already catch. `run_command` is the one place that turns an exception into
-`error: <message>` and an exit code; `IWARP_DEBUG=1` prints the traceback first.
+`error: <message>` (one line) and an exit code; `IWARP_DEBUG=1` prints the traceback first.
 """
 
 from __future__ import annotations
@@ -63,10 +63,9 @@ def exit_code(exc: BaseException) -> int | None:
 
 
 def message(exc: BaseException) -> str:
-    """`error: <first line>`; further lines of the message follow indented (e.g. a log tail)."""
+    """`error: <the message's first line>`; the full message is in the IWARP_DEBUG traceback."""
     text = str(exc).strip() or type(exc).__name__
-    first, *rest = text.splitlines()
-    return "\n".join([f"error: {first}", *(f"  {line}" for line in rest)])
+    return f"error: {text.splitlines()[0]}"
 
 
 def report(exc: BaseException) -> int:
