@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from train_utils import REPO, env, iwarp_cmd, make_synth, run_iwarp, train_args
 
 from pipelines.services import MlflowServer, free_port
-from train_utils import REPO, env, iwarp_cmd, make_synth, run_iwarp, train_args
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
