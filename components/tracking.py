@@ -26,6 +26,7 @@ what its folder holds) through the same idempotent delivery: a second sync adds 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -35,6 +36,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,22 @@ def fast_fail_http() -> None:
         os.environ.setdefault(key, value)
 
 
+@contextlib.contextmanager
+def few_http_retries(retries: int = 2) -> Iterator[None]:
+    """MLflow calls inside fail after `retries` quick retries instead of minutes of them
+    (MLflow reads these variables at each request); for one-off calls in a longer process."""
+    saved = {k: os.environ.get(k) for k in HTTP_ENV}
+    os.environ.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def transient(exc: BaseException) -> bool:
     """True for failures an outage causes (worth retrying); False for a call MLflow rejects."""
     import requests
@@ -88,6 +106,13 @@ def sync_hint(run_dir: Path, uri: str) -> str:
     return f"iwarp track sync {run_dir} --tracking-uri {uri}"
 
 
+def pending_calls(run_dir: str | Path) -> int:
+    """Logging calls of a run folder that have not reached MLflow (0 for an untracked run)."""
+    journal = Journal(Path(run_dir))
+    spec = journal.load_spec()
+    return max(len(journal.entries()) - spec.delivered, 0) if spec else 0
+
+
 # --------------------------------------------------------------------------- delivery
 @dataclasses.dataclass
 class RunSpec:
@@ -100,6 +125,7 @@ class RunSpec:
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     registered_model_name: str | None = None
     delivered: int = 0  # journal entries delivered (a prefix of the journal)
+    slowest_call_ms: float = 0.0  # the slowest logging call on the training thread (the last run)
 
 
 class MLflowTarget:
@@ -451,6 +477,8 @@ class MLflowLogger(Logger):
                 self._abandon.set()
                 break
         self._file.close()
+        self.spec.slowest_call_ms = round(self.max_call_s * 1000, 3)
+        self.journal.save_spec(self.spec)
         left = self._written - self.spec.delivered
         if left > 0:
             print(f"tracking: MLflow at {self.spec.tracking_uri} is unreachable; {left} logging calls are kept in "

@@ -110,7 +110,7 @@ def _cmd_canary(args: argparse.Namespace) -> int:
         args.mar, workdir=args.workdir, canary_set=args.canary_set, config=_config(args),
         mlflow_tracking_uri=args.mlflow_uri, mlflow_model_version=args.mlflow_model_version,
     )
-    return 3 if (args.fail_on_rollback and not verdict.promote) else 0
+    return 4 if (args.fail_on_rollback and not verdict.promote) else 0  # 3 means unreachable (iwarp.errors)
 
 
 def _cmd_canary_set(args: argparse.Namespace) -> int:
@@ -187,7 +187,7 @@ def register(subparsers) -> None:
     p.add_argument("--canary-set", default=None, help="held-out canary set folder (default: canary_eval.canary_set)")
     p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no aliases)")
     p.add_argument("--mlflow-model-version", default=None, help="candidate's registered-model version (default: from the archive)")
-    p.add_argument("--fail-on-rollback", action="store_true", help="exit 3 when the candidate is rolled back")
+    p.add_argument("--fail-on-rollback", action="store_true", help="exit 4 when the candidate is rolled back")
     _add_workdir(p)
     _add_config(p)
     p.set_defaults(func=_cmd_canary)
