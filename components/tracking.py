@@ -46,13 +46,15 @@ import torch
 from iwarp.training.loggers import Logger, read_jsonl
 
 _STEPPED_IMAGE = re.compile(r"^(?P<key>.+)-(?P<step>\d+)$")
-_BATCH = 100  # MLflow's limit of params / metrics per log_batch call
+_BATCH, _METRIC_BATCH = 100, 1000  # MLflow's limits of params / metrics per log_batch call
+METRIC_STEPS_PER_CALL = 50  # a backlog of metrics goes in requests of up to this many steps
 QUEUE_ENV, QUEUE_SIZE = "IWARP_TRACKING_QUEUE", 256  # calls held in memory; more wait in the journal
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
 DRAIN_ENV = "IWARP_TRACKING_DRAIN_S"  # how long close() waits for a server that makes no progress
 DEFAULT_DRAIN_S = 30.0
 # MLflow's client retries a refused connection for minutes by default; the worker retries instead.
-HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# The timeout bounds one request (a checkpoint upload included), not the training: 30 s.
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 JOURNAL, STATE = "journal.jsonl", "state.json"
 
 
@@ -104,6 +106,13 @@ def transient(exc: BaseException) -> bool:
 
 def sync_hint(run_dir: Path, uri: str) -> str:
     return f"iwarp track sync {run_dir} --tracking-uri {uri}"
+
+
+def recorded_run_id(run_dir: str | Path) -> str:
+    """The MLflow run a run folder logs to ("" if none): a training that started while MLflow
+    was down has it here, not in its checkpoint."""
+    spec = Journal(Path(run_dir)).load_spec()
+    return (spec.run_id or "") if spec else ""
 
 
 def pending_calls(run_dir: str | Path) -> int:
@@ -200,9 +209,14 @@ class MLflowTarget:
         return p if p.is_absolute() else self.run_dir / p
 
     # ------------------------------------------------------------- ops
-    def deliver(self, entry: dict[str, Any]) -> None:
+    def deliver(self, entries: list[dict[str, Any]]) -> None:
+        """One call, or consecutive `metrics` calls (a backlog) in one request."""
         self.ensure_run()
-        getattr(self, f"_{entry['op']}")(entry)
+        if entries[0]["op"] == "metrics":
+            self._metrics(entries)
+        else:
+            (entry,) = entries
+            getattr(self, f"_{entry['op']}")(entry)
 
     def _params(self, e: dict[str, Any]) -> None:
         from mlflow.entities import Param, RunTag
@@ -217,16 +231,15 @@ class MLflowTarget:
         if changed:
             self.client.log_batch(self.spec.run_id, tags=changed)
 
-    def _metrics(self, e: dict[str, Any]) -> None:
+    def _metrics(self, entries: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric
 
-        step = int(e["step"])
-        rows = [Metric(k, float(v), int(e["time"]), step) for k, v in e["metrics"].items()
-                if np.isfinite(v) and step not in self._steps(k)]
-        for i in range(0, len(rows), _BATCH):
-            self.client.log_batch(self.spec.run_id, metrics=rows[i : i + _BATCH])
+        rows = [Metric(k, float(v), int(e["time"]), int(e["step"])) for e in entries for k, v in e["metrics"].items()
+                if np.isfinite(v) and int(e["step"]) not in self._steps(k)]
+        for i in range(0, len(rows), _METRIC_BATCH):
+            self.client.log_batch(self.spec.run_id, metrics=rows[i : i + _METRIC_BATCH])
         for row in rows:
-            self._steps(row.key).add(step)
+            self._steps(row.key).add(row.step)
 
     def _image(self, e: dict[str, Any]) -> None:
         """`samples-00000100.png` -> stepped image `samples` (UI step slider); else a file."""
@@ -331,22 +344,23 @@ class Journal:
         os.replace(tmp, self.state_path)
 
 
-def deliver_one(target: MLflowTarget, entry: dict[str, Any], give_up) -> bool:
-    """Deliver one journal entry, retrying what an outage causes; `give_up(exc, delay)` waits
-    `delay` seconds and says whether to stop trying. False when it gave up."""
+def deliver_one(target: MLflowTarget, entries: list[dict[str, Any]], give_up) -> bool:
+    """Deliver one journal entry (or a run of metrics entries), retrying what an outage causes;
+    `give_up(exc, delay)` waits `delay` seconds and says whether to stop trying. False when it
+    gave up."""
     from iwarp.errors import IwarpError
 
     delay = RETRY_FIRST_S
     while True:
         try:
-            target.deliver(entry)
+            target.deliver(entries)
             return True
         except IwarpError:
             raise
         except Exception as exc:
             target.forget()
             if not transient(exc):  # MLflow rejects the call itself: retrying cannot help
-                warnings.warn(f"tracking: MLflow rejected a {entry['op']} call "
+                warnings.warn(f"tracking: MLflow rejected a {entries[0]['op']} call "
                               f"({type(exc).__name__}: {str(exc)[:200]}); skipped", stacklevel=2)
                 return True
             if give_up(exc, delay):
@@ -392,7 +406,7 @@ class MLflowLogger(Logger):
         self._file = open(self.journal.path, "ab")  # noqa: SIM115 - open for the run's lifetime
         self._written = len(entries)
         self._queue: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue(int(os.environ.get(QUEUE_ENV, QUEUE_SIZE)))
-        self._pending: tuple[int, dict[str, Any]] | None = None
+        self._ahead: dict[int, dict[str, Any]] = {}  # entries taken from the queue before their turn
         self._cv = threading.Condition()
         self._closed = False
         self._abandon = threading.Event()
@@ -486,26 +500,19 @@ class MLflowLogger(Logger):
                   file=sys.stderr, flush=True)
 
     # ---------------------------------------------------------- worker thread
-    def _take(self) -> dict[str, Any] | None:
-        """The next entry to deliver (from the queue, or the journal when it spilled); None
-        once closed and everything is delivered."""
-        with self._cv:
-            while self.spec.delivered >= self._written and not self._closed:
-                self._cv.wait()
-            if self.spec.delivered >= self._written:
-                return None
-            seq, offset = self.spec.delivered, self._offsets[self.spec.delivered]
-        while self._pending is None or self._pending[0] < seq:
-            try:
-                self._pending = self._queue.get_nowait()
-            except queue.Empty:
-                self._pending = None
-                break
-        if self._pending is not None and self._pending[0] == seq:
-            entry, self._pending = self._pending[1], None
-            return entry
+    def _entry(self, seq: int) -> dict[str, Any]:
+        """Journal entry `seq` (< written): from the queue, or from the journal when it spilled."""
+        if seq in self._ahead:
+            return self._ahead.pop(seq)
+        try:
+            queued, entry = self._queue.get_nowait()  # the queue holds increasing seqs
+            if queued == seq:
+                return entry
+            self._ahead[queued] = entry  # a later one: the ones before it spilled
+        except queue.Empty:
+            pass
         with open(self.journal.path, "rb") as f:
-            f.seek(offset)
+            f.seek(self._offsets[seq])
             return json.loads(f.readline())
 
     def _went_down(self, exc: BaseException) -> None:
@@ -525,11 +532,25 @@ class MLflowLogger(Logger):
         return self._abandon.wait(delay)
 
     def _work(self) -> None:
-        while (entry := self._take()) is not None:
-            if not deliver_one(self.target, entry, self._give_up):
+        while True:
+            with self._cv:
+                while self.spec.delivered >= self._written and not self._closed:
+                    self._cv.wait()
+                if self.spec.delivered >= self._written:
+                    return  # closed and all delivered
+                written = self._written
+            seq = self.spec.delivered
+            batch = [self._entry(seq)]
+            while batch[0]["op"] == "metrics" and len(batch) < METRIC_STEPS_PER_CALL and seq + len(batch) < written:
+                nxt = self._entry(seq + len(batch))
+                if nxt["op"] != "metrics":
+                    self._ahead[seq + len(batch)] = nxt
+                    break
+                batch.append(nxt)
+            if not deliver_one(self.target, batch, self._give_up):
                 return
             self._came_back()
-            self.spec.delivered += 1
+            self.spec.delivered += len(batch)
             self.run_id = self.spec.run_id
             self.journal.save_spec(self.spec)
 
@@ -613,7 +634,11 @@ def sync_run(run_dir: str | Path, tracking_uri: str, attempts: int = 4) -> SyncR
     start = spec.delivered
     while spec.delivered < len(entries):
         tries["n"] = 0
-        deliver_one(target, entries[spec.delivered], give_up)
-        spec.delivered += 1
+        batch = entries[spec.delivered : spec.delivered + 1]
+        while batch[0]["op"] == "metrics" and len(batch) < METRIC_STEPS_PER_CALL \
+                and spec.delivered + len(batch) < len(entries) and entries[spec.delivered + len(batch)]["op"] == "metrics":
+            batch.append(entries[spec.delivered + len(batch)])
+        deliver_one(target, batch, give_up)
+        spec.delivered += len(batch)
         journal.save_spec(spec)
     return SyncResult(spec.run_id or "", spec.delivered - start, len(entries))

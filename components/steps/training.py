@@ -191,9 +191,10 @@ def final_checkpoint(out_dir: Path) -> Path:
 def attach_to_parent(req: TrainRequest, final: Path) -> str:
     """The run the training logged to (its id is stored in the checkpoint) becomes a child
     of the sweep's parent run, tagged with its variant."""
+    from components.tracking import recorded_run_id
     from iwarp.checkpoint import load_checkpoint
 
-    run_id = load_checkpoint(final).get("tracking_run_id")
+    run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(final.parent.parent)
     if not run_id:
         raise RuntimeError(f"{final} records no MLflow run: was training given --tracking-uri?")
     client = mlflow_client(req.tracking_uri)
@@ -211,6 +212,7 @@ def tracking_outcome(req: TrainRequest, final: Path) -> tuple[str, str]:
     from components.tracking import (
         few_http_retries,
         pending_calls,
+        recorded_run_id,
         sync_hint,
         transient,
     )
@@ -224,7 +226,7 @@ def tracking_outcome(req: TrainRequest, final: Path) -> tuple[str, str]:
     except Exception as exc:
         if not (transient(exc) or pending_calls(run_dir)):
             raise
-        run_id = load_checkpoint(final).get("tracking_run_id") or ""
+        run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(run_dir)
         note = f"tracking outage: the run could not be nested under the sweep ({type(exc).__name__})"
     left = pending_calls(run_dir)
     if left:
