@@ -197,3 +197,34 @@ def test_track_sync_uploads_a_run_trained_without_tracking(data, tmp_path):
     assert before["params"]["optim.steps"] == "3" and before["models"] == 1 and before["status"] == "FINISHED"
     run_iwarp("track", "sync", out, "--tracking-uri", uri)
     assert inventory(uri) == before
+
+
+def test_a_full_queue_spills_to_the_journal_and_every_call_arrives_once_in_order(tmp_path, monkeypatch):
+    """A queue of 2 for 60 calls: most wait in the journal, all reach MLflow in order, each once;
+    replaying the whole journal (a sync after a lost answer) adds nothing."""
+    from components.tracking import Journal, MLflowLogger, sync_run
+
+    monkeypatch.setenv("IWARP_TRACKING_QUEUE", "2")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("iwarp-faults", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_dir = tmp_path / "run"
+    logger = MLflowLogger(uri, experiment="iwarp-faults", run_dir=run_dir)
+    logger.log_params({"a": 1})
+    for step in range(1, 61):
+        logger.log_metrics({"loss": 1.0 / step, "lr": 0.1}, step)
+    logger.close()
+    assert logger.spilled > 0  # the queue was full: those calls came from the journal
+    client = MlflowClient(uri)
+    history = client.get_metric_history(logger.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 61))
+    assert [m.value for m in history] == [1.0 / s for s in range(1, 61)]
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
+
+    journal = Journal(run_dir)
+    spec = journal.load_spec()
+    spec.delivered = 0  # as if no answer had come back: everything is offered again
+    journal.save_spec(spec)
+    result = sync_run(run_dir, uri)
+    assert result.run_id == logger.run_id and result.delivered == len(journal.entries())
+    assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == list(range(1, 61))
+    assert len(client.get_metric_history(logger.run_id, "lr")) == 60
