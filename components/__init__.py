@@ -12,5 +12,7 @@
 Component bodies run in a fresh process (a subprocess locally, a pod on a cluster), so
 they import what they use inside the function: the wiring they call lives in
 `components.steps` (plain functions, importable inside a task), the sweep's rules in
-`components.ablation`. `components.tracking` is the training loop's MLflow logger.
+`components.ablation`. `components.tracking` is the training loop's MLflow logger (journaled,
+delivered by a background thread, never blocking training) and `iwarp track sync`'s upload;
+`components.track_cli` registers that command.
 """

@@ -91,8 +91,9 @@ def train_model(
         trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir, data_pvc=data_pvc,
         data_version=dataset.metadata.get("data_version", ""), init_from=init_from,
     )
-    run_id, init = run_training(req, checkpoint.path)
+    run_id, init, tracking = run_training(req, checkpoint.path)  # tracking: "" or the outage, not a failure
     checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id, "init": init,
+                                "tracking": tracking or "ok",
                                 "residual": bool(ablation["residual"]), "extra_kv": bool(ablation["extra_kv"])})
     return run_id
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# Errors that mean "your input is wrong" (a missing file, a corrupt checkpoint, a server that is
-# not up): the CLI prints their message instead of a traceback. IWARP_DEBUG=1 shows the traceback.
-_INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-                 FileExistsError, ConnectionError)
-_PROJECT_PACKAGES = {"iwarp", "serving", "pipelines", "components"}
+from iwarp.errors import exit_code, run_command
 
 # Modules exposing `register(subparsers)`; each adds one or more subcommands.
 COMMAND_MODULES = [
@@ -21,6 +16,7 @@ COMMAND_MODULES = [
     "serving.cli",  # iwarp serve package|start|stop|predict|canary
     "serving.deploy_cli",  # iwarp deploy kserve
     "pipelines.cli",  # iwarp pipeline run|compile
+    "components.track_cli",  # iwarp track sync (MLflow glue lives in components/)
 ]
 
 
@@ -34,22 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if os.environ.get("IWARP_DEBUG") or not is_input_error(exc):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # `error: <message>` and the error's exit code (iwarp.errors); IWARP_DEBUG=1 adds the traceback.
+    return run_command(args.func, args)
 
 
 def is_input_error(exc: BaseException) -> bool:
-    """True for the project's own error types and file/connection errors, whose messages
-    already say what to fix; anything else is a bug and keeps its traceback."""
-    return isinstance(exc, _INPUT_ERRORS) or type(exc).__module__.split(".")[0] in _PROJECT_PACKAGES
+    """True for expected failures (the project's errors, missing files, unreachable services),
+    whose messages say what to fix; anything else is a bug and keeps its traceback."""
+    return exit_code(exc) is not None
 
 
 if __name__ == "__main__":

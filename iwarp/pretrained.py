@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iwarp.errors import InputError
 
-class PretrainedWeightsError(RuntimeError):
+
+class PretrainedWeightsError(InputError, RuntimeError):
     """A weight file is missing or not what we expect."""
 
 

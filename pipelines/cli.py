@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from iwarp.errors import InputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +88,6 @@ def _run(args: argparse.Namespace) -> int:
         result_json,
         run_local,
     )
-    from pipelines.services import ServiceError
 
     console = Console()
     opts = LocalRunOptions(
@@ -99,11 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
         mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose, readme_picture=args.readme_picture,
     )
-    try:
-        result = run_local(opts, console)
-    except (ServiceError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = run_local(opts, console)  # ServiceError: exit 3, a missing file: 2 (iwarp.errors)
     print_summary(result, console)
     if args.json:
         with open(args.json, "w") as f:
@@ -115,7 +111,7 @@ def _kv(items: list[str] | None, what: str) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"error: {what} must look like KEY=VALUE, got {item!r}")
+            raise InputError(f"{what} must look like KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         out[k] = v
     return out
@@ -144,8 +140,7 @@ def _compile(args: argparse.Namespace) -> int:
     try:
         out = compile_pipeline(args.out, opts, defaults)
     except (ValueError, TypeError) as exc:  # unknown parameter name or wrong type
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise InputError(str(exc)) from exc
     print(f"wrote {out}")
     print(f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} "
           "tracking_uri=http://iwarp-mlflow.iwarp.svc.cluster.local:5000 dvc_remote=s3://BUCKET/dvc")
@@ -155,7 +150,6 @@ def _compile(args: argparse.Namespace) -> int:
 def _services(args: argparse.Namespace) -> int:
     from pipelines.services import (
         MlflowServer,
-        ServiceError,
         iwarp_home,
         stop_torchserve,
         torchserve_status,
@@ -168,10 +162,6 @@ def _services(args: argparse.Namespace) -> int:
         print(f"mlflow: {'running at ' + rec.url + f' (pid {rec.pid})' if rec else 'not running'}")
         print(f"torchserve: {torchserve_status(home)}")
         return 0
-    try:
-        print(f"mlflow: {'stopped' if mlflow.stop() else 'was not running'}")
-        print(f"torchserve: {'stopped' if stop_torchserve(home) else 'was not running'}")
-    except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    print(f"mlflow: {'stopped' if mlflow.stop() else 'was not running'}")  # ServiceError: exit 3
+    print(f"torchserve: {'stopped' if stop_torchserve(home) else 'was not running'}")
     return 0

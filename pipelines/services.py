@@ -24,11 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from iwarp.errors import ServiceUnavailable
+
 HOME_ENV = "IWARP_HOME"
 DEFAULT_MLFLOW_PORT = 5000
 
 
-class ServiceError(RuntimeError):
+class ServiceError(ServiceUnavailable, RuntimeError):
     """A local service could not be started, reached or stopped."""
 
 
@@ -81,7 +83,10 @@ def pid_alive(pid: int) -> bool:
 
 
 def port_free(host: str, port: int) -> bool:
+    """No one listens on it. SO_REUSEADDR as servers set it: connections of a killed server
+    left in TIME_WAIT do not make the port busy (its restart can take the same port)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -204,7 +209,9 @@ class MlflowServer:
                     return rec, False
                 terminate_group(rec.pid)  # alive but never healthy: replace it
             self.record_path.unlink(missing_ok=True)
-            port = self.port if port_free(self.host, self.port) else free_port(self.host)
+            # A server that died comes back on its port: clients keep their tracking URI.
+            wanted = rec.port if rec else self.port
+            port = wanted if port_free(self.host, wanted) else free_port(self.host)
             rec = self._start(port)
             if not self._wait_healthy(rec, timeout, on_wait):
                 alive = pid_alive(rec.pid)

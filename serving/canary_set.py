@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from iwarp.errors import InputError
+
 _NUM = re.compile(r"_(\d+)\.png$")
 
 
-class CanarySetError(ValueError):
+class CanarySetError(InputError, ValueError):
     pass
 
 

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from iwarp.errors import run_command
+
 
 def _config(args: argparse.Namespace):
     from serving.config import load_serve_config
@@ -75,21 +77,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from serving.client import ServeError
     from serving.server import ServerHandle
 
     cfg = _config(args)
     client = ServerHandle.load(args.workdir or cfg.server.workdir).client()
     client.model_name = cfg.model.name
-    try:
-        result = client.predict(
-            args.sources or None, args.driving or None, driving_video=args.driving_video,
-            source_set_id=args.source_set_id, register=args.register, relative=args.relative,
-            reset_reference=args.reset_reference, output=args.output, fps=args.fps, version=args.version,
-        )
-    except ServeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    result = client.predict(  # ServeError: exit 2 for a rejected request, 3 when TorchServe is away
+        args.sources or None, args.driving or None, driving_video=args.driving_video,
+        source_set_id=args.source_set_id, register=args.register, relative=args.relative,
+        reset_reference=args.reset_reference, output=args.output, fps=args.fps, version=args.version,
+    )
     out = Path(args.out)
     if args.output == "mp4":
         out = out if out.suffix == ".mp4" else out / "animation.mp4"
@@ -113,7 +110,7 @@ def _cmd_canary(args: argparse.Namespace) -> int:
         args.mar, workdir=args.workdir, canary_set=args.canary_set, config=_config(args),
         mlflow_tracking_uri=args.mlflow_uri, mlflow_model_version=args.mlflow_model_version,
     )
-    return 3 if (args.fail_on_rollback and not verdict.promote) else 0
+    return 4 if (args.fail_on_rollback and not verdict.promote) else 0  # 3 means unreachable (iwarp.errors)
 
 
 def _cmd_canary_set(args: argparse.Namespace) -> int:
@@ -190,7 +187,7 @@ def register(subparsers) -> None:
     p.add_argument("--canary-set", default=None, help="held-out canary set folder (default: canary_eval.canary_set)")
     p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no aliases)")
     p.add_argument("--mlflow-model-version", default=None, help="candidate's registered-model version (default: from the archive)")
-    p.add_argument("--fail-on-rollback", action="store_true", help="exit 3 when the candidate is rolled back")
+    p.add_argument("--fail-on-rollback", action="store_true", help="exit 4 when the candidate is rolled back")
     _add_workdir(p)
     _add_config(p)
     p.set_defaults(func=_cmd_canary)
@@ -218,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="iwarp")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,23 @@ from typing import Any, Sequence
 import numpy as np
 import requests
 
+from iwarp.errors import IwarpError
+
 ImageLike = Any  # path, encoded bytes, PIL image, HxWx3 uint8 array or (3,H,W) float tensor
 
 
-class ServeError(RuntimeError):
+class ServeError(IwarpError, RuntimeError):
     """A non-2xx answer; `status` is the HTTP code, `body` the decoded JSON error if any."""
 
     def __init__(self, status: int, message: str, body: Any = None):
         super().__init__(f"HTTP {status}: {message}")
         self.status, self.message, self.body = status, message, body
+
+    @property
+    def exit_code(self) -> int:  # iwarp.errors: a rejected request is bad input; no server is a service outage
+        if self.status == 0 or self.status in (502, 503, 504):
+            return 3
+        return 2 if 400 <= self.status < 500 else 1
 
 
 def encode_image(image: ImageLike) -> bytes:

@@ -22,9 +22,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from iwarp.errors import InputError, IwarpError, ServiceUnavailable
 
-class DeployError(RuntimeError):
+
+class DeployError(IwarpError, RuntimeError):
     """A rollout step that cannot go ahead; the message says why and what to do."""
+
+
+class ClusterUnreachable(ServiceUnavailable, DeployError):
+    """No Kubernetes API server answers (exit 3)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,11 +82,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from serving import k8s_validate as kv
 
     versions = args.k8s_versions or [kv.MIN_K8S_VERSION, kv.latest_k8s_version()]
-    try:
-        findings = kv.validate_paths(args.paths, versions)
-    except kv.ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    findings = kv.validate_paths(args.paths, versions)  # ManifestError: exit 2 (iwarp.errors)
     for finding in findings:
         print(finding)
     if findings:
@@ -137,7 +139,7 @@ class Kubectl:
     def reachable(self) -> None:
         proc = self.run(["version", "--request-timeout=10s", "-o", "json"], check=False)
         if proc.returncode != 0 or "serverVersion" not in proc.stdout:
-            raise DeployError(
+            raise ClusterUnreachable(
                 "no Kubernetes cluster reachable with the current kubeconfig "
                 f"({proc.stderr.strip() or 'no server version'}); use --dry-run --out DIR to write the changes instead"
             )
@@ -309,6 +311,7 @@ def _cmd_kserve(args: argparse.Namespace) -> int:
         if state is not None:
             print(json.dumps(kserve.current_traffic(state), indent=2))
         return 0
-    except (DeployError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    except ValueError as exc:  # settings that cannot work; other errors carry their own exit code
+        if isinstance(exc, IwarpError):
+            raise
+        raise InputError(str(exc)) from exc

@@ -27,12 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from iwarp.errors import IwarpError
+
 FORMAT = "iwarp-export/1"
 MANIFEST = "export.json"
 PROGRAMS = ("encode_sources", "detect_keypoints", "animate")
 
 
-class ExportError(RuntimeError):
+class ExportError(IwarpError, RuntimeError):
     """The model could not be exported or the exported programs disagree with it."""
 
 

@@ -35,6 +35,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from iwarp.errors import InputError
+
 KSERVE_VERSION = "0.21.0"
 KSERVE_WHEEL = f"kserve-{KSERVE_VERSION}-py3-none-any.whl"
 # Oldest Kubernetes the stack supports (KServe's Knative mode needs 1.32) and the newest schema.
@@ -56,7 +58,7 @@ TRAINER_GROUP = "trainer.kubeflow.org"
 KSERVE_GROUP = "serving.kserve.io"
 
 
-class ManifestError(RuntimeError):
+class ManifestError(InputError, RuntimeError):
     """A manifest could not be built or a schema source is missing."""
 
 

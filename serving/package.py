@@ -24,12 +24,13 @@ from typing import Any
 
 import yaml
 
+from iwarp.errors import IwarpError
 from serving.config import ServeConfig, load_serve_config
 
 HANDLER = Path(__file__).with_name("handler.py")
 
 
-class PackageError(RuntimeError):
+class PackageError(IwarpError, RuntimeError):
     pass
 
 

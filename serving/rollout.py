@@ -31,12 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from iwarp.errors import IwarpError
 from serving.canary import CanaryVerdict, VersionStats, decide
 from serving.config import ServeConfig, load_serve_config
 from serving.server import ServerHandle, read_state, write_state
 
 
-class CanaryError(RuntimeError):
+class CanaryError(IwarpError, RuntimeError):
     pass
 
 

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from iwarp.errors import IwarpError, ServiceUnavailable
 from serving.config import ServeConfig, ServerSettings, load_serve_config
 
 TEMPLATE = Path(__file__).with_name("config.properties")
@@ -36,8 +37,12 @@ KEY_FILE = "key_file.json"
 _TS_MAIN = "org.pytorch.serve.ModelServer"
 
 
-class ServerError(RuntimeError):
+class ServerError(IwarpError, RuntimeError):
     pass
+
+
+class ServerNotRunning(ServiceUnavailable, ServerError):
+    """No TorchServe was started from that folder (exit 3)."""
 
 
 @dataclass
@@ -78,7 +83,7 @@ class ServerHandle:
     def load(cls, workdir: str | Path) -> "ServerHandle":
         path = Path(workdir) / SERVER_FILE
         if not path.is_file():
-            raise ServerError(f"no TorchServe started from {workdir} (missing {SERVER_FILE}); run `iwarp serve start`")
+            raise ServerNotRunning(f"no TorchServe started from {workdir} (missing {SERVER_FILE}); run `iwarp serve start`")
         return cls(**json.loads(path.read_text()))
 
     def alive(self) -> bool:

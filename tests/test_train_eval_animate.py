@@ -187,7 +187,7 @@ def test_evaluate_all_metrics_on_the_floor(data, tmp_path):
 def test_evaluate_errors_are_clear(checkpoints, data, tmp_path):
     proc = run_iwarp("evaluate", "--checkpoint", checkpoints["implicit"], "--data", tmp_path / "nowhere",
                      "--out", tmp_path / "m.json", check=False)
-    assert proc.returncode == 1 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr  # bad input
     proc = run_iwarp("evaluate", "--checkpoint", tmp_path / "missing.ckpt", "--data", data,
                      "--out", tmp_path / "m.json", check=False)
     assert proc.returncode == 1 and "checkpoint not found" in proc.stderr
@@ -232,7 +232,7 @@ def test_animate_rejects_unreadable_inputs(bad, message, checkpoints, media, tmp
     out = tmp_path / "x.mp4"
     proc = run_iwarp("animate", "--checkpoint", checkpoints["implicit"], "--source", source, "--driving", driving,
                      "--out", out, check=False)
-    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr  # bad input
     assert not out.exists() and not list(tmp_path.glob(".*.partial"))
 
 

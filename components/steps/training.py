@@ -102,9 +102,10 @@ def project_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2]
 
 
-def run_training(req: TrainRequest, checkpoint_path: str) -> tuple[str, str]:
+def run_training(req: TrainRequest, checkpoint_path: str) -> tuple[str, str, str]:
     """Train, copy the final checkpoint to `checkpoint_path`, nest the run under the parent.
-    Returns (run id, what init_from loaded and dropped: `init_summary`)."""
+    Returns (run id, what init_from loaded and dropped: `init_summary`, "" or the note on a
+    tracking outage: `tracking_outcome`)."""
     if req.backend == "torchrun":
         final = train_local(req, Path(checkpoint_path).parent / "train")
     elif req.backend == "trainjob":
@@ -114,7 +115,8 @@ def run_training(req: TrainRequest, checkpoint_path: str) -> tuple[str, str]:
     else:
         raise ValueError(f"train backend must be 'torchrun' or 'trainjob', got {req.backend!r}")
     shutil.copy(final, checkpoint_path)
-    return attach_to_parent(req, final), init_summary(Path(checkpoint_path).parent / "train")
+    run_id, tracking = tracking_outcome(req, final)
+    return run_id, init_summary(Path(checkpoint_path).parent / "train"), tracking
 
 
 def module_name(tensor: str) -> str:
@@ -189,9 +191,10 @@ def final_checkpoint(out_dir: Path) -> Path:
 def attach_to_parent(req: TrainRequest, final: Path) -> str:
     """The run the training logged to (its id is stored in the checkpoint) becomes a child
     of the sweep's parent run, tagged with its variant."""
+    from components.tracking import recorded_run_id
     from iwarp.checkpoint import load_checkpoint
 
-    run_id = load_checkpoint(final).get("tracking_run_id")
+    run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(final.parent.parent)
     if not run_id:
         raise RuntimeError(f"{final} records no MLflow run: was training given --tracking-uri?")
     client = mlflow_client(req.tracking_uri)
@@ -201,6 +204,37 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
                        "iwarp.extra_kv": str(bool(a["extra_kv"])).lower()}.items():
         client.set_tag(run_id, key, value)
     return run_id
+
+
+def tracking_outcome(req: TrainRequest, final: Path) -> tuple[str, str]:
+    """(run id, "" or a one-line note on a tracking outage). A training that succeeded is not
+    failed because MLflow was away: its run folder keeps every logging call for `iwarp track sync`."""
+    from components.tracking import (
+        few_http_retries,
+        pending_calls,
+        recorded_run_id,
+        sync_hint,
+        transient,
+    )
+    from iwarp.checkpoint import load_checkpoint
+
+    run_dir = final.parent.parent  # <out_dir>/checkpoints/final.ckpt
+    note = ""
+    try:
+        with few_http_retries():
+            run_id = attach_to_parent(req, final)
+    except Exception as exc:
+        if not (transient(exc) or pending_calls(run_dir)):
+            raise
+        run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(run_dir)
+        note = f"tracking outage: the run could not be nested under the sweep ({type(exc).__name__})"
+    left = pending_calls(run_dir)
+    if left:
+        note = f"{note or 'tracking outage'}; {left} logging calls are not in MLflow yet, upload them with: " \
+               f"{sync_hint(run_dir, req.tracking_uri)}"
+    if note:
+        print(f"[train] {req.ablation['variant']}: {note}", flush=True)
+    return run_id, note
 
 
 NOT_METRICS = {"frames"}  # counts in the evaluate JSON, not measurements

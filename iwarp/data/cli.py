@@ -12,6 +12,8 @@ import sys
 import typing
 from pathlib import Path
 
+from iwarp.errors import InputError, run_command
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -56,22 +58,19 @@ def config_from_args(cls, args: argparse.Namespace, section: str):
     (so a misspelt key in params.yaml fails instead of being ignored)."""
     import yaml
 
-    from iwarp.config import ConfigError, from_dict
+    from iwarp.config import from_dict
 
     data: dict = {}
     if getattr(args, "params", None):
         path = Path(args.params)
         if not path.is_file():
-            raise SystemExit(f"error: params file not found: {path}")
+            raise InputError(f"params file not found: {path}")
         loaded = yaml.safe_load(path.read_text()) or {}
         data.update(loaded.get(section) or {})
     names = {f.name for f in dataclasses.fields(cls)}
     data = {k: v for k, v in data.items() if k not in STAGE_KEYS.get(section, set())}
     data.update({k: v for k, v in vars(args).items() if k in names and v is not None})
-    try:
-        return from_dict(cls, data)
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    return from_dict(cls, data)  # ConfigError: exit 2
 
 
 def _params_arg(parser: argparse.ArgumentParser, section: str) -> None:
@@ -158,16 +157,12 @@ def _cmd_info(args) -> int:
 def _cmd_s3(args) -> int:
     from . import s3
 
-    try:
-        if args.s3_command == "upload":
-            n = s3.upload_dir(args.local, args.url, endpoint_url=args.endpoint_url)
-            print(f"uploaded {n} files to {args.url}")
-        else:
-            n = s3.download_dir(args.url, args.local, endpoint_url=args.endpoint_url)
-            print(f"downloaded {n} files to {args.local}")
-    except s3.S3Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.s3_command == "upload":  # S3Error: exit 2 (credentials), 3 (unreachable) or 1
+        n = s3.upload_dir(args.local, args.url, endpoint_url=args.endpoint_url)
+        print(f"uploaded {n} files to {args.url}")
+    else:
+        n = s3.download_dir(args.url, args.local, endpoint_url=args.endpoint_url)
+        print(f"downloaded {n} files to {args.local}")
     return 0
 
 
@@ -265,4 +260,4 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args) or 0)
+    return run_command(args.func, args)

@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from iwarp.errors import InputError
+
 from .manifest import write_manifest
 from .options import opt
 from .video import frame_files, read_video
@@ -56,7 +58,7 @@ MIN_FACE_SCORE = 0.5  # dlib HOG score: real faces here score 0.7-2.5, the astro
 DUPLICATE_DISTANCE = 2.0  # mean |difference| (0-255) of 16x16 grey thumbnails: re-encodings of one frame
 
 
-class FacesDataError(RuntimeError):
+class FacesDataError(InputError, RuntimeError):
     """The packages that ship the face files are missing, or a file is not what we expect."""
 
 

@@ -11,15 +11,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from iwarp.errors import InputError, IwarpError, ServiceUnavailable
+
 ENDPOINT_ENV = "IWARP_S3_ENDPOINT_URL"
 
 
-class S3Error(RuntimeError):
+class S3Error(IwarpError, RuntimeError):
     """An S3 operation that failed, with a message a person can act on."""
 
 
-class S3CredentialsError(S3Error):
-    pass
+class S3CredentialsError(InputError, S3Error):
+    """No or wrong credentials: fix the environment (exit 2)."""
+
+
+class S3Unreachable(ServiceUnavailable, S3Error):
+    """The S3 endpoint cannot be reached (exit 3)."""
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -57,7 +63,9 @@ def _call(what: str, fn, *args, **kwargs):
         inner = exc.__context__
         raise (_client_error(what, inner) if isinstance(inner, ClientError) else S3Error(f"{what}: {exc}")) from exc
     except BotoCoreError as exc:  # endpoint unreachable, bad config, ...
-        raise S3Error(f"{what}: {exc}") from exc
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        raise (S3Unreachable if isinstance(exc, BotoConnectionError) else S3Error)(f"{what}: {exc}") from exc
 
 
 def _client_error(what: str, exc) -> S3Error:

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from iwarp.errors import InputError
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".ts", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_FPS = 25.0  # frame folders carry no rate; FOMM's layouts are 25 fps (VoxCeleb)
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(InputError, RuntimeError):
     """A video or frame folder that cannot be read; the message says which and why."""
 
 

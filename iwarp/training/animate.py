@@ -21,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iwarp.errors import InputError
+
 DEFAULT_FPS = 25.0
 
 
-class AnimateError(ValueError):
+class AnimateError(InputError, ValueError):
     """Unreadable inputs or arguments that cannot work."""
 
 

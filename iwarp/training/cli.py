@@ -83,11 +83,6 @@ def _plain_warnings() -> None:
     warnings.showwarning = lambda message, category, *_a, **_k: print(f"warning: {message}", file=sys.stderr)
 
 
-def _fail(message: str, code: int = 2) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
 def _relaunch(args: argparse.Namespace) -> int:
     """`--nproc N`: run this same command under torch.distributed.run (standalone rendezvous)."""
     import subprocess
@@ -110,17 +105,13 @@ def _train(args: argparse.Namespace) -> int:
     _plain_warnings()
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args)
-    from iwarp.checkpoint import CheckpointError
-    from iwarp.config import ConfigError
     from iwarp.training.config import load_train_config
     from iwarp.training.loop import train
 
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        if args.init_from:
-            cfg.init_from = args.init_from
-    except ConfigError as exc:
-        return _fail(str(exc))
+    # Failures propagate to iwarp.errors.run_command: `error: ...` and the error's exit code.
+    cfg = load_train_config(args.config, args.overrides)
+    if args.init_from:
+        cfg.init_from = args.init_from
 
     make_logger = None
     if args.tracking_uri:
@@ -128,11 +119,9 @@ def _train(args: argparse.Namespace) -> int:
             from components.tracking import MLflowLogger  # lazy: MLflow glue lives outside iwarp/
 
             return MLflowLogger(args.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or None,
-                                run_id=trainer.tracking_run_id, registered_model_name=args.register_model)
-    try:
-        result = train(cfg, make_logger, resume=args.resume, resume_from=args.resume_from)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
-        return _fail(str(exc), 1)
+                                run_id=trainer.tracking_run_id, registered_model_name=args.register_model,
+                                run_dir=trainer.out_dir, resume=trainer.resume)
+    result = train(cfg, make_logger, resume=args.resume, resume_from=args.resume_from)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.stopped == "signal":
             print(f"stopped by SIGTERM at step {result.step}; checkpoint saved, continue with --resume", file=sys.stderr)
@@ -144,21 +133,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     _plain_warnings()
-    from iwarp.checkpoint import CheckpointError
-    from iwarp.training.evaluate import EvalError, evaluate_cli
+    from iwarp.training.evaluate import evaluate_cli
 
-    try:
-        return evaluate_cli(args)
-    except (CheckpointError, EvalError, FileNotFoundError) as exc:
-        return _fail(str(exc), 1)
+    return evaluate_cli(args)
 
 
 def _animate(args: argparse.Namespace) -> int:
     _plain_warnings()
-    from iwarp.checkpoint import CheckpointError
-    from iwarp.training.animate import AnimateError, animate_cli
+    from iwarp.training.animate import animate_cli
 
-    try:
-        return animate_cli(args)
-    except (CheckpointError, AnimateError, FileNotFoundError) as exc:
-        return _fail(str(exc), 1)
+    return animate_cli(args)

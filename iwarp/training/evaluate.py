@@ -24,11 +24,13 @@ from typing import Any, Literal, get_args
 
 import torch
 
+from iwarp.errors import InputError
+
 SourcePlacement = Literal["first", "spread"]
 SOURCE_PLACEMENTS: tuple[str, ...] = get_args(SourcePlacement)
 
 
-class EvalError(ValueError):
+class EvalError(InputError, ValueError):
     """Arguments or data that cannot be evaluated."""
 
 
