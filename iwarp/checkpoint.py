@@ -18,17 +18,21 @@ from typing import Any
 
 import torch
 
+from iwarp.errors import InputError
+
 MAGIC = b"IWARPCK1"
 _HEADER = struct.Struct("<8sQ32s")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """The file is missing, truncated, corrupt or not an iwarp checkpoint."""
 
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (disk full, read-only, ...); the previous file at that
     path, and every other checkpoint, is untouched and no temp file is left behind."""
+
+    exit_code = 1  # the machine's fault (disk full, read-only), not the input's
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:

@@ -169,7 +169,7 @@ def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monk
     for cmd in (["animate", "--source", media["a"], "--driving", media["drive"], "--out", tmp_path / "x.mp4"],
                 ["serve", "package", "--version", "1.0", "--out", tmp_path / "store"]):
         proc = run_iwarp(*cmd, "--checkpoint", "nope", check=False)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr  # bad input
         assert "checkpoint not found: nope" in proc.stderr and "available: iwarp-tiny-64" in proc.stderr
 
 
@@ -190,7 +190,7 @@ def test_evaluate_errors_are_clear(checkpoints, data, tmp_path):
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr  # bad input
     proc = run_iwarp("evaluate", "--checkpoint", tmp_path / "missing.ckpt", "--data", data,
                      "--out", tmp_path / "m.json", check=False)
-    assert proc.returncode == 1 and "checkpoint not found" in proc.stderr
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["implicit", "baseline"])

@@ -112,4 +112,4 @@ def test_cli_init_from_prints_the_report_and_resume_wins(parent, data, tmp_path)
     text = proc.stdout + proc.stderr
     assert "ignored: resuming" in text and "resuming from" in text and "trained 3 steps" in text
     bad = run_iwarp(*train_args(data, tmp_path / "other"), "--init-from", tmp_path / "missing.ckpt", check=False)
-    assert bad.returncode == 1 and "checkpoint not found" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr and "Traceback" not in bad.stderr
