@@ -153,6 +153,8 @@ class ImplicitWarping(nn.Module):
         else:
             self.residual_mlp = None
         self.decoder = Decoder(self.value_dim, cfg.decoder_channels, cfg.decoder_res_blocks, pixel_mask=cfg.pixel_output)
+        # log of the exponent on each source's attention mass when the pixel output blends them
+        self.source_sharpness = nn.Parameter(torch.zeros(())) if cfg.pixel_output else None
         if len(cfg.decoder_channels) != tok_levels + 1:
             raise ValueError(f"decoder_channels needs {tok_levels + 1} entries (one per x2 upsampling + 1), got {cfg.decoder_channels}")
         self.register_buffer("pos_enc", sine_encoding_2d(self.grid_size, self.grid_size, cfg.qk_dim), persistent=False)
@@ -240,7 +242,7 @@ class ImplicitWarping(nn.Module):
     def sampled_sources(self, q: torch.Tensor, cache: SourceCache) -> torch.Tensor:
         """The pixel output P (B, 3, H, W): each source sampled at full resolution where the
         attention points (its mean attended token position per query token, as a displacement
-        upsampled bilinearly), blended by the attention mass on each source.
+        upsampled bilinearly), blended by their attention mass raised to a learned sharpness.
 
         Forms the (queries x keys) weights, unlike the fused attention call: L x k*T floats per
         item (64 px: 256 x 256k; 256 px at token stride 8: 1024 x 1024k)."""
@@ -254,8 +256,10 @@ class ImplicitWarping(nn.Module):
         shift = F.interpolate(shift, size=(h, w), mode="bilinear", align_corners=False)
         grid = coordinate_grid(h, w, shift.device) + shift.permute(0, 2, 3, 1)
         warped = F.grid_sample(src.flatten(0, 1).float(), grid, align_corners=False, padding_mode="border")
-        weight = F.interpolate(mass.transpose(1, 2).reshape(b, k, g, g), size=(h, w), mode="bilinear", align_corners=False)
-        weight = weight / weight.sum(1, keepdim=True).clamp_min(1e-6)  # mass on the extra tokens is no source's
+        mass = F.interpolate(mass.transpose(1, 2).reshape(b, k, g, g), size=(h, w), mode="bilinear", align_corners=False)
+        # weights ~ mass ** sharpness over the sources (mass on the extra tokens is no source's): a
+        # learned sharpness > 1 picks one source per region instead of ghosting several
+        weight = torch.softmax(self.source_sharpness.exp() * mass.clamp_min(1e-6).log(), dim=1)
         return (warped.reshape(b, k, 3, h, w) * weight[:, :, None]).sum(1)
 
     def forward(self, sources: torch.Tensor, driving: torch.Tensor) -> ModelOutput:
