@@ -1,6 +1,7 @@
 """The step wiring on its own: params.yaml overrides, evaluation JSON, error messages passed
 on from subprocesses, the validation gate and the single-page Data Docs."""
 
+import dataclasses
 import json
 import sys
 
@@ -137,3 +138,17 @@ def test_the_animation_is_kept_per_run_and_in_docs_only_when_asked(tmp_path, mon
     keep_animation(src, run_dir, readme=True)
     assert (tmp_path / "project" / "docs" / "images" / "main-job.png").read_bytes() == b"\x89PNG fake"
     assert keep_animation(None, run_dir, readme=True) is None  # a failed run has no picture
+
+
+def test_fine_tuning_starts_at_a_gentle_learning_rate_that_the_user_can_override():
+    from components.steps.training import FINETUNE_OPTIM, TrainRequest
+
+    req = TrainRequest(dataset="d", ablation={"variant": "full", "residual": True, "extra_kv": True}, config="c",
+                       overrides=["optim.lr_generator=5e-4"], seed=0, steps=100, tracking_uri="", experiment="e",
+                       parent_run_id="", init_from="iwarp-faces-64")
+    sets = req.train_overrides("d", "o")
+    assert "init_from=iwarp-faces-64" in sets and set(FINETUNE_OPTIM) <= set(sets)
+    # the last assignment wins in the config loader: the user's learning rate comes after the default
+    assert sets.index("optim.lr_generator=5e-4") > sets.index(FINETUNE_OPTIM[0])
+    scratch = dataclasses.replace(req, init_from="").train_overrides("d", "o")
+    assert not set(FINETUNE_OPTIM) & set(scratch)  # from scratch: the config's own schedule

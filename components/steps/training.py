@@ -50,6 +50,11 @@ def start_parent_run(tracking_uri: str, experiment: str, data_version: str, vali
     return run_id
 
 
+# Fine-tuning from a trained model starts gently: the recipe's from-scratch learning rate (1e-3,
+# 200 warm-up steps) undoes the shipped model in a 100-step run. The user's overrides come after.
+FINETUNE_OPTIM = ("optim.lr_generator=2e-4", "optim.warmup_steps=10")
+
+
 @dataclasses.dataclass
 class TrainRequest:
     dataset: str  # local path of the prepared dataset (a TrainJob gets a copy on the shared volume)
@@ -82,7 +87,7 @@ class TrainRequest:
         if self.steps > 0:
             sets.append(f"optim.steps={self.steps}")
         if self.init_from:
-            sets.append(f"init_from={self.init_from}")
+            sets += [f"init_from={self.init_from}", *FINETUNE_OPTIM]
         return [*sets, *self.overrides, *variant_overrides(self.ablation)]
 
 
