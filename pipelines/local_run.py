@@ -222,6 +222,12 @@ def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
             client.set_terminated(r.info.run_id, "FAILED")
 
 
+def print_link(console: Console, label: str, url: str) -> None:
+    """`label url` on one line whatever the width: a link hard-wrapped at 80 columns (logs, CI)
+    is broken when copied ("URI malformed"). No markup either: URLs hold brackets."""
+    console.print(f"{label} {url}", soft_wrap=True, markup=False, highlight=False)
+
+
 def compare_url(mlflow_url: str, experiment_id: str, run_ids: list[str]) -> str:
     q = urllib.parse.quote
     return f"{mlflow_url}/#/compare-runs?runs={q(json.dumps(run_ids))}&experiments={q(json.dumps([experiment_id]))}"
@@ -252,9 +258,9 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
     exp_id, kids = child_runs(result.mlflow_url, o["parent_run_id"])
     console.rule("[bold]iwarp pipeline: done")
     console.print(f"finished in {minutes}; log {result.log}")
-    console.print(f"MLflow UI:        {result.mlflow_url}/#/experiments/{exp_id}")
-    console.print(f"  sweep (parent): {result.mlflow_url}/#/experiments/{exp_id}/runs/{o['parent_run_id']}")
-    console.print(f"  compare runs:   {compare_url(result.mlflow_url, exp_id, [r.info.run_id for r in kids])}")
+    print_link(console, "MLflow UI:       ", f"{result.mlflow_url}/#/experiments/{exp_id}")
+    print_link(console, "  sweep (parent):", f"{result.mlflow_url}/#/experiments/{exp_id}/runs/{o['parent_run_id']}")
+    print_link(console, "  compare runs:  ", compare_url(result.mlflow_url, exp_id, [r.info.run_id for r in kids]))
     # The Markdown as text: readable in any terminal and in CI logs, pastes into docs.
     console.print(Text(o["ablation_table"].split(ALL_METRICS_HEADING)[0].strip()))
     console.print(Panel(Text(o["canary_verdict"].strip()), title="canary verdict"))

@@ -46,3 +46,17 @@ def test_tasks_labels_log_and_failure(tmp_path, monkeypatch):
         "- [too_short] expect_column_values_to_be_between(num_frames): videos: a, b"]
     full = log.read_text()
     assert '{"executor": "json"}' in full and "RuntimeError" in full and "\x1b[96m" in full  # complete, raw
+
+
+def test_printed_links_are_never_wrapped_or_marked_up():
+    """A copied link must work: no hard wrap at the console width, brackets kept."""
+    import io
+
+    from rich.console import Console
+
+    from pipelines.local_run import compare_url, print_link
+
+    out = io.StringIO()
+    url = compare_url("http://127.0.0.1:5000", "1", [f"{i:032x}" for i in range(4)])
+    print_link(Console(file=out, width=40, force_terminal=False), "  compare runs:", url)
+    assert out.getvalue() == f"  compare runs: {url}\n" and len(url) > 100
