@@ -92,7 +92,7 @@ class SourceCache(NamedTuple):
     values: (B, S, D) = concat(V, pixel patches, K) (V alone when the residual path is off),
     zero-padded to a multiple of qk_dim (see `CrossModalAttention`). source_xy (B, k, N, 2) / source_strength (B, k, N):
     the sources' keypoints (for relative-motion animation). sources (B, k, 3, H, W): the images,
-    which the pixel output samples. token_places (B, S, 3k): per key token, [1, x, y] in its own
+    which the pixel output samples. token_places (B, S, k, 3): per key token, [1, x, y] in its own
     source's slot (zeros elsewhere and for the extra tokens), so `A @ token_places` gives each
     query's attention mass and mass-weighted position per source in one product.
     """
@@ -200,12 +200,12 @@ class ImplicitWarping(nn.Module):
                            self._token_places(sources.shape[1], keys))
 
     def _token_places(self, k: int, keys: torch.Tensor) -> torch.Tensor:
-        """(B, S, 3k) for `SourceCache.token_places`; the extra tokens (last) get zero rows."""
+        """(B, S, k, 3) for `SourceCache.token_places`; the extra tokens (last) get zero rows."""
         places = torch.cat([torch.ones_like(self.key_xy[:, :1]), self.key_xy], dim=1)  # (T, 3)
         eye = torch.eye(k, dtype=places.dtype, device=places.device)
-        grid = (eye[:, None, :, None] * places[None, :, None, :]).reshape(k * places.shape[0], 3 * k)
-        grid = F.pad(grid, (0, 0, 0, self.attention.num_extra))
-        return grid.expand(keys.shape[0], -1, -1)
+        grid = (eye[:, None, :, None] * places[None, :, None, :]).flatten(0, 1)  # (k*T, k, 3)
+        grid = F.pad(grid, (0, 0, 0, 0, 0, self.attention.num_extra))
+        return grid.expand(keys.shape[0], -1, -1, -1)
 
     # ------------------------------------------------------------------ per-frame path
     def _queries(self, kp: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,15 +251,17 @@ class ImplicitWarping(nn.Module):
         item (64 px: 256 x 256k; 256 px at token stride 8: 1024 x 1024k)."""
         src = cache.sources
         b, k, _, h, w = src.shape
-        stats = (self.attention.weights(q, cache.keys) @ cache.token_places).reshape(b, q.shape[1], k, 3)
+        stats = torch.einsum("bls,bskc->blkc", self.attention.weights(q, cache.keys), cache.token_places)
         mass = stats[..., 0]  # (B, L, k)
         centre = stats[..., 1:] / mass.clamp_min(1e-6)[..., None]  # (B, L, k, 2)
         g = self.grid_size
-        shift = (centre - self.query_xy[:, None]).permute(0, 2, 3, 1).reshape(b * k, 2, g, g)
+        # fold k into the batch with flatten/unflatten: a one-step reshape makes torch.export
+        # specialise on k != 1
+        shift = (centre - self.query_xy[:, None]).permute(0, 2, 3, 1).flatten(0, 1).unflatten(-1, (g, g))
         shift = F.interpolate(shift, size=(h, w), mode="bilinear", align_corners=False)
         grid = coordinate_grid(h, w, shift.device) + shift.permute(0, 2, 3, 1)
         warped = F.grid_sample(src.flatten(0, 1).float(), grid, align_corners=False, padding_mode="border")
-        mass = F.interpolate(mass.transpose(1, 2).reshape(b, k, g, g), size=(h, w), mode="bilinear", align_corners=False)
+        mass = F.interpolate(mass.transpose(1, 2).unflatten(-1, (g, g)), size=(h, w), mode="bilinear", align_corners=False)
         # weights ~ mass ** sharpness over the sources (mass on the extra tokens is no source's): a
         # learned sharpness > 1 picks one source per region instead of ghosting several
         weight = torch.softmax(self.source_sharpness.exp() * mass.clamp_min(1e-6).log(), dim=1)

@@ -147,7 +147,8 @@ def export_generator(
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     k = torch.export.Dim("sources", min=1, max=max_sources)
     # Cache dims that change between k=2 and k=3 are dynamic in animate's signature: a size
-    # that goes 2 -> 3 is k itself, others (token counts k*L) share one Dim per growth pattern
+    # that goes 2m -> 3m is m*k (k itself for m = 1), others (token counts k*L + extra tokens)
+    # share one Dim per growth pattern
     # so export sees that all fields come from the same source set.
     shared: dict[tuple[int, int], Any] = {}
     cache_dyn = []
@@ -160,8 +161,8 @@ def export_generator(
             pair = (int(a.shape[d]), int(b.shape[d]))
             if pair[0] == pair[1]:
                 continue
-            if pair == (2, 3):
-                spec[d] = k
+            if pair[1] * 2 == pair[0] * 3:  # m*k exactly (2m -> 3m): k itself, or e.g. 3 channels per source
+                spec[d] = k if pair[0] == 2 else pair[0] // 2 * k
             else:
                 spec[d] = shared.setdefault(pair, torch.export.Dim(f"tokens_{pair[0]}_{pair[1]}", min=1))
         cache_dyn.append(spec)
