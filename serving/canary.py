@@ -2,7 +2,7 @@
 
 The decision is a pure function of per-version statistics measured on the *same* held-out
 requests, so the TorchServe path (`iwarp serve canary`, see `serving.rollout`) and the
-Kubernetes path (KServe `canaryTrafficPercent`, `serving.kserve`) promote and roll back on
+Kubernetes path (KServe `canaryTrafficPercent`, `deploy.kserve`) promote and roll back on
 exactly the same rules:
 
     from serving.canary import CanaryThresholds, VersionStats, decide

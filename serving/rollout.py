@@ -152,9 +152,10 @@ def run_canary(
     mlflow_version = mlflow_model_version or info["export"].get("mlflow_model_version")
     registry = None
     if tracking_uri:
-        from serving.registry import AliasMover
+        from iwarp import plugins
 
-        registry = AliasMover(tracking_uri, cfg.canary_eval.mlflow_model_name, mlflow_version, log=log)
+        # MLflow alias moves come from components/ (entry point), never imported by serving/.
+        registry = plugins.load(plugins.MODEL_REGISTRIES, "mlflow")(tracking_uri, cfg.canary_eval.mlflow_model_name, mlflow_version, log=log)
         registry.mark_challenger()
 
     store = Path(handle.model_store)

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _iwarp(*args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "IWARP_DEBUG"} | env
-    return subprocess.run([sys.executable, "-m", "iwarp", *args], cwd=REPO, env=environ,
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=300)
 
 

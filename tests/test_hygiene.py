@@ -41,7 +41,7 @@ def test_iwarp_imports_no_mlops_glue():
 
 def test_cli_lists_every_command_group():
     """`iwarp --help` works and shows each area's commands."""
-    out = subprocess.run([sys.executable, "-m", "iwarp", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "app", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for cmd in ("data", "train", "evaluate", "animate", "serve", "deploy", "pipeline", "track"):
         assert cmd in out.stdout, f"`iwarp {cmd}` missing from --help"

@@ -22,8 +22,8 @@ import boto3
 import pytest
 import yaml
 
-from serving import deploy_cli, kserve
-from serving import k8s_validate as kv
+from deploy import cli as deploy_cli, kserve
+from deploy import k8s_validate as kv
 from serving.canary import CanaryThresholds, VersionStats, decide
 
 from test_k8s_manifests import ensure_k8s_deps

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving import k8s_validate as kv
+from deploy import k8s_validate as kv
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -229,7 +229,7 @@ def test_trainjob_carries_the_shared_parameters(built):
 
 
 def test_kserve_defaults_and_checked_in_manifests_match(built):
-    from serving import kserve
+    from deploy import kserve
 
     s, p = kserve.KServeSettings(), PARAMS["serving"]
     assert (s.name, s.namespace, s.runtime, s.service_account, s.model_name, s.mar_name) == (
@@ -311,7 +311,7 @@ def test_network_policies_close_ingress_and_open_only_the_needed_paths(built):
 
 
 def test_validate_cli(tmp_path, built, capsys):
-    from serving import deploy_cli
+    from deploy import cli as deploy_cli
 
     parser = argparse.ArgumentParser(prog="iwarp")
     deploy_cli.register(parser.add_subparsers(dest="command", required=True))

@@ -15,8 +15,8 @@ import subprocess
 import pytest
 import yaml
 
-from serving import k8s_validate as kv
-from serving import kserve
+from deploy import k8s_validate as kv
+from deploy import kserve
 
 from test_k8s_manifests import K8S, PARAMS, ROOT, ensure_k8s_deps, with_example_secrets
 
@@ -169,7 +169,7 @@ SECRET_PATTERNS = {
 PUBLIC_EXAMPLES = {"AKIAIOSFODNN7EXAMPLE"}
 # Only in what this area owns: other areas' docs may show local throwaway URIs.
 URI_CREDENTIAL = re.compile(r"://[^/\s:@'\"]+:(?!CHANGE_ME@)[^@\s/'\"]{6,}@")
-K8S_OWNED = ("k8s/", "docs/cluster.md", "serving/kserve.py", "serving/deploy_cli.py")
+K8S_OWNED = ("k8s/", "docs/cluster.md", "deploy/kserve.py", "deploy/cli.py")
 
 
 def test_no_secret_value_anywhere_in_the_repository():

@@ -30,7 +30,7 @@ FAKE_KUBECTL = textwrap.dedent('''\
     #!{python}
     """Stand-in kubectl for one InferenceService (state in $FAKE_KUBE_STATE)."""
     import json, os, sys
-    from serving.kserve import apply_merge_patch
+    from deploy.kserve import apply_merge_patch
     state_file = os.environ["FAKE_KUBE_STATE"]
     revisions = json.loads(os.environ["FAKE_REVISION_URLS"])  # URL of the n-th revision created
     args = sys.argv[1:]

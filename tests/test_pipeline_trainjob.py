@@ -127,7 +127,7 @@ def request(tmp_path, variant: dict, gpus: int = 4) -> TrainRequest:
 
 
 def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
-    from serving.k8s_validate import validate_object
+    from deploy.k8s_validate import validate_object
 
     req = request(tmp_path, ABLATIONS[2])  # no-extra-kv
     final = train_on_cluster(req, tmp_path / "work", client=trainer_client(), poll_s=1, timeout_s=10)

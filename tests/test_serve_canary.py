@@ -156,7 +156,7 @@ def test_first_deployment_report_round_trips_through_the_kserve_cli(tmp_path):
     by `iwarp deploy kserve --report`, which re-decides it with the same rule."""
     import json
 
-    from serving.deploy_cli import verdict_from_report
+    from deploy.cli import verdict_from_report
 
     report = tmp_path / "canary.json"
     report.write_text(json.dumps(decide(None, stats("1.0"), CanaryThresholds()).to_dict()))

@@ -1,7 +1,7 @@
 """Serving steps: package the chosen checkpoint as a `.mar` (`serving.package`), then roll it
 out on TorchServe through `serving.rollout.run_canary` against a canary set cut from the
 dataset's held-out split (`serving.canary_set`). Registry aliases move with the verdict
-(`serving.registry`): `champion` only on a pass."""
+(`components.steps.registry`): `champion` only on a pass."""
 
 import dataclasses
 import json

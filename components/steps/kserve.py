@@ -1,5 +1,5 @@
 """The canary step on a cluster: KServe (Knative mode) InferenceService, driven by
-`iwarp deploy kserve` (`serving.deploy_cli`) and decided by the same `serving.canary.decide`
+`iwarp deploy kserve` (`deploy.cli`) and decided by the same `serving.canary.decide`
 as the local TorchServe canary.
 
 1. Upload the new `.mar` under `<serving_storage_uri>/<registry version>/` and send it
@@ -54,7 +54,7 @@ def tagged_urls(isvc: dict[str, Any]) -> dict[str, str]:
 
 def deploy_kserve(namespace: str, *args: str) -> str:
     """`iwarp deploy kserve ...` as a user would run it; returns its output, raises on failure."""
-    cmd = [sys.executable, "-m", "iwarp", "deploy", "kserve", "--namespace", namespace, *args]
+    cmd = [sys.executable, "-m", "deploy", "kserve", "--namespace", namespace, *args]
     print(f"[canary] {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     out = (proc.stdout + proc.stderr).strip()
@@ -69,9 +69,9 @@ def canary_on_kserve(req: Any, verdict_path: str) -> tuple[bool, str, str]:
     from components.steps.deploy import build_canary_set, serve_config, write_verdict
     from serving.canary import decide, evidence_repeats
     from serving.canary_set import load_canary_set
-    from serving.deploy_cli import Kubectl
-    from serving.kserve import KServeSettings
-    from serving.registry import AliasMover
+    from deploy.cli import Kubectl
+    from deploy.kserve import KServeSettings
+    from components.steps.registry import AliasMover
     from serving.rollout import evaluate_versions
 
     if not req.storage_uri.startswith("s3://"):

@@ -115,12 +115,14 @@ def _train(args: argparse.Namespace) -> int:
 
     make_logger = None
     if args.tracking_uri:
-        def make_logger(trainer):
-            from components.tracking import MLflowLogger  # lazy: MLflow glue lives outside iwarp/
+        from iwarp import plugins
 
-            return MLflowLogger(args.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or None,
-                                run_id=trainer.tracking_run_id, registered_model_name=args.register_model,
-                                run_dir=trainer.out_dir, resume=trainer.resume)
+        tracker = plugins.load(plugins.TRACKERS, "mlflow")  # provided by components/ (MLflow stays outside iwarp/)
+
+        def make_logger(trainer):
+            return tracker(args.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or None,
+                           run_id=trainer.tracking_run_id, registered_model_name=args.register_model,
+                           run_dir=trainer.out_dir, resume=trainer.resume)
     result = train(cfg, make_logger, resume=args.resume, resume_from=args.resume_from)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.stopped == "signal":

@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from serving import k8s_validate as kv
+    from deploy import k8s_validate as kv
 
     versions = args.k8s_versions or [kv.MIN_K8S_VERSION, kv.latest_k8s_version()]
     findings = kv.validate_paths(args.paths, versions)  # ManifestError: exit 2 (iwarp.errors)
@@ -163,7 +163,7 @@ class Kubectl:
 
 
 def _settings(args: argparse.Namespace):
-    from serving.kserve import KServeSettings
+    from deploy.kserve import KServeSettings
 
     s = KServeSettings()
     for attr, value in (("name", args.name), ("namespace", args.namespace), ("gpus", args.gpus), ("cpu", args.cpu), ("memory", args.memory)):
@@ -185,7 +185,7 @@ def _write(out: Path | None, name: str, text: str) -> None:
 def _validate_offline(obj: dict[str, Any]) -> None:
     """Schema-check what we are about to hand to the API server, when the schema is at hand
     (scripts/k8s-deps.sh); a live API server validates anyway."""
-    from serving import k8s_validate as kv
+    from deploy import k8s_validate as kv
 
     try:
         findings = kv.validate_object(obj)
@@ -199,7 +199,7 @@ def _validate_offline(obj: dict[str, Any]) -> None:
 def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings) -> dict[str, Any]:
     """Decide what to send, from the mode, the report's verdict and the live object (None:
     absent or unknown under --dry-run). Returns {'action', 'patch'|'manifest', 'message'}."""
-    from serving import kserve
+    from deploy import kserve
     from serving.canary import next_traffic_percent
 
     verdict = verdict_from_report(args.report, args.thresholds) if args.report else None
@@ -245,7 +245,7 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
 
 
 def _cmd_kserve(args: argparse.Namespace) -> int:
-    from serving import kserve
+    from deploy import kserve
 
     try:
         settings = _settings(args)
