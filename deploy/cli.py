@@ -98,7 +98,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def verdict_from_report(report: Path, thresholds: Path | None = None):
     """Re-decide from the report's statistics with our thresholds: the same `decide` the local
     canary ran, so a report cannot promote what the rule rejects."""
-    from serving.canary import VersionStats, decide, load_thresholds
+    from serving.canary import VersionStats, decide
+    from serving.config import load_thresholds
 
     try:
         data = json.loads(Path(report).read_text())

@@ -29,7 +29,7 @@ HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
 class CanaryThresholds:
     """When a candidate may replace the baseline. Loaded from the `canary:` section of
     `serving/serve.yaml` (`serving.config.load_serve_config`) or its own YAML file
-    (`load_thresholds`)."""
+    (`serving.config.load_thresholds`)."""
 
     # Relative regression allowed per quality metric: for a lower-is-better metric (l1, lpips)
     # the candidate passes when cand <= base * (1 + tol) + quality_abs_tolerance; for a
@@ -257,22 +257,3 @@ def next_traffic_percent(verdict: CanaryVerdict, current: int, steps: Sequence[i
         if step > current:
             return int(step)
     return 100
-
-
-def load_thresholds(path: str | Path | None = None, overrides: list[str] | None = None) -> CanaryThresholds:
-    """Thresholds from a YAML file: either a full serving config (its `canary:` section is
-    used) or a file holding only the threshold keys. None: the packaged defaults."""
-    from iwarp.config import load_config
-
-    if path is not None:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if isinstance(data, dict) and "canary" in data:
-            from serving.config import load_serve_config
-
-            return load_serve_config(path, overrides).canary
-        return load_config(CanaryThresholds, path, overrides)
-    from serving.config import load_serve_config
-
-    return load_serve_config(None, overrides).canary

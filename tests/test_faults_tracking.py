@@ -161,7 +161,8 @@ def test_mlflow_never_comes_back_then_track_sync_uploads_it_once(data, tmp_path)
     assert len(hints) == 1 and f"iwarp track sync {out} --tracking-uri {rec.url}" in hints[0]
 
     # The pipeline's train step reports the outage instead of failing the training.
-    from components.steps.training import TrainRequest, tracking_outcome
+    from components.steps.train_request import TrainRequest
+    from components.steps.training import tracking_outcome
 
     req = TrainRequest(dataset=str(data), ablation={"variant": "full", "residual": True, "extra_kv": True}, config="",
                        overrides=[], seed=0, steps=24,

@@ -141,7 +141,7 @@ def test_the_animation_is_kept_per_run_and_in_docs_only_when_asked(tmp_path, mon
 
 
 def test_fine_tuning_starts_at_a_gentle_learning_rate_that_the_user_can_override():
-    from components.steps.training import FINETUNE_OPTIM, TrainRequest
+    from components.steps.train_request import FINETUNE_OPTIM, TrainRequest
 
     req = TrainRequest(dataset="d", ablation={"variant": "full", "residual": True, "extra_kv": True}, config="c",
                        overrides=["optim.lr_generator=5e-4"], seed=0, steps=100, tracking_uri="", experiment="e",

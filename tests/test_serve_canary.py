@@ -12,12 +12,12 @@ from serving.canary import (
     VersionStats,
     decide,
     evidence_repeats,
-    load_thresholds,
     next_traffic_percent,
     percentile,
     with_failed_check,
     worker_restarts,
 )
+from serving.config import load_thresholds
 
 
 def stats(version="1.0", n=10, err=0.0, p95=100.0, **quality):

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.steps.canary_request import CanaryRequest
+
 CANARY_PERCENT = 10
 READY_TIMEOUT_S = 900
 
@@ -65,8 +67,8 @@ def deploy_kserve(namespace: str, *args: str) -> str:
     return out
 
 
-def canary_on_kserve(req: Any, verdict_path: str) -> tuple[bool, str, str]:
-    from components.steps.deploy import build_canary_set, serve_config, write_verdict
+def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
+    from components.steps.canary_request import build_canary_set, serve_config, write_verdict
     from serving.canary import decide, evidence_repeats
     from serving.canary_set import load_canary_set
     from deploy.cli import Kubectl

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from components.steps.training import TrainRequest
+    from components.steps.train_request import TrainRequest
 
 TRAIN_CONTAINER = "node"  # replicated job and container name in the torch-distributed runtime
 TRAIN_SERVICE_ACCOUNT = "iwarp-train"
@@ -161,7 +161,7 @@ def train_on_cluster(req: TrainRequest, work_dir: Path, client: Any = None, poll
     except (RuntimeError, TimeoutError) as exc:
         tail = _log_tail(client, created)
         raise RuntimeError(f"TrainJob {created} did not complete: {exc}\n{tail}") from exc
-    from components.steps.training import final_checkpoint
+    from components.steps.train_request import final_checkpoint
     from iwarp.training.init import REPORT_NAME
 
     final = final_checkpoint(out_dir)
