@@ -38,7 +38,7 @@ class ExplicitFlowConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
 
     @classmethod
-    def tiny(cls, image_size: int = 64, **overrides) -> "ExplicitFlowConfig":
+    def tiny(cls, image_size: int = 64, **overrides) -> ExplicitFlowConfig:
         base = dict(
             image_size=image_size,
             keypoints=KeypointConfig(num_keypoints=5, channels=[8, 16, 16]),

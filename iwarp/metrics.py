@@ -17,8 +17,8 @@ All image inputs are float tensors (B, 3, H, W) in [0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

@@ -126,7 +126,7 @@ class VGGFeatures(nn.Module):
         self.truncate(len(taps))  # sets min_size: the smallest input that reaches the last tap
         _freeze(self)
 
-    def truncate(self, num_taps: int) -> "VGGFeatures":
+    def truncate(self, num_taps: int) -> VGGFeatures:
         """Keep only the first `num_taps` taps and the convs they need (deeper layers cost compute
         for nothing when their loss weight is 0)."""
         if not 1 <= num_taps <= len(self.taps):

@@ -11,7 +11,7 @@ pipeline parameter (`kfp run create ... key=value`).
 
 import dataclasses
 from pathlib import Path
-from typing import Any, List, NamedTuple
+from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model
@@ -27,14 +27,21 @@ from components.training import evaluate_model, open_parent_run, train_model
 PIPELINE_NAME = "iwarp-pipeline"
 
 # What the sweep hands to the compare step: per variant, the evaluation report and the checkpoint.
-SweepOutputs = NamedTuple("SweepOutputs", [("reports", List[Artifact]), ("checkpoints", List[Model])])
+class SweepOutputs(NamedTuple):
+    reports: list[Artifact]
+    checkpoints: list[Model]
 
 # What a run hands back (the local driver prints these; on a cluster they show in the run's outputs).
-PipelineOutputs = NamedTuple("PipelineOutputs", [
-    ("parent_run_id", str), ("ablation_table", Markdown), ("chosen_variant", str), ("model_name", str),
-    ("registered_version", str), ("canary_verdict", Markdown), ("promoted", bool), ("endpoint", str),
-    ("animation", Artifact),
-])
+class PipelineOutputs(NamedTuple):
+    parent_run_id: str
+    ablation_table: Markdown
+    chosen_variant: str
+    model_name: str
+    registered_version: str
+    canary_verdict: Markdown
+    promoted: bool
+    endpoint: str
+    animation: Artifact
 
 
 @dataclasses.dataclass

@@ -17,9 +17,9 @@ This module imports nothing heavy (no torch, no HTTP client) so any process can 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # Quality metrics where a larger value is better; every other metric is an error (lower is better).
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
@@ -70,7 +70,7 @@ class VersionStats:
         latencies_ms: Sequence[float],
         errors: int,
         quality_samples: dict[str, Sequence[float]] | None = None,
-    ) -> "VersionStats":
+    ) -> VersionStats:
         """Aggregate raw measurements: one latency per request sent, `errors` of which failed,
         and per-metric values from the successful ones."""
         n = len(latencies_ms)

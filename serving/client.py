@@ -16,10 +16,11 @@ import base64
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import requests
@@ -118,7 +119,7 @@ class TorchServeClient:
         stamp = keys.get(kind, {}).get("expiration time")
         if not stamp:
             return False
-        if _parse_utc(stamp) > datetime.now(timezone.utc):
+        if _parse_utc(stamp) > datetime.now(UTC):
             return False
         r = self.session.post(
             f"{self.handle.management_url}/token",

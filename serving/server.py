@@ -80,7 +80,7 @@ class ServerHandle:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, workdir: str | Path) -> "ServerHandle":
+    def load(cls, workdir: str | Path) -> ServerHandle:
         path = Path(workdir) / SERVER_FILE
         if not path.is_file():
             raise ServerNotRunning(f"no TorchServe started from {workdir} (missing {SERVER_FILE}); run `iwarp serve start`")

@@ -14,12 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from iwarp.data import s3
-from iwarp.data.cli import main as data_main
+from test_data_dvc import REPO, dvc, tree_digest  # sibling test module (pytest puts tests/ on sys.path)
 
 from components.steps.data import dvc as step_dvc
-from test_data_dvc import REPO, dvc, tree_digest  # sibling test module (pytest puts tests/ on sys.path)
+from iwarp.data import s3
+from iwarp.data.cli import main as data_main
 
 BUCKET = "iwarp-test"
 
@@ -41,7 +40,7 @@ def moto_endpoint(tmp_path_factory):
         except OSError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise RuntimeError(f"moto server did not start (see {log.name})")
+                raise RuntimeError(f"moto server did not start (see {log.name})") from None
             time.sleep(0.3)
     yield url
     proc.terminate()

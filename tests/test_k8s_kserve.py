@@ -21,12 +21,12 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-
-from deploy import cli as deploy_cli, kserve
-from deploy import k8s_validate as kv
-from serving.canary import CanaryThresholds, VersionStats, decide
-
 from test_k8s_manifests import ensure_k8s_deps
+
+from deploy import cli as deploy_cli
+from deploy import k8s_validate as kv
+from deploy import kserve
+from serving.canary import CanaryThresholds, VersionStats, decide
 
 URI1, URI2 = "s3://iwarp-models/iwarp/1", "s3://iwarp-models/iwarp/2"
 

@@ -14,11 +14,10 @@ import subprocess
 
 import pytest
 import yaml
+from test_k8s_manifests import K8S, PARAMS, ROOT, ensure_k8s_deps, with_example_secrets
 
 from deploy import k8s_validate as kv
 from deploy import kserve
-
-from test_k8s_manifests import K8S, PARAMS, ROOT, ensure_k8s_deps, with_example_secrets
 
 # Containers whose image cannot run with a read-only root filesystem: none today. Add
 # "Kind/name/container" with a comment saying why if an image ever needs it.
@@ -152,7 +151,7 @@ def test_examples_hold_placeholders_and_define_every_referenced_key(objects):
             keys = set()
             for env in gen["envs"]:
                 text = (K8S / "overlays" / overlay / (env + ".example")).read_text()
-                keys |= {l.split("=", 1)[0] for l in text.splitlines() if "=" in l and not l.lstrip().startswith("#")}
+                keys |= {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#")}
             provided[gen["name"]] = keys
         refs = re.findall(r"\{'key': '([^']+)', 'name': '([^']+)'\}", repr(objects))
         assert refs

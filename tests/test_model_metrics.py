@@ -9,7 +9,17 @@ import pytest
 import torch
 from skimage import data
 
-from iwarp.metrics import LPIPS, FaceLandmarks, FrechetDistance, LandmarkStats, VGG16PooledFeatures, MetricSuite, frechet_distance, l1, psnr
+from iwarp.metrics import (
+    LPIPS,
+    FaceLandmarks,
+    FrechetDistance,
+    LandmarkStats,
+    MetricSuite,
+    VGG16PooledFeatures,
+    frechet_distance,
+    l1,
+    psnr,
+)
 from iwarp.pretrained import load_numpy_pickle, lpips_linear_weights, package_file
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower

@@ -8,8 +8,8 @@ import torch
 from torch.export import Dim, export
 
 from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig, ImplicitWarping, ImplicitWarpingConfig
-from iwarp.implicit_warping import SourceCache
 from iwarp.explicit_flow import FlowSourceCache
+from iwarp.implicit_warping import SourceCache
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 

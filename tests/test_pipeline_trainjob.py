@@ -17,8 +17,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from components.ablation import ABLATIONS
-from components.steps.trainjob import build_trainjob, job_name, stage_dataset, train_on_cluster
 from components.steps.train_request import TrainRequest
+from components.steps.trainjob import build_trainjob, job_name, stage_dataset, train_on_cluster
 from iwarp.checkpoint import load_checkpoint, save_checkpoint
 
 RUNTIME = {  # the shape Kubeflow Trainer installs (trimmed to what the SDK reads)

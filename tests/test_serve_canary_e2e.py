@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest_serve import TEST_OVERRIDES, MlflowServer, photo_frames, tiny_model, write_checkpoint
+
 from serving.canary_set import CanaryCase, write_canary_set
 
 pytestmark = pytest.mark.slow

@@ -12,14 +12,23 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
-
-from conftest_serve import TEST_OVERRIDES, decode_mp4, mp4_bytes, photo_frames, png_bytes, reference, tiny_model, write_checkpoint
+from conftest_serve import (
+    TEST_OVERRIDES,
+    decode_mp4,
+    mp4_bytes,
+    photo_frames,
+    png_bytes,
+    reference,
+    tiny_model,
+    write_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,11 +230,11 @@ def test_requests_without_the_token_are_refused(served, frames):
     r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
     assert r.status_code == 200
     # keys expire after server.token_expiration_min; the key file says when
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from serving.client import _parse_utc
 
-    left = _parse_utc(keys["inference"]["expiration time"]) - datetime.now(timezone.utc)
+    left = _parse_utc(keys["inference"]["expiration time"]) - datetime.now(UTC)
     assert timedelta(minutes=1400) < left <= timedelta(minutes=1440)
     # rotating the inference key (TorchServe's token API, with the API key) refuses the old
     # key at once; the client reads the key file on every call and keeps working

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest_serve import SIZE, mp4_bytes, photo_frames, png_bytes, reference, tiny_model
+
 from serving.handler import RequestError, SourceSetCache, decode_image, decode_video, parse_request
 
 torch.set_num_threads(2)

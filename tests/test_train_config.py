@@ -6,12 +6,11 @@ import math
 from pathlib import Path
 
 import pytest
+from train_utils import REPO, TINY, run_iwarp
 
 from iwarp.config import ConfigError, flatten, to_dict
 from iwarp.training.config import TrainConfig, load_train_config
 from iwarp.training.loop import lr_factor
-
-from train_utils import REPO, TINY, run_iwarp
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_utils import make_synth, run_iwarp, train_args
 
 from iwarp.checkpoint import load_checkpoint, load_model
+from iwarp.config import from_dict
 from iwarp.discriminator import MultiScalePatchDiscriminator
 from iwarp.training.config import TrainConfig
-from iwarp.config import from_dict
 from iwarp.training.state import param_digest
-
-from train_utils import make_synth, run_iwarp, train_args
 
 pytestmark = pytest.mark.slow
 

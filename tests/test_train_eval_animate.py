@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp
 
 from iwarp.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from iwarp.data import VideoDataset
@@ -18,8 +19,6 @@ from iwarp.training.animate import animate_frames
 from iwarp.training.config import load_train_config
 from iwarp.training.evaluate import EvalError, animation_picture, frame_plan, spread_indices
 from iwarp.training.loop import train
-
-from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +76,7 @@ def test_evaluate_reports_every_k_and_the_copy_floor(kind, checkpoints, data, tm
     ds = VideoDataset(data, "test", 64)
     # every k is scored on the same driven frames: from frame max(k)=4 on, every 4th
     expected_frames = sum(len(range(4, v.num_frames, 4)) for v in ds.videos)
-    for k, m in report["per_k"].items():
+    for m in report["per_k"].values():
         assert m["frames"] == expected_frames
         assert 0 < m["l1"] < 1 and m["psnr"] > 0 and 0 <= m["lpips"] < 1.5
     # the floor, recomputed by hand: every driven frame predicted by the first frame

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp, train_args
 
 from iwarp.checkpoint import load_checkpoint
 from iwarp.config import ConfigError
@@ -15,8 +16,6 @@ from iwarp.models import build_model
 from iwarp.training.config import TrainConfig, load_train_config
 from iwarp.training.init import load_matching
 from iwarp.training.loop import Trainer, train
-
-from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp, train_args
 
 pytestmark = pytest.mark.slow
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_utils import CHEAP_LOSSES, TINY, make_synth
 
 from iwarp.checkpoint import CheckpointError, load_checkpoint, load_model
 from iwarp.config import ConfigError, from_dict
 from iwarp.training.config import TrainConfig, load_train_config
 from iwarp.training.loop import Trainer, train
 from iwarp.training.state import param_digest
-
-from train_utils import CHEAP_LOSSES, TINY, make_synth
 
 STEPS = 6
 

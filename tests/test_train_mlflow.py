@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_utils import make_synth, run_iwarp, train_args
 
 from iwarp.checkpoint import load_model
-
-from train_utils import make_synth, run_iwarp, train_args
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from train_utils import REPO, assert_same, env, iwarp_cmd, make_synth, run_iwarp, train_args
 
 from iwarp.checkpoint import load_checkpoint
-
-from train_utils import REPO, assert_same, env, iwarp_cmd, make_synth, run_iwarp, train_args
 
 pytestmark = pytest.mark.slow
 

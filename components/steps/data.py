@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+
 def project_file(name: str) -> Path:
     from components.steps.training import project_dir
 

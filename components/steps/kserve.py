@@ -69,11 +69,11 @@ def deploy_kserve(namespace: str, *args: str) -> str:
 
 def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
     from components.steps.canary_request import build_canary_set, serve_config, write_verdict
-    from serving.canary import decide, evidence_repeats
-    from serving.canary_set import load_canary_set
+    from components.steps.registry import AliasMover
     from deploy.cli import Kubectl
     from deploy.kserve import KServeSettings
-    from components.steps.registry import AliasMover
+    from serving.canary import decide, evidence_repeats
+    from serving.canary_set import load_canary_set
     from serving.rollout import evaluate_versions
 
     if not req.storage_uri.startswith("s3://"):

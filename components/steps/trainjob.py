@@ -81,8 +81,19 @@ def build_trainjob(req: TrainRequest, data_root: str, out_dir: str, name: str, c
     as the other variants; only the ablation switches differ."""
     from kubeflow.trainer import CustomTrainerContainer
     from kubeflow.trainer.options import (
-        ContainerPatch, JobSetSpecPatch, JobSetTemplatePatch, JobSpecPatch, JobTemplatePatch, Labels, Name,
-        PodSpecPatch, PodTemplatePatch, ReplicatedJobPatch, RuntimePatch, TrainerArgs, TrainerCommand,
+        ContainerPatch,
+        JobSetSpecPatch,
+        JobSetTemplatePatch,
+        JobSpecPatch,
+        JobTemplatePatch,
+        Labels,
+        Name,
+        PodSpecPatch,
+        PodTemplatePatch,
+        ReplicatedJobPatch,
+        RuntimePatch,
+        TrainerArgs,
+        TrainerCommand,
         TrainingRuntimeSpecPatch,
     )
 
