@@ -160,14 +160,21 @@ class Kubectl:
         self.run(["patch", "inferenceservice", name, "-n", self.namespace, "--type", "merge", "-p", json.dumps(patch)])
 
     def wait_ready(self, name: str, seconds: int) -> None:
-        self.run(["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", self.namespace, f"--timeout={seconds}s"])
+        self.run(["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", self.namespace,
+                  f"--timeout={seconds}s"])
 
 
 def _settings(args: argparse.Namespace):
     from deploy.kserve import KServeSettings
 
     s = KServeSettings()
-    for attr, value in (("name", args.name), ("namespace", args.namespace), ("gpus", args.gpus), ("cpu", args.cpu), ("memory", args.memory)):
+    for attr, value in (
+        ("name", args.name),
+        ("namespace", args.namespace),
+        ("gpus", args.gpus),
+        ("cpu", args.cpu),
+        ("memory", args.memory),
+    ):
         if value is not None:
             setattr(s, attr, value)
     if s.gpus < 0:
@@ -218,12 +225,25 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
             # Nothing serves yet, so there is nothing to split traffic with: the first version
             # takes all of it.
             manifest = kserve.render_inference_service(args.storage_uri, settings)
-            return {"action": "create", "manifest": manifest, "message": "no InferenceService yet: created it at 100% (nothing to compare against)"}
+            return {
+                "action": "create",
+                "manifest": manifest,
+                "message": "no InferenceService yet: created it at 100% (nothing to compare against)",
+            }
         patch = kserve.canary_patch(args.storage_uri, args.canary)
-        return {"action": "patch", "patch": patch, "manifest": manifest, "message": f"canary: {args.storage_uri} gets {args.canary}% of traffic"}
+        return {
+            "action": "patch",
+            "patch": patch,
+            "manifest": manifest,
+            "message": f"canary: {args.storage_uri} gets {args.canary}% of traffic",
+        }
 
     if args.rollback:
-        return {"action": "patch", "patch": kserve.rollback_patch(), "message": "rollback: 100% back on the previously rolled-out revision"}
+        return {
+            "action": "patch",
+            "patch": kserve.rollback_patch(),
+            "message": "rollback: 100% back on the previously rolled-out revision",
+        }
 
     current = None if live is None else live.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
     if args.promote:
@@ -231,7 +251,11 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
             raise DeployError("--promote needs --report with a passing canary verdict (or --force)")
         if verdict is not None and not verdict.promote and not args.force:
             raise DeployError("the canary report says roll back; refusing to promote (use --rollback)")
-        return {"action": "patch", "patch": kserve.promote_patch(), "message": "promote: the canary revision takes 100%"}
+        return {
+            "action": "patch",
+            "patch": kserve.promote_patch(),
+            "message": "promote: the canary revision takes 100%",
+        }
 
     # --advance
     if verdict is None:
@@ -241,7 +265,11 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
     now = int(current) if current is not None else 0
     target = next_traffic_percent(verdict, now)
     if target == 0:
-        return {"action": "patch", "patch": kserve.rollback_patch(), "message": f"advance: verdict {verdict.action}, canary {now}% -> 0%"}
+        return {
+            "action": "patch",
+            "patch": kserve.rollback_patch(),
+            "message": f"advance: verdict {verdict.action}, canary {now}% -> 0%",
+        }
     return {"action": "patch", "patch": kserve.traffic_patch(target), "message": f"advance: canary {now}% -> {target}%"}
 
 

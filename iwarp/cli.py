@@ -28,7 +28,9 @@ def build_parser(modules: Iterable[str] = COMMAND_MODULES, description: str = "i
     return parser
 
 
-def main(argv: list[str] | None = None, modules: Iterable[str] = COMMAND_MODULES, description: str | None = None) -> int:
+def main(
+    argv: list[str] | None = None, modules: Iterable[str] = COMMAND_MODULES, description: str | None = None
+) -> int:
     args = (build_parser(modules, description) if description else build_parser(modules)).parse_args(argv)
     # `error: <message>` and the error's exit code (iwarp.errors); IWARP_DEBUG=1 adds the traceback.
     return run_command(args.func, args)

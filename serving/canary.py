@@ -22,7 +22,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Quality metrics where a larger value is better; every other metric is an error (lower is better).
+# Quality metrics where larger is better; every other one is an error. The one home of metric
+# direction: the canary and the ablation report (components.ablation) both ask `higher_is_better`.
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """`psnr`, `ssim` and names ending in them (`copy_source_psnr`); case does not matter."""
+    return metric.lower().endswith(tuple(HIGHER_IS_BETTER))
 
 
 @dataclass
@@ -165,7 +172,8 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
         Check(
             "error rate",
             candidate.error_rate <= t.max_error_rate + 1e-12,
-            f"candidate {candidate.error_rate:.3f} vs baseline {baseline.error_rate:.3f} (allowed <= {t.max_error_rate:.3f})",
+            f"candidate {candidate.error_rate:.3f} vs baseline {baseline.error_rate:.3f} "
+            f"(allowed <= {t.max_error_rate:.3f})",
         )
     )
 
@@ -174,7 +182,7 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
         if b is None or c is None or not (math.isfinite(b) and math.isfinite(c)):
             checks.append(Check(f"quality {metric}", False, f"missing or non-finite (baseline={b}, candidate={c})"))
             continue
-        if metric in HIGHER_IS_BETTER:
+        if higher_is_better(metric):
             limit = b * (1 - tol) - t.quality_abs_tolerance
             passed, rel = c >= limit, "higher is better"
             detail = f"candidate {c:.5f} vs baseline {b:.5f} ({rel}; allowed >= {limit:.5f})"
@@ -191,7 +199,8 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
             Check(
                 "p95 latency",
                 ratio <= t.max_p95_latency_ratio,
-                f"candidate {cp:.1f} ms vs baseline {bp:.1f} ms (ratio {ratio:.2f}, allowed <= {t.max_p95_latency_ratio:.2f})",
+                f"candidate {cp:.1f} ms vs baseline {bp:.1f} ms "
+                f"(ratio {ratio:.2f}, allowed <= {t.max_p95_latency_ratio:.2f})",
             )
         )
     else:
@@ -225,8 +234,13 @@ def worker_restarts(before: dict[str, list[int]], after: dict[str, list[int]], v
     worker pids changed during the canary makes the evidence incomplete: not promotable."""
     changed = [f"{v} ({before.get(v)} -> {after.get(v)})" for v in versions if before.get(v) != after.get(v)]
     if changed:
-        return Check("worker restarts", False, "worker died and was restarted during the canary: " + ", ".join(changed)
-                     + "; the evidence is incomplete, rerun the canary")
+        return Check(
+            "worker restarts",
+            False,
+            "worker died and was restarted during the canary: "
+            + ", ".join(changed)
+            + "; the evidence is incomplete, rerun the canary",
+        )
     return Check("worker restarts", True, "no worker restarted during the canary")
 
 
@@ -236,13 +250,26 @@ def first_version_verdict(candidate: VersionStats, thresholds: CanaryThresholds)
     n_ok = candidate.n_requests - candidate.n_errors
     checks = [
         Check("baseline", True, "no version serves yet: first deployment, no comparison"),
-        Check("evidence", n_ok >= thresholds.min_requests, f"{n_ok} successful requests (need >= {thresholds.min_requests})"),
-        Check("error rate", candidate.error_rate == 0.0, f"candidate {candidate.error_rate:.3f} (a first version must answer every case)"),
+        Check(
+            "evidence",
+            n_ok >= thresholds.min_requests,
+            f"{n_ok} successful requests (need >= {thresholds.min_requests})",
+        ),
+        Check(
+            "error rate",
+            candidate.error_rate == 0.0,
+            f"candidate {candidate.error_rate:.3f} (a first version must answer every case)",
+        ),
     ]
     if thresholds.max_p95_latency_ms > 0:
         cp = candidate.p95_latency_ms
-        checks.append(Check("p95 latency cap", math.isfinite(cp) and cp <= thresholds.max_p95_latency_ms,
-                            f"candidate {cp:.1f} ms (cap {thresholds.max_p95_latency_ms:.1f} ms)"))
+        checks.append(
+            Check(
+                "p95 latency cap",
+                math.isfinite(cp) and cp <= thresholds.max_p95_latency_ms,
+                f"candidate {cp:.1f} ms (cap {thresholds.max_p95_latency_ms:.1f} ms)",
+            )
+        )
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
     return CanaryVerdict(not failed, failed or [f"{c.name}: {c.detail}" for c in checks], checks, None, candidate)
 

@@ -112,7 +112,9 @@ class TorchServeClient:
         try:
             return json.loads(Path(self.handle.key_file).read_text())
         except FileNotFoundError:
-            raise ServeError(0, f"no key file at {self.handle.key_file}: is TorchServe running from that folder?") from None
+            raise ServeError(
+                0, f"no key file at {self.handle.key_file}: is TorchServe running from that folder?"
+            ) from None
 
     def _refresh_if_expired(self, kind: str) -> bool:
         keys = self._keys()
@@ -132,8 +134,15 @@ class TorchServeClient:
     def _request(self, kind: str, method: str, url: str, **kwargs: Any) -> requests.Response:
         for attempt in range(2):
             headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self._keys()[kind]['key']}"}
-            r = self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
-            if r.status_code == 400 and "InvalidKeyException" in r.text and attempt == 0 and self._refresh_if_expired(kind):
+            r = self.session.request(
+                method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs
+            )
+            if (
+                r.status_code == 400
+                and "InvalidKeyException" in r.text
+                and attempt == 0
+                and self._refresh_if_expired(kind)
+            ):
                 continue
             return r
         return r
@@ -154,8 +163,15 @@ class TorchServeClient:
         r = self._request("inference", "GET", f"{self.handle.inference_url}/ping", timeout=10)
         return r.status_code == 200 and r.json().get("status") == "Healthy"
 
-    def predict_raw(self, payload: dict[str, Any] | None = None, *, files: dict[str, Any] | None = None,
-                    data: Any = None, version: str | None = None, headers: dict[str, str] | None = None) -> requests.Response:
+    def predict_raw(
+        self,
+        payload: dict[str, Any] | None = None,
+        *,
+        files: dict[str, Any] | None = None,
+        data: Any = None,
+        version: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> requests.Response:
         """One POST /predictions/<model>[/<version>] with a JSON payload or multipart files."""
         url = f"{self.handle.inference_url}/predictions/{self.model_name}" + (f"/{version}" if version else "")
         kwargs: dict[str, Any] = {"headers": headers or {}}
@@ -254,7 +270,9 @@ class TorchServeClient:
                 return None
             raise
 
-    def register_model(self, mar: str, name: str | None = None, workers: int = 1, timeout: float = 600.0) -> dict[str, Any]:
+    def register_model(
+        self, mar: str, name: str | None = None, workers: int = 1, timeout: float = 600.0
+    ) -> dict[str, Any]:
         """Register an archive already in the model store (by file name); waits for the workers."""
         params = {"url": mar, "model_name": name or self.model_name, "initial_workers": workers, "synchronous": "true"}
         return self._mgmt("POST", "/models", params=params, timeout=timeout)

@@ -144,7 +144,8 @@ def package_model(
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         built = tmp / f"{archive_name}.mar"
         if proc.returncode != 0 or not built.is_file():
-            raise PackageError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            detail = proc.stderr.strip() or proc.stdout.strip()
+            raise PackageError(f"torch-model-archiver failed ({proc.returncode}): {detail}")
         # Move into place atomically so a running TorchServe never sees a half-written archive.
         partial = out / f".{archive_name}.mar.partial"
         shutil.copyfile(built, partial)

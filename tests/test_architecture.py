@@ -189,3 +189,21 @@ def test_low_layers_never_import_the_mlops_tools_of_higher_ones(graph):
     bad = [f"{src}:{line} imports {name}" for src, name, line in external
            if name.split(".")[0] in FORBIDDEN.get(layer(src), ())]
     assert bad == [], "\n".join(bad)
+
+
+def test_declared_plugins_and_console_script_resolve():
+    """The entry points in pyproject.toml (how MLflow reaches the library without an upward
+    import, and the `iwarp` console script) name objects that exist, in the layer that provides them."""
+    import importlib
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    groups = {**project["entry-points"], "console_scripts": project["scripts"]}
+    assert set(groups) >= {"iwarp.trackers", "iwarp.model_registries", "console_scripts"}
+    for group, entries in groups.items():
+        for name, target in entries.items():
+            module, _, attr = target.partition(":")
+            assert callable(getattr(importlib.import_module(module), attr)), f"{group}:{name} -> {target}"
+            if group.startswith("iwarp."):
+                assert RANK[layer(module)] > RANK["iwarp"], f"{group}:{name} must come from a layer above iwarp"
+    assert groups["console_scripts"]["iwarp"] == "app.cli:main"

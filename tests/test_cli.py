@@ -48,11 +48,10 @@ def test_programming_errors_are_not_hidden():
 
 
 def _closed_port() -> int:
-    import socket
+    """A loopback port nothing listens on (bound once, then released)."""
+    from serving.server import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _fake_run(tmp: Path) -> Path:

@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from data_utils import moving_clip
 from PIL import Image
-from test_data_prepare import moving_clip  # sibling test module (pytest puts tests/ on sys.path)
 
 from iwarp.data.cli import main as data_main
 from iwarp.data.manifest import read_manifest, write_manifest

@@ -20,7 +20,9 @@ def test_cli_lists_every_command_group():
 
 def test_library_cli_has_only_library_verbs():
     """`python -m iwarp` (what torchrun runs) needs nothing above the library."""
-    out = subprocess.run([sys.executable, "-m", "iwarp", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "iwarp", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     usage = out.stdout.split("positional arguments:", 1)[1]
     assert {"data", "train", "evaluate", "animate"} <= set(usage.split())

@@ -40,7 +40,9 @@ def test_permutation_invariance_holds_in_training_mode_without_dropout() -> None
     """GroupNorm (not BatchNorm) keeps sources independent even with batch statistics on."""
     m = model().train()
     sources, driving = rand(1, 3, 3, 64, 64), rand(1, 3, 64, 64, seed=1)
-    torch.testing.assert_close(m(sources[:, [2, 0, 1]], driving).prediction, m(sources, driving).prediction, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        m(sources[:, [2, 0, 1]], driving).prediction, m(sources, driving).prediction, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_duplicate_source_equals_single_source_without_extra_kv() -> None:
@@ -131,7 +133,10 @@ def test_normal_path_uses_a_fused_kernel() -> None:
     """Eval-mode attention never takes PyTorch's math path (which materialises q x k)."""
     from torch.profiler import profile
 
-    for cfg in (ImplicitWarpingConfig.tiny(), ImplicitWarpingConfig.tiny(residual=False, value_channels=[8, 16, 16, 40])):
+    for cfg in (
+        ImplicitWarpingConfig.tiny(),
+        ImplicitWarpingConfig.tiny(residual=False, value_channels=[8, 16, 16, 40]),
+    ):
         m = ImplicitWarping(cfg).eval()
         cache = m.encode_sources(rand(1, 3, 3, 64, 64))
         with torch.no_grad(), profile() as prof:
@@ -221,7 +226,9 @@ def test_torch_export_with_dynamic_batch_and_sources(kind: str) -> None:
         spec = SourceCache({0: B, 1: S}, {0: B, 1: S}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: S, 2: K3})
     else:
         spec = FlowSourceCache({0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K})
-    anim = export(_Animate(m), (m.encode_sources(rand(2, 3, 3, 64, 64)), rand(2, 3, 64, 64)), dynamic_shapes=(spec, {0: B})).module()
+    anim = export(
+        _Animate(m), (m.encode_sources(rand(2, 3, 3, 64, 64)), rand(2, 3, 64, 64)), dynamic_shapes=(spec, {0: B})
+    ).module()
     sources, driving = rand(3, 5, 3, 64, 64, seed=3), rand(3, 3, 64, 64, seed=4)
     with torch.no_grad():
         expected = m(sources, driving).prediction

@@ -24,7 +24,10 @@ def package_mar(checkpoint: str, model_name: str, registry_version: str, mar_pat
                         archive_name=model_name, metadata={"mlflow_model_version": str(registry_version)})
         shutil.copyfile(built, mar_path)
     info = read_mar(mar_path)
-    print(f"[package] {model_name}.mar version {info['version']} ({Path(mar_path).stat().st_size / 1e6:.1f} MB)", flush=True)
+    print(
+        f"[package] {model_name}.mar version {info['version']} ({Path(mar_path).stat().st_size / 1e6:.1f} MB)",
+        flush=True,
+    )
     return info
 
 
@@ -61,10 +64,19 @@ def canary_on_torchserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, s
         # A small test split gives few cases: send each often enough that both versions reach
         # the evidence threshold (min_requests) instead of failing on too little data.
         cfg.canary_eval.repeats = evidence_repeats(n_cases, cfg.canary_eval.repeats, cfg.canary)
-        print(f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
-              "to both versions", flush=True)
-        verdict = run_canary(req.mar, handle=handle, canary_set=cases_dir, config=cfg,
-                             mlflow_tracking_uri=req.tracking_uri, mlflow_model_version=req.version)
+        print(
+            f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
+            "to both versions",
+            flush=True,
+        )
+        verdict = run_canary(
+            req.mar,
+            handle=handle,
+            canary_set=cases_dir,
+            config=cfg,
+            mlflow_tracking_uri=req.tracking_uri,
+            mlflow_model_version=req.version,
+        )
     default = client.default_version(req.model_name) or ""
     write_verdict(verdict_path, verdict, default, endpoint)
     return verdict.promote, default, endpoint

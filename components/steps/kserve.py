@@ -99,27 +99,33 @@ def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, 
         if first:  # the new revision already has all traffic; it must answer every case
             if "latest" not in urls:
                 raise RuntimeError(f"InferenceService {settings.name} reports no 'latest' revision URL: {urls}")
-            stats = evaluate_versions(client, cases, ["latest"], repeats=repeats, progress=False)["latest"].stats(req.version)
+            stats = evaluate_versions(client, cases, ["latest"], repeats=repeats, progress=False)["latest"].stats(
+                req.version
+            )
             verdict = decide(None, stats, cfg.canary)
         else:
             missing = {"prev", "latest"} - set(urls)
             if missing:
-                raise RuntimeError(f"InferenceService {settings.name} lacks tagged revision URLs {sorted(missing)} "
-                                   "(is serving.kserve.io/enable-tag-routing on?)")
+                raise RuntimeError(
+                    f"InferenceService {settings.name} lacks tagged revision URLs {sorted(missing)} "
+                    "(is serving.kserve.io/enable-tag-routing on?)"
+                )
             samples = evaluate_versions(client, cases, ["prev", "latest"], repeats=repeats, progress=False)
             verdict = decide(samples["prev"].stats("serving"), samples["latest"].stats(req.version), cfg.canary)
         report = Path(tmp) / "canary-report.json"
         report.write_text(json.dumps(verdict.to_dict(), default=str))
         print(verdict.summary(), flush=True)
         if not first:
-            deploy_kserve(settings.namespace, *(("--promote", "--report", str(report)) if verdict.promote
-                                                else ("--rollback",)))
+            deploy_kserve(
+                settings.namespace, *(("--promote", "--report", str(report)) if verdict.promote else ("--rollback",))
+            )
     if registry:
         registry.finish(verdict)
     default = req.version if verdict.promote else "the previous revision"
     write_verdict(verdict_path, verdict, default, endpoint)
     if first and not verdict.promote:  # there is no earlier revision to send the traffic back to
-        raise RuntimeError(f"the first version of {settings.name} does not answer the canary cases; it is the only "
-                           f"revision, so it still receives the traffic: fix it or delete the InferenceService\n"
-                           + verdict.summary())
+        raise RuntimeError(
+            f"the first version of {settings.name} does not answer the canary cases; it is the only "
+            f"revision, so it still receives the traffic: fix it or delete the InferenceService\n" + verdict.summary()
+        )
     return verdict.promote, default, endpoint

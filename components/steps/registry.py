@@ -33,7 +33,9 @@ def register(tracking_uri: str, model_name: str, run_id: str, tags: dict[str, st
 
 
 class AliasMover:
-    def __init__(self, tracking_uri: str, model_name: str, version: str | int | None, log: Callable[[str], Any] = print):
+    def __init__(
+        self, tracking_uri: str, model_name: str, version: str | int | None, log: Callable[[str], Any] = print
+    ):
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -42,7 +44,10 @@ class AliasMover:
             version = self._alias_version(CHALLENGER)
         self.version = str(version) if version is not None else None
         if self.version is None:
-            log(f"mlflow: no model version of {model_name!r} given for the candidate and no {CHALLENGER!r} alias; aliases stay as they are")
+            log(
+                f"mlflow: no model version of {model_name!r} given for the candidate and no {CHALLENGER!r} alias; "
+                "aliases stay as they are"
+            )
         else:
             self.client.get_model_version(self.name, self.version)  # fail early on a wrong name/version
 
@@ -74,6 +79,11 @@ class AliasMover:
                 c.set_registered_model_alias(self.name, CHAMPION, self.version)
                 self.log(f"mlflow: {self.name} v{self.version} is now {CHAMPION}")
             else:
-                self.log(f"mlflow: {self.name} v{self.version} rolled back ({CHAMPION} unchanged: v{self._alias_version(CHAMPION)})")
+                self.log(
+                    f"mlflow: {self.name} v{self.version} rolled back "
+                    f"({CHAMPION} unchanged: v{self._alias_version(CHAMPION)})"
+                )
         except Exception as exc:  # noqa: BLE001 - TorchServe already changed; say so loudly, don't hide the verdict
-            self.log(f"WARNING: the serving decision ({verdict.action}) is applied, but moving MLflow aliases failed: {exc}")
+            self.log(
+                f"WARNING: the serving decision ({verdict.action}) is applied, but moving MLflow aliases failed: {exc}"
+            )

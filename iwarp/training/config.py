@@ -14,8 +14,8 @@ from iwarp.config import ConfigError, load_config
 from iwarp.data.augment import AugmentConfig
 from iwarp.discriminator import DiscriminatorConfig
 from iwarp.losses import LossConfig
+from iwarp.models import MODEL_KINDS  # the one list of model kinds: kind -> (class, config)
 
-MODEL_KINDS = ("implicit", "baseline")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -72,7 +72,9 @@ class LoggingSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)  # used when loss.gan or loss.feature_matching > 0
+    discriminator: DiscriminatorConfig = field(
+        default_factory=DiscriminatorConfig
+    )  # used when loss.gan or loss.feature_matching > 0
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -81,7 +83,7 @@ class TrainConfig:
     out_dir: str = "runs/train"  # checkpoints/, images/, metrics.jsonl, config.yaml
     seed: int = 0
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on a bf16-capable GPU or CPU, else fp16 on GPU / fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"
     channels_last: bool = True  # convolution memory layout (faster with oneDNN and cuDNN)
     threads: int = 0  # torch intra-op threads per process; 0 leaves torch's default
     experiment: str = "iwarp"  # tracking experiment name
@@ -99,7 +101,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     """Cross-field checks the type system cannot express; raise ConfigError with the fix."""
     problems = []
     if cfg.model.kind not in MODEL_KINDS:
-        problems.append(f"model.kind must be one of {MODEL_KINDS}, got {cfg.model.kind!r}")
+        problems.append(f"model.kind must be one of {tuple(MODEL_KINDS)}, got {cfg.model.kind!r}")
     if not 1 <= cfg.data.k_min <= cfg.data.k_max:
         problems.append(f"need 1 <= data.k_min <= data.k_max, got {cfg.data.k_min}..{cfg.data.k_max}")
     if cfg.data.batch_size < 1:
