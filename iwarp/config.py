@@ -82,7 +82,7 @@ def _schema(cls: type) -> type:
         return cls
     fields = []
     for f in dataclasses.fields(cls):
-        if f.default_factory is not dataclasses.MISSING:  # a nested dataclass default: as a plain dict
+        if f.default_factory is not dataclasses.MISSING:  # e.g. a nested dataclass: its schema copy
             factory = f.default_factory
             default = dataclasses.field(default_factory=lambda factory=factory: _as_schema(factory()))
         else:
