@@ -1,5 +1,5 @@
 # One image for every step of the iwarp Kubeflow pipeline (and for the TrainJob pods it
-# submits): iwarp + serving + components + pipelines with every pinned dependency, CUDA
+# submits): iwarp + serving + deploy + components + pipelines + app with every pinned dependency, CUDA
 # PyTorch, and Java 17 for TorchServe.
 #
 #   docker build -t REGISTRY/iwarp:0.1.0 .
@@ -45,12 +45,14 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
 COPY pyproject.toml README.md ./
 COPY iwarp/ iwarp/
 COPY serving/ serving/
+COPY deploy/ deploy/
 COPY components/ components/
 COPY pipelines/ pipelines/
+COPY app/ app/
 COPY configs/ configs/
 COPY dvc.yaml params.yaml .dvcignore ./
 RUN pip install --no-deps . \
- && python -c "import iwarp, serving, components, pipelines, kfp, mlflow, dvc, great_expectations, kubeflow.trainer"
+ && python -c "import iwarp, serving, deploy, components, pipelines, app, kfp, mlflow, dvc, great_expectations, kubeflow.trainer"
 
 # Non-root, and nothing written outside /tmp and the home directory (the pods run with a
 # read-only root filesystem where the cluster allows it).

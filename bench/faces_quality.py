@@ -135,7 +135,8 @@ def main() -> None:
     for name, ok in result.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"general": general, "personal": personal, "swap": swap, "checks": result}, indent=2))
+    summary = {"general": general, "personal": personal, "swap": swap, "checks": result}
+    args.out.write_text(json.dumps(summary, indent=2))
     print(f"\nwrote {args.out}")
 
 

@@ -9,7 +9,8 @@ batch 1, `torch.no_grad()`. FLOPs come from `torch.utils.flop_counter.FlopCounte
 not see PyTorch's fused CPU attention kernel, so attention FLOPs are added analytically,
 2 * Lq * Lk * (dk + dv) per head, for the heads actually executed. Latency is the best of
 `--reps` runs after a warm-up, re-encoding and cached calls timed alternately. One thread by
-default: on this shared 2-core machine two OpenMP threads under contention swing 3-10x. Attention memory is the peak resident-set growth of one
+default: on this shared 2-core machine two OpenMP threads under contention swing 3-10x. Attention
+memory is the peak resident-set growth of one
 attention call, each measured in a fresh subprocess with glibc's mmap threshold lowered so freed
 buffers leave the process (otherwise malloc reuse hides allocations).
 """
@@ -181,7 +182,10 @@ def main() -> None:
     jobs = [(kind, k) for kind in results for k in args.ks]
     for kind, k in tqdm(jobs, desc="models", leave=False):
         results[kind][k] = measure_model(kind, k, args.reps)
-    memory = {mode: {k: attention_memory(mode, k, args.threads) for k in tqdm(args.ks, desc=f"memory {mode}", leave=False)} for mode in ("fused", "naive")}
+    memory = {
+        mode: {k: attention_memory(mode, k, args.threads) for k in tqdm(args.ks, desc=f"memory {mode}", leave=False)}
+        for mode in ("fused", "naive")
+    }
     speed_after = matmul_gflops()
 
     print(f"fp32 1024^2 matmul: {speed_before:.0f} GFLOP/s before, {speed_after:.0f} after (machine load varies)\n")
@@ -191,9 +195,15 @@ def main() -> None:
     print(f"{'k':>3} | {'implicit GFLOP':>14} {'(attn)':>7} {'latency s':>9} | {'baseline GFLOP':>14} {'latency s':>9}")
     for k in args.ks:
         i, b = imp[k], base[k]
-        print(f"{k:>3} | {i['gflop']:>14.1f} {i['attention_gflop']:>7.1f} {i['latency_s']:>9.3f} | {b['gflop']:>14.1f} {b['latency_s']:>9.3f}")
+        print(
+            f"{k:>3} | {i['gflop']:>14.1f} {i['attention_gflop']:>7.1f} {i['latency_s']:>9.3f} | "
+            f"{b['gflop']:>14.1f} {b['latency_s']:>9.3f}"
+        )
     print("\nPer frame with cached sources (animate(cache, driving)) and speed-up over re-encoding:")
-    print(f"{'k':>3} | {'implicit GFLOP':>14} {'latency s':>9} {'speed-up':>8} | {'baseline GFLOP':>14} {'latency s':>9} {'speed-up':>8}")
+    print(
+        f"{'k':>3} | {'implicit GFLOP':>14} {'latency s':>9} {'speed-up':>8} | "
+        f"{'baseline GFLOP':>14} {'latency s':>9} {'speed-up':>8}"
+    )
     for k in args.ks:
         i, b = imp[k], base[k]
         print(
@@ -209,13 +219,17 @@ def main() -> None:
     checks = {
         f"GFLOP per frame at k={k1} <= {TARGET_GFLOP:.0f} (FOMM ~{FOMM_GFLOP:.0f})": imp[k1]["gflop"] <= TARGET_GFLOP,
         f"cached sources >= {TARGET_SPEEDUP:.0f}x faster per frame at k={k1}": imp[k1]["speedup"] >= TARGET_SPEEDUP,
-        "fused attention memory flat in k (max - min < 2 MiB)": max(memory["fused"].values()) - min(memory["fused"].values()) < 2.0,
+        "fused attention memory flat in k (max - min < 2 MiB)": max(memory["fused"].values())
+        - min(memory["fused"].values())
+        < 2.0,
     }
     print()
     for name, ok in checks.items():
         print(f"[{'PASS' if ok else 'FAIL'}] {name}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "attention_memory_mib": memory, "checks": checks}, indent=2))
+        args.json.write_text(
+            json.dumps({"results": results, "attention_memory_mib": memory, "checks": checks}, indent=2)
+        )
 
 
 if __name__ == "__main__":

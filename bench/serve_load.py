@@ -83,7 +83,15 @@ def malformed_payloads(good_src: str, size: int) -> list[tuple[str, dict]]:
         ("unknown set", j({"source_set_id": "0" * 24, "driving": [good_src]})),
         ("mismatched", j({"sources": [good_src], "driving": [png(size + 8, size)]})),
         ("oversized image", j({"sources": [png(2000, 40)], "driving": [png(2000, 40)]})),
-        ("corrupt video", j({"sources": [good_src], "driving_video": base64.b64encode(b"\x00\x00\x00\x18ftypmp42" + b"\x07" * 300).decode()})),
+        (
+            "corrupt video",
+            j(
+                {
+                    "sources": [good_src],
+                    "driving_video": base64.b64encode(b"\x00\x00\x00\x18ftypmp42" + b"\x07" * 300).decode(),
+                }
+            ),
+        ),
         ("invalid JSON", {"data": b"{oops", "headers": {"Content-Type": "application/json"}}),
         ("unknown field", j({"sources": [good_src], "driving": [good_src], "colour": "red"})),
     ]
@@ -109,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="iwarp-serve-bench-"))
-    cfg = load_serve_config(overrides=[f"handler.num_threads={args.threads}", "model.batch_size=4", "model.max_batch_delay_ms=5"])
+    cfg = load_serve_config(
+        overrides=[f"handler.num_threads={args.threads}", "model.batch_size=4", "model.max_batch_delay_ms=5"]
+    )
     if args.checkpoint:
         from iwarp.checkpoint import load_model
 
@@ -122,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(args.kind, {"image_size": args.image_size}).eval()
         mar = package_model(model, "bench", tmp / "store", config=cfg, metadata={"model_kind": args.kind})
     size = int(model.config.image_size)
-    print(f"model {type(model).__name__} {size}px, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params; archive {mar}")
+    print(
+        f"model {type(model).__name__} {size}px, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params; "
+        f"archive {mar}"
+    )
 
-    handle = start_server(tmp / "store", config=cfg, workdir=tmp / "work", inference_port=0, management_port=0, metrics_port=0)
+    handle = start_server(
+        tmp / "store", config=cfg, workdir=tmp / "work", inference_port=0, management_port=0, metrics_port=0
+    )
     results: dict = {"image_size": size, "sources": args.sources, "threads": args.threads, "clients": args.clients}
     try:
         client = handle.client()
@@ -184,15 +199,26 @@ def main(argv: list[str] | None = None) -> int:
         print(row("in-process animate(cache, driving)", lat["bare_animate"]))
         print(row("served, cached source set", lat["served_cached"]))
         print(f"ratio served p50 / bare p50: full {ratio_full:.3f}  cached {ratio_cached:.3f}   (target <= 1.2)")
-        print(f"  model time inside the worker p50: full {pct(model_ms['full'], 50):.1f} ms, cached {pct(model_ms['cached'], 50):.1f} ms; "
-              f"serving overhead (served - model) p50: full {pct(overhead_ms['full'], 50):.1f} ms, cached {pct(overhead_ms['cached'], 50):.1f} ms")
+        print(
+            f"  model time inside the worker p50: full {pct(model_ms['full'], 50):.1f} ms, "
+            f"cached {pct(model_ms['cached'], 50):.1f} ms; "
+            f"serving overhead (served - model) p50: full {pct(overhead_ms['full'], 50):.1f} ms, "
+            f"cached {pct(overhead_ms['cached'], 50):.1f} ms"
+        )
         est_full = (pct(lat["bare_full"], 50) + pct(overhead_ms["full"], 50)) / pct(lat["bare_full"], 50)
         est_cached = (pct(lat["bare_animate"], 50) + pct(overhead_ms["cached"], 50)) / pct(lat["bare_animate"], 50)
-        print(f"  noise-robust ratio (bare p50 + overhead p50) / bare p50: full {est_full:.3f}  cached {est_cached:.3f}")
+        print(
+            f"  noise-robust ratio (bare p50 + overhead p50) / bare p50: full {est_full:.3f}  cached {est_cached:.3f}"
+        )
         print(f"cached vs uncached served p50: {pct(lat['served_cached'], 50) / pct(lat['served_full'], 50):.3f}")
-        results.update(latency_ms={k: {q: pct(v, q) for q in (50, 95, 99)} for k, v in lat.items()},
-                       ratio_full=ratio_full, ratio_cached=ratio_cached, overhead_p50_ms={k: pct(v, 50) for k, v in overhead_ms.items()},
-                       ratio_full_overhead_based=est_full, ratio_cached_overhead_based=est_cached)
+        results.update(
+            latency_ms={k: {q: pct(v, q) for q in (50, 95, 99)} for k, v in lat.items()},
+            ratio_full=ratio_full,
+            ratio_cached=ratio_cached,
+            overhead_p50_ms={k: pct(v, 50) for k, v in overhead_ms.items()},
+            ratio_full_overhead_based=est_full,
+            ratio_cached_overhead_based=est_cached,
+        )
 
         # B. load with malformed requests mixed in
         pids_before = client.worker_pids()
@@ -246,19 +272,36 @@ def main(argv: list[str] | None = None) -> int:
         restarted = pids_before != pids_after
         print(f"\nB. load, {args.clients} clients, {args.requests} good + {args.malformed} malformed requests mixed")
         print(row("served, sources in the request", good_ms))
-        print(f"throughput: {len(good_ms) / wall:.2f} good req/s, {len(jobs) / wall:.2f} req/s overall ({wall:.1f} s wall)")
+        print(
+            f"throughput: {len(good_ms) / wall:.2f} good req/s, {len(jobs) / wall:.2f} req/s overall "
+            f"({wall:.1f} s wall)"
+        )
         print(f"errors on good requests: {len(good_errors)}" + (f"  e.g. {good_errors[:3]}" if good_errors else ""))
-        print(f"malformed: {sum(bad_codes.values())} answered {dict(sorted(bad_codes.items()))}; non-4xx: {len(bad_wrong)}"
-              + (f" e.g. {bad_wrong[:3]}" if bad_wrong else ""))
+        print(
+            f"malformed: {sum(bad_codes.values())} answered {dict(sorted(bad_codes.items()))}; "
+            f"non-4xx: {len(bad_wrong)}"
+            + (f" e.g. {bad_wrong[:3]}" if bad_wrong else "")
+        )
         print(f"worker restarted: {restarted} (pids before {pids_before}, after {pids_after})")
-        results.update(load_ms={q: pct(good_ms, q) for q in (50, 95, 99)}, throughput_rps=len(good_ms) / wall,
-                       good_errors=len(good_errors), malformed_codes=dict(bad_codes), malformed_non_4xx=len(bad_wrong),
-                       worker_restarted=restarted)
+        results.update(
+            load_ms={q: pct(good_ms, q) for q in (50, 95, 99)},
+            throughput_rps=len(good_ms) / wall,
+            good_errors=len(good_errors),
+            malformed_codes=dict(bad_codes),
+            malformed_non_4xx=len(bad_wrong),
+            worker_restarted=restarted,
+        )
     finally:
         stop_server(tmp / "work")
-    ok = (results.get("ratio_full", 9) <= 1.2 and results.get("good_errors", 1) == 0
-          and results.get("malformed_non_4xx", 1) == 0 and not results.get("worker_restarted", True))
-    print(f"\nverdict: {'PASS' if ok else 'MISS'} (ratio <= 1.2, zero errors, only 4xx for malformed, no worker restart)")
+    ok = (
+        results.get("ratio_full", 9) <= 1.2
+        and results.get("good_errors", 1) == 0
+        and results.get("malformed_non_4xx", 1) == 0
+        and not results.get("worker_restarted", True)
+    )
+    print(
+        f"\nverdict: {'PASS' if ok else 'MISS'} (ratio <= 1.2, zero errors, only 4xx for malformed, no worker restart)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

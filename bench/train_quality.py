@@ -61,7 +61,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-quality")
     ap.add_argument("--identities", type=int, default=64, help="3/4 train, 1/4 test (unseen identities)")
     ap.add_argument("--frames", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: on a busy shared CPU more threads only wait on each other)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a busy shared CPU more threads only wait on each other)",
+    )
     ap.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--frame-stride", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -73,9 +78,28 @@ def main() -> None:
     data = args.out / "data"
     if not (data / "train").is_dir():
         print(f"[bench] synthetic data -> {data}", flush=True)
-        sh([py, "-m", "iwarp", "data", "synth", "--out", str(data), "--num-identities", str(args.identities),
-            "--videos-per-identity", "2", "--num-frames", str(args.frames), "--image-size", "64",
-            "--seed", str(args.seed)], args.threads)
+        sh(
+            [
+                py,
+                "-m",
+                "iwarp",
+                "data",
+                "synth",
+                "--out",
+                str(data),
+                "--num-identities",
+                str(args.identities),
+                "--videos-per-identity",
+                "2",
+                "--num-frames",
+                str(args.frames),
+                "--image-size",
+                "64",
+                "--seed",
+                str(args.seed),
+            ],
+            args.threads,
+        )
 
     results: dict[str, dict] = {}
     for kind in ("implicit", "baseline"):
@@ -84,28 +108,67 @@ def main() -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"[bench] training {kind} for {args.minutes:g} min ...", flush=True)
             start = time.perf_counter()
-            sh([py, "-m", "iwarp", "train", "--config", str(REPO / "configs" / "tiny.yaml"), "--set",
-                f"model.kind={kind}", f"data.root={data}", f"out_dir={run_dir}", f"seed={args.seed}",
-                f"threads={args.threads}", f"optim.budget_minutes={args.minutes}", "logging.progress=false",
-                *BENCH_SETTINGS, *args.extra], args.threads)
+            sh(
+                [
+                    py,
+                    "-m",
+                    "iwarp",
+                    "train",
+                    "--config",
+                    str(REPO / "configs" / "tiny.yaml"),
+                    "--set",
+                    f"model.kind={kind}",
+                    f"data.root={data}",
+                    f"out_dir={run_dir}",
+                    f"seed={args.seed}",
+                    f"threads={args.threads}",
+                    f"optim.budget_minutes={args.minutes}",
+                    "logging.progress=false",
+                    *BENCH_SETTINGS,
+                    *args.extra,
+                ],
+                args.threads,
+            )
             print(f"[bench]   done in {time.perf_counter() - start:.0f} s", flush=True)
         from iwarp.checkpoint import load_checkpoint
 
         steps = load_checkpoint(run_dir / "checkpoints" / "final.ckpt")["step"]
         metrics_path = run_dir / "metrics-eval.json"
         print(f"[bench] evaluating {kind} ({steps} steps) ...", flush=True)
-        sh([py, "-m", "iwarp", "evaluate", "--checkpoint", str(run_dir / "checkpoints" / "final.ckpt"),
-            "--data", str(data), "--sources", *map(str, args.sources), "--out", str(metrics_path),
-            "--frame-stride", str(args.frame_stride), "--no-landmarks", "--no-fd",
-            *(["--copy-source"] if kind == "implicit" else [])], args.threads)
+        sh(
+            [
+                py,
+                "-m",
+                "iwarp",
+                "evaluate",
+                "--checkpoint",
+                str(run_dir / "checkpoints" / "final.ckpt"),
+                "--data",
+                str(data),
+                "--sources",
+                *map(str, args.sources),
+                "--out",
+                str(metrics_path),
+                "--frame-stride",
+                str(args.frame_stride),
+                "--no-landmarks",
+                "--no-fd",
+                *(["--copy-source"] if kind == "implicit" else []),
+            ],
+            args.threads,
+        )
         results[kind] = {"steps": steps, **json.loads(metrics_path.read_text())}
 
     floor = results["implicit"]["copy_source"]
     ks = [str(k) for k in sorted(args.sources)]
-    print(f"\nTest reconstruction, synthetic talking heads (64 px), {results['implicit']['videos']} test videos, "
-          f"{int(floor['frames'])} driven frames per row")
-    print(f"budget {args.minutes:g} min per model on a shared {os.cpu_count()}-core CPU "
-          f"(load average now {os.getloadavg()[0]:.1f}: step counts and so the numbers are noisy)\n")
+    print(
+        f"\nTest reconstruction, synthetic talking heads (64 px), {results['implicit']['videos']} test videos, "
+        f"{int(floor['frames'])} driven frames per row"
+    )
+    print(
+        f"budget {args.minutes:g} min per model on a shared {os.cpu_count()}-core CPU "
+        f"(load average now {os.getloadavg()[0]:.1f}: step counts and so the numbers are noisy)\n"
+    )
     print(f"{'model':<10}{'steps':>7}{'k':>4}{'L1':>9}{'LPIPS':>9}{'PSNR':>8}")
     for kind in ("implicit", "baseline"):
         for k in ks:
@@ -124,8 +187,9 @@ def main() -> None:
     print()
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    (args.out / "results.json").write_text(json.dumps({"results": results, "checks": checks,
-                                                        "minutes": args.minutes}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"results": results, "checks": checks, "minutes": args.minutes}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -141,15 +141,21 @@ def print_old_vs_new(rows: list[dict], args: argparse.Namespace, load_before: fl
           f"{'bf16 autocast' if cpu_has_native_bf16() else 'fp32'}")
     print(f"machine: {os.cpu_count()} CPU cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} "
           "after; shared with other users, so absolute numbers are noisy (the ratio is measured side by side)\n")
-    print(f"{'size':>5}  {'setting':<8}{'samples/s':>10}{'new/old':>9}{'samples/CPU-s':>15}{'new/old':>9}{'wall s':>8}  {'result':<6}")
+    print(f"{'size':>5}  {'setting':<8}{'samples/s':>10}{'new/old':>9}{'samples/CPU-s':>15}{'new/old':>9}"
+          f"{'wall s':>8}  {'result':<6}")
     by = {(r["size"], r["setting"]): r for r in rows}
     for r in rows:
         ratio = ratios[r["size"]] if r["setting"] == "new" else None
         cpu_ratio = r["samples_per_cpu_s"] / by[r["size"], "old"]["samples_per_cpu_s"] if ratio else None
         verdict = "" if ratio is None else "PASS" if ratio >= SPEED_TARGET else "FAIL"
-        print(f"{r['size']:>5}  {r['setting']:<8}{r['samples_per_s']:>10.2f}{'' if ratio is None else f'{ratio:.2f}x':>9}"
-              f"{r['samples_per_cpu_s']:>15.2f}{'' if cpu_ratio is None else f'{cpu_ratio:.2f}x':>9}{r['wall_s']:>8.0f}  {verdict:<6}")
-    print(f"target: new >= {SPEED_TARGET:g}x old samples/s (wall clock) at every size; samples/CPU-s (the process's own")
+        print(
+            f"{r['size']:>5}  {r['setting']:<8}{r['samples_per_s']:>10.2f}{'' if ratio is None else f'{ratio:.2f}x':>9}"
+            f"{r['samples_per_cpu_s']:>15.2f}{'' if cpu_ratio is None else f'{cpu_ratio:.2f}x':>9}"
+            f"{r['wall_s']:>8.0f}  {verdict:<6}"
+        )
+    print(
+        f"target: new >= {SPEED_TARGET:g}x old samples/s (wall clock) at every size; samples/CPU-s (the process's own"
+    )
     print("CPU time) is less sensitive to other users' load and shows whether a miss is the machine or the code")
 
     print(f"\nquality at equal steps ({args.steps} steps each, same seed and data) - a SMOKE CHECK of parity only:")
@@ -170,10 +176,15 @@ def print_old_vs_new(rows: list[dict], args: argparse.Namespace, load_before: fl
     quality = {size: quality_ok(by[size, "old"]["eval"], by[size, "new"]["eval"]) for size in ratios}
     print()
     for size, ratio in ratios.items():
-        print(f"{'PASS' if ratio >= SPEED_TARGET else 'FAIL'}  {size} px: new {ratio:.2f}x old samples/s (>= {SPEED_TARGET:g}x)")
+        print(
+            f"{'PASS' if ratio >= SPEED_TARGET else 'FAIL'}  {size} px: new {ratio:.2f}x old samples/s "
+            f"(>= {SPEED_TARGET:g}x)"
+        )
     for size, ok in quality.items():
-        print(f"{'PASS' if ok else 'FAIL'}  {size} px: new test L1 and LPIPS <= {QUALITY_SLACK:g}x old at k = "
-              f"{', '.join(EVAL_SOURCES)} ({args.steps} steps: smoke check)")
+        print(
+            f"{'PASS' if ok else 'FAIL'}  {size} px: new test L1 and LPIPS <= {QUALITY_SLACK:g}x old at k = "
+            f"{', '.join(EVAL_SOURCES)} ({args.steps} steps: smoke check)"
+        )
     return {"speed_ratio_new_old": ratios, "quality_parity": quality, "native_bf16": cpu_has_native_bf16()}
 
 
@@ -189,24 +200,39 @@ def ddp_comparison(args: argparse.Namespace, load_before: float) -> dict:
         run("1proc-2threads", args.out, TINY, sets, nproc=1, threads=2),
     ]
     if torch.cuda.is_available():
-        gpu_sets = [f"data.root={make_data(args.out / 'data256', 256)}", "optim.steps=30", "logging.every_steps=5",
-                    "checkpoint.every_steps=30", "data.num_workers=4", "device=cuda"]
+        gpu_sets = [
+            f"data.root={make_data(args.out / 'data256', 256)}",
+            "optim.steps=30",
+            "logging.every_steps=5",
+            "checkpoint.every_steps=30",
+            "data.num_workers=4",
+            "device=cuda",
+        ]
         rows.append(run("gpu-256px-paper", args.out, REPO / "configs" / "paper-256.yaml", gpu_sets, nproc=1, threads=4))
 
-    print(f"\ntraining throughput, tiny config (64 px, full losses), batch {args.batch_size}/process, {args.steps} steps")
-    print(f"machine: {os.cpu_count()} CPU cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after "
-          "the runs; shared with other users,")
+    print(
+        f"\ntraining throughput, tiny config (64 px, full losses), batch {args.batch_size}/process, {args.steps} steps"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPU cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after "
+        "the runs; shared with other users,"
+    )
     print("so absolute numbers are noisy and the ratio is what this bench measures (side by side, same run).\n")
     print(f"{'run':<18}{'processes':>10}{'threads/proc':>14}{'samples/s':>12}{'samples/CPU-s/proc':>20}{'wall s':>9}")
     for r in rows:
-        print(f"{r['name']:<18}{r['processes']:>10}{r['threads_per_process']:>14}{r['samples_per_s']:>12.2f}"
-              f"{r['samples_per_cpu_s']:>20.2f}{r['wall_s']:>9.1f}")
+        print(
+            f"{r['name']:<18}{r['processes']:>10}{r['threads_per_process']:>14}{r['samples_per_s']:>12.2f}"
+            f"{r['samples_per_cpu_s']:>20.2f}{r['wall_s']:>9.1f}"
+        )
     one, two = rows[0], rows[1]
     ratio = two["samples_per_s"] / one["samples_per_s"]
     # DDP's own cost: CPU seconds per sample of each of the 2 processes vs the single process.
     # With two otherwise idle cores, the wall-clock ratio would be 2 x this efficiency.
     efficiency = two["samples_per_cpu_s"] / one["samples_per_cpu_s"]
-    print(f"\n2 processes / 1 process (1 thread each), wall clock: {ratio:.2f}x  (target >= 1.7x: {'PASS' if ratio >= 1.7 else 'FAIL'})")
+    print(
+        f"\n2 processes / 1 process (1 thread each), wall clock: {ratio:.2f}x  "
+        f"(target >= 1.7x: {'PASS' if ratio >= 1.7 else 'FAIL'})"
+    )
     print(f"per-process CPU efficiency of DDP (2 proc vs 1): {efficiency:.2f} -> {2 * efficiency:.2f}x on 2 idle cores")
     if ratio < 1.7 and load_before > 0.5:
         print("  (the wall-clock ratio needs two free cores; other users' load took part of the second one)")

@@ -3,8 +3,8 @@
 
 | module | components |
 |---|---|
-| `components.data` | `preprocess_data` (DVC pull/repro/push), `validate_data` (Great Expectations + Data Docs), `data_gate` |
-| `components.training` | `open_parent_run`, `train_model` (torchrun locally, Kubeflow Trainer TrainJob on a cluster), `evaluate_model` |
+| `components.data` | `preprocess_data` (DVC pull/repro/push), `validate_data` (GX + Data Docs), `data_gate` |
+| `components.training` | `open_parent_run`, `train_model` (torchrun here, a TrainJob on a cluster), `evaluate_model` |
 | `components.report` | `compare_ablations` (table + chart to MLflow and Markdown/HTML artifacts, picks the model) |
 | `components.registry` | `register_model` (MLflow registry `iwarp`, alias `challenger`) |
 | `components.deploy` | `package_model` (`.mar`), `deploy_canary` (canary; `champion` moves only on a pass) |

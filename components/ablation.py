@@ -22,8 +22,6 @@ ABLATIONS: list[dict[str, Any]] = [
 ]
 FULL = "full"
 
-# Metrics where larger is better; every other evaluation metric is an error.
-HIGHER_IS_BETTER = ("psnr", "ssim")
 # The compact table (console, top of the report): the paper's reconstruction metrics on the
 # general target, and L1 on the personal one.
 CORE_METRICS = ("l1", "psnr", "lpips")
@@ -53,9 +51,11 @@ def variant_overrides(ablation: dict[str, Any]) -> list[str]:
 
 
 def higher_is_better(metric: str) -> bool:
+    """Direction of an evaluation key such as `general/psnr_k4` (serving.canary decides by name)."""
+    from serving.canary import higher_is_better as by_name
+
     base = _K_SUFFIX.match(metric)
-    name = (base.group("name") if base else metric).lower()
-    return any(name.endswith(h) for h in HIGHER_IS_BETTER)
+    return by_name(base.group("name") if base else metric)
 
 
 def selection_score(metrics: dict[str, float], metric: str) -> float:
@@ -92,7 +92,9 @@ def choose_variant(results: list[dict[str, Any]], metric: str, margin: float) ->
     scores = {name: selection_score(r["metrics"], metric) for name, r in by_name.items()}
     full_score = scores[FULL]
     if not math.isfinite(full_score):
-        raise ValueError(f"metric {metric!r} is missing from the full model's evaluation: {sorted(by_name[FULL]['metrics'])}")
+        raise ValueError(
+            f"metric {metric!r} is missing from the full model's evaluation: {sorted(by_name[FULL]['metrics'])}"
+        )
 
     def gain(score: float) -> float:  # relative improvement over the full model, > 0 is better
         if not math.isfinite(score):
@@ -213,10 +215,16 @@ def floor_sentence(result: dict[str, Any]) -> str:
     checks = floor_checks(result)
     if not checks:
         return ""
-    parts = [f"{c.target} {_fmt(c.model)} at k={c.k} vs floor {_fmt(c.floor)}: "
-             + ("beats it" if c.beats else "does NOT beat it") for c in checks]
-    verdict = "beats the copy-source floor on L1" if all(c.beats for c in checks) else \
-        "does NOT beat the copy-source floor on L1 everywhere"
+    parts = [
+        f"{c.target} {_fmt(c.model)} at k={c.k} vs floor {_fmt(c.floor)}: "
+        + ("beats it" if c.beats else "does NOT beat it")
+        for c in checks
+    ]
+    verdict = (
+        "beats the copy-source floor on L1"
+        if all(c.beats for c in checks)
+        else "does NOT beat the copy-source floor on L1 everywhere"
+    )
     return f"**Floor** (L1 of copying a source frame): the registered model {verdict} ({'; '.join(parts)})."
 
 

@@ -7,6 +7,7 @@ from kfp import dsl
 
 from components.base import IMAGE, REGISTRY_PACKAGES
 
+
 @dsl.component(base_image=IMAGE, packages_to_install=REGISTRY_PACKAGES)
 def register_model(
     tracking_uri: str,

@@ -1,7 +1,7 @@
 """The compare step: the sweep's table and chart (the paper's Table 4 with our numbers) to
 MLflow and to KFP artifacts, and the choice of the model to register."""
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model, Output
@@ -11,8 +11,8 @@ from components.base import IMAGE, REPORT_PACKAGES
 
 @dsl.component(base_image=IMAGE, packages_to_install=REPORT_PACKAGES)
 def compare_ablations(
-    reports: Input[List[Artifact]],
-    checkpoints: Input[List[Model]],
+    reports: Input[list[Artifact]],
+    checkpoints: Input[list[Model]],
     tracking_uri: str,
     parent_run_id: str,
     data_version: str,

@@ -195,7 +195,8 @@ class MLflowTarget:
     def _steps(self, key: str) -> set[int]:
         cache = self._known.setdefault("steps", {})
         if key not in cache:
-            cache[key] = set() if self._fresh else {m.step for m in self.client.get_metric_history(self.spec.run_id, key)}
+            history = [] if self._fresh else self.client.get_metric_history(self.spec.run_id, key)
+            cache[key] = {m.step for m in history}
         return cache[key]
 
     def _images(self) -> set[str]:
@@ -234,8 +235,12 @@ class MLflowTarget:
     def _metrics(self, entries: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric
 
-        rows = [Metric(k, float(v), int(e["time"]), int(e["step"])) for e in entries for k, v in e["metrics"].items()
-                if np.isfinite(v) and int(e["step"]) not in self._steps(k)]
+        rows = [
+            Metric(k, float(v), int(e["time"]), int(e["step"]))
+            for e in entries
+            for k, v in e["metrics"].items()
+            if np.isfinite(v) and int(e["step"]) not in self._steps(k)
+        ]
         for i in range(0, len(rows), _METRIC_BATCH):
             self.client.log_batch(self.spec.run_id, metrics=rows[i : i + _METRIC_BATCH])
         for row in rows:
@@ -286,33 +291,44 @@ class MLflowTarget:
         wrapped = PredictionOnly(load_model(self.path(e["checkpoint"])).float().eval())
         H, W = driving.shape[-2:]
         signature = ModelSignature(
-            inputs=Schema([
-                TensorSpec(np.dtype(np.float32), (-1, -1, 3, H, W), "sources"),
-                TensorSpec(np.dtype(np.float32), (-1, 3, H, W), "driving"),
-            ]),
+            inputs=Schema(
+                [
+                    TensorSpec(np.dtype(np.float32), (-1, -1, 3, H, W), "sources"),
+                    TensorSpec(np.dtype(np.float32), (-1, 3, H, W), "driving"),
+                ]
+            ),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, H, W), "prediction")]),
         )
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
         metadata = {k: v for k, v in e["info"].items() if k != "checkpoint"}
-        common = dict(name="model", signature=signature, pip_requirements=requirements, metadata=metadata,
-                      registered_model_name=self.spec.registered_model_name, tags={"iwarp.step": step})
+        common = dict(
+            name="model",
+            signature=signature,
+            pip_requirements=requirements,
+            metadata=metadata,
+            registered_model_name=self.spec.registered_model_name,
+            tags={"iwarp.step": step},
+        )
         mlflow.set_tracking_uri(self.spec.tracking_uri)
         with mlflow.start_run(run_id=run_id):
             try:
                 with torch.no_grad():
-                    mlflow.pytorch.log_model(wrapped, input_example=(sources.numpy(), driving.numpy()),
-                                             serialization_format="pt2", **common)
+                    mlflow.pytorch.log_model(
+                        wrapped, input_example=(sources.numpy(), driving.numpy()), serialization_format="pt2", **common
+                    )
                 self.client.set_tag(run_id, "model_format", "pt2")
             except Exception as exc:
                 if transient(exc):
                     raise
                 # torch.export cannot trace every model: fall back, say so
-                warnings.warn(f"torch.export of the model failed ({type(exc).__name__}: {exc}); logging it pickled",
-                              stacklevel=2)
+                warnings.warn(
+                    f"torch.export of the model failed ({type(exc).__name__}: {exc}); logging it pickled", stacklevel=2
+                )
                 import iwarp
 
-                mlflow.pytorch.log_model(wrapped, serialization_format="pickle",
-                                         code_paths=[list(iwarp.__path__)[0]], **common)
+                mlflow.pytorch.log_model(
+                    wrapped, serialization_format="pickle", code_paths=[list(iwarp.__path__)[0]], **common
+                )
                 self.client.set_tag(run_id, "model_format", "pickle")
 
     def _close(self, e: dict[str, Any]) -> None:
@@ -360,8 +376,11 @@ def deliver_one(target: MLflowTarget, entries: list[dict[str, Any]], give_up) ->
         except Exception as exc:
             target.forget()
             if not transient(exc):  # MLflow rejects the call itself: retrying cannot help
-                warnings.warn(f"tracking: MLflow rejected a {entries[0]['op']} call "
-                              f"({type(exc).__name__}: {str(exc)[:200]}); skipped", stacklevel=2)
+                warnings.warn(
+                    f"tracking: MLflow rejected a {entries[0]['op']} call "
+                    f"({type(exc).__name__}: {str(exc)[:200]}); skipped",
+                    stacklevel=2,
+                )
                 return True
             if give_up(exc, delay):
                 return False
@@ -393,8 +412,15 @@ class MLflowLogger(Logger):
         old = self.journal.load_spec() if resume else None
         entries = self.journal.entries() if resume else []
         same = old is not None and old.tracking_uri == tracking_uri and (run_id is None or run_id == old.run_id)
-        self.spec = RunSpec(tracking_uri, experiment, run_name, run_id or (old.run_id if same else None), tags or {},
-                            registered_model_name, min(old.delivered, len(entries)) if same else 0)
+        self.spec = RunSpec(
+            tracking_uri,
+            experiment,
+            run_name,
+            run_id or (old.run_id if same else None),
+            tags or {},
+            registered_model_name,
+            min(old.delivered, len(entries)) if same else 0,
+        )
         # Rewrite the journal whole (a kill may have cut its last line) and index it for the worker.
         self._offsets: list[int] = []
         data = b""
@@ -457,8 +483,14 @@ class MLflowLogger(Logger):
         self._put({"op": "params", "params": {k: str(v) for k, v in params.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self._put({"op": "metrics", "step": int(step), "time": int(time.time() * 1000),
-                   "metrics": {k: float(v) for k, v in metrics.items()}})
+        self._put(
+            {
+                "op": "metrics",
+                "step": int(step),
+                "time": int(time.time() * 1000),
+                "metrics": {k: float(v) for k, v in metrics.items()},
+            }
+        )
 
     def log_image(self, path: Path, step: int | None = None) -> None:
         self._put({"op": "image", "path": self._rel(path)})
@@ -466,14 +498,22 @@ class MLflowLogger(Logger):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._put({"op": "artifact", "path": self._rel(path), "artifact_path": artifact_path})
 
-    def log_model(self, model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], info: dict[str, Any]) -> None:
+    def log_model(
+        self, model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], info: dict[str, Any]
+    ) -> None:
         """Logged from `info["checkpoint"]` (the final checkpoint, the same weights as `model`),
         so a later `track sync` can log it too; `example` is kept next to the journal."""
         step = int(info.get("step", 0))
         example_path = self.journal.dir / f"model-example-{step:08d}.pt"
         torch.save(tuple(t[:2].detach().float().cpu().clone() for t in example), example_path)
-        self._put({"op": "model", "checkpoint": self._rel(info["checkpoint"]), "example": self._rel(example_path),
-                   "info": {k: v for k, v in info.items() if k != "checkpoint"}})
+        self._put(
+            {
+                "op": "model",
+                "checkpoint": self._rel(info["checkpoint"]),
+                "example": self._rel(example_path),
+                "info": {k: v for k, v in info.items() if k != "checkpoint"},
+            }
+        )
 
     def close(self, status: str = "FINISHED") -> None:
         """Deliver the backlog while the server answers; give up after `IWARP_TRACKING_DRAIN_S`
@@ -495,9 +535,12 @@ class MLflowLogger(Logger):
         self.journal.save_spec(self.spec)
         left = self._written - self.spec.delivered
         if left > 0:
-            print(f"tracking: MLflow at {self.spec.tracking_uri} is unreachable; {left} logging calls are kept in "
-                  f"{self.journal.dir}; upload them later with: {sync_hint(self.run_dir, self.spec.tracking_uri)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"tracking: MLflow at {self.spec.tracking_uri} is unreachable; {left} logging calls are kept in "
+                f"{self.journal.dir}; upload them later with: {sync_hint(self.run_dir, self.spec.tracking_uri)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # ---------------------------------------------------------- worker thread
     def _entry(self, seq: int) -> dict[str, Any]:
@@ -518,13 +561,21 @@ class MLflowLogger(Logger):
     def _went_down(self, exc: BaseException) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
-            print(f"tracking: MLflow at {self.spec.tracking_uri} unreachable ({type(exc).__name__}); training goes on, "
-                  f"logging is kept in {self.journal.dir} and delivered when it answers", file=sys.stderr, flush=True)
+            print(
+                f"tracking: MLflow at {self.spec.tracking_uri} unreachable ({type(exc).__name__}); training goes on, "
+                f"logging is kept in {self.journal.dir} and delivered when it answers",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _came_back(self) -> None:
         if self._down_since is not None:
-            print(f"tracking: MLflow reachable again after {time.monotonic() - self._down_since:.0f} s; "
-                  f"delivering {self._written - self.spec.delivered} queued logging calls", file=sys.stderr, flush=True)
+            print(
+                f"tracking: MLflow reachable again after {time.monotonic() - self._down_since:.0f} s; "
+                f"delivering {self._written - self.spec.delivered} queued logging calls",
+                file=sys.stderr,
+                flush=True,
+            )
             self._down_since = None
 
     def _give_up(self, exc: BaseException, delay: float) -> bool:
@@ -573,8 +624,9 @@ def entries_from_folder(run_dir: Path) -> list[dict[str, Any]]:
     if (run_dir / "metrics.jsonl").is_file():
         for r in read_jsonl(run_dir / "metrics.jsonl"):
             metrics = {k: v for k, v in r.items() if k not in ("step", "time")}
-            entries.append({"op": "metrics", "step": int(r["step"]), "time": int(r.get("time", 0) * 1000),
-                            "metrics": metrics})
+            entries.append(
+                {"op": "metrics", "step": int(r["step"]), "time": int(r.get("time", 0) * 1000), "metrics": metrics}
+            )
     for png in sorted((run_dir / "images").glob("*.png")):
         entries.append({"op": "image", "path": str(png.relative_to(run_dir))})
     for name in ("init_from.json", "config.yaml", "metrics.jsonl"):
@@ -589,10 +641,17 @@ def entries_from_folder(run_dir: Path) -> list[dict[str, Any]]:
         example = run_dir / "tracking" / "model-example-offline.pt"
         example.parent.mkdir(parents=True, exist_ok=True)
         gen = torch.Generator().manual_seed(0)  # any input of the right shape: it only fixes the signature
-        torch.save((torch.rand(2, 2, 3, size, size, generator=gen), torch.rand(2, 3, size, size, generator=gen)),
-                   example)
-        entries.append({"op": "model", "checkpoint": "checkpoints/final.ckpt", "example": str(example.relative_to(run_dir)),
-                        "info": {"model_kind": ckpt["model_kind"], "model_config": cfg, "step": int(ckpt.get("step", 0))}})
+        torch.save(
+            (torch.rand(2, 2, 3, size, size, generator=gen), torch.rand(2, 3, size, size, generator=gen)), example
+        )
+        entries.append(
+            {
+                "op": "model",
+                "checkpoint": "checkpoints/final.ckpt",
+                "example": str(example.relative_to(run_dir)),
+                "info": {"model_kind": ckpt["model_kind"], "model_config": cfg, "step": int(ckpt.get("step", 0))},
+            }
+        )
     entries.append({"op": "close", "status": "FINISHED" if final.is_file() else "KILLED"})
     return entries
 
@@ -617,17 +676,23 @@ def sync_run(run_dir: str | Path, tracking_uri: str, attempts: int = 4) -> SyncR
     spec = journal.load_spec()
     if spec is None or spec.tracking_uri != tracking_uri:  # never tracked here: a new run
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-        spec = RunSpec(tracking_uri, cfg.get("experiment") or "iwarp", cfg.get("run_name") or None,
-                       tags=spec.tags if spec else {},
-                       registered_model_name=spec.registered_model_name if spec else None)
+        spec = RunSpec(
+            tracking_uri,
+            cfg.get("experiment") or "iwarp",
+            cfg.get("run_name") or None,
+            tags=spec.tags if spec else {},
+            registered_model_name=spec.registered_model_name if spec else None,
+        )
     target = MLflowTarget(spec, run_dir)
     tries = {"n": 0}
 
     def give_up(exc: BaseException, delay: float) -> bool:
         tries["n"] += 1
         if tries["n"] >= attempts:
-            raise ServiceUnavailable(f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__}: "
-                                     f"{str(exc).splitlines()[0][:200]}); nothing lost, run the sync again later") from exc
+            raise ServiceUnavailable(
+                f"MLflow at {tracking_uri} is unreachable ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); nothing lost, run the sync again later"
+            ) from exc
         time.sleep(delay)
         return False
 
@@ -635,8 +700,12 @@ def sync_run(run_dir: str | Path, tracking_uri: str, attempts: int = 4) -> SyncR
     while spec.delivered < len(entries):
         tries["n"] = 0
         batch = entries[spec.delivered : spec.delivered + 1]
-        while batch[0]["op"] == "metrics" and len(batch) < METRIC_STEPS_PER_CALL \
-                and spec.delivered + len(batch) < len(entries) and entries[spec.delivered + len(batch)]["op"] == "metrics":
+        while (
+            batch[0]["op"] == "metrics"
+            and len(batch) < METRIC_STEPS_PER_CALL
+            and spec.delivered + len(batch) < len(entries)
+            and entries[spec.delivered + len(batch)]["op"] == "metrics"
+        ):
             batch.append(entries[spec.delivered + len(batch)])
         deliver_one(target, batch, give_up)
         spec.delivered += len(batch)

@@ -81,7 +81,8 @@ def train_model(
     or a path); a module the variant lacks is dropped, one it adds starts fresh (checkpoint
     metadata `init` says which). Empty: train from scratch.
     """
-    from components.steps.training import TrainRequest, run_training
+    from components.steps.train_request import TrainRequest
+    from components.steps.training import run_training
 
     req = TrainRequest(
         dataset=dataset.path, ablation=ablation, config=train_config,

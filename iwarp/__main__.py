@@ -1,4 +1,5 @@
-from iwarp.cli import main
 import sys
+
+from iwarp.cli import main
 
 sys.exit(main())

@@ -125,7 +125,8 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
                           f"available: {available})")
 
 
-RELEASE_KEYS = ("format_version", "model_kind", "model_config", "model", "discriminator", "step", "train_config", "metrics")
+RELEASE_KEYS = ("format_version", "model_kind", "model_config", "model", "discriminator", "step", "train_config",
+                "metrics")
 
 
 def save_release(src: str | Path, dst: str | Path) -> Path:
@@ -133,7 +134,7 @@ def save_release(src: str | Path, dst: str | Path) -> Path:
     its config and provenance, without optimizer, RNG and sampler state (a third of the size; it
     cannot `--resume`, it can `--init-from`). Verified on read and written like any checkpoint.
 
-        python -c "from iwarp.checkpoint import save_release; save_release('runs/x/checkpoints/final.ckpt', 'models/x.ckpt')"
+        python -c "from iwarp.checkpoint import save_release as s; s('runs/x/checkpoints/final.ckpt', 'models/x.ckpt')"
     """
     payload = load_checkpoint(src)
     release = {k: payload[k] for k in RELEASE_KEYS if k in payload}

@@ -66,7 +66,9 @@ class MultiScalePatchDiscriminator(nn.Module):
         if not cfg.scales or len(cfg.channels) < 2 or any(not 0 < s <= 1 for s in cfg.scales):
             raise ValueError(f"discriminator needs scales in (0, 1] and >= 2 channel blocks, got {cfg}")
         self.config = cfg
-        self.discriminators = nn.ModuleList(PatchDiscriminator(list(cfg.channels), cfg.spectral_norm) for _ in cfg.scales)
+        self.discriminators = nn.ModuleList(
+            PatchDiscriminator(list(cfg.channels), cfg.spectral_norm) for _ in cfg.scales
+        )
 
     def min_size(self) -> int:
         """Smallest input side: the coarsest scale must keep >= 2x2 patches after the last block."""

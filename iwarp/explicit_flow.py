@@ -38,7 +38,7 @@ class ExplicitFlowConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [128, 64, 32])
 
     @classmethod
-    def tiny(cls, image_size: int = 64, **overrides) -> "ExplicitFlowConfig":
+    def tiny(cls, image_size: int = 64, **overrides) -> ExplicitFlowConfig:
         base = dict(
             image_size=image_size,
             keypoints=KeypointConfig(num_keypoints=5, channels=[8, 16, 16]),
@@ -102,10 +102,20 @@ class ExplicitFlowBaseline(nn.Module):
         cfg = config or ExplicitFlowConfig()
         self.config = cfg
         levels = log2_int(cfg.motion_stride, "motion_stride")
-        check_divisible(cfg.image_size, cfg.motion_stride * 2 ** (len(cfg.motion_channels) - 1), "motion_stride x dense-motion levels")
-        check_divisible(cfg.image_size, cfg.keypoints.downsample * 2 ** (len(cfg.keypoints.channels) - 1), "keypoint detector levels")
+        check_divisible(
+            cfg.image_size,
+            cfg.motion_stride * 2 ** (len(cfg.motion_channels) - 1),
+            "motion_stride x dense-motion levels",
+        )
+        check_divisible(
+            cfg.image_size,
+            cfg.keypoints.downsample * 2 ** (len(cfg.keypoints.channels) - 1),
+            "keypoint detector levels",
+        )
         if len(cfg.encoder_channels) != levels + 1 or len(cfg.encoder_res_blocks) != levels + 1:
-            raise ValueError(f"encoder_channels/encoder_res_blocks need {levels + 1} entries for motion_stride {cfg.motion_stride}")
+            raise ValueError(
+                f"encoder_channels/encoder_res_blocks need {levels + 1} entries for motion_stride {cfg.motion_stride}"
+            )
         if len(cfg.decoder_channels) != levels + 1:
             raise ValueError(f"decoder_channels needs {levels + 1} entries for motion_stride {cfg.motion_stride}")
         self.motion_size = cfg.image_size // cfg.motion_stride

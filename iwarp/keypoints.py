@@ -35,7 +35,9 @@ class KeypointConfig:
     heatmap_sigma: float = 0.1  # std of the rendered Gaussians, in [-1, 1] units
 
 
-def coordinate_grid(h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def coordinate_grid(
+    h: int, w: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """(h, w, 2) pixel-centre coordinates in [-1, 1], x first (matches grid_sample, align_corners=False)."""
     ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
     xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1

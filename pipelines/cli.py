@@ -63,14 +63,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = psub.add_parser("compile", help="write the pipeline IR YAML for `kfp run create`",
                         description="Compile the pipeline (with its Kubernetes platform config) to KFP IR YAML.")
     c.add_argument("--out", default="iwarp_pipeline.yaml", help="output YAML (default: %(default)s)")
-    c.add_argument("--image", help="container image for every step (default: $IWARP_IMAGE or ghcr.io/iwarp/iwarp:0.1.0)")
+    c.add_argument(
+        "--image", help="container image for every step (default: $IWARP_IMAGE or ghcr.io/iwarp/iwarp:0.1.0)"
+    )
     c.add_argument("--eval-gpus", type=int, help="GPUs per evaluation task (default 1; 0 = CPU)")
     c.add_argument("--accelerator", help="GPU resource name (default nvidia.com/gpu)")
     c.add_argument("--gpu-node-selector", nargs="*", metavar="KEY=VALUE", help="node labels for GPU tasks")
     c.add_argument("--s3-secret", help="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default iwarp-s3)")
     c.add_argument("--mlflow-secret", help="Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD (default iwarp-mlflow)")
-    c.add_argument("--param", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="new defaults for pipeline parameters (e.g. tracking_uri=http://mlflow:5000)")
+    c.add_argument(
+        "--param",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="new defaults for pipeline parameters (e.g. tracking_uri=http://mlflow:5000)",
+    )
     c.set_defaults(func=_compile)
 
     s = psub.add_parser("services", help="status or stop of the local MLflow / TorchServe servers")
@@ -91,13 +99,28 @@ def _run(args: argparse.Namespace) -> int:
 
     console = Console()
     opts = LocalRunOptions(
-        data=args.data, data_params=args.data_params, config=args.config, init_from=args.init_from,
-        overrides=args.overrides, steps=args.steps, nproc=args.nproc, seed=args.seed, image_size=args.image_size,
-        eval_sources=args.sources, eval_source_placement=args.source_placement,
-        eval_frame_stride=args.frame_stride, eval_max_videos=args.eval_max_videos,
-        eval_fd=args.fd, eval_landmarks=args.landmarks,
-        select_metric=args.select_metric, experiment=args.experiment, model_name=args.model_name,
-        mlflow_port=args.mlflow_port, home=args.home, verbose=args.verbose, readme_picture=args.readme_picture,
+        data=args.data,
+        data_params=args.data_params,
+        config=args.config,
+        init_from=args.init_from,
+        overrides=args.overrides,
+        steps=args.steps,
+        nproc=args.nproc,
+        seed=args.seed,
+        image_size=args.image_size,
+        eval_sources=args.sources,
+        eval_source_placement=args.source_placement,
+        eval_frame_stride=args.frame_stride,
+        eval_max_videos=args.eval_max_videos,
+        eval_fd=args.fd,
+        eval_landmarks=args.landmarks,
+        select_metric=args.select_metric,
+        experiment=args.experiment,
+        model_name=args.model_name,
+        mlflow_port=args.mlflow_port,
+        home=args.home,
+        verbose=args.verbose,
+        readme_picture=args.readme_picture,
     )
     result = run_local(opts, console)  # ServiceError: exit 3, a missing file: 2 (iwarp.errors)
     print_summary(result, console)
@@ -142,8 +165,10 @@ def _compile(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as exc:  # unknown parameter name or wrong type
         raise InputError(str(exc)) from exc
     print(f"wrote {out}")
-    print(f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} "
-          "tracking_uri=http://iwarp-mlflow.iwarp.svc.cluster.local:5000 dvc_remote=s3://BUCKET/dvc")
+    print(
+        f"submit: kfp --endpoint URL run create -e EXPERIMENT -f {out} "
+        "tracking_uri=http://iwarp-mlflow.iwarp.svc.cluster.local:5000 dvc_remote=s3://BUCKET/dvc"
+    )
     return 0
 
 

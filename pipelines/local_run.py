@@ -248,8 +248,13 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
 
     minutes = f"{result.seconds / 60:.1f} min"
     if not result.ok:
-        console.print(Panel.fit(f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
-                                f"{result.error}\nfull log: {result.log}", title="iwarp pipeline"))
+        console.print(
+            Panel.fit(
+                f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
+                f"{result.error}\nfull log: {result.log}",
+                title="iwarp pipeline",
+            )
+        )
         if result.data_docs:
             site = result.data_docs.parent / "data_docs_site" / "index.html"
             console.print(f"Data Docs (open in a browser): {result.data_docs}\n  full site: {site}")
@@ -273,5 +278,3 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
 def result_json(result: LocalRunResult) -> dict[str, Any]:
     d = dataclasses.asdict(result)
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
-
-

@@ -11,7 +11,7 @@ pipeline parameter (`kfp run create ... key=value`).
 
 import dataclasses
 from pathlib import Path
-from typing import Any, List, NamedTuple
+from typing import Any, NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model
@@ -27,14 +27,21 @@ from components.training import evaluate_model, open_parent_run, train_model
 PIPELINE_NAME = "iwarp-pipeline"
 
 # What the sweep hands to the compare step: per variant, the evaluation report and the checkpoint.
-SweepOutputs = NamedTuple("SweepOutputs", [("reports", List[Artifact]), ("checkpoints", List[Model])])
+class SweepOutputs(NamedTuple):
+    reports: list[Artifact]
+    checkpoints: list[Model]
 
 # What a run hands back (the local driver prints these; on a cluster they show in the run's outputs).
-PipelineOutputs = NamedTuple("PipelineOutputs", [
-    ("parent_run_id", str), ("ablation_table", Markdown), ("chosen_variant", str), ("model_name", str),
-    ("registered_version", str), ("canary_verdict", Markdown), ("promoted", bool), ("endpoint", str),
-    ("animation", Artifact),
-])
+class PipelineOutputs(NamedTuple):
+    parent_run_id: str
+    ablation_table: Markdown
+    chosen_variant: str
+    model_name: str
+    registered_version: str
+    canary_verdict: Markdown
+    promoted: bool
+    endpoint: str
+    animation: Artifact
 
 
 @dataclasses.dataclass
@@ -232,62 +239,117 @@ def build_pipeline(opts: PlatformOptions | None = None):
         parent.set_caching_options(False)  # a new parent run per pipeline run
 
         sweep = ablation_sweep(
-            dataset=prep.outputs["dataset"], personal=prep.outputs["personal"], parent_run_id=parent.output, train_config=train_config,
-            train_overrides=train_overrides, seed=seed, train_steps=train_steps, tracking_uri=tracking_uri,
-            experiment=experiment, train_backend=train_backend, nproc_per_node=nproc_per_node,
-            num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
-            namespace=namespace, init_from=init_from, eval_sources=eval_sources,
-            eval_source_placement=eval_source_placement, eval_frame_stride=eval_frame_stride,
-            eval_max_videos=eval_max_videos, eval_fd=eval_fd,
+            dataset=prep.outputs["dataset"],
+            personal=prep.outputs["personal"],
+            parent_run_id=parent.output,
+            train_config=train_config,
+            train_overrides=train_overrides,
+            seed=seed,
+            train_steps=train_steps,
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            train_backend=train_backend,
+            nproc_per_node=nproc_per_node,
+            num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node,
+            trainer_runtime=trainer_runtime,
+            namespace=namespace,
+            init_from=init_from,
+            eval_sources=eval_sources,
+            eval_source_placement=eval_source_placement,
+            eval_frame_stride=eval_frame_stride,
+            eval_max_videos=eval_max_videos,
+            eval_fd=eval_fd,
             eval_landmarks=eval_landmarks,
         ).set_display_name("ablation sweep (residual x extra K/V)")
 
-        cmp = common(compare_ablations(
-            reports=sweep.outputs["reports"], checkpoints=sweep.outputs["checkpoints"],
-            tracking_uri=tracking_uri, parent_run_id=parent.output, data_version=prep.outputs["Output"],
-            select_metric=select_metric, select_margin=select_margin,
-        ), "compare ablations")
+        cmp = common(
+            compare_ablations(
+                reports=sweep.outputs["reports"],
+                checkpoints=sweep.outputs["checkpoints"],
+                tracking_uri=tracking_uri,
+                parent_run_id=parent.output,
+                data_version=prep.outputs["Output"],
+                select_metric=select_metric,
+                select_margin=select_margin,
+            ),
+            "compare ablations",
+        )
         _resources(_secrets(cmp, opts.mlflow), "1", "2Gi")
         cmp.set_caching_options(False)
 
-        anim = common(animate_champion(checkpoint=cmp.outputs["chosen_model"], dataset=prep.outputs["dataset"],
-                                       tracking_uri=tracking_uri, parent_run_id=parent.output),
-                      "animate (sources | driving | output)")
+        anim = common(
+            animate_champion(
+                checkpoint=cmp.outputs["chosen_model"],
+                dataset=prep.outputs["dataset"],
+                tracking_uri=tracking_uri,
+                parent_run_id=parent.output,
+            ),
+            "animate (sources | driving | output)",
+        )
         _resources(_secrets(anim, opts.mlflow), "1", "2Gi")
         anim.set_caching_options(False)
 
-        reg = common(register_model(
-            tracking_uri=tracking_uri, model_name=model_name, run_id=cmp.outputs["run_id"],
-            variant=cmp.outputs["variant"], reason=cmp.outputs["reason"], data_version=prep.outputs["Output"],
-            parent_run_id=parent.output,
-        ), "register (MLflow)")
+        reg = common(
+            register_model(
+                tracking_uri=tracking_uri,
+                model_name=model_name,
+                run_id=cmp.outputs["run_id"],
+                variant=cmp.outputs["variant"],
+                reason=cmp.outputs["reason"],
+                data_version=prep.outputs["Output"],
+                parent_run_id=parent.output,
+            ),
+            "register (MLflow)",
+        )
         _resources(_secrets(reg, opts.mlflow), "200m", "1Gi")
         reg.set_caching_options(False)  # every run registers a new version
 
-        pkg = common(package_model(checkpoint=cmp.outputs["chosen_model"], model_name=model_name,
-                                   version=reg.outputs["version"]), "package (.mar)")
+        pkg = common(
+            package_model(
+                checkpoint=cmp.outputs["chosen_model"], model_name=model_name, version=reg.outputs["version"]
+            ),
+            "package (.mar)",
+        )
         _resources(pkg, "1", "4Gi")
 
-        canary = common(deploy_canary(
-            mar=pkg.outputs["mar"], dataset=prep.outputs["dataset"], model_name=model_name,
-            version=reg.outputs["version"], tracking_uri=tracking_uri, target=serving_target,
-            serving_workdir=serving_workdir, image_size=image_size, namespace=serving_namespace,
-            storage_uri=serving_storage_uri, s3_endpoint_url=s3_endpoint_url,
-        ), "canary")
+        canary = common(
+            deploy_canary(
+                mar=pkg.outputs["mar"],
+                dataset=prep.outputs["dataset"],
+                model_name=model_name,
+                version=reg.outputs["version"],
+                tracking_uri=tracking_uri,
+                target=serving_target,
+                serving_workdir=serving_workdir,
+                image_size=image_size,
+                namespace=serving_namespace,
+                storage_uri=serving_storage_uri,
+                s3_endpoint_url=s3_endpoint_url,
+            ),
+            "canary",
+        )
         _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint), "1", "4Gi")
         canary.set_caching_options(False)
 
         return PipelineOutputs(
-            parent_run_id=parent.output, ablation_table=cmp.outputs["table"], chosen_variant=cmp.outputs["variant"],
-            model_name=reg.outputs["model_name"], registered_version=reg.outputs["version"],
-            canary_verdict=canary.outputs["verdict"], promoted=canary.outputs["promoted"],
-            endpoint=canary.outputs["endpoint"], animation=anim.outputs["animation"],
+            parent_run_id=parent.output,
+            ablation_table=cmp.outputs["table"],
+            chosen_variant=cmp.outputs["variant"],
+            model_name=reg.outputs["model_name"],
+            registered_version=reg.outputs["version"],
+            canary_verdict=canary.outputs["verdict"],
+            promoted=canary.outputs["promoted"],
+            endpoint=canary.outputs["endpoint"],
+            animation=anim.outputs["animation"],
         )
+
     return iwarp_pipeline
 
 
-def compile_pipeline(out: str | Path, opts: PlatformOptions | None = None,
-                     defaults: dict[str, Any] | None = None) -> Path:
+def compile_pipeline(
+    out: str | Path, opts: PlatformOptions | None = None, defaults: dict[str, Any] | None = None
+) -> Path:
     """Write the KFP IR YAML; `defaults` replaces pipeline parameter defaults."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,8 @@ class RunProgress(io.TextIOBase):
         table = Table.grid(padding=(0, 2))
         for t in self.tasks[-14:]:
             mark = {"SUCCESS": "[green]✓[/]", "RUNNING": "[yellow]…[/]"}.get(t.status, "[red]✗[/]")
-            table.add_row(mark, t.title, f"{t.elapsed():6.1f} s", Text(t.last_line if t.ended is None else "", style="dim"))
+            last = Text(t.last_line if t.ended is None else "", style="dim")
+            table.add_row(mark, t.title, f"{t.elapsed():6.1f} s", last)
         return Group(self._bar, table)
 
     def note(self, text: str) -> None:
@@ -171,4 +172,4 @@ def failure_message(task: TaskState) -> str:
     """The exception a failed task ended with (its message lines), else its last lines."""
     lines = list(task.tail)
     starts = [i for i, line in enumerate(lines) if _EXCEPTION.match(line)]
-    return "\n".join(lines[starts[-1]:] if starts else lines[-8:])
+    return "\n".join(lines[starts[-1] :] if starts else lines[-8:])

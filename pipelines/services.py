@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from iwarp.errors import ServiceUnavailable
+from serving.server import free_port
 
 HOME_ENV = "IWARP_HOME"
 DEFAULT_MLFLOW_PORT = 5000
@@ -92,12 +93,6 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -198,7 +193,9 @@ class MlflowServer:
             "--workers", str(self.workers),
         ]
 
-    def ensure(self, timeout: float = 300.0, on_wait: Callable[[float], None] | None = None) -> tuple[ServiceRecord, bool]:
+    def ensure(
+        self, timeout: float = 300.0, on_wait: Callable[[float], None] | None = None
+    ) -> tuple[ServiceRecord, bool]:
         """Reuse the recorded server or start one. Returns (record, started_now)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self.dir / ".lock"):
@@ -228,8 +225,15 @@ class MlflowServer:
         with open(self.log_path, "ab") as log:
             # Own session: the server outlives this `iwarp` process and its group can be
             # stopped as a whole (gunicorn/uvicorn workers included).
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, env=env, cwd=self.dir)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                cwd=self.dir,
+            )
         url = f"http://{self.host}:{port}"
         rec = ServiceRecord(self.name, proc.pid, self.host, port, url, str(self.log_path), time.time(), cmd)
         rec.save(self.record_path)
@@ -273,8 +277,9 @@ def torchserve_workdir(home: Path) -> Path:
     return home / "serve"
 
 
-def ensure_torchserve(home: Path, ports: tuple[int, int, int] = (8080, 8081, 8082),
-                      model_name: str = "iwarp") -> tuple[object, bool]:
+def ensure_torchserve(
+    home: Path, ports: tuple[int, int, int] = (8080, 8081, 8082), model_name: str = "iwarp"
+) -> tuple[object, bool]:
     """Reuse the TorchServe started from `<home>/serve`, or start one (token auth on, model
     store `<home>/serve/model-store`, earlier versions restored from its state file).
     Busy default ports fall back to free ones. Returns (serving.server.ServerHandle, started_now)."""
@@ -295,8 +300,14 @@ def ensure_torchserve(home: Path, ports: tuple[int, int, int] = (8080, 8081, 808
         host = cfg.server.host
         chosen = [p if p and port_free(host, p) else 0 for p in ports]  # 0: TorchServe picks a free port
         try:
-            handle = start_server(store, config=cfg, workdir=workdir, inference_port=chosen[0],
-                                  management_port=chosen[1], metrics_port=chosen[2])
+            handle = start_server(
+                store,
+                config=cfg,
+                workdir=workdir,
+                inference_port=chosen[0],
+                management_port=chosen[1],
+                metrics_port=chosen[2],
+            )
         except ServerError as exc:
             raise ServiceError(f"TorchServe did not start: {exc}") from exc
         return handle, True

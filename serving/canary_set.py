@@ -101,5 +101,7 @@ def build_from_dataset(
     for i in range(n):
         pair = reconstruction_pairs(ds, i, k, stride=stride, max_driving=n_driving)
         to_u8 = lambda t: (t.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
-        cases.append(CanaryCase(f"case_{i:03d}_{ds.videos[i].id}", list(to_u8(pair["sources"])), list(to_u8(pair["driving"]))))
+        cases.append(
+            CanaryCase(f"case_{i:03d}_{ds.videos[i].id}", list(to_u8(pair["sources"])), list(to_u8(pair["driving"])))
+        )
     return write_canary_set(cases, out)

@@ -23,7 +23,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _add_workdir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workdir", default=None, help="TorchServe working dir: key file, logs, pid (default: server.workdir)")
+    p.add_argument(
+        "--workdir", default=None, help="TorchServe working dir: key file, logs, pid (default: server.workdir)"
+    )
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
@@ -33,8 +35,14 @@ def _cmd_package(args: argparse.Namespace) -> int:
     if args.mlflow_model_version:
         meta["mlflow_model_version"] = str(args.mlflow_model_version)
     path = package(
-        args.checkpoint, args.version, args.out, config=_config(args), archive_name=args.archive_name,
-        force=args.force, image_size=tuple(args.image_size) if args.image_size else None, metadata=meta,
+        args.checkpoint,
+        args.version,
+        args.out,
+        config=_config(args),
+        archive_name=args.archive_name,
+        force=args.force,
+        image_size=tuple(args.image_size) if args.image_size else None,
+        metadata=meta,
     )
     print(f"wrote {path} (version {args.version})")
     return 0
@@ -44,8 +52,14 @@ def _cmd_start(args: argparse.Namespace) -> int:
     from serving.server import start_server
 
     cfg = _config(args)
-    h = start_server(args.model_store, config=cfg, workdir=args.workdir, inference_port=args.inference_port,
-                     management_port=args.management_port, metrics_port=args.metrics_port)
+    h = start_server(
+        args.model_store,
+        config=cfg,
+        workdir=args.workdir,
+        inference_port=args.inference_port,
+        management_port=args.management_port,
+        metrics_port=args.metrics_port,
+    )
     client = h.client()
     versions = client.versions(cfg.model.name)
     print(f"TorchServe pid {h.pid} (workdir {h.workdir})")
@@ -83,9 +97,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     client = ServerHandle.load(args.workdir or cfg.server.workdir).client()
     client.model_name = cfg.model.name
     result = client.predict(  # ServeError: exit 2 for a rejected request, 3 when TorchServe is away
-        args.sources or None, args.driving or None, driving_video=args.driving_video,
-        source_set_id=args.source_set_id, register=args.register, relative=args.relative,
-        reset_reference=args.reset_reference, output=args.output, fps=args.fps, version=args.version,
+        args.sources or None,
+        args.driving or None,
+        driving_video=args.driving_video,
+        source_set_id=args.source_set_id,
+        register=args.register,
+        relative=args.relative,
+        reset_reference=args.reset_reference,
+        output=args.output,
+        fps=args.fps,
+        version=args.version,
     )
     out = Path(args.out)
     if args.output == "mp4":
@@ -107,8 +128,12 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     from serving.rollout import run_canary
 
     verdict = run_canary(
-        args.mar, workdir=args.workdir, canary_set=args.canary_set, config=_config(args),
-        mlflow_tracking_uri=args.mlflow_uri, mlflow_model_version=args.mlflow_model_version,
+        args.mar,
+        workdir=args.workdir,
+        canary_set=args.canary_set,
+        config=_config(args),
+        mlflow_tracking_uri=args.mlflow_uri,
+        mlflow_model_version=args.mlflow_model_version,
     )
     return 4 if (args.fail_on_rollback and not verdict.promote) else 0  # 3 means unreachable (iwarp.errors)
 
@@ -116,8 +141,16 @@ def _cmd_canary(args: argparse.Namespace) -> int:
 def _cmd_canary_set(args: argparse.Namespace) -> int:
     from serving.canary_set import build_from_dataset
 
-    out = build_from_dataset(args.data, args.out, split=args.split, k=args.k, n_driving=args.frames,
-                             stride=args.stride, image_size=args.image_size, max_videos=args.max_videos)
+    out = build_from_dataset(
+        args.data,
+        args.out,
+        split=args.split,
+        k=args.k,
+        n_driving=args.frames,
+        stride=args.stride,
+        image_size=args.image_size,
+        max_videos=args.max_videos,
+    )
     print(f"wrote canary set {out}")
     return 0
 
@@ -131,8 +164,11 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    serve = subparsers.add_parser("serve", help="TorchServe: package, start/stop, predict, canary rollout",
-                                  description="Serve iwarp over HTTP with TorchServe. See docs/serving.md.")
+    serve = subparsers.add_parser(
+        "serve",
+        help="TorchServe: package, start/stop, predict, canary rollout",
+        description="Serve iwarp over HTTP with TorchServe. See docs/serving.md.",
+    )
     sub = serve.add_subparsers(dest="serve_command", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser("package", help="checkpoint -> MODEL_STORE/iwarp.mar (torch.export + handler + config)")
@@ -141,10 +177,19 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="MODEL_STORE")
     p.add_argument("--archive-name", default=None, help="file name without .mar (default: the model name, iwarp)")
     p.add_argument("--force", action="store_true", help="overwrite an existing archive")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="only if the checkpoint's config does not say")
-    p.add_argument("--mlflow-model-version", default=None,
-                   help="MLflow registered-model version this archive was built from (the canary moves its aliases)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="only if the checkpoint's config does not say",
+    )
+    p.add_argument(
+        "--mlflow-model-version",
+        default=None,
+        help="MLflow registered-model version this archive was built from (the canary moves its aliases)",
+    )
     _add_config(p)
     p.set_defaults(func=_cmd_package)
 
@@ -185,8 +230,12 @@ def register(subparsers) -> None:
     p = sub.add_parser("canary", help="evaluate NEW.mar beside the default version; promote or roll back")
     p.add_argument("--mar", required=True, help="candidate archive (a new version)")
     p.add_argument("--canary-set", default=None, help="held-out canary set folder (default: canary_eval.canary_set)")
-    p.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no aliases)")
-    p.add_argument("--mlflow-model-version", default=None, help="candidate's registered-model version (default: from the archive)")
+    p.add_argument(
+        "--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no aliases)"
+    )
+    p.add_argument(
+        "--mlflow-model-version", default=None, help="candidate's registered-model version (default: from the archive)"
+    )
     p.add_argument("--fail-on-rollback", action="store_true", help="exit 4 when the candidate is rolled back")
     _add_workdir(p)
     _add_config(p)

@@ -16,10 +16,11 @@ import base64
 import io
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import requests
@@ -111,14 +112,16 @@ class TorchServeClient:
         try:
             return json.loads(Path(self.handle.key_file).read_text())
         except FileNotFoundError:
-            raise ServeError(0, f"no key file at {self.handle.key_file}: is TorchServe running from that folder?") from None
+            raise ServeError(
+                0, f"no key file at {self.handle.key_file}: is TorchServe running from that folder?"
+            ) from None
 
     def _refresh_if_expired(self, kind: str) -> bool:
         keys = self._keys()
         stamp = keys.get(kind, {}).get("expiration time")
         if not stamp:
             return False
-        if _parse_utc(stamp) > datetime.now(timezone.utc):
+        if _parse_utc(stamp) > datetime.now(UTC):
             return False
         r = self.session.post(
             f"{self.handle.management_url}/token",
@@ -131,8 +134,15 @@ class TorchServeClient:
     def _request(self, kind: str, method: str, url: str, **kwargs: Any) -> requests.Response:
         for attempt in range(2):
             headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self._keys()[kind]['key']}"}
-            r = self.session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs)
-            if r.status_code == 400 and "InvalidKeyException" in r.text and attempt == 0 and self._refresh_if_expired(kind):
+            r = self.session.request(
+                method, url, headers=headers, timeout=kwargs.pop("timeout", self.timeout), **kwargs
+            )
+            if (
+                r.status_code == 400
+                and "InvalidKeyException" in r.text
+                and attempt == 0
+                and self._refresh_if_expired(kind)
+            ):
                 continue
             return r
         return r
@@ -153,8 +163,15 @@ class TorchServeClient:
         r = self._request("inference", "GET", f"{self.handle.inference_url}/ping", timeout=10)
         return r.status_code == 200 and r.json().get("status") == "Healthy"
 
-    def predict_raw(self, payload: dict[str, Any] | None = None, *, files: dict[str, Any] | None = None,
-                    data: Any = None, version: str | None = None, headers: dict[str, str] | None = None) -> requests.Response:
+    def predict_raw(
+        self,
+        payload: dict[str, Any] | None = None,
+        *,
+        files: dict[str, Any] | None = None,
+        data: Any = None,
+        version: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> requests.Response:
         """One POST /predictions/<model>[/<version>] with a JSON payload or multipart files."""
         url = f"{self.handle.inference_url}/predictions/{self.model_name}" + (f"/{version}" if version else "")
         kwargs: dict[str, Any] = {"headers": headers or {}}
@@ -253,7 +270,9 @@ class TorchServeClient:
                 return None
             raise
 
-    def register_model(self, mar: str, name: str | None = None, workers: int = 1, timeout: float = 600.0) -> dict[str, Any]:
+    def register_model(
+        self, mar: str, name: str | None = None, workers: int = 1, timeout: float = 600.0
+    ) -> dict[str, Any]:
         """Register an archive already in the model store (by file name); waits for the workers."""
         params = {"url": mar, "model_name": name or self.model_name, "initial_workers": workers, "synchronous": "true"}
         return self._mgmt("POST", "/models", params=params, timeout=timeout)

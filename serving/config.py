@@ -86,3 +86,18 @@ def load_serve_config(path: str | Path | None = None, overrides: list[str] | Non
     from iwarp.config import load_config
 
     return load_config(ServeConfig, path if path is not None else DEFAULT_CONFIG, overrides)
+
+
+def load_thresholds(path: str | Path | None = None, overrides: list[str] | None = None) -> CanaryThresholds:
+    """Thresholds from a YAML file: either a full serving config (its `canary:` section is
+    used) or a file holding only the threshold keys. None: the packaged defaults."""
+    from iwarp.config import load_config
+
+    if path is not None:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if isinstance(data, dict) and "canary" in data:
+            return load_serve_config(path, overrides).canary
+        return load_config(CanaryThresholds, path, overrides)
+    return load_serve_config(None, overrides).canary

@@ -47,7 +47,9 @@ def _cache_fields(cache: Any) -> list[str]:
     elif isinstance(cache, dict):
         names = list(cache)
     else:
-        raise ExportError(f"unsupported SourceCache type {type(cache).__name__}: expected a dataclass, NamedTuple or dict")
+        raise ExportError(
+            f"unsupported SourceCache type {type(cache).__name__}: expected a dataclass, NamedTuple or dict"
+        )
     bad = [n for n in names if not isinstance(_get(cache, n), torch.Tensor)]
     if bad:
         raise ExportError(f"SourceCache fields {bad} are not tensors; the serving contract needs plain tensors")
@@ -155,7 +157,9 @@ def export_generator(
     for n in names:
         a, b = _get(cache, n), _get(cache_3, n)
         if a.dim() != b.dim() or a.shape[0] != 2:
-            raise ExportError(f"cache field {n} must be (B, ...) with a fixed rank, got {tuple(a.shape)} / {tuple(b.shape)}")
+            raise ExportError(
+                f"cache field {n} must be (B, ...) with a fixed rank, got {tuple(a.shape)} / {tuple(b.shape)}"
+            )
         spec: dict[int, Any] = {0: batch}
         for d in range(1, a.dim()):
             pair = (int(a.shape[d]), int(b.shape[d]))
@@ -236,7 +240,9 @@ class ExportedGenerator:
         return self.animate(self.encode_sources(sources), *self.detect_keypoints(driving))
 
 
-def load_exported(export_dir: str | Path, verify_hashes: bool = True, device: str | torch.device = "cpu") -> ExportedGenerator:
+def load_exported(
+    export_dir: str | Path, verify_hashes: bool = True, device: str | torch.device = "cpu"
+) -> ExportedGenerator:
     export_dir = Path(export_dir)
     manifest_path = export_dir / MANIFEST
     if not manifest_path.is_file():
@@ -272,7 +278,9 @@ def verify_export(model: nn.Module, exported: ExportedGenerator, *, max_sources:
             eager = eager.prediction if hasattr(eager, "prediction") else eager["prediction"]
             got = exported(sources, driving)
             if got.shape != eager.shape:
-                raise ExportError(f"exported output shape {tuple(got.shape)} != eager {tuple(eager.shape)} (B={b}, k={k})")
+                raise ExportError(
+                    f"exported output shape {tuple(got.shape)} != eager {tuple(eager.shape)} (B={b}, k={k})"
+                )
             worst = max(worst, float((got - eager).abs().max()))
     if worst > atol:
         raise ExportError(f"exported programs differ from the eager model by {worst:.2e} (> {atol:.0e})")

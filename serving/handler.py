@@ -61,8 +61,20 @@ DEFAULTS = {
     "num_threads": 0,
     "default_fps": 25.0,
 }
-_REASONS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error"}
-_TYPES = {400: "BadRequest", 404: "UnknownSourceSet", 413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalError"}
+_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+}
+_TYPES = {
+    400: "BadRequest",
+    404: "UnknownSourceSet",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    500: "InternalError",
+}
 
 
 ECHO_CHARS = 64  # client text quoted back in an error is cut to this many characters
@@ -83,7 +95,9 @@ class RequestError(Exception):
         self.code, self.message, self.field = code, message, None if field is None else clip(field)
 
     def body(self) -> str:
-        return json.dumps({"code": self.code, "type": _TYPES.get(self.code, "Error"), "message": self.message, "field": self.field})
+        return json.dumps(
+            {"code": self.code, "type": _TYPES.get(self.code, "Error"), "message": self.message, "field": self.field}
+        )
 
 
 # ----------------------------------------------------------------------------- request parsing
@@ -212,7 +226,9 @@ def parse_request(raw: dict[str, Any]) -> Request:
     req.sources = [(n, b) for _, n, b in sorted(indexed["source"])]
     req.driving = [(n, b) for _, n, b in sorted(indexed["driving"])]
     if req.driving and req.driving_video is not None:
-        raise RequestError(400, "send driving frames either as `driving` images or as `driving_video`, not both", "driving_video")
+        raise RequestError(
+            400, "send driving frames either as `driving` images or as `driving_video`, not both", "driving_video"
+        )
     if req.sources and req.source_set_id:
         raise RequestError(400, "send either `sources` or `source_set_id`, not both", "source_set_id")
     if not req.sources and not req.source_set_id:
@@ -230,7 +246,9 @@ def _loads(text: bytes) -> Any:
     except RecursionError:
         raise RequestError(400, f"JSON body nests deeper than {MAX_JSON_DEPTH} levels", "body") from None
     except (ValueError, UnicodeDecodeError):
-        raise RequestError(400, "request body is neither JSON (application/json) nor multipart/form-data", "body") from None
+        raise RequestError(
+            400, "request body is neither JSON (application/json) nor multipart/form-data", "body"
+        ) from None
 
 
 def _check_depth(fields: dict[str, Any]) -> None:
@@ -305,7 +323,9 @@ def decode_video(data: bytes, name: str, max_side: int, max_frames: int) -> tupl
     except RequestError:
         raise
     except Exception as exc:  # noqa: BLE001 - av raises many types for corrupt input
-        raise RequestError(400, f"`{name}` is not a decodable video: {clip(exc or type(exc).__name__, 200)}", name) from None
+        raise RequestError(
+            400, f"`{name}` is not a decodable video: {clip(exc or type(exc).__name__, 200)}", name
+        ) from None
     if not frames:
         raise RequestError(400, f"`{name}` decoded to zero frames (corrupt or truncated video)", name)
     return frames, fps
@@ -340,8 +360,12 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
         stream.codec_context.thread_count = 1  # PyAV's default is one thread per core
         stream.codec_context.thread_type = "NONE"
         x264 = {"crf": str(crf), "preset": H264_PRESET} if codec == "libx264" else {}
-        stream.options = {**x264, "threads": "1", **({"x264-params": X264_PARAMS} if x264 else {}),
-                          "flags": "+bitexact"}
+        stream.options = {
+            **x264,
+            "threads": "1",
+            **({"x264-params": X264_PARAMS} if x264 else {}),
+            "flags": "+bitexact",
+        }
         for f in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: h - h % 2, : w - w % 2]), format="rgb24")
             for packet in stream.encode(vf):
@@ -440,7 +464,9 @@ class IwarpService:
         gpu = props.get("gpu_id")
         # TorchServe hands a GPU to a worker through gpu_id; the programs were exported on CPU,
         # so their device arguments are rewritten (move_to_device_pass) rather than .to()'d.
-        self.device = torch.device(f"cuda:{gpu}") if gpu is not None and torch.cuda.is_available() else torch.device("cpu")
+        self.device = (
+            torch.device(f"cuda:{gpu}") if gpu is not None and torch.cuda.is_available() else torch.device("cpu")
+        )
         export_dir = os.path.join(model_dir, EXPORT_DIR)
         with open(os.path.join(export_dir, "export.json")) as f:
             self.meta = json.load(f)
@@ -456,7 +482,9 @@ class IwarpService:
         self.max_sources = min(int(cfg["max_sources"]), int(self.meta.get("max_sources", 8)))
         self.cache = SourceSetCache(int(cfg["cache_size"]), float(cfg["cache_ttl_s"]))
         self.initialized = True
-        log.info("iwarp handler ready: version %s, image %s, threads %d", self.version, self.size, torch.get_num_threads())
+        log.info(
+            "iwarp handler ready: version %s, image %s, threads %d", self.version, self.size, torch.get_num_threads()
+        )
 
     def _load(self, path: str) -> Any:
         program = torch.export.load(path)
@@ -485,7 +513,10 @@ class IwarpService:
                     self._guard(job, self._lookup)
             self._guard_all([j for j in jobs if j.error is None and j.driving is not None], self._run)
         # where a request's time went (per TorchServe batch): decoding inputs vs the model
-        self._timing = {"decode_ms": round((t1 - t0) * 1000, 1), "model_ms": round((time.perf_counter() - t1) * 1000, 1)}
+        self._timing = {
+            "decode_ms": round((t1 - t0) * 1000, 1),
+            "model_ms": round((time.perf_counter() - t1) * 1000, 1),
+        }
         return [self._respond(job, context) for job in jobs]
 
     def _guard(self, job: _Job, fn: Any, *args: Any) -> None:
@@ -523,9 +554,13 @@ class IwarpService:
         max_side, max_frames = int(cfg["max_image_side"]), int(cfg["max_driving_frames"])
         if req.sources:
             if len(req.sources) > self.max_sources:
-                raise RequestError(400, f"{len(req.sources)} source images sent; 1 to {self.max_sources} allowed", "sources")
+                raise RequestError(
+                    400, f"{len(req.sources)} source images sent; 1 to {self.max_sources} allowed", "sources"
+                )
         if len(req.driving) > max_frames:
-            raise RequestError(413, f"{len(req.driving)} driving frames sent; at most {max_frames} per request", "driving")
+            raise RequestError(
+                413, f"{len(req.driving)} driving frames sent; at most {max_frames} per request", "driving"
+            )
         images = [(n, decode_image(b, n, max_side)) for n, b in req.sources]
         driving = [(n, decode_image(b, n, max_side)) for n, b in req.driving]
         if req.driving_video is not None:
@@ -534,7 +569,9 @@ class IwarpService:
         shapes = {a.shape for _, a in images + driving}
         if len(shapes) > 1:
             detail = ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}" for n, a in images + driving)
-            raise RequestError(400, f"mismatched image sizes (all images of a request must share one size): {detail}", "sources")
+            raise RequestError(
+                400, f"mismatched image sizes (all images of a request must share one size): {detail}", "sources"
+            )
         if images:
             job.sources = to_tensor([a for _, a in images], self.size).to(self.device)
         if driving:
@@ -575,7 +612,8 @@ class IwarpService:
         if entry is None:
             raise RequestError(
                 404,
-                f"unknown or expired source_set_id {clip(sid)!r}: this worker keeps the {self.cache.capacity} most recent "
+                f"unknown or expired source_set_id {clip(sid)!r}: "
+                f"this worker keeps the {self.cache.capacity} most recent "
                 f"sets for {self.cache.ttl_s:.0f} s; register the sources again (same images give the same id)",
                 "source_set_id",
             )
@@ -619,7 +657,9 @@ class IwarpService:
                 chunk = idxs[start : start + step]
                 caches = [items[i][0].entry.cache for i in chunk]
                 cache = tuple(torch.cat(parts) for parts in zip(*caches))
-                pred = self.animate(torch.cat([items[i][1] for i in chunk]), torch.cat([items[i][2] for i in chunk]), *cache)
+                pred = self.animate(
+                    torch.cat([items[i][1] for i in chunk]), torch.cat([items[i][2] for i in chunk]), *cache
+                )
                 for j, i in enumerate(chunk):
                     outputs[i] = pred[j : j + 1]
         offset = 0
@@ -636,14 +676,24 @@ class IwarpService:
             context.set_response_content_type(job.idx, "application/json")
             return job.error.body()
         try:
-            info: dict[str, Any] = {"model_version": self.version, "n_sources": job.entry.n_sources, "batch": self._batch, **self._timing}
+            info: dict[str, Any] = {
+                "model_version": self.version,
+                "n_sources": job.entry.n_sources,
+                "batch": self._batch,
+                **self._timing,
+            }
             if job.req.register or job.req.source_set_id:
                 info["source_set_id"] = job.set_id
             if job.prediction is None:  # registration only
                 context.set_response_content_type(job.idx, "application/json")
                 return json.dumps(info)
             pred = job.prediction
-            info.update(n_frames=int(pred.shape[0]), height=int(pred.shape[2]), width=int(pred.shape[3]), relative=job.req.relative)
+            info.update(
+                n_frames=int(pred.shape[0]),
+                height=int(pred.shape[2]),
+                width=int(pred.shape[3]),
+                relative=job.req.relative,
+            )
             if job.req.output == "mp4":
                 fps = job.req.fps or job.fps or float(self.cfg["default_fps"])
                 context.set_response_content_type(job.idx, "video/mp4")

@@ -61,18 +61,12 @@ def model_config_yaml(cfg: ServeConfig) -> dict[str, Any]:
 
 
 def package(
-    checkpoint: str | Path,
-    version: str,
-    out: str | Path,
-    *,
-    config: ServeConfig | None = None,
-    archive_name: str | None = None,
-    force: bool = False,
-    image_size: tuple[int, int] | None = None,
-    metadata: dict[str, Any] | None = None,
+    checkpoint: str | Path, version: str, out: str | Path, *, metadata: dict[str, Any] | None = None, **options: Any
 ) -> Path:
     """Export the checkpoint's generator and archive it as `<out>/<archive_name>.mar`
-    (default archive name: the model name, `iwarp`). Returns the archive path."""
+    (default archive name: the model name, `iwarp`). Returns the archive path. `options` are
+    `package_model`'s (config, archive_name, force, image_size); `metadata` adds to the
+    checkpoint's provenance."""
     from iwarp.checkpoint import load_checkpoint, model_from_payload, resolve_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)  # a file, or a shipped model's name
@@ -87,9 +81,7 @@ def package(
     }
     model = model_from_payload(ckpt, source=str(checkpoint))  # one read + hash check, not two
     del ckpt  # optimizer state etc. is not needed any more
-    return package_model(
-        model, version, out, config=config, archive_name=archive_name, force=force, image_size=image_size, metadata=meta
-    )
+    return package_model(model, version, out, metadata=meta, **options)
 
 
 def package_model(
@@ -144,7 +136,8 @@ def package_model(
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         built = tmp / f"{archive_name}.mar"
         if proc.returncode != 0 or not built.is_file():
-            raise PackageError(f"torch-model-archiver failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            detail = proc.stderr.strip() or proc.stdout.strip()
+            raise PackageError(f"torch-model-archiver failed ({proc.returncode}): {detail}")
         # Move into place atomically so a running TorchServe never sees a half-written archive.
         partial = out / f".{archive_name}.mar.partial"
         shutil.copyfile(built, partial)

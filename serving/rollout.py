@@ -142,7 +142,9 @@ def run_canary(
     candidate = info["version"]
     baseline = client.default_version(name)
     if candidate in client.versions(name):
-        raise CanaryError(f"version {candidate} of {name!r} is already registered; package the candidate with a new --version")
+        raise CanaryError(
+            f"version {candidate} of {name!r} is already registered; package the candidate with a new --version"
+        )
     set_path = canary_set or cfg.canary_eval.canary_set
     if not set_path:
         raise CanaryError("no canary set: pass --canary-set DIR (build one with `iwarp serve canary-set`)")
@@ -152,23 +154,31 @@ def run_canary(
     mlflow_version = mlflow_model_version or info["export"].get("mlflow_model_version")
     registry = None
     if tracking_uri:
-        from serving.registry import AliasMover
+        from iwarp import plugins
 
-        registry = AliasMover(tracking_uri, cfg.canary_eval.mlflow_model_name, mlflow_version, log=log)
+        # MLflow alias moves come from components/ (entry point), never imported by serving/.
+        registry = plugins.load(plugins.MODEL_REGISTRIES, "mlflow")(
+            tracking_uri, cfg.canary_eval.mlflow_model_name, mlflow_version, log=log
+        )
         registry.mark_challenger()
 
     store = Path(handle.model_store)
     target = copy_into_store(mar, store, name, candidate)
-    log(f"canary: registering {name} {candidate} ({target.name}) " + (f"beside default {baseline}" if baseline else "(first version)"))
+    log(
+        f"canary: registering {name} {candidate} ({target.name}) "
+        + (f"beside default {baseline}" if baseline else "(first version)")
+    )
     client.register_model(target.name, name, workers=cfg.model.workers)
     try:
         versions = [baseline, candidate] if baseline else [candidate]
         pids = client.worker_pids(name)
         log(f"canary: {len(cases)} held-out case(s) x {cfg.canary_eval.repeats} to {' and '.join(versions)}")
-        samples = evaluate_versions(client, cases, versions, repeats=cfg.canary_eval.repeats,
-                                    warmup=cfg.canary_eval.warmup, progress=progress)
-        verdict = decide(samples[baseline].stats(baseline) if baseline else None,
-                         samples[candidate].stats(candidate), cfg.canary)
+        samples = evaluate_versions(
+            client, cases, versions, repeats=cfg.canary_eval.repeats, warmup=cfg.canary_eval.warmup, progress=progress
+        )
+        verdict = decide(
+            samples[baseline].stats(baseline) if baseline else None, samples[candidate].stats(candidate), cfg.canary
+        )
         restarts = worker_restarts(pids, client.worker_pids(name), versions)
         if restarts.passed:
             verdict.checks.append(restarts)

@@ -80,10 +80,12 @@ class ServerHandle:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, workdir: str | Path) -> "ServerHandle":
+    def load(cls, workdir: str | Path) -> ServerHandle:
         path = Path(workdir) / SERVER_FILE
         if not path.is_file():
-            raise ServerNotRunning(f"no TorchServe started from {workdir} (missing {SERVER_FILE}); run `iwarp serve start`")
+            raise ServerNotRunning(
+                f"no TorchServe started from {workdir} (missing {SERVER_FILE}); run `iwarp serve start`"
+            )
         return cls(**json.loads(path.read_text()))
 
     def alive(self) -> bool:
@@ -239,7 +241,9 @@ def start_server(
         ports[k] = v
     busy = [f"{k}={v}" for k, v in ports.items() if _port_in_use(s.host, v)]
     if busy:
-        raise ServerError(f"ports already in use on {s.host}: {', '.join(busy)} (pick others or use 0 for any free port)")
+        raise ServerError(
+            f"ports already in use on {s.host}: {', '.join(busy)} (pick others or use 0 for any free port)"
+        )
     conf = workdir / "config.properties"
     conf.write_text(render_config(s, model_store, ports))
     (workdir / KEY_FILE).unlink(missing_ok=True)
@@ -265,8 +269,17 @@ def start_server(
         raise ServerError(f"`torchserve --start` exited {proc.returncode}\n{_log_tail(workdir)}")
     pid_file = private_tmp / ".model_server.pid"
     pid = int(pid_file.read_text().strip()) if pid_file.is_file() else -1
-    handle = ServerHandle(str(workdir), str(model_store), s.host, ports["inference_port"], ports["management_port"],
-                          ports["metrics_port"], pid, ports["grpc_inference_port"], ports["grpc_management_port"])
+    handle = ServerHandle(
+        str(workdir),
+        str(model_store),
+        s.host,
+        ports["inference_port"],
+        ports["management_port"],
+        ports["metrics_port"],
+        pid,
+        ports["grpc_inference_port"],
+        ports["grpc_management_port"],
+    )
     handle.save()
     try:
         _wait_healthy(handle, s.startup_timeout_s, out_path, out_offset)

@@ -102,7 +102,9 @@ def decode_mp4(data: bytes) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def reference(model: ImplicitWarping, sources: list[np.ndarray], driving: list[np.ndarray], relative: bool = False) -> np.ndarray:
+def reference(
+    model: ImplicitWarping, sources: list[np.ndarray], driving: list[np.ndarray], relative: bool = False
+) -> np.ndarray:
     """The in-process model on the same (PNG-exact) inputs: (T,3,H,W)."""
     src = to_float(sources)[None]  # (1,k,3,H,W)
     drv = to_float(driving)
@@ -119,55 +121,37 @@ def reference(model: ImplicitWarping, sources: list[np.ndarray], driving: list[n
 
 
 class MlflowServer:
-    """A real `mlflow server` (sqlite backend, local artifacts) on a free loopback port."""
+    """`pipelines.services.MlflowServer` started on a background thread, so a fixture can package
+    models while the server boots; `wait()` gives its URL."""
 
     def __init__(self, root: Path):
-        import socket
-        import subprocess
-        import sys
+        import threading
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        mlflow = Path(sys.executable).with_name("mlflow")
-        env = {**__import__("os").environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        self.log = open(root / "mlflow.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-             "--artifacts-destination", str(root / "artifacts"), "--workers", "1",
-             "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        from pipelines.services import MlflowServer as Service
+        from serving.server import free_port
+
+        self.service = Service(root, port=free_port())
+        self._started: dict[str, object] = {}
+        self._thread = threading.Thread(target=self._start, daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._started["url"] = self.service.ensure(timeout=180.0)[0].url
+        except BaseException as exc:  # noqa: BLE001 - handed to wait() on the test's thread
+            self._started["error"] = exc
 
     def wait(self, timeout: float = 180.0) -> str:
-        import time
-
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self.url
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"mlflow server not healthy after {timeout} s")
+        self._thread.join(timeout)
+        if "error" in self._started:
+            raise self._started["error"]
+        if "url" not in self._started:
+            raise RuntimeError(f"mlflow server not healthy after {timeout} s")
+        return self._started["url"]
 
     def stop(self) -> None:
-        import os
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own session: the server and its workers
-            try:
-                self.proc.wait(30)
-            except Exception:  # noqa: BLE001
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+        self._thread.join()
+        self.service.stop()
 
 
 # ----------------------------------------------------------------------------- hostile bodies
@@ -219,7 +203,12 @@ def _png_bomb(side: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     rows = zlib.compress(b"\x00" * min(side // 8 + 1, 4096) * 64, 9)  # a few rows of 1-bit pixels, the rest missing
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
 
 
 def hostile_cases(n: int, seed: int, good: np.ndarray) -> list[HostileCase]:
@@ -241,8 +230,19 @@ def hostile_cases(n: int, seed: int, good: np.ndarray) -> list[HostileCase]:
         return json.dumps(obj, allow_nan=True).encode()
 
     def odd_mode() -> tuple[str, bytes]:
-        mode, fmt = [("CMYK", "JPEG"), ("CMYK", "TIFF"), ("P", "PNG"), ("I;16", "PNG"), ("LA", "PNG"), ("1", "PNG"),
-                     ("I", "TIFF"), ("F", "TIFF"), ("RGBA", "WEBP"), ("L", "GIF"), ("YCbCr", "JPEG")][rng.integers(11)]
+        mode, fmt = [
+            ("CMYK", "JPEG"),
+            ("CMYK", "TIFF"),
+            ("P", "PNG"),
+            ("I;16", "PNG"),
+            ("LA", "PNG"),
+            ("1", "PNG"),
+            ("I", "TIFF"),
+            ("F", "TIFF"),
+            ("RGBA", "WEBP"),
+            ("L", "GIF"),
+            ("YCbCr", "JPEG"),
+        ][rng.integers(11)]
         img = pil.convert(mode) if mode != "I;16" else Image.fromarray(good[..., 0].astype(np.uint16) * 257)
         return f"{mode}/{fmt}", _image_bytes(img, fmt)
 
@@ -256,9 +256,32 @@ def hostile_cases(n: int, seed: int, good: np.ndarray) -> list[HostileCase]:
     def huge_text() -> str:
         return "".join(rng.choice(list("A/.\\%{[\"'\u00e9\u200b"), int(rng.integers(10_000, 200_000))))
 
-    paths = ["../../etc/passwd", "/etc/passwd", "..\\..\\windows\\win.ini", "file:///etc/passwd", "%2e%2e%2fetc%2fpasswd",
-             "\x00", "../" * 200, "s3://bucket/../../key", "$(id)", "`id`", "'; DROP TABLE x; --"]
-    numbers = ["1e999", "-1e999", "NaN", "Infinity", "-Infinity", "9" * 5000, "-" + "9" * 400, "1e-999", "0", "-0.0", "2.5"]
+    paths = [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "..\\..\\windows\\win.ini",
+        "file:///etc/passwd",
+        "%2e%2e%2fetc%2fpasswd",
+        "\x00",
+        "../" * 200,
+        "s3://bucket/../../key",
+        "$(id)",
+        "`id`",
+        "'; DROP TABLE x; --",
+    ]
+    numbers = [
+        "1e999",
+        "-1e999",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "9" * 5000,
+        "-" + "9" * 400,
+        "1e-999",
+        "0",
+        "-0.0",
+        "2.5",
+    ]
 
     def make(i: int) -> HostileCase:
         kind = int(rng.integers(14))
@@ -274,9 +297,26 @@ def hostile_cases(n: int, seed: int, good: np.ndarray) -> list[HostileCase]:
         if kind == 3:
             depth = int(rng.integers(3, 900))
             nested = "[" * depth + json.dumps(b64(png)) + "]" * depth
-            return HostileCase(f"nested sources {depth}", "json", f'{{"sources": {nested}, "driving": [{json.dumps(b64(png))}]}}'.encode())
+            return HostileCase(
+                f"nested sources {depth}",
+                "json",
+                f'{{"sources": {nested}, "driving": [{json.dumps(b64(png))}]}}'.encode(),
+            )
         if kind == 4:
-            field = str(rng.choice(["fps", "relative", "register", "reset_reference", "output", "sources", "source_set_id", "driving_video"]))
+            field = str(
+                rng.choice(
+                    [
+                        "fps",
+                        "relative",
+                        "register",
+                        "reset_reference",
+                        "output",
+                        "sources",
+                        "source_set_id",
+                        "driving_video",
+                    ]
+                )
+            )
             num = str(rng.choice(numbers))
             body = f'{{"sources": ["{b64(png)}"], "driving": ["{b64(png)}"], "{field}": {num}}}'
             return HostileCase(f"number {num[:12]} in {field}", "json", body.encode())
@@ -287,7 +327,9 @@ def hostile_cases(n: int, seed: int, good: np.ndarray) -> list[HostileCase]:
             return HostileCase(f"image mode {name} as {role}", "json", js({role: [b64(data)], other: [b64(png)]}))
         if kind == 6:
             side = int(rng.choice([300, 5000, 65_535, 100_000, 2**31 - 1]))
-            return HostileCase(f"png bomb {side}", "json", js({"sources": [b64(_png_bomb(side))], "driving": [b64(png)]}))
+            return HostileCase(
+                f"png bomb {side}", "json", js({"sources": [b64(_png_bomb(side))], "driving": [b64(png)]})
+            )
         if kind == 7:
             name, data = truncated()
             field = "driving_video" if name == "mp4" else str(rng.choice(["sources", "driving"]))
@@ -302,29 +344,59 @@ def hostile_cases(n: int, seed: int, good: np.ndarray) -> list[HostileCase]:
         if kind == 9:
             where = int(rng.integers(4))
             text = huge_text()
-            body = [{"source_set_id": text, "driving": [b64(png)]}, {"sources": [b64(png)], "driving": [b64(png)], text: 1},
-                    {"sources": [b64(png)], "driving": [b64(png)], "output": text}, {"sources": [text], "driving": [b64(png)]}][where]
+            body = [
+                {"source_set_id": text, "driving": [b64(png)]},
+                {"sources": [b64(png)], "driving": [b64(png)], text: 1},
+                {"sources": [b64(png)], "driving": [b64(png)], "output": text},
+                {"sources": [text], "driving": [b64(png)]},
+            ][where]
             return HostileCase(f"oversized string ({len(text)} chars) #{where}", "json", js(body))
         if kind == 10:
-            value = [None, True, 5, 1.5, {}, [None], [1.5], [{}], "", [""], {"a": b64(png)}, [[b64(png)]]][rng.integers(12)]
-            field = str(rng.choice(["sources", "driving", "source_set_id", "output", "fps", "driving_video", "register"]))
+            value = [None, True, 5, 1.5, {}, [None], [1.5], [{}], "", [""], {"a": b64(png)}, [[b64(png)]]][
+                rng.integers(12)
+            ]
+            field = str(
+                rng.choice(["sources", "driving", "source_set_id", "output", "fps", "driving_video", "register"])
+            )
             body = {"sources": [b64(png)], "driving": [b64(png)], field: value}
             return HostileCase(f"type {type(value).__name__} in {field}", "json", js(body))
         if kind == 11:
-            raw = [b'{"sources": ["\xff\xfe"], "driving": []}', b'{"sources": ["\\ud800"], "driving": ["\\udfff"]}',
-                   b'\xef\xbb\xbf{"sources": []}', b'{"sources": [' + b'"' + b64(png).encode() + b'",' * 3 + b']}',
-                   b'{"a": 1, "a": 2}', b'{"source_set_id": "\\u0000", "driving": ["' + b64(png).encode() + b'"]}',
-                   b"null", b"[]", b'"just a string"', b"12345678901234567890", b'{"sources": NaN}'][rng.integers(11)]
+            raw = [
+                b'{"sources": ["\xff\xfe"], "driving": []}',
+                b'{"sources": ["\\ud800"], "driving": ["\\udfff"]}',
+                b'\xef\xbb\xbf{"sources": []}',
+                b'{"sources": [' + b'"' + b64(png).encode() + b'",' * 3 + b"]}",
+                b'{"a": 1, "a": 2}',
+                b'{"source_set_id": "\\u0000", "driving": ["' + b64(png).encode() + b'"]}',
+                b"null",
+                b"[]",
+                b'"just a string"',
+                b"12345678901234567890",
+                b'{"sources": NaN}',
+            ][rng.integers(11)]
             return HostileCase("odd json", "json", raw)
         if kind == 12:
             parts = {"source_0": png, "driving_0": png}
-            target = str(rng.choice(["source_0", "driving_0", "driving_video", "../../etc/passwd", "source_" + "9" * 50, "driving_-1"]))
-            parts[target] = [random_bytes(), truncated()[1], odd_mode()[1], _png_bomb(100_000), b"", b"x" * 200_000][rng.integers(6)]
+            target = str(
+                rng.choice(
+                    ["source_0", "driving_0", "driving_video", "../../etc/passwd", "source_" + "9" * 50, "driving_-1"]
+                )
+            )
+            parts[target] = [random_bytes(), truncated()[1], odd_mode()[1], _png_bomb(100_000), b"", b"x" * 200_000][
+                rng.integers(6)
+            ]
             return HostileCase(f"multipart {target[:20]}", "multipart", parts)
         # a valid-looking request with one base64 string mangled
         s = b64(png)
         cut = int(rng.integers(1, len(s)))
-        mangled = [s[:cut], s[:cut] + "=" * int(rng.integers(1, 4)), s.replace("A", "*", 1), "data:," + s, "data:image/png;base64,", " " + s][rng.integers(6)]
+        mangled = [
+            s[:cut],
+            s[:cut] + "=" * int(rng.integers(1, 4)),
+            s.replace("A", "*", 1),
+            "data:," + s,
+            "data:image/png;base64,",
+            " " + s,
+        ][rng.integers(6)]
         return HostileCase("mangled base64", "json", js({"sources": [mangled], "driving": [s]}))
 
     return [make(i) for i in range(n)]

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _iwarp(*args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "IWARP_DEBUG"} | env
-    return subprocess.run([sys.executable, "-m", "iwarp", *args], cwd=REPO, env=environ,
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -48,11 +48,10 @@ def test_programming_errors_are_not_hidden():
 
 
 def _closed_port() -> int:
-    import socket
+    """A loopback port nothing listens on (bound once, then released)."""
+    from serving.server import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _fake_run(tmp: Path) -> Path:

@@ -80,7 +80,9 @@ def stage_roots(cmd: str) -> set[str]:
     cli = module_file(f"{module}.cli")
     if cli is not None and sub:
         tree = ast.parse(cli.read_text())
-        handlers = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == f"_cmd_{sub.replace('-', '_')}"]
+        handlers = [
+            f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == f"_cmd_{sub.replace('-', '_')}"
+        ]
         assert handlers, f"{cli.relative_to(REPO)} has no _cmd_{sub} for stage command {cmd!r}"
         return imports_of(handlers[0], cli)
     main = module_file(f"{module}.__main__") or module_file(module)
@@ -116,6 +118,8 @@ def test_the_analysis_follows_function_level_and_relative_imports():
     files = {str(p.relative_to(REPO)) for p in closure(roots)}
     assert {"iwarp/data/stats.py", "iwarp/data/manifest.py", "iwarp/data/video.py"} <= files
     assert "iwarp/data/cli.py" not in files and "iwarp/data/s3.py" not in files
-    assert covered("iwarp/data", REPO / "iwarp/data/video.py") and not covered("iwarp/data/video.py", REPO / "iwarp/data/stats.py")
+    assert covered("iwarp/data", REPO / "iwarp/data/video.py") and not covered(
+        "iwarp/data/video.py", REPO / "iwarp/data/stats.py"
+    )
     with pytest.raises(AssertionError, match="teach this test"):
         stage_roots("bash -c 'make data'")

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from iwarp.data import (SourceDrivingBatches, SynthConfig, VideoDataset, make_synth_dataset,
-                        reconstruction_pairs)
+from iwarp.data import SourceDrivingBatches, SynthConfig, VideoDataset, make_synth_dataset, reconstruction_pairs
 from iwarp.data.manifest import assign_splits, identity_leaks, read_manifest
 from iwarp.data.video import read_video, write_frames, write_video
 

@@ -6,29 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from data_utils import moving_clip
 from PIL import Image
 
 from iwarp.data.cli import main as data_main
 from iwarp.data.manifest import identity_leaks, read_manifest
 from iwarp.data.prepare import PrepareConfig, prepare_dataset
 from iwarp.data.video import probe, read_video, write_frames, write_video
-
-
-def moving_clip(n: int, width: int, height: int, seed: int) -> np.ndarray:
-    """A textured background with a bright disc travelling across it: real motion to encode."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([(x * rng.uniform(1, 3) + y * rng.uniform(0, 2)) % 256,
-                     (x * rng.uniform(0, 2) + y * rng.uniform(1, 3)) % 256,
-                     np.full_like(x, rng.integers(40, 200))], -1).astype(np.float32)
-    frames = []
-    for t in range(n):
-        cx, cy = width * (0.2 + 0.6 * t / max(n - 1, 1)), height * (0.5 + 0.2 * np.sin(t))
-        disc = ((x - cx) ** 2 + (y - cy) ** 2) < (0.15 * height) ** 2
-        frame = base.copy()
-        frame[disc] = (250, 240, 30)
-        frames.append(frame.astype(np.uint8))
-    return np.stack(frames)
 
 
 @pytest.fixture(scope="module")

@@ -8,45 +8,21 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-
-from iwarp.data import s3
-from iwarp.data.cli import main as data_main
+from data_utils import REPO, dvc, tree_digest
 
 from components.steps.data import dvc as step_dvc
-from test_data_dvc import REPO, dvc, tree_digest  # sibling test module (pytest puts tests/ on sys.path)
+from iwarp.data import s3
+from iwarp.data.cli import main as data_main
+from serving.server import free_port
 
 BUCKET = "iwarp-test"
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint(tmp_path_factory):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start (see {log.name})")
-            time.sleep(0.3)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+# `moto_endpoint`: tests/conftest.py (one moto S3 server for the session).
 
 
 @pytest.fixture
@@ -157,9 +133,7 @@ class Outage:
         self.upstream = (host, int(port))
         self.cut_after, self.sent, self.cuts = cut_after, 0, 0
         self.lock, self.conns = threading.Lock(), []
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.up()
 
@@ -283,5 +257,6 @@ def test_s3_outage_during_dvc_push_fails_clearly_and_the_retry_completes(aws_env
     use_remote(fresh)
     dvc(fresh, "pull", "-r", "s3")
     assert tree_digest(fresh / "data" / "videos") == before
-    print(f"outage push failed after {fail_s:.1f} s with {partial} of {len(before) + 1} objects up; retry {retry_s:.1f} s")
+    print(f"outage push failed after {fail_s:.1f} s with {partial} of {len(before) + 1} objects up; "
+          f"retry {retry_s:.1f} s")
     outage.down()

@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from iwarp.data.photos import PhotoConfig, make_photo_dataset
-from iwarp.data.synth import (SynthConfig, _Atlas, head_surface, identity_params, make_synth_dataset,
-                              render_video, video_params)
+from iwarp.data.synth import (
+    SynthConfig,
+    _Atlas,
+    head_surface,
+    identity_params,
+    make_synth_dataset,
+    render_video,
+    video_params,
+)
 
 
 def test_render_is_deterministic_and_varies_by_identity_and_video():

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from data_utils import moving_clip
 from PIL import Image
 
 from iwarp.data.cli import main as data_main
@@ -17,8 +18,6 @@ from iwarp.data.manifest import read_manifest, write_manifest
 from iwarp.data.prepare import PrepareConfig, prepare_dataset
 from iwarp.data.validate import ValidationConfig, validate_dataset
 from iwarp.data.video import write_video
-
-from test_data_prepare import moving_clip  # sibling test module (pytest puts tests/ on sys.path)
 
 SIZE = 32
 

@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 
 import pytest
+from train_utils import make_synth, train_args
 
 import iwarp.checkpoint as checkpoint
 from iwarp.checkpoint import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
-
-from train_utils import make_synth, train_args
 
 SETTINGS = ["optim.steps=12", "checkpoint.every_steps=4", "checkpoint.keep_last=10", "logging.every_steps=4",
             "logging.images_every_steps=0", "threads=1"]
@@ -95,7 +94,9 @@ def test_final_checkpoint_failure_stops_with_one_error_line(data, tmp_path, monk
     assert train(data, tmp_path / "run") == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "No space left on device" in errors[0] and "step-00000012.ckpt" in errors[0], err[-2000:]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "step-00000012.ckpt" in errors[0], err[
+        -2000:
+    ]
     assert "Traceback" not in err
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("*.ckpt")) == ["step-00000004.ckpt", "step-00000008.ckpt"]

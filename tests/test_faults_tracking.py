@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from train_utils import REPO, env, iwarp_cmd, make_synth, run_iwarp, train_args
+from train_utils import REPO, env, iwarp_cmd, run_iwarp, train_args
 
 from pipelines.services import MlflowServer, free_port
 
@@ -29,9 +29,7 @@ SETTINGS = ["logging.every_steps=1", "logging.images_every_steps=10", "logging.n
             "checkpoint.every_steps=1000", "experiment=iwarp-faults"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+# `data`: tests/conftest.py (one small synthetic dataset for the session).
 
 
 def start_training(data: Path, out: Path, uri: str, *overrides: str, **extra_env: str) -> subprocess.Popen:
@@ -138,10 +136,13 @@ def test_mlflow_killed_for_a_minute_mid_training(data, tmp_path):
     state = json.loads((out / "tracking" / "state.json").read_text())
     rate_out = len(during) / (back - killed)
     rate_in = (len(times) - len(during)) / max(times[-1] - times[0] - (back - killed), 1e-9)
-    print(f"\noutage {back - killed:.0f} s (server down {OUTAGE_S:.0f} s + restart), {steps} steps logged, "
-          f"{len(during)} during the outage, 0 lost; slowest step gap in the outage {max(outage_gaps):.2f} s "
-          f"(median {typical:.2f} s); {rate_out:.1f} steps/s in the outage vs {rate_in:.1f} outside it; slowest logging call {state['slowest_call_ms']:.1f} ms; last step "
-          f"{ended - times[-1]:.0f} s before exit, {ended - back:.0f} s after the server was back (backlog delivery)")
+    print(
+        f"\noutage {back - killed:.0f} s (server down {OUTAGE_S:.0f} s + restart), {steps} steps logged, "
+        f"{len(during)} during the outage, 0 lost; slowest step gap in the outage {max(outage_gaps):.2f} s "
+        f"(median {typical:.2f} s); {rate_out:.1f} steps/s in the outage vs {rate_in:.1f} outside it; "
+        f"slowest logging call {state['slowest_call_ms']:.1f} ms; last step "
+        f"{ended - times[-1]:.0f} s before exit, {ended - back:.0f} s after the server was back (backlog delivery)"
+    )
     server.stop()
 
 
@@ -161,11 +162,20 @@ def test_mlflow_never_comes_back_then_track_sync_uploads_it_once(data, tmp_path)
     assert len(hints) == 1 and f"iwarp track sync {out} --tracking-uri {rec.url}" in hints[0]
 
     # The pipeline's train step reports the outage instead of failing the training.
-    from components.steps.training import TrainRequest, tracking_outcome
+    from components.steps.train_request import TrainRequest
+    from components.steps.training import tracking_outcome
 
-    req = TrainRequest(dataset=str(data), ablation={"variant": "full", "residual": True, "extra_kv": True}, config="",
-                       overrides=[], seed=0, steps=24,
-                       tracking_uri=rec.url, experiment="iwarp-faults", parent_run_id="0" * 32)
+    req = TrainRequest(
+        dataset=str(data),
+        ablation={"variant": "full", "residual": True, "extra_kv": True},
+        config="",
+        overrides=[],
+        seed=0,
+        steps=24,
+        tracking_uri=rec.url,
+        experiment="iwarp-faults",
+        parent_run_id="0" * 32,
+    )
     run_id, note = tracking_outcome(req, out / "checkpoints" / "final.ckpt")
     assert run_id and note.startswith("tracking outage: the run could not be nested")
     assert "(MlflowException)" in note and f"iwarp track sync {out}" in note

@@ -21,12 +21,12 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
+from k8s_utils import ensure_k8s_deps
 
-from serving import deploy_cli, kserve
-from serving import k8s_validate as kv
+from deploy import cli as deploy_cli
+from deploy import k8s_validate as kv
+from deploy import kserve
 from serving.canary import CanaryThresholds, VersionStats, decide
-
-from test_k8s_manifests import ensure_k8s_deps
 
 URI1, URI2 = "s3://iwarp-models/iwarp/1", "s3://iwarp-models/iwarp/2"
 
@@ -109,21 +109,10 @@ def test_cluster_torchserve_config():
 # --------------------------------------------------------------------------- S3 layout (moto over HTTP)
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_endpoint, monkeypatch):
+def s3(moto_endpoint, monkeypatch):
     for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}.items():
         monkeypatch.setenv(key, value)
     client = boto3.client("s3")
     bucket = f"models-{os.urandom(4).hex()}"
@@ -300,7 +289,8 @@ def test_rollout_lifecycle_follows_the_canary_verdict(cluster, tmp_path, capsys)
     # ... and promote with a passing report drops the field (100% to the new revision).
     assert iwarp("deploy", "kserve", "--promote", "--report", str(good), "--wait", "30") == 0
     assert "canaryTrafficPercent" not in cluster.isvc()["spec"]["predictor"]
-    assert ["wait", "--for=condition=Ready", "inferenceservice/iwarp", "-n", "iwarp", "--timeout=30s"] in cluster.calls()
+    wait = ["wait", "--for=condition=Ready", "inferenceservice/iwarp", "-n", "iwarp", "--timeout=30s"]
+    assert wait in cluster.calls()
     assert iwarp("deploy", "kserve", "--promote", "--report", str(good)) == 0
     assert "nothing to promote" in capsys.readouterr().out
     assert iwarp("deploy", "kserve", "--advance", "--report", str(good)) == 0
@@ -354,16 +344,32 @@ def test_unreachable_cluster_and_bad_reports_fail_clearly(cluster, tmp_path, mon
 def test_dry_run_writes_manifests_and_contacts_nothing(cluster, tmp_path, capsys):
     out = tmp_path / "out"
     mar = make_mar(tmp_path)
-    assert iwarp("deploy", "kserve", "--canary", "25", "--storage-uri", URI2, "--mar", str(mar),
-                 "--dry-run", "--out", str(out)) == 0
+    assert (
+        iwarp(
+            "deploy",
+            "kserve",
+            "--canary",
+            "25",
+            "--storage-uri",
+            URI2,
+            "--mar",
+            str(mar),
+            "--dry-run",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     assert cluster.calls() == []
     manifest = yaml.safe_load((out / "inferenceservice.yaml").read_text())
     assert manifest == kserve.render_inference_service(URI2, canary_percent=25)
     assert json.loads((out / "patch.json").read_text()) == kserve.canary_patch(URI2, 25)
     assert (out / "config.properties").read_text() == kserve.render_config_properties()
     assert "would upload" in capsys.readouterr().out
-    assert iwarp("deploy", "kserve", "--gpus", "0", "--canary", "5", "--storage-uri", URI2, "--dry-run",
-                 "--out", str(out)) == 0
+    assert (
+        iwarp("deploy", "kserve", "--gpus", "0", "--canary", "5", "--storage-uri", URI2, "--dry-run", "--out", str(out))
+        == 0
+    )
     cpu = yaml.safe_load((out / "inferenceservice.yaml").read_text())
     assert "nvidia.com/gpu" not in cpu["spec"]["predictor"]["model"]["resources"]["limits"]
 

@@ -10,45 +10,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from k8s_utils import K8S, PARAMS, ensure_k8s_deps, with_example_secrets
 
-from serving import k8s_validate as kv
+from deploy import k8s_validate as kv
 
-ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "k8s"
-PARAMS = yaml.safe_load((K8S / "params.yaml").read_text())
 LATEST = kv.latest_k8s_version()
-
-
-def ensure_k8s_deps() -> None:
-    """kubectl and the KServe schema wheel come from scripts/k8s-deps.sh (CI runs it; run it
-    here too when a developer has not)."""
-    if kv.kserve_wheel_path().is_file() and shutil.which("kubectl"):
-        return
-    subprocess.run(
-        ["bash", str(ROOT / "scripts" / "k8s-deps.sh")],
-        check=True,
-        env={**os.environ, "IWARP_VENV": sys.prefix},
-    )
-    if not shutil.which("kubectl"):  # the fallback kubectl lands in the venv's bin
-        os.environ["PATH"] = f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ['PATH']}"
-
-
-def with_example_secrets(dest: Path) -> Path:
-    """A copy of k8s/ whose git-ignored secret files are filled from the committed examples,
-    as a user does before `kubectl apply -k`."""
-    copy_root = dest / "k8s"
-    shutil.copytree(K8S, copy_root, ignore=shutil.ignore_patterns("*.env"))
-    for example in copy_root.glob("overlays/*/secrets/*.example"):
-        shutil.copy(example, example.with_suffix(""))
-    return copy_root
 
 
 @pytest.fixture(scope="module")
@@ -114,27 +84,96 @@ def _node_pod_spec(trainjob):
 
 BROKEN = {
     # (what, object chooser, mutation, expected text in a finding)
-    "trainjob unknown field": ("training", "TrainJob", lambda o: o["spec"]["trainer"].__setitem__("gpus", 4), "'gpus' was unexpected"),
-    "trainjob wrong type": ("training", "TrainJob", lambda o: o["spec"]["trainer"].__setitem__("numNodes", "2"), "is not of type 'integer'"),
-    "trainjob missing runtimeRef": ("training", "TrainJob", lambda o: o["spec"].pop("runtimeRef"), "'runtimeRef' is a required property"),
+    "trainjob unknown field": (
+        "training",
+        "TrainJob",
+        lambda o: o["spec"]["trainer"].__setitem__("gpus", 4),
+        "'gpus' was unexpected",
+    ),
+    "trainjob wrong type": (
+        "training",
+        "TrainJob",
+        lambda o: o["spec"]["trainer"].__setitem__("numNodes", "2"),
+        "is not of type 'integer'",
+    ),
+    "trainjob missing runtimeRef": (
+        "training",
+        "TrainJob",
+        lambda o: o["spec"].pop("runtimeRef"),
+        "'runtimeRef' is a required property",
+    ),
     "trainjob typo in nested k8s type": (
-        "training", "TrainJob",
+        "training",
+        "TrainJob",
         lambda o: _node_pod_spec(o)["spec"]["containers"][0]["volumeMounts"][0].__setitem__("readonly", True),
-        "'readonly' was unexpected"),
+        "'readonly' was unexpected",
+    ),
     "trainjob bad quantity": (
-        "training", "TrainJob",
+        "training",
+        "TrainJob",
         lambda o: o["spec"]["trainer"]["resourcesPerNode"]["limits"].__setitem__("nvidia.com/gpu", [4]),
-        "is not valid under any of the given schemas"),
-    "isvc unknown field": ("serving", "InferenceService", lambda o: o["spec"]["predictor"].__setitem__("canaryPercent", 10), "'canaryPercent' was unexpected"),
-    "isvc wrong type": ("serving", "InferenceService", lambda o: o["spec"]["predictor"].__setitem__("canaryTrafficPercent", "10"), "is not of type 'integer'"),
-    "isvc typo in model": ("serving", "InferenceService", lambda o: o["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x/y"), "'storageURI' was unexpected"),
-    "isvc missing predictor": ("serving", "InferenceService", lambda o: o["spec"].pop("predictor"), "'predictor' is a required property"),
-    "isvc wrong apiVersion": ("serving", "InferenceService", lambda o: o.__setitem__("apiVersion", "serving.kserve.io/v1alpha1"), "no schema known"),
-    "servingruntime unknown field": ("overlays/prod", "ServingRuntime", lambda o: o["spec"]["supportedModelFormats"][0].__setitem__("autoselect", True), "'autoselect' was unexpected"),
-    "servingruntime probe without port": ("overlays/prod", "ServingRuntime", lambda o: o["spec"]["containers"][0]["readinessProbe"]["httpGet"].pop("port"), "'port' is a required property"),
-    "deployment unknown field": ("overlays/prod", "Deployment", lambda o: o["spec"]["template"]["spec"]["containers"][0].__setitem__("imagePullPolicyy", "Always"), "imagePullPolicyy"),
-    "deployment wrong type": ("overlays/prod", "Deployment", lambda o: o["spec"].__setitem__("replicas", "2"), "is not of type"),
-    "networkpolicy unknown field": ("overlays/dev", "NetworkPolicy", lambda o: o["spec"].__setitem__("podselector", {}), "podselector"),
+        "is not valid under any of the given schemas",
+    ),
+    "isvc unknown field": (
+        "serving",
+        "InferenceService",
+        lambda o: o["spec"]["predictor"].__setitem__("canaryPercent", 10),
+        "'canaryPercent' was unexpected",
+    ),
+    "isvc wrong type": (
+        "serving",
+        "InferenceService",
+        lambda o: o["spec"]["predictor"].__setitem__("canaryTrafficPercent", "10"),
+        "is not of type 'integer'",
+    ),
+    "isvc typo in model": (
+        "serving",
+        "InferenceService",
+        lambda o: o["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x/y"),
+        "'storageURI' was unexpected",
+    ),
+    "isvc missing predictor": (
+        "serving",
+        "InferenceService",
+        lambda o: o["spec"].pop("predictor"),
+        "'predictor' is a required property",
+    ),
+    "isvc wrong apiVersion": (
+        "serving",
+        "InferenceService",
+        lambda o: o.__setitem__("apiVersion", "serving.kserve.io/v1alpha1"),
+        "no schema known",
+    ),
+    "servingruntime unknown field": (
+        "overlays/prod",
+        "ServingRuntime",
+        lambda o: o["spec"]["supportedModelFormats"][0].__setitem__("autoselect", True),
+        "'autoselect' was unexpected",
+    ),
+    "servingruntime probe without port": (
+        "overlays/prod",
+        "ServingRuntime",
+        lambda o: o["spec"]["containers"][0]["readinessProbe"]["httpGet"].pop("port"),
+        "'port' is a required property",
+    ),
+    "deployment unknown field": (
+        "overlays/prod",
+        "Deployment",
+        lambda o: o["spec"]["template"]["spec"]["containers"][0].__setitem__("imagePullPolicyy", "Always"),
+        "imagePullPolicyy",
+    ),
+    "deployment wrong type": (
+        "overlays/prod",
+        "Deployment",
+        lambda o: o["spec"].__setitem__("replicas", "2"),
+        "is not of type",
+    ),
+    "networkpolicy unknown field": (
+        "overlays/dev",
+        "NetworkPolicy",
+        lambda o: o["spec"].__setitem__("podselector", {}),
+        "podselector",
+    ),
 }
 
 
@@ -181,7 +220,12 @@ def test_mlflow_server_is_postgres_backed_with_s3_artifacts_and_allowed_hosts(bu
         # The $(VAR)s resolve: every one is defined by env or the (hash-suffixed) ConfigMap.
         config_name = c["envFrom"][0]["configMapRef"]["name"]
         config = one(objs, "ConfigMap", config_name)["data"]
-        for var in ("MLFLOW_ARTIFACTS_DESTINATION", "MLFLOW_ALLOWED_HOSTS", "MLFLOW_WORKERS", "MLFLOW_CORS_ALLOWED_ORIGINS"):
+        for var in (
+            "MLFLOW_ARTIFACTS_DESTINATION",
+            "MLFLOW_ALLOWED_HOSTS",
+            "MLFLOW_WORKERS",
+            "MLFLOW_CORS_ALLOWED_ORIGINS",
+        ):
             assert var in config
         assert config["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
         hosts = config["MLFLOW_ALLOWED_HOSTS"].split(",")
@@ -189,7 +233,10 @@ def test_mlflow_server_is_postgres_backed_with_s3_artifacts_and_allowed_hosts(bu
         svc = one(objs, "Service", "iwarp-mlflow")
         assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
         assert svc["spec"]["ports"][0]["port"] == PARAMS["mlflow"]["port"]
-        assert PARAMS["mlflow"]["trackingUri"] == f"http://{svc['metadata']['name']}.{PARAMS['namespace']}.svc.cluster.local:5000"
+        assert (
+            PARAMS["mlflow"]["trackingUri"]
+            == f"http://{svc['metadata']['name']}.{PARAMS['namespace']}.svc.cluster.local:5000"
+        )
     # Dev: the URI in the example points at the in-cluster StatefulSet's service.
     example = (K8S / "overlays/dev/secrets/mlflow-db.env.example").read_text()
     assert "@iwarp-postgres:5432/" in example
@@ -201,7 +248,11 @@ def test_mlflow_server_is_postgres_backed_with_s3_artifacts_and_allowed_hosts(bu
 def test_trainjob_carries_the_shared_parameters(built):
     tj = _trainjob(built)
     t, p = tj["spec"]["trainer"], PARAMS["training"]
-    assert tj["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": p["runtimeKind"], "name": p["runtime"]}
+    assert tj["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": p["runtimeKind"],
+        "name": p["runtime"],
+    }
     assert t["image"] == PARAMS["image"]
     assert t["numNodes"] == p["numNodes"] and t["numProcPerNode"] == p["numProcPerNode"]
     res = t["resourcesPerNode"]
@@ -214,7 +265,10 @@ def test_trainjob_carries_the_shared_parameters(built):
     for key in PARAMS["secrets"]["s3"]["keys"]:
         assert env[key]["valueFrom"]["secretKeyRef"] == {"name": PARAMS["secrets"]["s3"]["name"], "key": key}
     pod = _node_pod_spec(tj)
-    assert tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["name"] == p["container"]
+    assert (
+        tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["name"]
+        == p["container"]
+    )
     assert pod["metadata"]["labels"] == p["podLabel"]
     spec = pod["spec"]
     assert spec["serviceAccountName"] == PARAMS["serviceAccounts"]["train"]
@@ -225,25 +279,43 @@ def test_trainjob_carries_the_shared_parameters(built):
     assert container["name"] == p["container"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts == {"data": PARAMS["data"]["mountPath"], "dshm": "/dev/shm", "tmp": "/tmp"}
-    assert one(built["overlays/prod"], "PersistentVolumeClaim", PARAMS["data"]["pvc"])["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert one(built["overlays/prod"], "PersistentVolumeClaim", PARAMS["data"]["pvc"])["spec"]["accessModes"] == [
+        "ReadWriteMany"
+    ]
 
 
 def test_kserve_defaults_and_checked_in_manifests_match(built):
-    from serving import kserve
+    from deploy import kserve
 
     s, p = kserve.KServeSettings(), PARAMS["serving"]
     assert (s.name, s.namespace, s.runtime, s.service_account, s.model_name, s.mar_name) == (
-        p["inferenceService"], PARAMS["namespace"], p["runtime"], PARAMS["serviceAccounts"]["serving"],
-        p["modelName"], p["marName"])
+        p["inferenceService"],
+        PARAMS["namespace"],
+        p["runtime"],
+        PARAMS["serviceAccounts"]["serving"],
+        p["modelName"],
+        p["marName"],
+    )
     assert (s.gpus, s.cpu, s.memory, s.min_replicas, s.max_replicas) == (
-        p["gpus"], p["cpu"], p["memory"], p["minReplicas"], p["maxReplicas"])
-    for path, uri, percent in (("inferenceservice.yaml", "s3://iwarp-models/iwarp/1", None),
-                               ("inferenceservice-canary.yaml", "s3://iwarp-models/iwarp/2", 10)):
-        assert yaml.safe_load((K8S / "serving" / path).read_text()) == kserve.render_inference_service(uri, canary_percent=percent)
+        p["gpus"],
+        p["cpu"],
+        p["memory"],
+        p["minReplicas"],
+        p["maxReplicas"],
+    )
+    for path, uri, percent in (
+        ("inferenceservice.yaml", "s3://iwarp-models/iwarp/1", None),
+        ("inferenceservice-canary.yaml", "s3://iwarp-models/iwarp/2", 10),
+    ):
+        assert yaml.safe_load((K8S / "serving" / path).read_text()) == kserve.render_inference_service(
+            uri, canary_percent=percent
+        )
     runtime = one(built["overlays/prod"], "ServingRuntime", p["runtime"])
     assert runtime["spec"]["supportedModelFormats"][0]["name"] == "pytorch"
     args = runtime["spec"]["containers"][0]["args"]
-    assert "--model-store=/mnt/models/model-store" in args and "--ts-config=/mnt/models/config/config.properties" in args
+    assert (
+        "--model-store=/mnt/models/model-store" in args and "--ts-config=/mnt/models/config/config.properties" in args
+    )
     sa = one(built["overlays/prod"], "ServiceAccount", s.service_account)
     assert sa["secrets"] == [{"name": PARAMS["secrets"]["s3"]["name"]}]
     secret = one(built["overlays/prod"], "Secret", PARAMS["secrets"]["s3"]["name"])
@@ -266,11 +338,17 @@ def test_rbac_is_least_privilege(built):
     assert all("*" not in r["verbs"] and "*" not in r["resources"] and "*" not in r["apiGroups"] for r in every_rule)
     assert not any(res in ("secrets", "pods/exec") for r in every_rule for res in r["resources"])
     [cluster_rule] = one(objs, "ClusterRole")["rules"]
-    assert cluster_rule == {"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"],
-                            "resourceNames": [PARAMS["training"]["runtime"]], "verbs": ["get"]}
+    assert cluster_rule == {
+        "apiGroups": ["trainer.kubeflow.org"],
+        "resources": ["clustertrainingruntimes"],
+        "resourceNames": [PARAMS["training"]["runtime"]],
+        "verbs": ["get"],
+    }
     runner = PARAMS["serviceAccounts"]["kfpRunner"]
     for binding in by_kind(objs, "RoleBinding") + by_kind(objs, "ClusterRoleBinding"):
-        assert {"kind": "ServiceAccount", "name": runner["name"], "namespace": runner["namespace"]} in binding["subjects"]
+        assert {"kind": "ServiceAccount", "name": runner["name"], "namespace": runner["namespace"]} in binding[
+            "subjects"
+        ]
     # Only the pipeline's identity may talk to the API server.
     for sa in by_kind(objs, "ServiceAccount"):
         if sa["metadata"]["name"] != PARAMS["serviceAccounts"]["pipeline"]:
@@ -303,7 +381,9 @@ def test_network_policies_close_ingress_and_open_only_the_needed_paths(built):
     assert pg_policy["spec"]["ingress"][0]["ports"] == [{"port": 5432, "protocol": "TCP"}]
     assert [_selects(src["podSelector"], mlflow) for src in pg_policy["spec"]["ingress"][0]["from"]] == [True]
     [ml_policy] = allowed_from(mlflow)
-    assert any("podSelector" in src and _selects(src["podSelector"], train) for src in ml_policy["spec"]["ingress"][0]["from"])
+    assert any(
+        "podSelector" in src and _selects(src["podSelector"], train) for src in ml_policy["spec"]["ingress"][0]["from"]
+    )
     [peer_policy] = allowed_from(train)
     assert _selects(peer_policy["spec"]["ingress"][0]["from"][0]["podSelector"], train)
     assert allowed_from(predictor)
@@ -311,7 +391,7 @@ def test_network_policies_close_ingress_and_open_only_the_needed_paths(built):
 
 
 def test_validate_cli(tmp_path, built, capsys):
-    from serving import deploy_cli
+    from deploy import cli as deploy_cli
 
     parser = argparse.ArgumentParser(prog="iwarp")
     deploy_cli.register(parser.add_subparsers(dest="command", required=True))

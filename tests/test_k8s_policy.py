@@ -14,11 +14,10 @@ import subprocess
 
 import pytest
 import yaml
+from k8s_utils import K8S, PARAMS, ROOT, ensure_k8s_deps, with_example_secrets
 
-from serving import k8s_validate as kv
-from serving import kserve
-
-from test_k8s_manifests import K8S, PARAMS, ROOT, ensure_k8s_deps, with_example_secrets
+from deploy import k8s_validate as kv
+from deploy import kserve
 
 # Containers whose image cannot run with a read-only root filesystem: none today. Add
 # "Kind/name/container" with a comment saying why if an image ever needs it.
@@ -45,7 +44,9 @@ def workloads(objs):
         kind, name = o["kind"], o["metadata"]["name"]
         if kind in ("Deployment", "StatefulSet"):
             pod = o["spec"]["template"]["spec"]
-            out.append((f"{kind}/{name}", pod.get("securityContext", {}), pod["containers"] + pod.get("initContainers", [])))
+            out.append(
+                (f"{kind}/{name}", pod.get("securityContext", {}), pod["containers"] + pod.get("initContainers", []))
+            )
         elif kind == "TrainJob":
             # Resources come from spec.trainer (applied to the "node" container by Trainer).
             job = o["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
@@ -56,14 +57,25 @@ def workloads(objs):
             out.append((f"{kind}/{name}", {}, o["spec"]["containers"]))
         elif kind == "InferenceService":
             predictor = o["spec"]["predictor"]
-            out.append((f"{kind}/{name}", predictor.get("securityContext", {}), [dict(predictor["model"], name="kserve-container")]))
+            out.append(
+                (
+                    f"{kind}/{name}",
+                    predictor.get("securityContext", {}),
+                    [dict(predictor["model"], name="kserve-container")],
+                )
+            )
     return out
 
 
 def test_policy_covers_every_workload(objects):
     labels = {w[0] for w in workloads(objects)}
-    assert {"Deployment/iwarp-mlflow", "StatefulSet/iwarp-postgres", "TrainJob/iwarp-train",
-            "ServingRuntime/iwarp-torchserve", "InferenceService/iwarp"} <= labels
+    assert {
+        "Deployment/iwarp-mlflow",
+        "StatefulSet/iwarp-postgres",
+        "TrainJob/iwarp-train",
+        "ServingRuntime/iwarp-torchserve",
+        "InferenceService/iwarp",
+    } <= labels
 
 
 def test_every_container_is_non_root_and_locked_down(objects):
@@ -114,7 +126,8 @@ def test_every_container_has_requests_and_limits_and_gpus_are_whole(objects):
     limit_ranges = [o for o in objects if o["kind"] == "LimitRange"]
     assert limit_ranges and all(
         {"cpu", "memory"} <= set(lim["default"]) and {"cpu", "memory"} <= set(lim["defaultRequest"])
-        for lr in limit_ranges for lim in lr["spec"]["limits"]
+        for lr in limit_ranges
+        for lim in lr["spec"]["limits"]
     )
 
 
@@ -143,7 +156,9 @@ def test_examples_hold_placeholders_and_define_every_referenced_key(objects):
         for line in example.read_text().splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 key, _, value = line.partition("=")
-                assert "CHANGE_ME" in value or key in ("POSTGRES_USER", "POSTGRES_DB"), f"{example}: {key} holds a value"
+                assert "CHANGE_ME" in value or key in ("POSTGRES_USER", "POSTGRES_DB"), (
+                    f"{example}: {key} holds a value"
+                )
     # Every non-optional secretKeyRef resolves to a key the overlay's example file defines.
     for overlay in ("dev", "prod"):
         kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
@@ -152,7 +167,11 @@ def test_examples_hold_placeholders_and_define_every_referenced_key(objects):
             keys = set()
             for env in gen["envs"]:
                 text = (K8S / "overlays" / overlay / (env + ".example")).read_text()
-                keys |= {l.split("=", 1)[0] for l in text.splitlines() if "=" in l and not l.lstrip().startswith("#")}
+                keys |= {
+                    line.split("=", 1)[0]
+                    for line in text.splitlines()
+                    if "=" in line and not line.lstrip().startswith("#")
+                }
             provided[gen["name"]] = keys
         refs = re.findall(r"\{'key': '([^']+)', 'name': '([^']+)'\}", repr(objects))
         assert refs
@@ -169,7 +188,7 @@ SECRET_PATTERNS = {
 PUBLIC_EXAMPLES = {"AKIAIOSFODNN7EXAMPLE"}
 # Only in what this area owns: other areas' docs may show local throwaway URIs.
 URI_CREDENTIAL = re.compile(r"://[^/\s:@'\"]+:(?!CHANGE_ME@)[^@\s/'\"]{6,}@")
-K8S_OWNED = ("k8s/", "docs/cluster.md", "serving/kserve.py", "serving/deploy_cli.py")
+K8S_OWNED = ("k8s/", "docs/cluster.md", "deploy/kserve.py", "deploy/cli.py")
 
 
 def test_no_secret_value_anywhere_in_the_repository():
@@ -199,6 +218,8 @@ def test_no_secret_value_anywhere_in_the_repository():
 
 def test_kubectl_is_available_for_ci():
     ensure_k8s_deps()
-    out = subprocess.run([kv.kubectl_binary(), "version", "--client"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [kv.kubectl_binary(), "version", "--client"], capture_output=True, text=True, check=True
+    ).stdout
     assert re.search(r"Kustomize Version: v5\.", out), out
     assert shutil.which("kubectl")

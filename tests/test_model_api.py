@@ -47,7 +47,9 @@ def test_shapes_and_gradients_64(kind: str, k: int) -> None:
     assert sources.grad is not None and sources.grad.abs().sum() > 0
     # every parameter that shapes the prediction receives a finite, non-zero gradient somewhere
     grads = {name: p.grad for name, p in model.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [
+        n for n, g in grads.items() if g is None
+    ]
     for part in ("keypoint_detector", "decoder"):
         assert any(g.abs().sum() > 0 for name, g in grads.items() if name.startswith(part)), part
 
@@ -150,6 +152,11 @@ def test_invalid_config_rejected() -> None:
         ImplicitWarping(ImplicitWarpingConfig.tiny(image_size=100))
     with pytest.raises(ValueError, match="power of two"):
         ImplicitWarping(ImplicitWarpingConfig.tiny(token_stride=6))
-    assert ImplicitWarping(ImplicitWarpingConfig.tiny(image_size=96))(images(1, 1, 3, 96, 96), images(1, 3, 96, 96)).prediction.shape[-1] == 96
+    assert (
+        ImplicitWarping(ImplicitWarpingConfig.tiny(image_size=96))(
+            images(1, 1, 3, 96, 96), images(1, 3, 96, 96)
+        ).prediction.shape[-1]
+        == 96
+    )
     with pytest.raises(ValueError, match="value_channels"):
         ImplicitWarping(ImplicitWarpingConfig.tiny(value_channels=[8, 16]))

@@ -161,7 +161,8 @@ def test_transform_convention_blob_maps_back() -> None:
 def test_equivariance_loss_zero_without_deformation(vgg_losses) -> None:
     model, _, sources, driving = setup()
     model.eval()
-    cfg = LossConfig(perceptual=0, gan=0, feature_matching=0, equivariance=1.0, equivariance_sigma_affine=0.0, equivariance_sigma_tps=0.0)
+    cfg = LossConfig(perceptual=0, gan=0, feature_matching=0, equivariance=1.0, equivariance_sigma_affine=0.0,
+                     equivariance_sigma_tps=0.0)
     out = model(sources, driving)
     loss = Losses(cfg).generator_losses(driving, out, model)["equivariance"]
     assert loss.item() < 1e-4  # only grid_sample's interpolation error remains
@@ -229,8 +230,15 @@ def test_zero_trailing_layer_weights_truncate_the_vgg() -> None:
     """Trailing zero layer weights stop the VGG early: the same loss value, fewer convolutions."""
     a, b = rand(2, 3, 64, 64), rand(2, 3, 64, 64, seed=3)
     weights = [1.0, 0.5, 1.0, 0.0, 0.0]
-    full = Losses(LossConfig(gan=0, feature_matching=0, equivariance=0, perceptual_scales=[1.0, 0.5, 0.25],
-                             perceptual_layer_weights=weights))
+    full = Losses(
+        LossConfig(
+            gan=0,
+            feature_matching=0,
+            equivariance=0,
+            perceptual_scales=[1.0, 0.5, 0.25],
+            perceptual_layer_weights=weights,
+        )
+    )
     assert len(full.perceptual.net.convs) == 7  # relu3_3 is VGG16's conv 6
     assert full.perceptual.net.min_size == 4  # two pools before relu3_3
     untruncated = PerceptualLoss([1.0, 0.5, 0.25], weights)

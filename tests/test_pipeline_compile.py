@@ -15,9 +15,27 @@ from pipelines.pipeline import PlatformOptions, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_PARAMS = {
-    "data_source", "raw_data", "tracking_uri", "dvc_remote", "s3_endpoint_url", "image_size", "train_config",
-    "init_from", "train_overrides", "seed", "train_steps", "train_backend", "nproc_per_node", "num_nodes",
-    "gpus_per_node", "eval_sources", "eval_source_placement", "eval_frame_stride", "select_metric", "experiment", "model_name",
+    "data_source",
+    "raw_data",
+    "tracking_uri",
+    "dvc_remote",
+    "s3_endpoint_url",
+    "image_size",
+    "train_config",
+    "init_from",
+    "train_overrides",
+    "seed",
+    "train_steps",
+    "train_backend",
+    "nproc_per_node",
+    "num_nodes",
+    "gpus_per_node",
+    "eval_sources",
+    "eval_source_placement",
+    "eval_frame_stride",
+    "select_metric",
+    "experiment",
+    "model_name",
     "serving_target",
 }
 
@@ -52,7 +70,9 @@ def test_yaml_lists_pipeline_parameters(compiled):
     # the main job: real faces, every variant fine-tuned from the shipped model, evaluated with spread sources
     assert params["data_source"]["defaultValue"] == "faces" and params["raw_data"]["defaultValue"] == ""
     assert params["init_from"]["defaultValue"] == "iwarp-faces-64"
-    assert params["train_config"]["defaultValue"] == "configs/faces-64.yaml" and params["image_size"]["defaultValue"] == 64
+    assert (
+        params["train_config"]["defaultValue"] == "configs/faces-64.yaml" and params["image_size"]["defaultValue"] == 64
+    )
     assert params["eval_source_placement"]["defaultValue"] == "spread"
     assert params["train_backend"]["defaultValue"] == "trainjob"
     assert params["eval_sources"]["defaultValue"] == [1, 2, 4]
@@ -69,7 +89,12 @@ def test_ablation_sweep_is_a_parallel_for_over_four_variants(compiled):
     (loop,) = loops.values()
     items = yaml.safe_load(loop["parameterIterator"]["items"]["raw"])
     assert items == ABLATIONS
-    assert {(a["residual"], a["extra_kv"]) for a in items} == {(True, True), (True, False), (False, True), (False, False)}
+    assert {(a["residual"], a["extra_kv"]) for a in items} == {
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    }
     assert loop["iteratorPolicy"]["parallelismLimit"] == 4
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
     assert set(body) == {"train-model", "evaluate-model"}
@@ -104,8 +129,11 @@ def test_chain_order(compiled):
 
 def test_every_step_uses_the_project_image_and_locked_pins(compiled):
     spec, _ = compiled
-    lock = {line.split("==")[0].lower().replace("_", "-"): line.strip()
-            for line in (ROOT / "requirements/lock.txt").read_text().splitlines() if "==" in line and not line.startswith("#")}
+    lock = {
+        line.split("==")[0].lower().replace("_", "-"): line.strip()
+        for line in (ROOT / "requirements/lock.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == 11
     for name, ex in executors.items():
@@ -138,8 +166,13 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     mlflow = {("iwarp-mlflow-auth", True): {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
     assert secrets("exec-preprocess-data") == s3
     assert secrets("exec-train-model") == {**s3, **mlflow}
-    for ex in ("exec-open-parent-run", "exec-evaluate-model", "exec-compare-ablations", "exec-register-model",
-               "exec-animate-champion"):
+    for ex in (
+        "exec-open-parent-run",
+        "exec-evaluate-model",
+        "exec-compare-ablations",
+        "exec-register-model",
+        "exec-animate-champion",
+    ):
         assert secrets(ex) == mlflow, ex
     assert secrets("exec-deploy-canary") == {**s3, **mlflow}
     # the train step shares the data volume with the TrainJob it submits
@@ -155,19 +188,38 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
 def test_only_evaluation_holds_gpus(compiled):
     """Training GPUs belong to the TrainJob's pods, not to the step that submits it."""
     spec, _ = compiled
-    with_gpu = {name for name, ex in spec["deploymentSpec"]["executors"].items()
-                if "accelerator" in ex["container"].get("resources", {})}
+    with_gpu = {
+        name
+        for name, ex in spec["deploymentSpec"]["executors"].items()
+        if "accelerator" in ex["container"].get("resources", {})
+    }
     assert with_gpu == {"exec-evaluate-model"}
 
 
 def test_compile_options_image_secrets_and_defaults(tmp_path):
     out = tmp_path / "p.yaml"
-    rc = cli("compile", "--out", str(out), "--image", "registry.example/iwarp:1.2", "--eval-gpus", "2",
-             "--s3-secret", "team-s3", "--gpu-node-selector", "pool=a100",
-             "--param", "tracking_uri=http://mlflow.iwarp:5000", "eval_sources=[1, 8]", "seed=7")
+    rc = cli(
+        "compile",
+        "--out",
+        str(out),
+        "--image",
+        "registry.example/iwarp:1.2",
+        "--eval-gpus",
+        "2",
+        "--s3-secret",
+        "team-s3",
+        "--gpu-node-selector",
+        "pool=a100",
+        "--param",
+        "tracking_uri=http://mlflow.iwarp:5000",
+        "eval_sources=[1, 8]",
+        "seed=7",
+    )
     assert rc == 0
     spec, platform = load(out)
-    assert {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()} == {"registry.example/iwarp:1.2"}
+    assert {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()} == {
+        "registry.example/iwarp:1.2"
+    }
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["tracking_uri"]["defaultValue"] == "http://mlflow.iwarp:5000"
     assert params["eval_sources"]["defaultValue"] == [1, 8]

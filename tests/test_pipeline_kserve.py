@@ -30,7 +30,7 @@ FAKE_KUBECTL = textwrap.dedent('''\
     #!{python}
     """Stand-in kubectl for one InferenceService (state in $FAKE_KUBE_STATE)."""
     import json, os, sys
-    from serving.kserve import apply_merge_patch
+    from deploy.kserve import apply_merge_patch
     state_file = os.environ["FAKE_KUBE_STATE"]
     revisions = json.loads(os.environ["FAKE_REVISION_URLS"])  # URL of the n-th revision created
     args = sys.argv[1:]
@@ -43,10 +43,13 @@ FAKE_KUBECTL = textwrap.dedent('''\
             state["revs"].append({{"uri": uri, "url": revisions[len(state["revs"])]}})
         pct = pred.get("canaryTrafficPercent")
         latest = state["revs"][-1]
-        traffic = [{{"tag": "latest", "url": latest["url"], "percent": 100 if pct is None else pct, "latestRevision": True}}]
+        traffic = [{{"tag": "latest", "url": latest["url"], "percent": 100 if pct is None else pct,
+                     "latestRevision": True}}]
         if pct is not None and len(state["revs"]) > 1:
-            traffic.append({{"tag": "prev", "url": state["revs"][-2]["url"], "percent": 100 - pct, "latestRevision": False}})
-        isvc["status"] = {{"url": "http://iwarp.iwarp.example.com", "components": {{"predictor": {{"traffic": traffic}}}}}}
+            traffic.append({{"tag": "prev", "url": state["revs"][-2]["url"], "percent": 100 - pct,
+                            "latestRevision": False}})
+        isvc["status"] = {{"url": "http://iwarp.iwarp.example.com",
+                           "components": {{"predictor": {{"traffic": traffic}}}}}}
         state["isvc"] = isvc
         json.dump(state, open(state_file, "w"))
 
@@ -105,12 +108,7 @@ def mar(path: Path, version: str) -> str:
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    s3.start()
-    host, port = s3.get_host_and_port()
+def cluster(tmp_path, monkeypatch, moto_endpoint):
     servers = [predictor(m) for m in ("good", "good", "bad")]
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -122,8 +120,10 @@ def cluster(tmp_path, monkeypatch):
         "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "FAKE_KUBE_STATE": str(tmp_path / "kube.json"),
         "FAKE_REVISION_URLS": json.dumps([f"http://127.0.0.1:{s.server_address[1]}" for s in servers]),
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(key, value)
     import boto3
@@ -132,7 +132,6 @@ def cluster(tmp_path, monkeypatch):
     yield tmp_path
     for s in servers:
         s.shutdown()
-    s3.stop()
 
 
 def test_kserve_canary_first_version_then_promote_then_rollback(cluster, tmp_path):
@@ -141,13 +140,25 @@ def test_kserve_canary_first_version_then_promote_then_rollback(cluster, tmp_pat
     from iwarp.data import SynthConfig, make_synth_dataset
 
     data = tmp_path / "data"
-    make_synth_dataset(data, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=12, image_size=64),
-                       overwrite=True, progress=False)
+    make_synth_dataset(
+        data,
+        SynthConfig(num_identities=4, videos_per_identity=1, num_frames=12, image_size=64),
+        overwrite=True,
+        progress=False,
+    )
 
     def step(version: str) -> tuple[bool, str, str, str]:
-        req = CanaryRequest(mar=mar(tmp_path / f"v{version}", f"{version}.0"), dataset=str(data), model_name="iwarp",
-                            version=version, tracking_uri="", target="kserve", image_size=64, namespace="iwarp",
-                            storage_uri="s3://models/iwarp")
+        req = CanaryRequest(
+            mar=mar(tmp_path / f"v{version}", f"{version}.0"),
+            dataset=str(data),
+            model_name="iwarp",
+            version=version,
+            tracking_uri="",
+            target="kserve",
+            image_size=64,
+            namespace="iwarp",
+            storage_uri="s3://models/iwarp",
+        )
         out = tmp_path / f"verdict-{version}.md"
         promoted, default, endpoint = run_canary_step(req, str(out))
         return promoted, default, endpoint, out.read_text()

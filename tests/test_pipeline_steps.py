@@ -81,8 +81,12 @@ def test_init_summary_names_the_modules_a_variant_dropped_or_added(tmp_path):
 
 
 def test_run_streaming_passes_output_through_and_keeps_the_reason(capsys):
-    code = 'import sys; print("step 1"); print("error: invalid training config:"); print("  optim.steps must be >= 1"); sys.exit(3)'
-    assert run_streaming([sys.executable, "-c", code]) == (3, "error: invalid training config: optim.steps must be >= 1")
+    code = ('import sys; print("step 1"); print("error: invalid training config:"); '
+            'print("  optim.steps must be >= 1"); sys.exit(3)')
+    assert run_streaming([sys.executable, "-c", code]) == (
+        3,
+        "error: invalid training config: optim.steps must be >= 1",
+    )
     assert "step 1" in capsys.readouterr().out
     rc, why = run_streaming([sys.executable, "-c", "raise KeyError('manifest.csv')"])
     assert rc == 1 and why == "KeyError: 'manifest.csv'"
@@ -90,12 +94,30 @@ def test_run_streaming_passes_output_through_and_keeps_the_reason(capsys):
 
 
 def validation_result(success: bool) -> dict:
-    failures = [] if success else [
-        {"check": "identity_leak", "expectation": "expect_column_values_to_be_in_set(identity_splits)",
-         "suite": "iwarp_videos", "description": "an identity is in both train and test",
-         "videos": ["a_v0", "a_v1"], "values": [], "observed": ""},
-        {"check": "too_few_videos", "expectation": "expect_table_row_count_to_be_between", "suite": "iwarp_videos",
-         "description": "enough videos", "videos": [], "values": [], "observed": "observed 1"}]
+    failures = (
+        []
+        if success
+        else [
+            {
+                "check": "identity_leak",
+                "expectation": "expect_column_values_to_be_in_set(identity_splits)",
+                "suite": "iwarp_videos",
+                "description": "an identity is in both train and test",
+                "videos": ["a_v0", "a_v1"],
+                "values": [],
+                "observed": "",
+            },
+            {
+                "check": "too_few_videos",
+                "expectation": "expect_table_row_count_to_be_between",
+                "suite": "iwarp_videos",
+                "description": "enough videos",
+                "videos": [],
+                "values": [],
+                "observed": "observed 1",
+            },
+        ]
+    )
     return {"success": success, "data": "/d <script>", "videos": 3, "failures": failures}
 
 
@@ -115,7 +137,7 @@ def test_data_docs_bundle_is_one_page_with_every_validation_page(tmp_path):
     for suite in ("iwarp_videos", "iwarp_frames"):
         page = site / "validations" / suite / "__none__" / "20260101T000000Z" / f"{suite}.html"
         page.parent.mkdir(parents=True)
-        page.write_text(f"<html><body><h1>{suite} result</h1><p>it's \"quoted\"</p></body></html>")
+        page.write_text(f'<html><body><h1>{suite} result</h1><p>it\'s "quoted"</p></body></html>')
     html = bundle_data_docs(site, validation_result(False))
     assert html.startswith("<!doctype html>") and "Data validation FAILED" in html
     assert html.count("<iframe") == 2 and "iwarp_frames result" in html and "iwarp_videos result" in html
@@ -141,11 +163,20 @@ def test_the_animation_is_kept_per_run_and_in_docs_only_when_asked(tmp_path, mon
 
 
 def test_fine_tuning_starts_at_a_gentle_learning_rate_that_the_user_can_override():
-    from components.steps.training import FINETUNE_OPTIM, TrainRequest
+    from components.steps.train_request import FINETUNE_OPTIM, TrainRequest
 
-    req = TrainRequest(dataset="d", ablation={"variant": "full", "residual": True, "extra_kv": True}, config="c",
-                       overrides=["optim.lr_generator=5e-4"], seed=0, steps=100, tracking_uri="", experiment="e",
-                       parent_run_id="", init_from="iwarp-faces-64")
+    req = TrainRequest(
+        dataset="d",
+        ablation={"variant": "full", "residual": True, "extra_kv": True},
+        config="c",
+        overrides=["optim.lr_generator=5e-4"],
+        seed=0,
+        steps=100,
+        tracking_uri="",
+        experiment="e",
+        parent_run_id="",
+        init_from="iwarp-faces-64",
+    )
     sets = req.train_overrides("d", "o")
     assert "init_from=iwarp-faces-64" in sets and set(FINETUNE_OPTIM) <= set(sets)
     # the last assignment wins in the config loader: the user's learning rate comes after the default

@@ -17,8 +17,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from components.ablation import ABLATIONS
+from components.steps.train_request import TrainRequest
 from components.steps.trainjob import build_trainjob, job_name, stage_dataset, train_on_cluster
-from components.steps.training import TrainRequest
 from iwarp.checkpoint import load_checkpoint, save_checkpoint
 
 RUNTIME = {  # the shape Kubeflow Trainer installs (trimmed to what the SDK reads)
@@ -127,7 +127,7 @@ def request(tmp_path, variant: dict, gpus: int = 4) -> TrainRequest:
 
 
 def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
-    from serving.k8s_validate import validate_object
+    from deploy.k8s_validate import validate_object
 
     req = request(tmp_path, ABLATIONS[2])  # no-extra-kv
     final = train_on_cluster(req, tmp_path / "work", client=trainer_client(), poll_s=1, timeout_s=10)
@@ -153,13 +153,17 @@ def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
     assert args[args.index("--tracking-uri") + 1] == "http://iwarp-mlflow.iwarp.svc:5000"
     assert (data_root / ".complete").is_file() and (data_root / "manifest.csv").is_file()
 
-    pod = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+    replicated = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = replicated["template"]["spec"]["template"]
     assert pod["metadata"]["labels"] == {"iwarp.dev/role": "train"}
     assert pod["spec"]["serviceAccountName"] == "iwarp-train"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "iwarp-data"}} in pod["spec"]["volumes"]
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "iwarp-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "iwarp-s3",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
     assert all("value" not in e for e in env.values()), "credentials only by reference"
     assert job["metadata"]["labels"]["iwarp.dev/variant"] == "no-extra-kv"
 
@@ -167,8 +171,9 @@ def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
 def test_failed_trainjob_fails_the_step(tmp_path, cluster):
     cluster.outcome = "Failed"
     with pytest.raises(RuntimeError, match="did not complete.*Failed"):
-        train_on_cluster(request(tmp_path, ABLATIONS[0]), tmp_path / "work", client=trainer_client(),
-                         poll_s=1, timeout_s=10)
+        train_on_cluster(
+            request(tmp_path, ABLATIONS[0]), tmp_path / "work", client=trainer_client(), poll_s=1, timeout_s=10
+        )
 
 
 def test_cpu_trainjob_requests_no_gpu_and_variants_share_one_dataset_copy(tmp_path):
@@ -182,4 +187,5 @@ def test_cpu_trainjob_requests_no_gpu_and_variants_share_one_dataset_copy(tmp_pa
     names = {job_name(a["variant"]) for a in ABLATIONS for _ in range(3)}
     assert len(names) == 12 and all(len(n) <= 63 and n.startswith("iwarp-") for n in names)
     assert json.dumps([type(o).__name__ for o in options]) == json.dumps(
-        ["Name", "Labels", "TrainerCommand", "TrainerArgs", "RuntimePatch"])
+        ["Name", "Labels", "TrainerCommand", "TrainerArgs", "RuntimePatch"]
+    )

@@ -12,16 +12,18 @@ from serving.canary import (
     VersionStats,
     decide,
     evidence_repeats,
-    load_thresholds,
     next_traffic_percent,
     percentile,
     with_failed_check,
     worker_restarts,
 )
+from serving.config import load_thresholds
 
 
 def stats(version="1.0", n=10, err=0.0, p95=100.0, **quality):
-    return VersionStats(version=version, n_requests=n, error_rate=err, p95_latency_ms=p95, quality=quality or {"l1": 0.1})
+    return VersionStats(
+        version=version, n_requests=n, error_rate=err, p95_latency_ms=p95, quality=quality or {"l1": 0.1}
+    )
 
 
 def test_identical_versions_promote():
@@ -123,8 +125,11 @@ def test_canary_set_from_a_dataset_test_split(tmp_path):
     from iwarp.data import SynthConfig, make_synth_dataset
     from serving.canary_set import CanarySetError, build_from_dataset, load_canary_set
 
-    make_synth_dataset(tmp_path / "data", SynthConfig(num_identities=4, videos_per_identity=1, num_frames=14,
-                                                      image_size=32, test_fraction=0.5), progress=False)
+    make_synth_dataset(
+        tmp_path / "data",
+        SynthConfig(num_identities=4, videos_per_identity=1, num_frames=14, image_size=32, test_fraction=0.5),
+        progress=False,
+    )
     out = build_from_dataset(tmp_path / "data", tmp_path / "canary", k=2, n_driving=4, stride=2, image_size=32)
     cases = load_canary_set(out)
     test_videos = sorted(p.name for p in (tmp_path / "data" / "test").iterdir())
@@ -156,7 +161,7 @@ def test_first_deployment_report_round_trips_through_the_kserve_cli(tmp_path):
     by `iwarp deploy kserve --report`, which re-decides it with the same rule."""
     import json
 
-    from serving.deploy_cli import verdict_from_report
+    from deploy.cli import verdict_from_report
 
     report = tmp_path / "canary.json"
     report.write_text(json.dumps(decide(None, stats("1.0"), CanaryThresholds()).to_dict()))

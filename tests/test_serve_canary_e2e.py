@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest_serve import TEST_OVERRIDES, MlflowServer, photo_frames, tiny_model, write_checkpoint
+
 from serving.canary_set import CanaryCase, write_canary_set
 
 pytestmark = pytest.mark.slow
@@ -65,8 +65,19 @@ def env(tmp_path_factory):
             with mlflow.start_run() as run:
                 mlflow.log_artifact(str(mar), "mar")
             client.create_model_version("iwarp", f"runs:/{run.info.run_id}/mar", run.info.run_id)
-        yield {"handle": handle, "cfg": cfg, "cfg_overrides": overrides, "mar1": mar1, "mar2": mar2, "mar3": mar3, "set": canary_set, "mlflow": client,
-               "uri": uri, "store": store, "workdir": tmp / "work"}
+        yield {
+            "handle": handle,
+            "cfg": cfg,
+            "cfg_overrides": overrides,
+            "mar1": mar1,
+            "mar2": mar2,
+            "mar3": mar3,
+            "set": canary_set,
+            "mlflow": client,
+            "uri": uri,
+            "store": store,
+            "workdir": tmp / "work",
+        }
     finally:
         stop_server(tmp / "work")
         mlflow_server.stop()
@@ -85,8 +96,15 @@ def test_first_version_on_an_empty_server_is_deployed(env):
 
     client = env["handle"].client()
     assert client.versions() == [] and client.default_version() is None
-    verdict = run_canary(env["mar1"], handle=env["handle"], canary_set=env["set"], config=env["cfg"],
-                         mlflow_tracking_uri=env["uri"], progress=False, log=lambda s: None)
+    verdict = run_canary(
+        env["mar1"],
+        handle=env["handle"],
+        canary_set=env["set"],
+        config=env["cfg"],
+        mlflow_tracking_uri=env["uri"],
+        progress=False,
+        log=lambda s: None,
+    )
     assert verdict.promote and verdict.baseline is None and "first deployment" in verdict.summary()
     assert client.versions() == ["1.0"] and client.default_version() == "1.0"
     assert (env["store"] / "iwarp-1.0.mar").is_file() and read_state(env["store"])["default"] == "1.0"
@@ -98,8 +116,15 @@ def test_same_weights_candidate_is_promoted(env):
     from serving.server import read_state
 
     lines: list[str] = []
-    verdict = run_canary(env["mar2"], handle=env["handle"], canary_set=env["set"], config=env["cfg"],
-                         mlflow_tracking_uri=env["uri"], progress=False, log=lines.append)
+    verdict = run_canary(
+        env["mar2"],
+        handle=env["handle"],
+        canary_set=env["set"],
+        config=env["cfg"],
+        mlflow_tracking_uri=env["uri"],
+        progress=False,
+        log=lines.append,
+    )
     assert verdict.promote, verdict.summary()
     assert verdict.candidate.n_requests == 8 and verdict.candidate.error_rate == 0
     assert verdict.candidate.quality["l1"] == pytest.approx(verdict.baseline.quality["l1"], abs=1e-6)
@@ -124,9 +149,28 @@ def test_broken_candidate_is_rolled_back(env):
     root = Path(__file__).resolve().parents[1]
     sets = [a for o in env["cfg_overrides"] for a in ("--set", o)]
     proc = subprocess.run(
-        [sys.executable, "-m", "serving.cli", "serve", "canary", "--mar", str(env["mar3"]), "--canary-set", str(env["set"]),
-         "--workdir", str(env["workdir"]), "--mlflow-uri", env["uri"], "--fail-on-rollback", *sets],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "serve",
+            "canary",
+            "--mar",
+            str(env["mar3"]),
+            "--canary-set",
+            str(env["set"]),
+            "--workdir",
+            str(env["workdir"]),
+            "--mlflow-uri",
+            env["uri"],
+            "--fail-on-rollback",
+            *sets,
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 4, proc.stderr[-2000:]  # a rollback verdict (3 is an unreachable service)
     assert "CANARY VERDICT: ROLL BACK candidate 3.0 (baseline 2.0)" in proc.stdout
@@ -146,7 +190,14 @@ def test_a_version_already_registered_is_refused(env):
     from serving.rollout import CanaryError, run_canary
 
     with pytest.raises(CanaryError, match="already registered"):
-        run_canary(env["mar2"], handle=env["handle"], canary_set=env["set"], config=env["cfg"], progress=False, log=lambda s: None)
+        run_canary(
+            env["mar2"],
+            handle=env["handle"],
+            canary_set=env["set"],
+            config=env["cfg"],
+            progress=False,
+            log=lambda s: None,
+        )
 
 
 def test_rollback_and_restart_keep_the_recorded_versions(env):
@@ -158,8 +209,9 @@ def test_rollback_and_restart_keep_the_recorded_versions(env):
     assert read_state(env["store"])["default"] == "1.0"
     # --ncs: TorchServe restores nothing itself; the state file brings back both versions
     stop_server(env["workdir"])
-    handle = start_server(env["store"], config=env["cfg"], workdir=env["workdir"], inference_port=0,
-                          management_port=0, metrics_port=0)
+    handle = start_server(
+        env["store"], config=env["cfg"], workdir=env["workdir"], inference_port=0, management_port=0, metrics_port=0
+    )
     env["handle"] = handle
     client = handle.client()
     assert client.versions() == ["1.0", "2.0"] and client.default_version() == "1.0"
@@ -201,7 +253,9 @@ def test_worker_killed_during_the_canary_is_never_promoted(env, tmp_path, victim
 
     def canary() -> None:
         try:
-            result["verdict"] = run_canary(mar, handle=handle, canary_set=env["set"], config=cfg, progress=False, log=log)
+            result["verdict"] = run_canary(
+                mar, handle=handle, canary_set=env["set"], config=cfg, progress=False, log=log
+            )
         except Exception as exc:  # noqa: BLE001 - a clear failure is an allowed outcome
             result["error"] = exc
 
@@ -219,7 +273,9 @@ def test_worker_killed_during_the_canary_is_never_promoted(env, tmp_path, victim
     verdict = result.get("verdict")
     if verdict is not None:
         assert not verdict.promote, verdict.summary()
-        assert any(r.startswith(("worker restarts", "error rate", "evidence")) for r in verdict.reasons), verdict.reasons
+        assert any(r.startswith(("worker restarts", "error rate", "evidence")) for r in verdict.reasons), (
+            verdict.reasons
+        )
     else:
         assert str(result["error"]).strip() and "\n" not in str(result["error"]).strip()
     assert client.default_version() == default and client.versions() == registered
@@ -235,6 +291,13 @@ def test_worker_killed_during_the_canary_is_never_promoted(env, tmp_path, victim
             time.sleep(2)
     recovered = time.monotonic() - t0 - elapsed
     assert answer.status == 200 and answer.info["model_version"] == default
-    lost = {s.version: round(s.error_rate * s.n_requests) for s in (verdict.baseline, verdict.candidate) if s} if verdict else "n/a"
-    print(f"\nkill -9 {victim} worker: {verdict.action if verdict else result['error']!r}; failed canary requests {lost}; "
-          f"canary {elapsed:.1f} s, default served again {recovered:.1f} s later")
+    lost = (
+        {s.version: round(s.error_rate * s.n_requests) for s in (verdict.baseline, verdict.candidate) if s}
+        if verdict
+        else "n/a"
+    )
+    print(
+        f"\nkill -9 {victim} worker: {verdict.action if verdict else result['error']!r}; "
+        f"failed canary requests {lost}; "
+        f"canary {elapsed:.1f} s, default served again {recovered:.1f} s later"
+    )

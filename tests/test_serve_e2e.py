@@ -12,14 +12,23 @@ import os
 import subprocess
 import sys
 import threading
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import torch
-
-from conftest_serve import TEST_OVERRIDES, decode_mp4, mp4_bytes, photo_frames, png_bytes, reference, tiny_model, write_checkpoint
+from conftest_serve import (
+    TEST_OVERRIDES,
+    decode_mp4,
+    mp4_bytes,
+    photo_frames,
+    png_bytes,
+    reference,
+    tiny_model,
+    write_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +119,9 @@ def test_cached_source_set_matches_uncached(served, frames):
     # first frame as reference, so it equals the whole clip in one request
     whole = client.predict(frames[:2], frames[2:8], relative=True, output="npy").array
     np.testing.assert_allclose(whole, reference(model, frames[:2], frames[2:8], relative=True), atol=1e-4)
-    first = client.predict(source_set_id=sid, driving=frames[2:5], relative=True, reset_reference=True, output="npy").array
+    first = client.predict(
+        source_set_id=sid, driving=frames[2:5], relative=True, reset_reference=True, output="npy"
+    ).array
     second = client.predict(source_set_id=sid, driving=frames[5:8], relative=True, output="npy").array
     np.testing.assert_allclose(np.concatenate([first, second]), whole, atol=1e-5)
     assert np.abs(whole - uncached).max() > 1e-3  # relative really differs from absolute
@@ -131,8 +142,14 @@ def test_driving_video_in_mp4_out(served, frames):
 def _post(handle, payload=None, data=None, files=None, headers=None, version=""):
     key = json.loads(handle.key_file.read_text())["inference"]["key"]
     url = f"{handle.inference_url}/predictions/iwarp" + (f"/{version}" if version else "")
-    return requests.post(url, json=payload, data=data, files=files, timeout=120,
-                         headers={"Authorization": f"Bearer {key}", **(headers or {})})
+    return requests.post(
+        url,
+        json=payload,
+        data=data,
+        files=files,
+        timeout=120,
+        headers={"Authorization": f"Bearer {key}", **(headers or {})},
+    )
 
 
 def test_every_bad_input_gets_a_4xx_and_the_worker_survives(served, frames):
@@ -143,20 +160,60 @@ def test_every_bad_input_gets_a_4xx_and_the_worker_survives(served, frames):
     big = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
     odd = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(frames[0]).resize((80, 64)))
     cases = [
-        ("non-image bytes", dict(payload={"sources": [b64(b"%PDF-1.4 not an image")], "driving": good[:1]}), 415, "not an image"),
+        (
+            "non-image bytes",
+            dict(payload={"sources": [b64(b"%PDF-1.4 not an image")], "driving": good[:1]}),
+            415,
+            "not an image",
+        ),
         ("zero sources", dict(payload={"sources": [], "driving": good[:1]}), 400, "missing field `sources`"),
         ("nine sources", dict(payload={"sources": good[:1] * 9, "driving": good[:1]}), 400, "1 to 8 allowed"),
-        ("mismatched sizes", dict(payload={"sources": good[:1], "driving": [b64(png_bytes(odd))]}), 400, "mismatched image sizes"),
-        ("oversized image", dict(payload={"sources": [b64(png_bytes(big))], "driving": [b64(png_bytes(big))]}), 413, "largest side"),
-        ("oversized payload", dict(payload={"sources": good[:1], "driving": good[:1], "pad": "A" * 1_200_000}), 413, "exceeds"),
+        (
+            "mismatched sizes",
+            dict(payload={"sources": good[:1], "driving": [b64(png_bytes(odd))]}),
+            400,
+            "mismatched image sizes",
+        ),
+        (
+            "oversized image",
+            dict(payload={"sources": [b64(png_bytes(big))], "driving": [b64(png_bytes(big))]}),
+            413,
+            "largest side",
+        ),
+        (
+            "oversized payload",
+            dict(payload={"sources": good[:1], "driving": good[:1], "pad": "A" * 1_200_000}),
+            413,
+            "exceeds",
+        ),
         ("too many frames", dict(payload={"sources": good[:1], "driving": good[:1] * 17}), 413, "at most 16"),
-        ("corrupt video", dict(payload={"sources": good[:1], "driving_video": b64(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)}), 400, "video"),
+        (
+            "corrupt video",
+            dict(payload={"sources": good[:1], "driving_video": b64(b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 500)}),
+            400,
+            "video",
+        ),
         ("missing driving", dict(payload={"sources": good[:1]}), 400, "missing field `driving`"),
         ("empty body", dict(data=b"", headers={"Content-Type": "application/json"}), 400, "empty request"),
         ("invalid JSON", dict(data=b"{not json", headers={"Content-Type": "application/json"}), 400, "neither JSON"),
         ("bad base64", dict(payload={"sources": ["***"], "driving": good[:1]}), 400, "not valid base64"),
-        ("unknown source set", dict(payload={"source_set_id": "f" * 24, "driving": good[:1]}), 404, "unknown or expired"),
-        ("multipart non-image", dict(files={"source_0": ("a.png", b"GIF89a?", "image/png"), "driving_0": ("b.png", png_bytes(frames[1]), "image/png")}), 415, "source_0"),
+        (
+            "unknown source set",
+            dict(payload={"source_set_id": "f" * 24, "driving": good[:1]}),
+            404,
+            "unknown or expired",
+        ),
+        (
+            "multipart non-image",
+            dict(
+                files={
+                    "source_0": ("a.png", b"GIF89a?", "image/png"),
+                    "driving_0": ("b.png", png_bytes(frames[1]), "image/png"),
+                }
+            ),
+            415,
+            "source_0",
+        ),
     ]
     for name, kwargs, code, needle in cases:
         r = _post(handle, **kwargs)
@@ -201,8 +258,10 @@ def test_hostile_bodies_over_http_never_get_a_5xx_nor_restart_the_worker(served,
     assert r.status_code == 404 and len(r.json()["message"]) < 400 and "x" * 64 + "…" in r.json()["message"]
     assert client.predict(frames[:1], frames[1:2]).status == 200
     assert client.worker_pids() == pids_before, "a hostile request restarted the worker"
-    print(f"\nhostile bodies over HTTP: {len(cases)} cases, statuses {sorted(Counter(statuses).items())}, "
-          f"worker pids {pids_before}")
+    print(
+        f"\nhostile bodies over HTTP: {len(cases)} cases, statuses {sorted(Counter(statuses).items())}, "
+        f"worker pids {pids_before}"
+    )
 
 
 def test_requests_without_the_token_are_refused(served, frames):
@@ -221,16 +280,20 @@ def test_requests_without_the_token_are_refused(served, frames):
     r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
     assert r.status_code == 200
     # keys expire after server.token_expiration_min; the key file says when
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from serving.client import _parse_utc
 
-    left = _parse_utc(keys["inference"]["expiration time"]) - datetime.now(timezone.utc)
+    left = _parse_utc(keys["inference"]["expiration time"]) - datetime.now(UTC)
     assert timedelta(minutes=1400) < left <= timedelta(minutes=1440)
     # rotating the inference key (TorchServe's token API, with the API key) refuses the old
     # key at once; the client reads the key file on every call and keeps working
-    r = requests.post(f"{handle.management_url}/token", params={"type": "inference"},
-                      headers={"Authorization": f"Bearer {keys['API']['key']}"}, timeout=60)
+    r = requests.post(
+        f"{handle.management_url}/token",
+        params={"type": "inference"},
+        headers={"Authorization": f"Bearer {keys['API']['key']}"},
+        timeout=60,
+    )
     assert r.status_code == 200
     new_key = json.loads(handle.key_file.read_text())["inference"]["key"]
     assert new_key != keys["inference"]["key"]
@@ -269,11 +332,15 @@ def test_cli_predict_status_and_metrics(served, frames, tmp_path):
         p.write_bytes(png_bytes(f))
         paths.append(str(p))
     out = tmp_path / "anim"
-    proc = cli("predict", "--workdir", handle.workdir, "--sources", paths[0], "--driving", *paths[1:], "--out", str(out))
+    proc = cli(
+        "predict", "--workdir", handle.workdir, "--sources", paths[0], "--driving", *paths[1:], "--out", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["frame_0000.png", "frame_0001.png"]
     assert json.loads(proc.stdout)["n_frames"] == 2
-    proc = cli("predict", "--workdir", handle.workdir, "--sources", "/etc/hostname", "--driving", paths[1], "--out", str(out))
+    proc = cli(
+        "predict", "--workdir", handle.workdir, "--sources", "/etc/hostname", "--driving", paths[1], "--out", str(out)
+    )
     assert proc.returncode == 2 and "HTTP 415" in proc.stderr
     proc = cli("status", "--workdir", handle.workdir)
     status = json.loads(proc.stdout)
@@ -294,19 +361,34 @@ def test_a_second_server_runs_beside_the_first(served, frames, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     shutil.copy(Path(handle.model_store) / "iwarp.mar", store / "iwarp.mar")
-    second = start_server(store, config=cfg, workdir=tmp_path / "work2", inference_port=0, management_port=0, metrics_port=0)
+    second = start_server(
+        store, config=cfg, workdir=tmp_path / "work2", inference_port=0, management_port=0, metrics_port=0
+    )
     try:
-        ports = [getattr(h, f"{n}_port") for h in (handle, second)
-                 for n in ("inference", "management", "metrics", "grpc_inference", "grpc_management")]
+        ports = [
+            getattr(h, f"{n}_port")
+            for h in (handle, second)
+            for n in ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+        ]
         assert len(set(ports)) == 10
         expected = reference(model, frames[:1], frames[1:3])
         for h in (handle, second):  # both workers answer, each through its own socket
-            np.testing.assert_allclose(h.client().predict(frames[:1], frames[1:3], output="npy").array, expected, atol=1e-4)
+            np.testing.assert_allclose(
+                h.client().predict(frames[:1], frames[1:3], output="npy").array, expected, atol=1e-4
+            )
         with pytest.raises(ServerError, match="already runs"):
-            start_server(store, config=cfg, workdir=tmp_path / "work2", inference_port=0, management_port=0, metrics_port=0)
+            start_server(
+                store, config=cfg, workdir=tmp_path / "work2", inference_port=0, management_port=0, metrics_port=0
+            )
         with pytest.raises(ServerError, match="already in use"):
-            start_server(store, config=cfg, workdir=tmp_path / "work3", inference_port=handle.inference_port,
-                         management_port=0, metrics_port=0)
+            start_server(
+                store,
+                config=cfg,
+                workdir=tmp_path / "work3",
+                inference_port=handle.inference_port,
+                management_port=0,
+                metrics_port=0,
+            )
     finally:
         assert stop_server(tmp_path / "work2")
     assert handle.client().ping() and not second.alive()

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest_serve import SIZE, mp4_bytes, photo_frames, png_bytes, reference, tiny_model
+
 from serving.handler import RequestError, SourceSetCache, decode_image, decode_video, parse_request
 
 torch.set_num_threads(2)
@@ -36,7 +36,9 @@ def test_parse_json_and_multipart_forms(frames):
     assert len(req.sources) == 2 and len(req.driving) == 1 and req.relative and req.output == "mp4"
     assert req.sources[0][1] == png
     # multipart: indexed parts in numeric order, text fields as strings
-    req = parse_request({"source_1": png + b"1", "source_0": png, "driving_10": b"x", "driving_2": b"y", "relative": "false"})
+    req = parse_request(
+        {"source_1": png + b"1", "source_0": png, "driving_10": b"x", "driving_2": b"y", "relative": "false"}
+    )
     assert [n for n, _ in req.sources] == ["source_0", "source_1"]
     assert [b for _, b in req.driving] == [b"y", b"x"] and not req.relative
     # data: URLs are accepted, and a cached set needs no sources
@@ -78,13 +80,15 @@ def test_parse_errors_say_what_is_wrong(raw, code, needle):
 
 def test_echoed_input_is_cut_to_a_short_prefix():
     long = "x" * 100_000
-    for raw in ({"body": {"sources": ["aGk="], "driving": ["aGk="], long: 1}},
-                {"body": {"sources": ["aGk="], "driving": ["aGk="], "output": long}},
-                {"driving_" + "9" * 100_000: b"x", "source": b"y"}):
+    for raw in (
+        {"body": {"sources": ["aGk="], "driving": ["aGk="], long: 1}},
+        {"body": {"sources": ["aGk="], "driving": ["aGk="], "output": long}},
+        {"driving_" + "9" * 100_000: b"x", "source": b"y"},
+    ):
         with pytest.raises(RequestError) as info:
             parse_request(raw)
         body = json.loads(info.value.body())
-        assert ("x" * 64 + "…" in body["message"] or "9" * 56 + "…" in body["message"]), body["message"][:200]
+        assert "x" * 64 + "…" in body["message"] or "9" * 56 + "…" in body["message"], body["message"][:200]
         assert len(body["message"]) < 200 and len(body["field"]) <= 65
 
 
@@ -197,10 +201,14 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
 
     # the registered set answers driving-only requests; unknown ids get a 404 that says why
     sid = bodies[2]["source_set_id"]
-    out, statuses = run_batch(svc, ctx, [
-        {"body": {"source_set_id": sid, "driving": p[3:6], "output": "npy"}},
-        {"body": {"source_set_id": "0" * 24, "driving": p[3:4]}},
-    ])
+    out, statuses = run_batch(
+        svc,
+        ctx,
+        [
+            {"body": {"source_set_id": sid, "driving": p[3:6], "output": "npy"}},
+            {"body": {"source_set_id": "0" * 24, "driving": p[3:4]}},
+        ],
+    )
     assert statuses == [200, 404]
     cached = np.load(__import__("io").BytesIO(base64.b64decode(json.loads(out[0])["npy"])))
     np.testing.assert_allclose(cached, got[2], atol=1e-6)
@@ -232,7 +240,9 @@ def test_hostile_bodies_fuzz_never_get_a_5xx(service, frames):
             assert status < 500, f"case {start + i} ({case.name}): {status} {str(body)[:300]}"
             if status >= 400:
                 err = json.loads(body)
-                assert err["code"] == status and len(err["message"]) < 400, f"case {start + i} ({case.name}): {err['message'][:300]}"
+                assert err["code"] == status and len(err["message"]) < 400, (
+                    f"case {start + i} ({case.name}): {err['message'][:300]}"
+                )
     assert seen.get(200, 0) > 0 and sum(v for k, v in seen.items() if k >= 400) > 400, seen  # both paths exercised
     _, statuses = run_batch(svc, ctx, [good])
     assert statuses == [200]
@@ -255,7 +265,9 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
     for b, k in ((1, 1), (2, 5), (1, 8)):
         sources, driving = torch.rand(b, k, 3, SIZE, SIZE, generator=gen), torch.rand(b, 3, SIZE, SIZE, generator=gen)
         with torch.no_grad():
-            torch.testing.assert_close(exported(sources, driving), model(sources, driving).prediction, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                exported(sources, driving), model(sources, driving).prediction, atol=1e-5, rtol=1e-5
+            )
     # a tampered program is caught by its SHA-256 before it is loaded
     copy = tmp_path / "export"
     shutil.copytree(export_dir, copy)
@@ -293,7 +305,10 @@ def test_handler_mp4_answer_is_byte_identical_to_iwarp_video_writer(tmp_path):
     from serving import handler
 
     assert (handler.H264_PRESET, handler.X264_PARAMS, handler.BITEXACT_CONTAINER) == (
-        video.H264_PRESET, video.X264_PARAMS, video.BITEXACT_CONTAINER)
+        video.H264_PRESET,
+        video.X264_PARAMS,
+        video.BITEXACT_CONTAINER,
+    )
     frames = render_video(0, 0, 1, 8, 48)
     answer = handler.encode_mp4(frames, 25.0)
     assert answer == handler.encode_mp4(frames, 25.0)

@@ -6,12 +6,11 @@ import math
 from pathlib import Path
 
 import pytest
+from train_utils import REPO, TINY, run_iwarp
 
 from iwarp.config import ConfigError, flatten, to_dict
 from iwarp.training.config import TrainConfig, load_train_config
 from iwarp.training.loop import lr_factor
-
-from train_utils import REPO, TINY, run_iwarp
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -104,3 +103,13 @@ def test_lr_schedule_warmup_cosine_and_step():
     assert mid == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     cfg.optim.schedule, cfg.optim.warmup_steps = "step", 0
     assert [lr_factor(s, cfg) for s in (0, 59, 60, 84, 85)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_model_kind_literal_names_every_buildable_model():
+    """`model.kind`'s Literal and the model registry list the same kinds (one may not grow alone)."""
+    from typing import get_args
+
+    from iwarp.models import MODEL_KINDS
+    from iwarp.training.config import ModelKind
+
+    assert set(get_args(ModelKind)) == set(MODEL_KINDS)

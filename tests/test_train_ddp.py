@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from train_utils import run_iwarp, train_args
 
 from iwarp.checkpoint import load_checkpoint, load_model
+from iwarp.config import from_dict
 from iwarp.discriminator import MultiScalePatchDiscriminator
 from iwarp.training.config import TrainConfig
-from iwarp.config import from_dict
 from iwarp.training.state import param_digest
-
-from train_utils import make_synth, run_iwarp, train_args
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+# `data`: tests/conftest.py (one small synthetic dataset for the session).
 
 
 def test_two_processes_stay_in_sync_and_resume(data, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_utils import CHEAP_LOSSES, TINY, run_iwarp
 
 from iwarp.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from iwarp.data import VideoDataset
@@ -19,14 +20,10 @@ from iwarp.training.config import load_train_config
 from iwarp.training.evaluate import EvalError, animation_picture, frame_plan, spread_indices
 from iwarp.training.loop import train
 
-from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp
-
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+# `data`: tests/conftest.py (one small synthetic dataset for the session).
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +74,7 @@ def test_evaluate_reports_every_k_and_the_copy_floor(kind, checkpoints, data, tm
     ds = VideoDataset(data, "test", 64)
     # every k is scored on the same driven frames: from frame max(k)=4 on, every 4th
     expected_frames = sum(len(range(4, v.num_frames, 4)) for v in ds.videos)
-    for k, m in report["per_k"].items():
+    for m in report["per_k"].values():
         assert m["frames"] == expected_frames
         assert 0 < m["l1"] < 1 and m["psnr"] > 0 and 0 <= m["lpips"] < 1.5
     # the floor, recomputed by hand: every driven frame predicted by the first frame
@@ -163,11 +160,28 @@ def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monk
     run_iwarp("animate", "--checkpoint", "iwarp-tiny-64", "--source", media["a"], "--driving", media["drive"],
               "--out", tmp_path / "named.mp4", "--max-frames", "2")
     assert len(decode(tmp_path / "named.mp4")) == 2
-    run_iwarp("evaluate", "--checkpoint", "iwarp-tiny-64", "--data", data, "--sources", "1", "--out", tmp_path / "m.json",
-              "--no-landmarks", "--no-fd", "--max-videos", "1", "--frame-stride", "8")
+    run_iwarp(
+        "evaluate",
+        "--checkpoint",
+        "iwarp-tiny-64",
+        "--data",
+        data,
+        "--sources",
+        "1",
+        "--out",
+        tmp_path / "m.json",
+        "--no-landmarks",
+        "--no-fd",
+        "--max-videos",
+        "1",
+        "--frame-stride",
+        "8",
+    )
     assert json.loads((tmp_path / "m.json").read_text())["checkpoint"] == str(shipped)
-    for cmd in (["animate", "--source", media["a"], "--driving", media["drive"], "--out", tmp_path / "x.mp4"],
-                ["serve", "package", "--version", "1.0", "--out", tmp_path / "store"]):
+    for cmd in (
+        ["animate", "--source", media["a"], "--driving", media["drive"], "--out", tmp_path / "x.mp4"],
+        ["serve", "package", "--version", "1.0", "--out", tmp_path / "store"],
+    ):
         proc = run_iwarp(*cmd, "--checkpoint", "nope", check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr  # bad input
         assert "checkpoint not found: nope" in proc.stderr and "available: iwarp-tiny-64" in proc.stderr
@@ -176,8 +190,22 @@ def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monk
 def test_evaluate_all_metrics_on_the_floor(data, tmp_path):
     """Landmarks (AKD/MKR via dlib) and the VGG16 Frechet distance, without a checkpoint."""
     out = tmp_path / "floor.json"
-    run_iwarp("evaluate", "--copy-source-only", "--image-size", "64", "--data", data, "--sources", "1",
-              "--out", out, "--max-videos", "1", "--frame-stride", "6")
+    run_iwarp(
+        "evaluate",
+        "--copy-source-only",
+        "--image-size",
+        "64",
+        "--data",
+        data,
+        "--sources",
+        "1",
+        "--out",
+        out,
+        "--max-videos",
+        "1",
+        "--frame-stride",
+        "6",
+    )
     floor = json.loads(out.read_text())["copy_source"]
     assert {"l1", "psnr", "lpips", "fd_vgg16", "akd", "mkr"} <= set(floor)
     assert floor["fd_vgg16"] is not None and floor["fd_vgg16"] >= 0
@@ -185,19 +213,38 @@ def test_evaluate_all_metrics_on_the_floor(data, tmp_path):
 
 
 def test_evaluate_errors_are_clear(checkpoints, data, tmp_path):
-    proc = run_iwarp("evaluate", "--checkpoint", checkpoints["implicit"], "--data", tmp_path / "nowhere",
-                     "--out", tmp_path / "m.json", check=False)
+    proc = run_iwarp(
+        "evaluate",
+        "--checkpoint",
+        checkpoints["implicit"],
+        "--data",
+        tmp_path / "nowhere",
+        "--out",
+        tmp_path / "m.json",
+        check=False,
+    )
     assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr  # bad input
-    proc = run_iwarp("evaluate", "--checkpoint", tmp_path / "missing.ckpt", "--data", data,
-                     "--out", tmp_path / "m.json", check=False)
+    proc = run_iwarp(
+        "evaluate", "--checkpoint", tmp_path / "missing.ckpt", "--data", data, "--out", tmp_path / "m.json", check=False
+    )
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["implicit", "baseline"])
 def test_animate_writes_a_playable_mp4_of_the_driving_length(kind, checkpoints, media, tmp_path):
     out = tmp_path / "out.mp4"
-    proc = run_iwarp("animate", "--checkpoint", checkpoints[kind], "--source", media["a"], media["b"],
-                     "--driving", media["drive"], "--out", out)
+    proc = run_iwarp(
+        "animate",
+        "--checkpoint",
+        checkpoints[kind],
+        "--source",
+        media["a"],
+        media["b"],
+        "--driving",
+        media["drive"],
+        "--out",
+        out,
+    )
     assert f"({media['drive_frames']} frames)" in proc.stdout
     frames = decode(out)
     assert len(frames) == media["drive_frames"] and frames[0].shape == (64, 64, 3)
@@ -206,8 +253,23 @@ def test_animate_writes_a_playable_mp4_of_the_driving_length(kind, checkpoints, 
 
 def test_animate_relative_side_by_side_and_frame_limit(checkpoints, media, tmp_path):
     out = tmp_path / "rel.mp4"
-    run_iwarp("animate", "--checkpoint", checkpoints["implicit"], "--source", media["a"], "--driving", media["drive"],
-              "--out", out, "--relative", "--side-by-side", "--max-frames", "5", "--fps", "10")
+    run_iwarp(
+        "animate",
+        "--checkpoint",
+        checkpoints["implicit"],
+        "--source",
+        media["a"],
+        "--driving",
+        media["drive"],
+        "--out",
+        out,
+        "--relative",
+        "--side-by-side",
+        "--max-frames",
+        "5",
+        "--fps",
+        "10",
+    )
     frames = decode(out)
     assert len(frames) == 5 and frames[0].shape == (64, 128, 3)
     with av.open(str(out)) as container:
@@ -215,23 +277,49 @@ def test_animate_relative_side_by_side_and_frame_limit(checkpoints, media, tmp_p
 
 
 def test_animate_resizes_mismatched_sources_with_a_warning(checkpoints, media, tmp_path):
-    proc = run_iwarp("animate", "--checkpoint", checkpoints["implicit"], "--source", media["wide"],
-                     "--driving", media["drive"], "--out", tmp_path / "w.mp4", "--max-frames", "2")
+    proc = run_iwarp(
+        "animate",
+        "--checkpoint",
+        checkpoints["implicit"],
+        "--source",
+        media["wide"],
+        "--driving",
+        media["drive"],
+        "--out",
+        tmp_path / "w.mp4",
+        "--max-frames",
+        "2",
+    )
     assert "warning: source wide.png is 100x80: centre-cropped to 80x80" in proc.stderr
     assert "resized to the model's 64x64" in proc.stderr
     assert len(decode(tmp_path / "w.mp4")) == 2
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("text", "cannot read source image"), ("missing-source", "source image not found"),
-    ("broken", "cannot read driving video"), ("missing-driving", "driving video not found"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("text", "cannot read source image"),
+        ("missing-source", "source image not found"),
+        ("broken", "cannot read driving video"),
+        ("missing-driving", "driving video not found"),
+    ],
+)
 def test_animate_rejects_unreadable_inputs(bad, message, checkpoints, media, tmp_path):
     source = {"text": media["text"], "missing-source": tmp_path / "nope.png"}.get(bad, media["a"])
     driving = {"broken": media["broken"], "missing-driving": tmp_path / "nope.mp4"}.get(bad, media["drive"])
     out = tmp_path / "x.mp4"
-    proc = run_iwarp("animate", "--checkpoint", checkpoints["implicit"], "--source", source, "--driving", driving,
-                     "--out", out, check=False)
+    proc = run_iwarp(
+        "animate",
+        "--checkpoint",
+        checkpoints["implicit"],
+        "--source",
+        source,
+        "--driving",
+        driving,
+        "--out",
+        out,
+        check=False,
+    )
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr  # bad input
     assert not out.exists() and not list(tmp_path.glob(".*.partial"))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp, train_args
 
 from iwarp.checkpoint import load_checkpoint
 from iwarp.config import ConfigError
@@ -15,8 +16,6 @@ from iwarp.models import build_model
 from iwarp.training.config import TrainConfig, load_train_config
 from iwarp.training.init import load_matching
 from iwarp.training.loop import Trainer, train
-
-from train_utils import CHEAP_LOSSES, TINY, make_synth, run_iwarp, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +63,9 @@ def test_partial_init_skips_and_reports_what_the_new_config_dropped(parent, data
     assert result.step == 1
     report = json.loads((out / "init_from.json").read_text())
     g = report["generator"]
-    assert g["skipped"] and all(n.startswith(("residual_mlp.", "attention.extra_residual_values")) for n in g["skipped"])
+    assert g["skipped"] and all(
+        n.startswith(("residual_mlp.", "attention.extra_residual_values")) for n in g["skipped"]
+    )
     assert "attention.extra_residual_values" in g["skipped"] and "attention.extra_values" in g["loaded"]
     assert any(n.startswith("residual_mlp.") for n in g["skipped"]) and g["new"] == []
     assert report["checkpoint"] == str(parent) and report["step"] == 2
@@ -89,7 +90,9 @@ def test_new_weights_are_reported_as_freshly_initialised(parent):
 
 def test_a_changed_shape_is_refused_naming_the_parameter(parent, data, tmp_path):
     # narrower value features: the extra value tokens (and the decoder) change width
-    with pytest.raises(ConfigError, match=r"breaks compatibility with .*attention\.extra_values \(2, 32\) vs \(2, 24\)"):
+    with pytest.raises(
+        ConfigError, match=r"breaks compatibility with .*attention\.extra_values \(2, 32\) vs \(2, 24\)"
+    ):
         Trainer(tiny_config(data, tmp_path / "a", f"init_from={parent}", "model.implicit.value_channels=[8,16,16,24]"))
     with pytest.raises(ConfigError, match=r"breaks compatibility .*query_net"):
         Trainer(tiny_config(data, tmp_path / "b", f"init_from={parent}", "model.implicit.qk_dim=8"))
@@ -102,7 +105,9 @@ def test_another_model_kind_is_refused(parent, data, tmp_path):
 
 def test_cli_init_from_prints_the_report_and_resume_wins(parent, data, tmp_path):
     out = tmp_path / "ft"
-    args = train_args(data, out, "optim.steps=2", "checkpoint.every_steps=1", "logging.images_every_steps=0", "threads=1")
+    args = train_args(
+        data, out, "optim.steps=2", "checkpoint.every_steps=1", "logging.images_every_steps=0", "threads=1"
+    )
     proc = run_iwarp(*args, "--init-from", parent)
     assert f"init from {parent} (step 2): generator" in proc.stdout + proc.stderr
     assert (out / "init_from.json").is_file()

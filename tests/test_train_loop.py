@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from train_utils import CHEAP_LOSSES, TINY
 
 from iwarp.checkpoint import CheckpointError, load_checkpoint, load_model
 from iwarp.config import ConfigError, from_dict
 from iwarp.training.config import TrainConfig, load_train_config
 from iwarp.training.loop import Trainer, train
 from iwarp.training.state import param_digest
-
-from train_utils import CHEAP_LOSSES, TINY, make_synth
 
 STEPS = 6
 
@@ -30,9 +29,7 @@ def tiny_config(data: Path, out: Path, *extra: str) -> TrainConfig:
     ])
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+# `data`: tests/conftest.py (one small synthetic dataset for the session).
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +80,9 @@ def test_only_newest_checkpoints_are_kept(run):
     out, _ = run
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["final.ckpt", "step-00000004.ckpt", "step-00000006.ckpt"]
-    assert (out / "checkpoints" / "final.ckpt").read_bytes() == (out / "checkpoints" / "step-00000006.ckpt").read_bytes()
+    assert (out / "checkpoints" / "final.ckpt").read_bytes() == (
+        out / "checkpoints" / "step-00000006.ckpt"
+    ).read_bytes()
 
 
 def test_metrics_params_and_config_written(run):
@@ -91,7 +90,15 @@ def test_metrics_params_and_config_written(run):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
     for r in records:
-        assert {"g/total", "g/reconstruction", "g/equivariance", "g/gan", "d/total", "samples_per_s", "lr/generator"} <= set(r)
+        assert {
+            "g/total",
+            "g/reconstruction",
+            "g/equivariance",
+            "g/gan",
+            "d/total",
+            "samples_per_s",
+            "lr/generator",
+        } <= set(r)
     params = json.loads((out / "params.json").read_text())
     assert params["optim.steps"] == STEPS and params["world_size"] == 1
     assert load_train_config(out / "config.yaml").optim.steps == STEPS  # the saved config reloads
@@ -100,8 +107,13 @@ def test_metrics_params_and_config_written(run):
 def test_pictures_written(run):
     out, _ = run
     images = out / "images"
-    for name in ("samples-00000003.png", "attention-00000003.png", "samples-00000006.png",
-                 "attention-00000006.png", "loss-curves.png"):
+    for name in (
+        "samples-00000003.png",
+        "attention-00000003.png",
+        "samples-00000006.png",
+        "attention-00000006.png",
+        "loss-curves.png",
+    ):
         with Image.open(images / name) as img:
             assert img.width > 200 and img.height > 100, name
     with Image.open(images / "samples-00000006.png") as img:
@@ -157,7 +169,9 @@ def test_resume_with_another_model_is_refused(run, data, tmp_path):
 
 
 def test_baseline_trains_too(data, tmp_path):
-    result = train(tiny_config(data, tmp_path / "b", "model.kind=baseline", "optim.steps=2", "logging.images_every_steps=0"))
+    result = train(
+        tiny_config(data, tmp_path / "b", "model.kind=baseline", "optim.steps=2", "logging.images_every_steps=0")
+    )
     ckpt = load_checkpoint(result.final_checkpoint)
     assert ckpt["model_kind"] == "baseline" and ckpt["step"] == 2
     assert (tmp_path / "b" / "images" / "samples-00000002.png").is_file()

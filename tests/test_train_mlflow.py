@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from train_utils import run_iwarp, train_args
 
 from iwarp.checkpoint import load_model
-
-from train_utils import make_synth, run_iwarp, train_args
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -24,9 +17,7 @@ SETTINGS = ["logging.every_steps=1", "logging.images_every_steps=2", "logging.nu
             "experiment=iwarp-test"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+# `data`: tests/conftest.py (one small synthetic dataset for the session).
 
 
 def prepare_experiment(uri: str, artifacts: Path | None) -> str:
@@ -73,7 +64,9 @@ def check_tracked_run(uri: str, out: Path, steps: int, tmp_path: Path, first_ste
     reference = load_model(out / "checkpoints" / "final.ckpt")
     sources, driving = torch.rand(3, 3, 3, 64, 64), torch.rand(3, 3, 64, 64)  # batch 3, k 3: both dynamic
     with torch.no_grad():
-        torch.testing.assert_close(served(sources, driving), reference(sources, driving).prediction, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            served(sources, driving), reference(sources, driving).prediction, atol=1e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.slow
@@ -89,43 +82,7 @@ def test_sqlite_tracking_logs_everything_and_resume_continues_the_run(data, tmp_
     assert run.data.tags["resume.optim.steps"] == "4"  # params are immutable: the change is a tag
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+# `mlflow_server`: tests/conftest.py (a real server, pipelines.services.MlflowServer).
 
 
 @pytest.mark.slow
@@ -133,8 +90,13 @@ def test_tracking_through_a_real_mlflow_server(data, tmp_path, mlflow_server):
     """Everything goes over HTTP: the run, metrics, image and checkpoint uploads (proxied artifact
     store), and the pt2 model, which is then loaded back through the server."""
     out = tmp_path / "run"
-    proc = run_iwarp(*train_args(data, out, "optim.steps=2", *SETTINGS), "--tracking-uri", mlflow_server,
-                     "--register-model", "iwarp-test-model")
+    proc = run_iwarp(
+        *train_args(data, out, "optim.steps=2", *SETTINGS),
+        "--tracking-uri",
+        mlflow_server,
+        "--register-model",
+        "iwarp-test-model",
+    )
     assert "trained 2 steps" in proc.stdout
     check_tracked_run(mlflow_server, out, 2, tmp_path)
     versions = MlflowClient(mlflow_server).search_model_versions("name='iwarp-test-model'")

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from train_utils import REPO, assert_same, env, iwarp_cmd, run_iwarp, train_args
 
 from iwarp.checkpoint import load_checkpoint
-
-from train_utils import REPO, assert_same, env, iwarp_cmd, make_synth, run_iwarp, train_args
 
 pytestmark = pytest.mark.slow
 
@@ -21,9 +20,7 @@ SETTINGS = ["optim.steps=24", "checkpoint.every_steps=4", "checkpoint.keep_last=
             "logging.images_every_steps=0", "threads=1"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_synth(tmp_path_factory.mktemp("synth") / "data")
+# `data`: tests/conftest.py (one small synthetic dataset for the session).
 
 
 def logged_steps(out: Path) -> list[int]:
@@ -69,7 +66,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data, tmp_path):
     assert not (interrupted / "checkpoints" / "final.ckpt").exists()
 
     resumed = run_iwarp(*train_args(data, interrupted, *SETTINGS), "--resume")
-    assert f"resuming from {interrupted / 'checkpoints' / f'step-{saved[-1]:08d}.ckpt'}" in resumed.stdout + resumed.stderr
+    assert (
+        f"resuming from {interrupted / 'checkpoints' / f'step-{saved[-1]:08d}.ckpt'}" in resumed.stdout + resumed.stderr
+    )
 
     a = load_checkpoint(reference / "checkpoints" / "final.ckpt")
     b = load_checkpoint(interrupted / "checkpoints" / "final.ckpt")

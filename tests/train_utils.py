@@ -17,12 +17,20 @@ TINY = REPO / "configs" / "tiny.yaml"
 CHEAP_LOSSES = ["loss.perceptual=0", "loss.reconstruction=1", "loss.feature_matching=0", "loss.gan=0.1"]
 
 
-def make_synth(root: Path, identities: int = 4, videos: int = 2, frames: int = 16, size: int = 64, seed: int = 0) -> Path:
+def make_synth(
+    root: Path, identities: int = 4, videos: int = 2, frames: int = 16, size: int = 64, seed: int = 0
+) -> Path:
     """A small procedural dataset (train/ + test/, identity-safe split) from `iwarp.data`."""
     from iwarp.data.synth import SynthConfig, make_synth_dataset
 
-    cfg = SynthConfig(num_identities=identities, videos_per_identity=videos, num_frames=frames, image_size=size,
-                      seed=seed, test_fraction=0.25)
+    cfg = SynthConfig(
+        num_identities=identities,
+        videos_per_identity=videos,
+        num_frames=frames,
+        image_size=size,
+        seed=seed,
+        test_fraction=0.25,
+    )
     make_synth_dataset(root, cfg, overwrite=True)
     return root
 
@@ -36,18 +44,26 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def iwarp_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "iwarp", *map(str, args)]
+    return [sys.executable, "-m", "app", *map(str, args)]  # the `iwarp` console script
 
 
 def run_iwarp(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(iwarp_cmd(*args), cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"iwarp {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"iwarp {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
 def train_args(data: Path, out_dir: Path, *overrides: str, cheap: bool = True) -> list[str]:
-    sets = [f"data.root={data}", f"out_dir={out_dir}", "logging.progress=false", *(CHEAP_LOSSES if cheap else []), *overrides]
+    sets = [
+        f"data.root={data}",
+        f"out_dir={out_dir}",
+        "logging.progress=false",
+        *(CHEAP_LOSSES if cheap else []),
+        *overrides,
+    ]
     return ["train", "--config", str(TINY), "--set", *sets]
 
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+
 def project_file(name: str) -> Path:
     from components.steps.training import project_dir
 
@@ -98,8 +99,10 @@ def check_source(data_source: str, raw_data: str) -> None:
     if data_source not in DATA_SOURCES:
         raise ValueError(f"data_source must be one of {', '.join(DATA_SOURCES)}, got {data_source!r}")
     if (data_source == "videos") != bool(raw_data):
-        raise ValueError("raw_data (a folder or s3:// prefix of videos) goes with data_source=videos, and only with it; "
-                         f"got data_source={data_source!r}, raw_data={raw_data!r}")
+        raise ValueError(
+            "raw_data (a folder or s3:// prefix of videos) goes with data_source=videos, and only with it; "
+            f"got data_source={data_source!r}, raw_data={raw_data!r}"
+        )
 
 
 def stage_raw_data(raw_data: str, workspace: Path, endpoint_url: str) -> str:
@@ -133,9 +136,17 @@ def data_version(workspace: Path, out: str = PREPARED) -> str:
     raise RuntimeError(f"dvc.lock in {workspace} has no output {out}")
 
 
-def run_preprocess(data_source: str, raw_data: str, dvc_remote: str, endpoint_url: str, workspace: str,
-                   image_size: int, data_params: list[str], dataset_path: str,
-                   personal_path: str) -> tuple[str, dict[str, Any], str]:
+def run_preprocess(
+    data_source: str,
+    raw_data: str,
+    dvc_remote: str,
+    endpoint_url: str,
+    workspace: str,
+    image_size: int,
+    data_params: list[str],
+    dataset_path: str,
+    personal_path: str,
+) -> tuple[str, dict[str, Any], str]:
     """`dvc repro` of the source's stage, `dvc push`; copies the training set to `dataset_path`
     and, for the real faces, the personal set to `personal_path` (else that folder stays empty).
     Returns (data version of the training set, params, data version of the personal set or "")."""
@@ -161,8 +172,12 @@ def run_preprocess(data_source: str, raw_data: str, dvc_remote: str, endpoint_ur
     if data_source == "faces":
         personal = data_version(ws, FACES_OUTS["personal"])
         shutil.copytree(ws / FACES_OUTS["personal"], personal_path, dirs_exist_ok=True)
-    print(f"[preprocess] {data_source}: data version {version}" + (f", personal set {personal}" if personal else "")
-          + f" (pushed to {dvc_remote})", flush=True)
+    print(
+        f"[preprocess] {data_source}: data version {version}"
+        + (f", personal set {personal}" if personal else "")
+        + f" (pushed to {dvc_remote})",
+        flush=True,
+    )
     return version, params, personal
 
 
@@ -193,18 +208,26 @@ def bundle_data_docs(site: Path, result: dict[str, Any]) -> str:
     verdict = "PASSED" if result["success"] else "FAILED"
     rows = "".join(
         f"<tr><td>{html.escape(f['check'])}</td><td><code>{html.escape(f['expectation'])}</code></td>"
-        f"<td>{html.escape(f['description'])}</td><td>{html.escape(', '.join(f['videos'][:20]) or f['observed'])}</td></tr>"
-        for f in result["failures"])
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>iwarp data validation: {verdict}</title></head>",
-             "<body style='font-family:sans-serif'>",
-             f"<h1>Data validation {verdict}</h1><p>{result['videos']} videos in {html.escape(result['data'])}</p>"]
+        f"<td>{html.escape(f['description'])}</td>"
+        f"<td>{html.escape(', '.join(f['videos'][:20]) or f['observed'])}</td></tr>"
+        for f in result["failures"]
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>iwarp data validation: {verdict}</title></head>",
+        "<body style='font-family:sans-serif'>",
+        f"<h1>Data validation {verdict}</h1><p>{result['videos']} videos in {html.escape(result['data'])}</p>",
+    ]
     if rows:
-        parts.append("<h2>Failed expectations</h2><table border='1' cellpadding='4'><tr><th>check</th>"
-                     f"<th>expectation</th><th>what</th><th>failing videos / observed</th></tr>{rows}</table>")
+        parts.append(
+            "<h2>Failed expectations</h2><table border='1' cellpadding='4'><tr><th>check</th>"
+            f"<th>expectation</th><th>what</th><th>failing videos / observed</th></tr>{rows}</table>"
+        )
     for page in sorted((site / "validations").rglob("*.html")):
-        parts.append(f"<h2>{html.escape(page.parent.parent.parent.name)}</h2>"
-                     f"<iframe style='width:100%;height:900px;border:1px solid #ccc' "
-                     f"srcdoc=\"{html.escape(page.read_text(), quote=True)}\"></iframe>")
+        parts.append(
+            f"<h2>{html.escape(page.parent.parent.parent.name)}</h2>"
+            f"<iframe style='width:100%;height:900px;border:1px solid #ccc' "
+            f'srcdoc="{html.escape(page.read_text(), quote=True)}"></iframe>'
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -214,7 +237,9 @@ def check_gate(validation_path: str) -> None:
     if result["success"]:
         print("[gate] data validation passed", flush=True)
         return
-    lines = [f"- [{f['check']}] {f['expectation']}: {f['description']}"
-             + (f"; videos: {', '.join(f['videos'][:10])}" if f["videos"] else f"; {f['observed']}")
-             for f in result["failures"]]
+    lines = [
+        f"- [{f['check']}] {f['expectation']}: {f['description']}"
+        + (f"; videos: {', '.join(f['videos'][:10])}" if f["videos"] else f"; {f['observed']}")
+        for f in result["failures"]
+    ]
     raise RuntimeError("data validation failed, stopping the pipeline:\n" + "\n".join(lines))

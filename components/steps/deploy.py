@@ -1,20 +1,14 @@
 """Serving steps: package the chosen checkpoint as a `.mar` (`serving.package`), then roll it
 out on TorchServe through `serving.rollout.run_canary` against a canary set cut from the
 dataset's held-out split (`serving.canary_set`). Registry aliases move with the verdict
-(`serving.registry`): `champion` only on a pass."""
+(`components.steps.registry`): `champion` only on a pass."""
 
-import dataclasses
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def serve_config(model_name: str):
-    from serving.config import load_serve_config
-
-    return load_serve_config(overrides=[f"model.name={model_name}", f"canary_eval.mlflow_model_name={model_name}"])
+from components.steps.canary_request import CanaryRequest, build_canary_set, serve_config, write_verdict
 
 
 def torchserve_version(registry_version: str) -> str:
@@ -30,32 +24,11 @@ def package_mar(checkpoint: str, model_name: str, registry_version: str, mar_pat
                         archive_name=model_name, metadata={"mlflow_model_version": str(registry_version)})
         shutil.copyfile(built, mar_path)
     info = read_mar(mar_path)
-    print(f"[package] {model_name}.mar version {info['version']} ({Path(mar_path).stat().st_size / 1e6:.1f} MB)", flush=True)
+    print(
+        f"[package] {model_name}.mar version {info['version']} ({Path(mar_path).stat().st_size / 1e6:.1f} MB)",
+        flush=True,
+    )
     return info
-
-
-@dataclasses.dataclass
-class CanaryRequest:
-    mar: str
-    dataset: str
-    model_name: str
-    version: str  # MLflow registry version of the candidate
-    tracking_uri: str
-    target: str  # torchserve | kserve
-    serving_workdir: str = ""  # torchserve: the folder `iwarp serve start` runs from
-    image_size: int = 64
-    max_cases: int = 4
-    namespace: str = ""
-    storage_uri: str = ""
-    s3_endpoint_url: str = ""
-
-
-def build_canary_set(req: CanaryRequest, out: Path) -> Path:
-    """Held-out self-reenactment cases from the test split (the same cases for both versions)."""
-    from serving.canary_set import build_from_dataset
-
-    return build_from_dataset(req.dataset, out, split="test", k=2, n_driving=8, stride=2,
-                              image_size=req.image_size, max_videos=req.max_cases)
 
 
 def run_canary_step(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
@@ -91,22 +64,19 @@ def canary_on_torchserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, s
         # A small test split gives few cases: send each often enough that both versions reach
         # the evidence threshold (min_requests) instead of failing on too little data.
         cfg.canary_eval.repeats = evidence_repeats(n_cases, cfg.canary_eval.repeats, cfg.canary)
-        print(f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
-              "to both versions", flush=True)
-        verdict = run_canary(req.mar, handle=handle, canary_set=cases_dir, config=cfg,
-                             mlflow_tracking_uri=req.tracking_uri, mlflow_model_version=req.version)
+        print(
+            f"[canary] {n_cases} held-out case(s) from the test split, each sent {cfg.canary_eval.repeats}x "
+            "to both versions",
+            flush=True,
+        )
+        verdict = run_canary(
+            req.mar,
+            handle=handle,
+            canary_set=cases_dir,
+            config=cfg,
+            mlflow_tracking_uri=req.tracking_uri,
+            mlflow_model_version=req.version,
+        )
     default = client.default_version(req.model_name) or ""
     write_verdict(verdict_path, verdict, default, endpoint)
     return verdict.promote, default, endpoint
-
-
-def write_verdict(path: str, verdict: Any, default: str, endpoint: str) -> None:
-    """The verdict as Markdown (KFP artifact; the local run prints it)."""
-    d = verdict.to_dict()
-    lines = [f"**{'PROMOTED' if verdict.promote else 'ROLLED BACK'}**: candidate "
-             f"{d['candidate']['version'] if d['candidate'] else '?'} vs "
-             f"{d['baseline']['version'] if d['baseline'] else 'none (first deployment)'}", ""]
-    lines += [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}" for c in d["checks"]]
-    lines += ["", f"Default version now: {default}; endpoint: `POST {endpoint}`"]
-    Path(path).write_text("\n".join(lines) + "\n")
-    Path(path).with_name("verdict.json").write_text(json.dumps(d, indent=2, default=str))

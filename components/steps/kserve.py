@@ -1,5 +1,5 @@
 """The canary step on a cluster: KServe (Knative mode) InferenceService, driven by
-`iwarp deploy kserve` (`serving.deploy_cli`) and decided by the same `serving.canary.decide`
+`iwarp deploy kserve` (`deploy.cli`) and decided by the same `serving.canary.decide`
 as the local TorchServe canary.
 
 1. Upload the new `.mar` under `<serving_storage_uri>/<registry version>/` and send it
@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from components.steps.canary_request import CanaryRequest
 
 CANARY_PERCENT = 10
 READY_TIMEOUT_S = 900
@@ -54,7 +56,7 @@ def tagged_urls(isvc: dict[str, Any]) -> dict[str, str]:
 
 def deploy_kserve(namespace: str, *args: str) -> str:
     """`iwarp deploy kserve ...` as a user would run it; returns its output, raises on failure."""
-    cmd = [sys.executable, "-m", "iwarp", "deploy", "kserve", "--namespace", namespace, *args]
+    cmd = [sys.executable, "-m", "deploy", "kserve", "--namespace", namespace, *args]
     print(f"[canary] {' '.join(cmd[2:])}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     out = (proc.stdout + proc.stderr).strip()
@@ -65,13 +67,13 @@ def deploy_kserve(namespace: str, *args: str) -> str:
     return out
 
 
-def canary_on_kserve(req: Any, verdict_path: str) -> tuple[bool, str, str]:
-    from components.steps.deploy import build_canary_set, serve_config, write_verdict
+def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, str]:
+    from components.steps.canary_request import build_canary_set, serve_config, write_verdict
+    from components.steps.registry import AliasMover
+    from deploy.cli import Kubectl
+    from deploy.kserve import KServeSettings
     from serving.canary import decide, evidence_repeats
     from serving.canary_set import load_canary_set
-    from serving.deploy_cli import Kubectl
-    from serving.kserve import KServeSettings
-    from serving.registry import AliasMover
     from serving.rollout import evaluate_versions
 
     if not req.storage_uri.startswith("s3://"):
@@ -97,27 +99,33 @@ def canary_on_kserve(req: Any, verdict_path: str) -> tuple[bool, str, str]:
         if first:  # the new revision already has all traffic; it must answer every case
             if "latest" not in urls:
                 raise RuntimeError(f"InferenceService {settings.name} reports no 'latest' revision URL: {urls}")
-            stats = evaluate_versions(client, cases, ["latest"], repeats=repeats, progress=False)["latest"].stats(req.version)
+            stats = evaluate_versions(client, cases, ["latest"], repeats=repeats, progress=False)["latest"].stats(
+                req.version
+            )
             verdict = decide(None, stats, cfg.canary)
         else:
             missing = {"prev", "latest"} - set(urls)
             if missing:
-                raise RuntimeError(f"InferenceService {settings.name} lacks tagged revision URLs {sorted(missing)} "
-                                   "(is serving.kserve.io/enable-tag-routing on?)")
+                raise RuntimeError(
+                    f"InferenceService {settings.name} lacks tagged revision URLs {sorted(missing)} "
+                    "(is serving.kserve.io/enable-tag-routing on?)"
+                )
             samples = evaluate_versions(client, cases, ["prev", "latest"], repeats=repeats, progress=False)
             verdict = decide(samples["prev"].stats("serving"), samples["latest"].stats(req.version), cfg.canary)
         report = Path(tmp) / "canary-report.json"
         report.write_text(json.dumps(verdict.to_dict(), default=str))
         print(verdict.summary(), flush=True)
         if not first:
-            deploy_kserve(settings.namespace, *(("--promote", "--report", str(report)) if verdict.promote
-                                                else ("--rollback",)))
+            deploy_kserve(
+                settings.namespace, *(("--promote", "--report", str(report)) if verdict.promote else ("--rollback",))
+            )
     if registry:
         registry.finish(verdict)
     default = req.version if verdict.promote else "the previous revision"
     write_verdict(verdict_path, verdict, default, endpoint)
     if first and not verdict.promote:  # there is no earlier revision to send the traffic back to
-        raise RuntimeError(f"the first version of {settings.name} does not answer the canary cases; it is the only "
-                           f"revision, so it still receives the traffic: fix it or delete the InferenceService\n"
-                           + verdict.summary())
+        raise RuntimeError(
+            f"the first version of {settings.name} does not answer the canary cases; it is the only "
+            f"revision, so it still receives the traffic: fix it or delete the InferenceService\n" + verdict.summary()
+        )
     return verdict.promote, default, endpoint

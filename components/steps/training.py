@@ -1,7 +1,6 @@
 """Training steps: the sweep's MLflow parent run, training one variant (torchrun here, a
 TrainJob on a cluster: `components.steps.trainjob`), nesting its run, and evaluation."""
 
-import dataclasses
 import json
 import os
 import re
@@ -12,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from components.steps.train_request import TrainRequest, final_checkpoint
 
 PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs by
 
@@ -49,46 +50,6 @@ def start_parent_run(tracking_uri: str, experiment: str, data_version: str, vali
                 client.log_artifact(run_id, str(Path(tmp) / name), "data-validation")
     return run_id
 
-
-# Fine-tuning from a trained model starts gently: the recipe's from-scratch learning rate (1e-3,
-# 200 warm-up steps) undoes the shipped model in a 100-step run. The user's overrides come after.
-FINETUNE_OPTIM = ("optim.lr_generator=2e-4", "optim.warmup_steps=10")
-
-
-@dataclasses.dataclass
-class TrainRequest:
-    dataset: str  # local path of the prepared dataset (a TrainJob gets a copy on the shared volume)
-    ablation: dict[str, Any]
-    config: str
-    overrides: list[str]
-    seed: int
-    steps: int
-    tracking_uri: str
-    experiment: str
-    parent_run_id: str
-    backend: str = "torchrun"
-    nproc_per_node: int = 1
-    num_nodes: int = 1
-    gpus_per_node: int = 0
-    trainer_runtime: str = "torch-distributed"
-    namespace: str = ""
-    image: str = ""
-    shared_dir: str = "/data"  # volume shared with the TrainJob pods (trainjob backend)
-    data_pvc: str = "iwarp-data"  # ... and the claim behind it
-    data_version: str = ""
-    init_from: str = ""  # fine-tune from this checkpoint (a file or a shipped model's name); "" = from scratch
-
-    def train_overrides(self, dataset_root: str, out_dir: str) -> list[str]:
-        """Identical for every variant except the two ablation switches."""
-        from components.ablation import variant_overrides
-
-        sets = [f"data.root={dataset_root}", f"out_dir={out_dir}", f"seed={self.seed}",
-                f"experiment={self.experiment}", f"run_name={self.ablation['variant']}"]
-        if self.steps > 0:
-            sets.append(f"optim.steps={self.steps}")
-        if self.init_from:
-            sets += [f"init_from={self.init_from}", *FINETUNE_OPTIM]
-        return [*sets, *self.overrides, *variant_overrides(self.ablation)]
 
 
 def resolve_config(path: str) -> str:
@@ -154,9 +115,22 @@ def train_local(req: TrainRequest, out_dir: Path) -> Path:
     """`torchrun --standalone --nproc-per-node N -m iwarp train ...` (gloo on CPU, NCCL on GPU),
     the same launcher the TrainJob's pods use, one process or several."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={max(1, req.nproc_per_node)}",
-           "-m", "iwarp", "train", "--config", resolve_config(req.config), "--tracking-uri", req.tracking_uri,
-           "--set", *req.train_overrides(req.dataset, str(out_dir))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={max(1, req.nproc_per_node)}",
+        "-m",
+        "iwarp",
+        "train",
+        "--config",
+        resolve_config(req.config),
+        "--tracking-uri",
+        req.tracking_uri,
+        "--set",
+        *req.train_overrides(req.dataset, str(out_dir)),
+    ]
     print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
     rc, why = run_streaming(cmd)
     if rc != 0:
@@ -180,17 +154,10 @@ def run_streaming(cmd: list[str]) -> tuple[int, str]:
     lines = list(tail)
     for i, line in enumerate(lines):  # iwarp's CLIs say `error: <what>` (+ indented details)
         if line.startswith("error:"):
-            block = [line, *itertools.takewhile(lambda x: x.startswith((" ", "\t")), lines[i + 1:])]
+            block = [line, *itertools.takewhile(lambda x: x.startswith((" ", "\t")), lines[i + 1 :])]
             return proc.returncode, " ".join(x.strip() for x in block)
     errors = [x.strip() for x in lines if re.match(r"^\s*[\w.]*(Error|Exception)\b", x)]
     return proc.returncode, (errors[-1] if errors else lines[-1].strip() if lines else "no output")
-
-
-def final_checkpoint(out_dir: Path) -> Path:
-    found = sorted(out_dir.rglob("final.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"training finished without a final.ckpt under {out_dir}")
-    return found[0]
 
 
 def attach_to_parent(req: TrainRequest, final: Path) -> str:
@@ -204,9 +171,12 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
         raise RuntimeError(f"{final} records no MLflow run: was training given --tracking-uri?")
     client = mlflow_client(req.tracking_uri)
     a = req.ablation
-    for key, value in {PARENT_TAG: req.parent_run_id, "iwarp.variant": a["variant"],
-                       "iwarp.residual": str(bool(a["residual"])).lower(),
-                       "iwarp.extra_kv": str(bool(a["extra_kv"])).lower()}.items():
+    for key, value in {
+        PARENT_TAG: req.parent_run_id,
+        "iwarp.variant": a["variant"],
+        "iwarp.residual": str(bool(a["residual"])).lower(),
+        "iwarp.extra_kv": str(bool(a["extra_kv"])).lower(),
+    }.items():
         client.set_tag(run_id, key, value)
     return run_id
 
@@ -235,8 +205,10 @@ def tracking_outcome(req: TrainRequest, final: Path) -> tuple[str, str]:
         note = f"tracking outage: the run could not be nested under the sweep ({type(exc).__name__})"
     left = pending_calls(run_dir)
     if left:
-        note = f"{note or 'tracking outage'}; {left} logging calls are not in MLflow yet, upload them with: " \
-               f"{sync_hint(run_dir, req.tracking_uri)}"
+        note = (
+            f"{note or 'tracking outage'}; {left} logging calls are not in MLflow yet, upload them with: "
+            f"{sync_hint(run_dir, req.tracking_uri)}"
+        )
     if note:
         print(f"[train] {req.ablation['variant']}: {note}", flush=True)
     return run_id, note
@@ -249,9 +221,14 @@ FLOOR = "copy_source"  # the floor every model must beat: predict a source frame
 def _measured(row: dict[str, Any]) -> dict[str, float]:
     """Null values (metrics not computed, e.g. AKD without --landmarks) are left out, and MKR
     with them: with no keypoints compared, its "all missing" is not a measurement."""
-    return {name: float(value) for name, value in row.items()
-            if name not in NOT_METRICS and not (name == "mkr" and row.get("akd") is None)
-            and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {
+        name: float(value)
+        for name, value in row.items()
+        if name not in NOT_METRICS
+        and not (name == "mkr" and row.get("akd") is None)
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    }
 
 
 def eval_metrics(result: dict[str, Any], target: str = "") -> dict[str, float]:
@@ -271,9 +248,20 @@ def has_test_split(dataset: str) -> bool:
     return manifest.is_file() and bool((read_manifest(manifest)["split"] == "test").any())
 
 
-def run_evaluation(checkpoint: str, targets: dict[str, str], sources: list[int], run_id: str, tracking_uri: str,
-                   info: dict[str, Any], report_path: str, max_videos: int = 0, frechet: bool = True,
-                   landmarks: bool = True, placement: str = "spread", frame_stride: int = 2) -> dict[str, float]:
+def run_evaluation(
+    checkpoint: str,
+    targets: dict[str, str],
+    sources: list[int],
+    run_id: str,
+    tracking_uri: str,
+    info: dict[str, Any],
+    report_path: str,
+    max_videos: int = 0,
+    frechet: bool = True,
+    landmarks: bool = True,
+    placement: str = "spread",
+    frame_stride: int = 2,
+) -> dict[str, float]:
     """`iwarp evaluate --copy-source` on each target's test split ({name: dataset folder};
     a target without a test split is left out), sources placed by `placement`, every
     `frame_stride`-th of the other frames driven."""
@@ -286,9 +274,25 @@ def run_evaluation(checkpoint: str, targets: dict[str, str], sources: list[int],
             print(f"[evaluate] {target}: {dataset} has no test split, skipped", flush=True)
             continue
         out_json = Path(report_path).parent / f"evaluate-{target}.json"
-        cmd = [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint", checkpoint, "--data", dataset,
-               "--sources", *map(str, sources), "--source-placement", placement, "--frame-stride", str(frame_stride),
-               "--copy-source", "--out", str(out_json)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "iwarp",
+            "evaluate",
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            dataset,
+            "--sources",
+            *map(str, sources),
+            "--source-placement",
+            placement,
+            "--frame-stride",
+            str(frame_stride),
+            "--copy-source",
+            "--out",
+            str(out_json),
+        ]
         if max_videos > 0:
             cmd += ["--max-videos", str(max_videos)]
         cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
@@ -304,7 +308,13 @@ def run_evaluation(checkpoint: str, targets: dict[str, str], sources: list[int],
     # evaluation near the top of its metrics table instead of below every training curve.
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, 0) for k, v in values.items()])
-    report = {"variant": info.get("variant"), "residual": info.get("residual"), "extra_kv": info.get("extra_kv"),
-              "init": info.get("init", ""), "run_id": run_id, "metrics": values}
+    report = {
+        "variant": info.get("variant"),
+        "residual": info.get("residual"),
+        "extra_kv": info.get("extra_kv"),
+        "init": info.get("init", ""),
+        "run_id": run_id,
+        "metrics": values,
+    }
     Path(report_path).write_text(json.dumps(report, indent=2))
     return values

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from components.steps.training import TrainRequest
+    from components.steps.train_request import TrainRequest
 
 TRAIN_CONTAINER = "node"  # replicated job and container name in the torch-distributed runtime
 TRAIN_SERVICE_ACCOUNT = "iwarp-train"
@@ -81,8 +81,19 @@ def build_trainjob(req: TrainRequest, data_root: str, out_dir: str, name: str, c
     as the other variants; only the ablation switches differ."""
     from kubeflow.trainer import CustomTrainerContainer
     from kubeflow.trainer.options import (
-        ContainerPatch, JobSetSpecPatch, JobSetTemplatePatch, JobSpecPatch, JobTemplatePatch, Labels, Name,
-        PodSpecPatch, PodTemplatePatch, ReplicatedJobPatch, RuntimePatch, TrainerArgs, TrainerCommand,
+        ContainerPatch,
+        JobSetSpecPatch,
+        JobSetTemplatePatch,
+        JobSpecPatch,
+        JobTemplatePatch,
+        Labels,
+        Name,
+        PodSpecPatch,
+        PodTemplatePatch,
+        ReplicatedJobPatch,
+        RuntimePatch,
+        TrainerArgs,
+        TrainerCommand,
         TrainingRuntimeSpecPatch,
     )
 
@@ -161,7 +172,7 @@ def train_on_cluster(req: TrainRequest, work_dir: Path, client: Any = None, poll
     except (RuntimeError, TimeoutError) as exc:
         tail = _log_tail(client, created)
         raise RuntimeError(f"TrainJob {created} did not complete: {exc}\n{tail}") from exc
-    from components.steps.training import final_checkpoint
+    from components.steps.train_request import final_checkpoint
     from iwarp.training.init import REPORT_NAME
 
     final = final_checkpoint(out_dir)

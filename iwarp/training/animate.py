@@ -42,10 +42,14 @@ def _to_square(image: np.ndarray, size: int, what: str, warn: bool = True) -> np
         top, left = (h - side) // 2, (w - side) // 2
         image = image[top : top + side, left : left + side]
         if warn:
-            warnings.warn(f"{what} is {w}x{h}: centre-cropped to {side}x{side} (the model needs square frames)", stacklevel=3)
+            warnings.warn(
+                f"{what} is {w}x{h}: centre-cropped to {side}x{side} (the model needs square frames)", stacklevel=3
+            )
     if image.shape[0] != size:
         if warn:
-            warnings.warn(f"{what} is {image.shape[1]}x{image.shape[0]}: resized to the model's {size}x{size}", stacklevel=3)
+            warnings.warn(
+                f"{what} is {image.shape[1]}x{image.shape[0]}: resized to the model's {size}x{size}", stacklevel=3
+            )
         image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
     return image
 
@@ -194,9 +198,16 @@ def animate_file(
 
 def animate_cli(args) -> int:
     path, n = animate_file(
-        args.checkpoint, args.source, args.driving, args.out, relative=args.relative, fps=args.fps,
-        max_frames=args.max_frames, side_by_side=args.side_by_side, batch_size=args.batch_size, device=args.device,
+        args.checkpoint,
+        args.source,
+        args.driving,
+        args.out,
+        relative=args.relative,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        side_by_side=args.side_by_side,
+        batch_size=args.batch_size,
+        device=args.device,
     )
     print(f"wrote {path} ({n} frames)")
     return 0
-

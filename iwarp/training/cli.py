@@ -34,22 +34,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Test-split reconstruction: k frames of each video are the sources (the first k, "
         "or spread over the clip), the remaining frames are driven. Prints a per-k table and writes JSON.",
     )
-    p.add_argument("--checkpoint", required=False, help="checkpoint written by `iwarp train`, or a shipped model's name (omit with --copy-source-only)")
+    p.add_argument(
+        "--checkpoint",
+        required=False,
+        help="checkpoint written by `iwarp train`, or a shipped model's name (omit with --copy-source-only)",
+    )
     p.add_argument("--data", required=True, help="dataset folder holding <split>/")
     p.add_argument("--sources", nargs="+", type=int, default=[1, 2, 4], metavar="K", help="numbers of sources to test")
     p.add_argument("--out", default="metrics.json", help="JSON output path")
     p.add_argument("--split", default="test")
     p.add_argument("--image-size", type=int, help="default: the size the checkpoint was trained at")
     p.add_argument("--frame-stride", type=int, default=2, help="drive every n-th frame (default 2)")
-    p.add_argument("--source-placement", choices=["first", "spread"], default="first",
-                   help="first: the first k frames are the sources, frames from max(k) on are driven (FOMM's "
-                   "protocol); spread: the k sources are evenly spread over the clip (different poses, like a "
-                   "photo set) and every frame that is no source of any k is driven")
+    p.add_argument(
+        "--source-placement",
+        choices=["first", "spread"],
+        default="first",
+        help="first: the first k frames are the sources, frames from max(k) on are driven (FOMM's "
+        "protocol); spread: the k sources are evenly spread over the clip (different poses, like a "
+        "photo set) and every frame that is no source of any k is driven",
+    )
     p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
-    p.add_argument("--landmarks", action=argparse.BooleanOptionalAction, default=True,
-                   help="AKD/MKR from 68-point face landmarks (dlib; slow on CPU); --no-landmarks for non-face data")
-    p.add_argument("--fd", action=argparse.BooleanOptionalAction, default=True,
-                   help="Frechet distance over VGG16 features (fd_vgg16; not Inception FID); --no-fd to skip")
+    p.add_argument(
+        "--landmarks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="AKD/MKR from 68-point face landmarks (dlib; slow on CPU); --no-landmarks for non-face data",
+    )
+    p.add_argument(
+        "--fd",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Frechet distance over VGG16 features (fd_vgg16; not Inception FID); --no-fd to skip",
+    )
     p.add_argument("--copy-source", action="store_true", help="also report the floor that predicts the first source")
     p.add_argument("--copy-source-only", action="store_true", help="only the copy-the-source floor (no checkpoint)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -61,13 +77,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="animate source image(s) with a driving video",
         description="Encode the source images once, then animate each driving frame; writes an H.264 mp4.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, or a shipped model's name (e.g. iwarp-faces-64)")
-    p.add_argument("--source", nargs="+", required=True, metavar="IMAGE", help="one or more source images of one subject")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint file, or a shipped model's name (e.g. iwarp-faces-64)"
+    )
+    p.add_argument(
+        "--source", nargs="+", required=True, metavar="IMAGE", help="one or more source images of one subject"
+    )
     p.add_argument("--driving", required=True, help="driving video (.mp4 etc.) or a folder of frames")
     p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument("--relative", action="store_true",
-                   help="FOMM relative motion: move the first source's keypoints by the driving keypoints' "
-                   "displacement from the first driving frame (keeps the source's identity and pose)")
+    p.add_argument(
+        "--relative",
+        action="store_true",
+        help="FOMM relative motion: move the first source's keypoints by the driving keypoints' "
+        "displacement from the first driving frame (keeps the source's identity and pose)",
+    )
     p.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
     p.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     p.add_argument("--side-by-side", action="store_true", help="write driving | prediction side by side")
@@ -87,15 +110,28 @@ def _relaunch(args: argparse.Namespace) -> int:
     """`--nproc N`: run this same command under torch.distributed.run (standalone rendezvous)."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           "-m", "iwarp", "train", "--config", args.config]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "iwarp",
+        "train",
+        "--config",
+        args.config,
+    ]
     if args.overrides:
         cmd += ["--set", *args.overrides]
     if args.resume:
         cmd.append("--resume")
-    for flag, value in (("--resume-from", args.resume_from), ("--init-from", args.init_from),
-                        ("--tracking-uri", args.tracking_uri),
-                        ("--register-model", args.register_model)):
+    for flag, value in (
+        ("--resume-from", args.resume_from),
+        ("--init-from", args.init_from),
+        ("--tracking-uri", args.tracking_uri),
+        ("--register-model", args.register_model),
+    ):
         if value:
             cmd += [flag, value]
     return subprocess.call(cmd)
@@ -115,16 +151,27 @@ def _train(args: argparse.Namespace) -> int:
 
     make_logger = None
     if args.tracking_uri:
-        def make_logger(trainer):
-            from components.tracking import MLflowLogger  # lazy: MLflow glue lives outside iwarp/
+        from iwarp import plugins
 
-            return MLflowLogger(args.tracking_uri, experiment=cfg.experiment, run_name=cfg.run_name or None,
-                                run_id=trainer.tracking_run_id, registered_model_name=args.register_model,
-                                run_dir=trainer.out_dir, resume=trainer.resume)
+        tracker = plugins.load(plugins.TRACKERS, "mlflow")  # provided by components/ (MLflow stays outside iwarp/)
+
+        def make_logger(trainer):
+            return tracker(
+                args.tracking_uri,
+                experiment=cfg.experiment,
+                run_name=cfg.run_name or None,
+                run_id=trainer.tracking_run_id,
+                registered_model_name=args.register_model,
+                run_dir=trainer.out_dir,
+                resume=trainer.resume,
+            )
+
     result = train(cfg, make_logger, resume=args.resume, resume_from=args.resume_from)
     if int(os.environ.get("RANK", "0")) == 0:
         if result.stopped == "signal":
-            print(f"stopped by SIGTERM at step {result.step}; checkpoint saved, continue with --resume", file=sys.stderr)
+            print(
+                f"stopped by SIGTERM at step {result.step}; checkpoint saved, continue with --resume", file=sys.stderr
+            )
             return 143
         note = " (time budget reached)" if result.stopped == "budget" else ""
         print(f"trained {result.step} steps{note}; final checkpoint: {result.final_checkpoint}")

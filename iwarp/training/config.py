@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from iwarp import ExplicitFlowConfig, ImplicitWarpingConfig
 from iwarp.config import ConfigError, load_config
@@ -15,14 +16,15 @@ from iwarp.data.augment import AugmentConfig
 from iwarp.discriminator import DiscriminatorConfig
 from iwarp.losses import LossConfig
 
-MODEL_KINDS = ("implicit", "baseline")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SCHEDULES = ("constant", "cosine", "step")
+ModelKind = Literal["implicit", "baseline"]  # the keys of iwarp.models.MODEL_KINDS (a test ties them)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Schedule = Literal["constant", "cosine", "step"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass
 class ModelSection:
-    kind: str = "implicit"  # "implicit" (the paper) | "baseline" (explicit flow, averages sources)
+    kind: ModelKind = "implicit"  # "implicit" (the paper) | "baseline" (explicit flow, averages sources)
     implicit: ImplicitWarpingConfig = field(default_factory=ImplicitWarpingConfig)
     baseline: ExplicitFlowConfig = field(default_factory=ExplicitFlowConfig)
 
@@ -46,7 +48,7 @@ class OptimSection:
     betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global gradient norm per network; 0 disables clipping
-    schedule: str = "cosine"  # constant | cosine (to min_lr_ratio) | step (x0.1 at 60% and 85%)
+    schedule: Schedule = "cosine"  # constant | cosine (to min_lr_ratio) | step (x0.1 at 60% and 85%)
     warmup_steps: int = 0  # linear warm-up before the schedule
     min_lr_ratio: float = 0.1
     d_steps: int = 1  # discriminator updates per generator update
@@ -72,7 +74,8 @@ class LoggingSection:
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)  # used when loss.gan or loss.feature_matching > 0
+    # used when loss.gan or loss.feature_matching > 0
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -80,8 +83,8 @@ class TrainConfig:
     logging: LoggingSection = field(default_factory=LoggingSection)
     out_dir: str = "runs/train"  # checkpoints/, images/, metrics.jsonl, config.yaml
     seed: int = 0
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on a bf16-capable GPU or CPU, else fp16 on GPU / fp32 on CPU) | fp32 | bf16 | fp16
+    device: Device = "auto"  # auto (cuda if available) | cpu | cuda
+    precision: Precision = "auto"
     channels_last: bool = True  # convolution memory layout (faster with oneDNN and cuDNN)
     threads: int = 0  # torch intra-op threads per process; 0 leaves torch's default
     experiment: str = "iwarp"  # tracking experiment name
@@ -97,38 +100,29 @@ class TrainConfig:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Cross-field checks the type system cannot express; raise ConfigError with the fix."""
-    problems = []
-    if cfg.model.kind not in MODEL_KINDS:
-        problems.append(f"model.kind must be one of {MODEL_KINDS}, got {cfg.model.kind!r}")
+    problems = []  # Literal fields (model.kind, optim.schedule, precision, device): checked by load_config
     if not 1 <= cfg.data.k_min <= cfg.data.k_max:
         problems.append(f"need 1 <= data.k_min <= data.k_max, got {cfg.data.k_min}..{cfg.data.k_max}")
     if cfg.data.batch_size < 1:
         problems.append("data.batch_size must be >= 1")
     if cfg.optim.steps < 1:
         problems.append("optim.steps must be >= 1")
-    if cfg.optim.schedule not in SCHEDULES:
-        problems.append(f"optim.schedule must be one of {SCHEDULES}, got {cfg.optim.schedule!r}")
     if len(cfg.optim.betas) != 2:
         problems.append("optim.betas must have two values")
     if cfg.optim.d_steps < 0:
         problems.append("optim.d_steps must be >= 0")
-    if cfg.precision not in PRECISIONS:
-        problems.append(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        problems.append(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.checkpoint.every_steps < 1 or cfg.checkpoint.keep_last < 1:
         problems.append("checkpoint.every_steps and checkpoint.keep_last must be >= 1")
     if cfg.logging.every_steps < 1:
         problems.append("logging.every_steps must be >= 1")
-    if cfg.model.kind in MODEL_KINDS:
-        size = cfg.model_config.image_size
-        if cfg.data.image_size is None:
-            cfg.data.image_size = size
-        elif size != cfg.data.image_size:
-            problems.append(
-                f"model.{cfg.model.kind}.image_size ({size}) differs from data.image_size ({cfg.data.image_size}); "
-                "set one of them (data.image_size defaults to the model's)"
-            )
+    size = cfg.model_config.image_size
+    if cfg.data.image_size is None:
+        cfg.data.image_size = size
+    elif size != cfg.data.image_size:
+        problems.append(
+            f"model.{cfg.model.kind}.image_size ({size}) differs from data.image_size ({cfg.data.image_size}); "
+            "set one of them (data.image_size defaults to the model's)"
+        )
     if problems:
         raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
     return cfg

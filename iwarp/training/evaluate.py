@@ -60,7 +60,9 @@ def frame_plan(n: int, ks: list[int], placement: SourcePlacement, stride: int) -
 
 
 @torch.no_grad()
-def predict_video(model: torch.nn.Module, sources: torch.Tensor, driving: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def predict_video(
+    model: torch.nn.Module, sources: torch.Tensor, driving: torch.Tensor, batch_size: int = 8
+) -> torch.Tensor:
     """Predictions (n, 3, H, W) for driving frames (n, 3, H, W) from one source set (k, 3, H, W);
     the sources are encoded once."""
     from iwarp.training.animate import expand_cache
@@ -102,8 +104,11 @@ def evaluate(
     usable = [i for i, plan in plans.items() if plan is not None]
     skipped = len(dataset.videos) - len(usable)
     start = ks[-1] if source_placement == "first" else None  # `first`: driven frames start after max(ks)
-    too_short = (f"<= {start} frames (nothing left to drive after {start} sources)" if start is not None else
-                 f"too few frames for {ks[-1]} distinct spread sources plus a driven frame")
+    too_short = (
+        f"<= {start} frames (nothing left to drive after {start} sources)"
+        if start is not None
+        else f"too few frames for {ks[-1]} distinct spread sources plus a driven frame"
+    )
     if skipped:
         warnings.warn(f"{skipped} video(s) have {too_short}; skipped", stacklevel=2)
     if max_videos is not None:
@@ -117,7 +122,9 @@ def evaluate(
         suite.reset()
         frames = 0
         what = "copy-source" if k is None else f"k={k}"
-        for i in tqdm(usable, desc=f"evaluate {what}", unit="video", disable=not progress, file=sys.stderr, leave=False):
+        for i in tqdm(
+            usable, desc=f"evaluate {what}", unit="video", disable=not progress, file=sys.stderr, leave=False
+        ):
             plan = plans[i]
             source_idx = plan["sources"][ks[0]][:1] if k is None else plan["sources"][k]
             frames_read = dataset.read_frames(i, source_idx + plan["driving"])
@@ -130,8 +137,15 @@ def evaluate(
             frames += driving.shape[0]
         return {**suite.compute(), "frames": float(frames)}
 
-    result: dict[str, Any] = {"per_k": {}, "copy_source": None, "videos": len(usable), "skipped_videos": skipped,
-                              "source_placement": source_placement, "driving_start": start, "frame_stride": stride}
+    result: dict[str, Any] = {
+        "per_k": {},
+        "copy_source": None,
+        "videos": len(usable),
+        "skipped_videos": skipped,
+        "source_placement": source_placement,
+        "driving_start": start,
+        "frame_stride": stride,
+    }
     if model is not None:
         for k in ks:
             result["per_k"][k] = run(k)
@@ -149,8 +163,11 @@ def to_json(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     clean = lambda m: {k: _finite_or_none(v) for k, v in m.items()}  # noqa: E731
     return {
         **meta,
-        "videos": result["videos"], "skipped_videos": result["skipped_videos"],
-        "source_placement": result["source_placement"], "driving_start": result["driving_start"], "frame_stride": result["frame_stride"],
+        "videos": result["videos"],
+        "skipped_videos": result["skipped_videos"],
+        "source_placement": result["source_placement"],
+        "driving_start": result["driving_start"],
+        "frame_stride": result["frame_stride"],
         "per_k": {str(k): clean(m) for k, m in result["per_k"].items()},
         "copy_source": clean(result["copy_source"]) if result["copy_source"] else None,
     }
@@ -215,14 +232,31 @@ def evaluate_checkpoint(
     except (FileNotFoundError, ValueError) as exc:
         raise EvalError(f"cannot evaluate on {data}: {exc}") from exc
     suite = MetricSuite(device=dev, landmarks=landmarks, frechet=fd)
-    result = evaluate(model, dataset, ks, suite, stride=stride, max_videos=max_videos, batch_size=batch_size,
-                      copy_source=copy_source, progress=progress, source_placement=source_placement)
+    result = evaluate(
+        model,
+        dataset,
+        ks,
+        suite,
+        stride=stride,
+        max_videos=max_videos,
+        batch_size=batch_size,
+        copy_source=copy_source,
+        progress=progress,
+        source_placement=source_placement,
+    )
     meta.update({"data": str(data), "split": split, "image_size": image_size})
     return {"result": result, "json": to_json(result, meta)}
 
 
-def animation_picture(checkpoint: str | Path, data: str | Path, path: str | Path, split: str = "test",
-                      k: int = 2, frames: int = 6, device: str = "auto") -> Path:
+def animation_picture(
+    checkpoint: str | Path,
+    data: str | Path,
+    path: str | Path,
+    split: str = "test",
+    k: int = 2,
+    frames: int = 6,
+    device: str = "auto",
+) -> Path:
     """sources | driving | output for the first video of `split` (the README's picture): k
     sources spread over the clip, `frames` driving frames spread between them."""
     from iwarp.checkpoint import load_model, resolve_checkpoint
@@ -250,9 +284,18 @@ def evaluate_cli(args) -> int:
     if args.checkpoint is None and not args.copy_source_only:
         raise EvalError("--checkpoint is required (or --copy-source-only for the floor alone)")
     out = evaluate_checkpoint(
-        None if args.copy_source_only else args.checkpoint, args.data, args.sources, split=args.split,
-        image_size=args.image_size, stride=args.frame_stride, max_videos=args.max_videos, landmarks=args.landmarks,
-        fd=args.fd, copy_source=args.copy_source, batch_size=args.batch_size, device=args.device,
+        None if args.copy_source_only else args.checkpoint,
+        args.data,
+        args.sources,
+        split=args.split,
+        image_size=args.image_size,
+        stride=args.frame_stride,
+        max_videos=args.max_videos,
+        landmarks=args.landmarks,
+        fd=args.fd,
+        copy_source=args.copy_source,
+        batch_size=args.batch_size,
+        device=args.device,
         source_placement=args.source_placement,
     )
     report = out["json"]

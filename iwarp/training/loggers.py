@@ -30,7 +30,9 @@ class Logger:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Any file (checkpoint, config, metrics) to keep with the run."""
 
-    def log_model(self, model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], info: dict[str, Any]) -> None:
+    def log_model(
+        self, model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], info: dict[str, Any]
+    ) -> None:
         """The trained generator; `example` = (sources, driving) of a real batch; `info` has
         `model_kind`, `model_config`, `checkpoint` (path)."""
 

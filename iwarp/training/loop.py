@@ -135,11 +135,14 @@ class Trainer:
             self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device, memory_format=fmt)
 
         o = cfg.optim
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas),
+                                      weight_decay=o.weight_decay)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, cfg))
         self.opt_d = self.sched_d = None
         if self.disc is not None:
-            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=o.lr_discriminator, betas=tuple(o.betas), weight_decay=o.weight_decay)
+            self.opt_d = torch.optim.Adam(
+                self.disc.parameters(), lr=o.lr_discriminator, betas=tuple(o.betas), weight_decay=o.weight_decay
+            )
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda s: lr_factor(s, cfg))
         # Loss scaling only for fp16; bf16 and fp32 need none.
         fp16 = self.autocast_dtype == torch.float16
@@ -152,8 +155,14 @@ class Trainer:
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"training data not found under {d.root!r} (set data.root): {exc}") from exc
         self.batches = SourceDrivingBatches(
-            self.train_set, batch_size=d.batch_size, k_min=d.k_min, k_max=d.k_max,
-            seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size, augment=d.augment,
+            self.train_set,
+            batch_size=d.batch_size,
+            k_min=d.k_min,
+            k_max=d.k_max,
+            seed=cfg.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            augment=d.augment,
         )
 
         self.start_step = 0
@@ -184,8 +193,9 @@ class Trainer:
 
     def _init_from(self, name_or_path: str) -> None:
         """Fine-tuning: fresh run, weights from another checkpoint (every rank loads the same)."""
-        self.init_report = init.init_from_checkpoint(name_or_path, self.cfg.model.kind, self.model, self.disc,
-                                                     map_location=self.ctx.device)
+        self.init_report = init.init_from_checkpoint(
+            name_or_path, self.cfg.model.kind, self.model, self.disc, map_location=self.ctx.device
+        )
         if self.ctx.is_main:
             tqdm.write(init.describe(self.init_report))
 
@@ -224,7 +234,8 @@ class Trainer:
             if ctx.is_main:
                 warnings.warn(
                     f"resuming {len(rng)}-process training on {ctx.world_size} processes: "
-                    "the run continues, but will not match an uninterrupted run bit for bit", stacklevel=2
+                    "the run continues, but will not match an uninterrupted run bit for bit",
+                    stacklevel=2,
                 )
             seed_everything(cfg.seed + int(ckpt["step"]), ctx.rank)
         self.start_step = int(ckpt["step"])
@@ -323,8 +334,14 @@ class Trainer:
             "model_config": to_dict(self.cfg.model_config),
             "model": self.model.state_dict(),
             "discriminator": self.disc.state_dict() if self.disc is not None else None,
-            "optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict() if self.opt_d else None},
-            "schedulers": {"generator": self.sched_g.state_dict(), "discriminator": self.sched_d.state_dict() if self.sched_d else None},
+            "optimizers": {
+                "generator": self.opt_g.state_dict(),
+                "discriminator": self.opt_d.state_dict() if self.opt_d else None,
+            },
+            "schedulers": {
+                "generator": self.sched_g.state_dict(),
+                "discriminator": self.sched_d.state_dict() if self.sched_d else None,
+            },
             "scalers": {"generator": self.scaler_g.state_dict(), "discriminator": self.scaler_d.state_dict()},
             "step": step,
             "rng": rng,  # one entry per rank, in rank order
@@ -341,8 +358,10 @@ class Trainer:
             try:
                 link_or_copy(path, self.ckpt_dir / FINAL_NAME)
             except OSError as exc:
-                raise CheckpointWriteError(f"could not write {self.ckpt_dir / FINAL_NAME}: {exc.strerror or exc}; "
-                                           f"the step checkpoint {path} is complete") from exc
+                raise CheckpointWriteError(
+                    f"could not write {self.ckpt_dir / FINAL_NAME}: {exc.strerror or exc}; "
+                    f"the step checkpoint {path} is complete"
+                ) from exc
             return self.ckpt_dir / FINAL_NAME
         return path
 
@@ -390,7 +409,11 @@ class Trainer:
                 maps = None  # a model without attention (the baseline) has no selection map
             if maps is not None:
                 last = "occluded" if self.cfg.model.kind == "baseline" else "extraKV"
-                paths.append(visuals.attention_grid(sources, driving, pred, maps, self.image_dir / f"attention-{step:08d}.png", last))
+                paths.append(
+                    visuals.attention_grid(
+                        sources, driving, pred, maps, self.image_dir / f"attention-{step:08d}.png", last
+                    )
+                )
             self.model.train()
         for p in paths:
             logger.log_image(p, step)
@@ -403,10 +426,16 @@ class Trainer:
         if self.cfg.data.num_workers <= 0:
             return (self.batches[s] for s in steps)
         # A batch is a pure function of its step: worker scheduling cannot change the data.
-        return iter(torch.utils.data.DataLoader(
-            self.batches, sampler=steps, batch_size=None, num_workers=self.cfg.data.num_workers,
-            pin_memory=self.ctx.device.type == "cuda", persistent_workers=False,
-        ))
+        return iter(
+            torch.utils.data.DataLoader(
+                self.batches,
+                sampler=steps,
+                batch_size=None,
+                num_workers=self.cfg.data.num_workers,
+                pin_memory=self.ctx.device.type == "cuda",
+                persistent_workers=False,
+            )
+        )
 
     def _make_logger(self) -> Logger:
         loggers: list[Logger] = [JSONLLogger(self.out_dir, resume_step=self.start_step if self.resume else None)]
@@ -461,7 +490,13 @@ class Trainer:
         window_steps, window_start, window_cpu = 0, time.perf_counter(), time.process_time()
         started = time.monotonic()
         stopped = ""
-        bar = tqdm(total=total, initial=step, disable=not (ctx.is_main and cfg.logging.progress), desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=step,
+            disable=not (ctx.is_main and cfg.logging.progress),
+            desc="train",
+            dynamic_ncols=True,
+        )
         for batch in self._batches():
             logged = self.train_step(step, batch)
             step += 1
@@ -512,8 +547,12 @@ class Trainer:
         if ctx.is_main:
             self._finish(step, final, logger)
         ctx.barrier()
-        return TrainResult(step=step, final_checkpoint=final if ctx.is_main else self.ckpt_dir / FINAL_NAME,
-                           metrics=self.last_metrics, stopped=stopped)
+        return TrainResult(
+            step=step,
+            final_checkpoint=final if ctx.is_main else self.ckpt_dir / FINAL_NAME,
+            metrics=self.last_metrics,
+            stopped=stopped,
+        )
 
     def _finish(self, step: int, final: Path | None, logger: Logger) -> None:
         """Final pictures, loss curves and the model itself to the loggers."""
@@ -529,10 +568,16 @@ class Trainer:
             batch = self._preview
             example = (batch["sources"][:2].to(self.ctx.device), batch["driving"][:2].to(self.ctx.device))
             self.model.eval()
-            logger.log_model(self.model, example, {
-                "model_kind": self.cfg.model.kind, "model_config": to_dict(self.cfg.model_config),
-                "checkpoint": str(final), "step": step,
-            })
+            logger.log_model(
+                self.model,
+                example,
+                {
+                    "model_kind": self.cfg.model.kind,
+                    "model_config": to_dict(self.cfg.model_config),
+                    "checkpoint": str(final),
+                    "step": step,
+                },
+            )
 
 
 def train(

@@ -47,7 +47,9 @@ def capture_rng(device: torch.device) -> dict[str, Any]:
 def restore_rng(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if device.type == "cuda" and "cuda" in state:
@@ -68,7 +70,9 @@ def param_digest(*modules: torch.nn.Module | None) -> str:
 
 def prune_checkpoints(directory: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` step checkpoints."""
-    files = sorted(directory.glob(CHECKPOINT_PATTERN), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0))
+    files = sorted(
+        directory.glob(CHECKPOINT_PATTERN), key=lambda p: int("".join(c for c in p.stem if c.isdigit()) or 0)
+    )
     for old in files[:-keep_last]:
         old.unlink(missing_ok=True)
 

@@ -38,7 +38,9 @@ def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
     return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))
 
 
-def _compose(rows: list[list[np.ndarray | None]], labels: list[str], tile: tuple[int, int], pad: int = 2) -> Image.Image:
+def _compose(
+    rows: list[list[np.ndarray | None]], labels: list[str], tile: tuple[int, int], pad: int = 2
+) -> Image.Image:
     """Tiles (H, W, 3) in a grid with a header row of column labels; None leaves a gap.
     Small tiles are enlarged (nearest) to >= 128 px so 64 px runs stay readable."""
     scale = max(1, 128 // max(tile))
@@ -66,13 +68,20 @@ def sample_grid(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.
     rows = []
     for b in range(sources.shape[0]):
         error = (prediction[b] - driving[b]).abs().mul(4)
-        rows.append([to_uint8(s) for s in sources[b]] + [to_uint8(driving[b]), to_uint8(prediction[b]), to_uint8(error)])
+        rows.append(
+            [to_uint8(s) for s in sources[b]] + [to_uint8(driving[b]), to_uint8(prediction[b]), to_uint8(error)]
+        )
     labels = [f"src{i + 1}" for i in range(k)] + ["driving", "pred", "|err|x4"]
     return _save(_compose(rows, labels, tuple(driving.shape[-2:])), path)
 
 
-def animation_strip(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, path: str | Path,
-                    copy: torch.Tensor | None = None) -> Path:
+def animation_strip(
+    sources: torch.Tensor,
+    driving: torch.Tensor,
+    prediction: torch.Tensor,
+    path: str | Path,
+    copy: torch.Tensor | None = None,
+) -> Path:
     """The picture of what the model does (README, model card): the k sources, then the driving
     frames over the animated outputs (and, given `copy`, over the copy-the-source floor).
     sources (k, 3, H, W); driving, prediction, copy (n, 3, H, W)."""
@@ -92,7 +101,11 @@ def animation_strip(sources: torch.Tensor, driving: torch.Tensor, prediction: to
 
 
 def attention_grid(
-    sources: torch.Tensor, driving: torch.Tensor, prediction: torch.Tensor, maps: torch.Tensor, path: str | Path,
+    sources: torch.Tensor,
+    driving: torch.Tensor,
+    prediction: torch.Tensor,
+    maps: torch.Tensor,
+    path: str | Path,
     last_label: str = "extraKV",
 ) -> Path:
     """The paper's Fig. 6: where each output pixel took its appearance from.
@@ -122,7 +135,9 @@ def attention_grid(
     return _save(_compose(rows, labels, (H, W)), path)
 
 
-def loss_curves(history: list[dict[str, Any]], path: str | Path, skip: tuple[str, ...] = ("step", "time")) -> Path | None:
+def loss_curves(
+    history: list[dict[str, Any]], path: str | Path, skip: tuple[str, ...] = ("step", "time")
+) -> Path | None:
     """One panel per logged scalar against step (lr, throughput and norms included)."""
     import matplotlib
 

@@ -29,9 +29,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -129,7 +130,7 @@ def latest_k8s_version() -> str:
     return kubernetes_validate.latest_version()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def k8s_definitions(version: str) -> dict[str, Any]:
     """kubernetes-validate's strict `$defs` (additionalProperties: false on every object)."""
     return json.loads((_kv_schema_dir(version) / "_definitions.json").read_text())["$defs"]
@@ -355,7 +356,7 @@ def _kserve_schemas(k8s_version: str, wheel: Path) -> dict[tuple[str, str], dict
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_schemas(k8s_version: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> JSON schema for every custom kind we deploy."""
     version = k8s_version or latest_k8s_version()

@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from serving import k8s_validate as kv
+    from deploy import k8s_validate as kv
 
     versions = args.k8s_versions or [kv.MIN_K8S_VERSION, kv.latest_k8s_version()]
     findings = kv.validate_paths(args.paths, versions)  # ManifestError: exit 2 (iwarp.errors)
@@ -98,7 +98,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def verdict_from_report(report: Path, thresholds: Path | None = None):
     """Re-decide from the report's statistics with our thresholds: the same `decide` the local
     canary ran, so a report cannot promote what the rule rejects."""
-    from serving.canary import VersionStats, decide, load_thresholds
+    from serving.canary import VersionStats, decide
+    from serving.config import load_thresholds
 
     try:
         data = json.loads(Path(report).read_text())
@@ -159,14 +160,21 @@ class Kubectl:
         self.run(["patch", "inferenceservice", name, "-n", self.namespace, "--type", "merge", "-p", json.dumps(patch)])
 
     def wait_ready(self, name: str, seconds: int) -> None:
-        self.run(["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", self.namespace, f"--timeout={seconds}s"])
+        self.run(["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", self.namespace,
+                  f"--timeout={seconds}s"])
 
 
 def _settings(args: argparse.Namespace):
-    from serving.kserve import KServeSettings
+    from deploy.kserve import KServeSettings
 
     s = KServeSettings()
-    for attr, value in (("name", args.name), ("namespace", args.namespace), ("gpus", args.gpus), ("cpu", args.cpu), ("memory", args.memory)):
+    for attr, value in (
+        ("name", args.name),
+        ("namespace", args.namespace),
+        ("gpus", args.gpus),
+        ("cpu", args.cpu),
+        ("memory", args.memory),
+    ):
         if value is not None:
             setattr(s, attr, value)
     if s.gpus < 0:
@@ -185,7 +193,7 @@ def _write(out: Path | None, name: str, text: str) -> None:
 def _validate_offline(obj: dict[str, Any]) -> None:
     """Schema-check what we are about to hand to the API server, when the schema is at hand
     (scripts/k8s-deps.sh); a live API server validates anyway."""
-    from serving import k8s_validate as kv
+    from deploy import k8s_validate as kv
 
     try:
         findings = kv.validate_object(obj)
@@ -199,7 +207,7 @@ def _validate_offline(obj: dict[str, Any]) -> None:
 def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings) -> dict[str, Any]:
     """Decide what to send, from the mode, the report's verdict and the live object (None:
     absent or unknown under --dry-run). Returns {'action', 'patch'|'manifest', 'message'}."""
-    from serving import kserve
+    from deploy import kserve
     from serving.canary import next_traffic_percent
 
     verdict = verdict_from_report(args.report, args.thresholds) if args.report else None
@@ -217,12 +225,25 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
             # Nothing serves yet, so there is nothing to split traffic with: the first version
             # takes all of it.
             manifest = kserve.render_inference_service(args.storage_uri, settings)
-            return {"action": "create", "manifest": manifest, "message": "no InferenceService yet: created it at 100% (nothing to compare against)"}
+            return {
+                "action": "create",
+                "manifest": manifest,
+                "message": "no InferenceService yet: created it at 100% (nothing to compare against)",
+            }
         patch = kserve.canary_patch(args.storage_uri, args.canary)
-        return {"action": "patch", "patch": patch, "manifest": manifest, "message": f"canary: {args.storage_uri} gets {args.canary}% of traffic"}
+        return {
+            "action": "patch",
+            "patch": patch,
+            "manifest": manifest,
+            "message": f"canary: {args.storage_uri} gets {args.canary}% of traffic",
+        }
 
     if args.rollback:
-        return {"action": "patch", "patch": kserve.rollback_patch(), "message": "rollback: 100% back on the previously rolled-out revision"}
+        return {
+            "action": "patch",
+            "patch": kserve.rollback_patch(),
+            "message": "rollback: 100% back on the previously rolled-out revision",
+        }
 
     current = None if live is None else live.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
     if args.promote:
@@ -230,7 +251,11 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
             raise DeployError("--promote needs --report with a passing canary verdict (or --force)")
         if verdict is not None and not verdict.promote and not args.force:
             raise DeployError("the canary report says roll back; refusing to promote (use --rollback)")
-        return {"action": "patch", "patch": kserve.promote_patch(), "message": "promote: the canary revision takes 100%"}
+        return {
+            "action": "patch",
+            "patch": kserve.promote_patch(),
+            "message": "promote: the canary revision takes 100%",
+        }
 
     # --advance
     if verdict is None:
@@ -240,12 +265,16 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
     now = int(current) if current is not None else 0
     target = next_traffic_percent(verdict, now)
     if target == 0:
-        return {"action": "patch", "patch": kserve.rollback_patch(), "message": f"advance: verdict {verdict.action}, canary {now}% -> 0%"}
+        return {
+            "action": "patch",
+            "patch": kserve.rollback_patch(),
+            "message": f"advance: verdict {verdict.action}, canary {now}% -> 0%",
+        }
     return {"action": "patch", "patch": kserve.traffic_patch(target), "message": f"advance: canary {now}% -> {target}%"}
 
 
 def _cmd_kserve(args: argparse.Namespace) -> int:
-    from serving import kserve
+    from deploy import kserve
 
     try:
         settings = _settings(args)

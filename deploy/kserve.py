@@ -111,7 +111,9 @@ def check_percent(percent: int) -> int:
 def canary_patch(storage_uri: str, percent: int) -> dict[str, Any]:
     """Start (or move) a canary: the new model gets `percent`% of the traffic."""
     parse_s3_uri(storage_uri)
-    return {"spec": {"predictor": {"canaryTrafficPercent": check_percent(percent), "model": {"storageUri": storage_uri}}}}
+    return {
+        "spec": {"predictor": {"canaryTrafficPercent": check_percent(percent), "model": {"storageUri": storage_uri}}}
+    }
 
 
 def traffic_patch(percent: int) -> dict[str, Any]:
