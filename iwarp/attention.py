@@ -32,8 +32,15 @@ class CrossModalAttention(nn.Module):
     size grows with the number of sources.
     """
 
-    def __init__(self, qk_dim: int, value_dim: int, num_extra_tokens: int = 4, extra_kv: bool = True, dropout: float = 0.0,
-                 residual_dim: int = 0) -> None:
+    def __init__(
+        self,
+        qk_dim: int,
+        value_dim: int,
+        num_extra_tokens: int = 4,
+        extra_kv: bool = True,
+        dropout: float = 0.0,
+        residual_dim: int = 0,
+    ) -> None:
         """`residual_dim`: the trailing value channels that only the residual path reads (pixels
         and K). Their extra-token values are a parameter of their own, so a model without the
         residual path has the very same other parameters (fine-tuning one from the other)."""
@@ -48,7 +55,9 @@ class CrossModalAttention(nn.Module):
             # "nothing in the sources fits": learned tokens any query can fall back to
             self.extra_keys = nn.Parameter(torch.randn(self.num_extra, qk_dim) * qk_dim**-0.5)
             self.extra_values = nn.Parameter(torch.randn(self.num_extra, value_dim - residual_dim) * 0.02)
-            self.extra_residual_values = nn.Parameter(torch.randn(self.num_extra, residual_dim) * 0.02) if residual_dim else None
+            self.extra_residual_values = (
+                nn.Parameter(torch.randn(self.num_extra, residual_dim) * 0.02) if residual_dim else None
+            )
         else:
             self.register_parameter("extra_keys", None)
             self.register_parameter("extra_values", None)
@@ -89,13 +98,17 @@ class CrossModalAttention(nn.Module):
             # dropout must drop the same weights in every slice (it is one attention matrix):
             # fused kernels draw per head, so train-time dropout uses the single-head call
             # (the math path on CPU; GPU kernels accept unequal q/v widths).
-            out = F.scaled_dot_product_attention(queries[:, None], keys[:, None], values[:, None], dropout_p=p, scale=c**-0.5)
+            out = F.scaled_dot_product_attention(
+                queries[:, None], keys[:, None], values[:, None], dropout_p=p, scale=c**-0.5
+            )
             return out[:, 0, :, : self.value_dim]
         out = F.scaled_dot_product_attention(q, k, v, scale=c**-0.5)  # (B, h, L, C)
         return out.transpose(1, 2).reshape(b, length, h * c)[..., : self.value_dim]
 
     @torch.no_grad()
-    def attention_mass(self, queries: torch.Tensor, keys: torch.Tensor, num_sources: int, chunk_size: int = 1024) -> torch.Tensor:
+    def attention_mass(
+        self, queries: torch.Tensor, keys: torch.Tensor, num_sources: int, chunk_size: int = 1024
+    ) -> torch.Tensor:
         """Per query, the attention mass on each source and on the extra tokens.
 
         queries (B, L, C), keys (B, k*T + E, C) from `prepare` (source by source, extra tokens

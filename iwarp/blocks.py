@@ -136,7 +136,9 @@ class Decoder(nn.Module):
 
     def __init__(self, in_channels: int, channels: list[int], res_blocks: int = 1, pixel_mask: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(ConvNormAct(in_channels, channels[0]), *[ResBlock(channels[0]) for _ in range(res_blocks)])
+        self.stem = nn.Sequential(
+            ConvNormAct(in_channels, channels[0]), *[ResBlock(channels[0]) for _ in range(res_blocks)]
+        )
         self.ups = nn.ModuleList(ConvNormAct(channels[i - 1], channels[i]) for i in range(1, len(channels)))
         self.head = nn.Conv2d(channels[-1], 3, 3, padding=1)
         self.mask_head = nn.Conv2d(channels[-1], 1, 3, padding=1) if pixel_mask else None

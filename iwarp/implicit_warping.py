@@ -24,7 +24,6 @@ per-frame path (`animate`) is keypoints + a small query UNet + attention + MLP +
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,7 +62,7 @@ class ImplicitWarpingConfig:
     spatial_reduction: int = 1  # >1 average-pools source keys/values by this factor (cheaper, coarser)
 
     @classmethod
-    def tiny(cls, image_size: int = 64, **overrides) -> "ImplicitWarpingConfig":
+    def tiny(cls, image_size: int = 64, **overrides) -> ImplicitWarpingConfig:
         """A few-channel model for tests and CPU smoke runs (image_size divisible by 32)."""
         base = dict(
             image_size=image_size,
@@ -126,13 +125,20 @@ class ImplicitWarping(nn.Module):
         if tok_levels < hm_levels:
             raise ValueError(f"token_stride {cfg.token_stride} must be >= heatmap_stride {cfg.heatmap_stride}")
         if len(cfg.value_channels) != tok_levels + 1:
-            raise ValueError(f"value_channels needs {tok_levels + 1} entries (strides 1..{cfg.token_stride}), got {cfg.value_channels}")
+            raise ValueError(
+                f"value_channels needs {tok_levels + 1} entries (strides 1..{cfg.token_stride}), "
+                f"got {cfg.value_channels}"
+            )
         out_level = tok_levels - hm_levels
         size = cfg.image_size
         check_divisible(size, cfg.token_stride * cfg.spatial_reduction, "token_stride x spatial_reduction")
-        check_divisible(size, cfg.heatmap_stride * 2 ** (len(cfg.query_channels) - 1), "heatmap_stride x query UNet levels")
+        check_divisible(
+            size, cfg.heatmap_stride * 2 ** (len(cfg.query_channels) - 1), "heatmap_stride x query UNet levels"
+        )
         check_divisible(size, cfg.heatmap_stride * 2 ** (len(cfg.key_channels) - 1), "heatmap_stride x key UNet levels")
-        check_divisible(size, cfg.keypoints.downsample * 2 ** (len(cfg.keypoints.channels) - 1), "keypoint detector levels")
+        check_divisible(
+            size, cfg.keypoints.downsample * 2 ** (len(cfg.keypoints.channels) - 1), "keypoint detector levels"
+        )
         n = cfg.keypoints.num_keypoints
         self.heatmap_size = cfg.image_size // cfg.heatmap_stride
         self.grid_size = cfg.image_size // cfg.token_stride
@@ -144,8 +150,14 @@ class ImplicitWarping(nn.Module):
         self.key_net = UNet(n + 3 * cfg.heatmap_stride**2, cfg.qk_dim, cfg.key_channels, out_level=out_level)
         self.value_net = FeatureEncoder(3, cfg.value_channels, cfg.value_res_blocks)
         total_value = self.value_dim + (self.pixel_dim + cfg.qk_dim if cfg.residual else 0)
-        self.attention = CrossModalAttention(cfg.qk_dim, total_value, cfg.num_extra_tokens, cfg.extra_kv, cfg.attention_dropout,
-                                             residual_dim=total_value - self.value_dim)
+        self.attention = CrossModalAttention(
+            cfg.qk_dim,
+            total_value,
+            cfg.num_extra_tokens,
+            cfg.extra_kv,
+            cfg.attention_dropout,
+            residual_dim=total_value - self.value_dim,
+        )
         if cfg.residual:
             self.residual_mlp = nn.Sequential(
                 nn.Linear(self.pixel_dim + 2 * cfg.qk_dim, cfg.residual_hidden),
@@ -154,16 +166,23 @@ class ImplicitWarping(nn.Module):
             )
         else:
             self.residual_mlp = None
-        self.decoder = Decoder(self.value_dim, cfg.decoder_channels, cfg.decoder_res_blocks, pixel_mask=cfg.pixel_output)
+        self.decoder = Decoder(
+            self.value_dim, cfg.decoder_channels, cfg.decoder_res_blocks, pixel_mask=cfg.pixel_output
+        )
         # log of the exponent on each source's attention mass when the pixel output blends them;
         # starts at 4: with the shipped model's weights, 4-8 trade ghosting (LPIPS) against seams (L1) best
         self.source_sharpness = nn.Parameter(torch.tensor(math.log(4.0))) if cfg.pixel_output else None
         if len(cfg.decoder_channels) != tok_levels + 1:
-            raise ValueError(f"decoder_channels needs {tok_levels + 1} entries (one per x2 upsampling + 1), got {cfg.decoder_channels}")
+            raise ValueError(
+                f"decoder_channels needs {tok_levels + 1} entries (one per x2 upsampling + 1), "
+                f"got {cfg.decoder_channels}"
+            )
         self.register_buffer("pos_enc", sine_encoding_2d(self.grid_size, self.grid_size, cfg.qk_dim), persistent=False)
         key_grid = self.grid_size // cfg.spatial_reduction
         # token centres in [-1, 1] (x, y): queries on the token grid, keys after spatial reduction
-        self.register_buffer("query_xy", coordinate_grid(self.grid_size, self.grid_size).reshape(-1, 2), persistent=False)
+        self.register_buffer(
+            "query_xy", coordinate_grid(self.grid_size, self.grid_size).reshape(-1, 2), persistent=False
+        )
         self.register_buffer("key_xy", coordinate_grid(key_grid, key_grid).reshape(-1, 2), persistent=False)
 
     # ------------------------------------------------------------------ keypoints
@@ -196,8 +215,14 @@ class ImplicitWarping(nn.Module):
         values = values.flatten(2).transpose(1, 2).reshape(b, -1, values.shape[1])
         keys, values = self.attention.prepare(keys, values)  # + extra tokens, padded values
         n = kp.xy.shape[1]
-        return SourceCache(keys, values, kp.xy.reshape(b, -1, n, 2), kp.strength.reshape(b, -1, n), sources,
-                           self._token_places(sources.shape[1], keys))
+        return SourceCache(
+            keys,
+            values,
+            kp.xy.reshape(b, -1, n, 2),
+            kp.strength.reshape(b, -1, n),
+            sources,
+            self._token_places(sources.shape[1], keys),
+        )
 
     def _token_places(self, k: int, keys: torch.Tensor) -> torch.Tensor:
         """(B, S, k, 3) for `SourceCache.token_places`; the extra tokens (last) get zero rows."""
@@ -261,7 +286,9 @@ class ImplicitWarping(nn.Module):
         shift = F.interpolate(shift, size=(h, w), mode="bilinear", align_corners=False)
         grid = coordinate_grid(h, w, shift.device) + shift.permute(0, 2, 3, 1)
         warped = F.grid_sample(src.flatten(0, 1).float(), grid, align_corners=False, padding_mode="border")
-        mass = F.interpolate(mass.transpose(1, 2).unflatten(-1, (g, g)), size=(h, w), mode="bilinear", align_corners=False)
+        mass = F.interpolate(
+            mass.transpose(1, 2).unflatten(-1, (g, g)), size=(h, w), mode="bilinear", align_corners=False
+        )
         # weights ~ mass ** sharpness over the sources (mass on the extra tokens is no source's): a
         # learned sharpness > 1 picks one source per region instead of ghosting several
         weight = torch.softmax(self.source_sharpness.exp() * mass.clamp_min(1e-6).log(), dim=1)
