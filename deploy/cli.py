@@ -29,6 +29,10 @@ class DeployError(IwarpError, RuntimeError):
     """A rollout step that cannot go ahead; the message says why and what to do."""
 
 
+class DeployInputError(InputError, DeployError):
+    """A missing or malformed report, or options that do not go together (exit 2)."""
+
+
 class ClusterUnreachable(ServiceUnavailable, DeployError):
     """No Kubernetes API server answers (exit 3)."""
 
@@ -106,9 +110,9 @@ def verdict_from_report(report: Path, thresholds: Path | None = None):
         baseline = VersionStats(**data["baseline"]) if data["baseline"] is not None else None  # first deployment
         candidate = VersionStats(**data["candidate"])
     except FileNotFoundError as exc:
-        raise DeployError(f"canary report not found: {report}") from exc
+        raise DeployInputError(f"canary report not found: {report}") from exc
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DeployError(
+        raise DeployInputError(
             f"{report} is not a canary report (JSON with 'baseline' and 'candidate' statistics): {exc}"
         ) from exc
     verdict = decide(baseline, candidate, load_thresholds(thresholds))
@@ -178,7 +182,7 @@ def _settings(args: argparse.Namespace):
         if value is not None:
             setattr(s, attr, value)
     if s.gpus < 0:
-        raise DeployError("--gpus must be >= 0")
+        raise DeployInputError("--gpus must be >= 0")
     return s
 
 
@@ -216,7 +220,7 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
 
     if args.canary is not None:
         if not args.storage_uri:
-            raise DeployError("--canary needs --storage-uri (the new model version)")
+            raise DeployInputError("--canary needs --storage-uri (the new model version)")
         kserve.check_percent(args.canary)
         if verdict is not None and not verdict.promote:
             raise DeployError("the canary report says roll back; not sending traffic to this candidate")
@@ -248,7 +252,7 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
     current = None if live is None else live.get("spec", {}).get("predictor", {}).get("canaryTrafficPercent")
     if args.promote:
         if verdict is None and not args.force:
-            raise DeployError("--promote needs --report with a passing canary verdict (or --force)")
+            raise DeployInputError("--promote needs --report with a passing canary verdict (or --force)")
         if verdict is not None and not verdict.promote and not args.force:
             raise DeployError("the canary report says roll back; refusing to promote (use --rollback)")
         return {
@@ -259,7 +263,7 @@ def plan_kserve(args: argparse.Namespace, live: dict[str, Any] | None, settings)
 
     # --advance
     if verdict is None:
-        raise DeployError("--advance needs --report")
+        raise DeployInputError("--advance needs --report")
     if live is None and not args.dry_run:
         raise DeployError(f"no InferenceService {settings.namespace}/{settings.name} to advance")
     now = int(current) if current is not None else 0
@@ -294,7 +298,7 @@ def _cmd_kserve(args: argparse.Namespace) -> int:
 
         if args.mar is not None:
             if not args.storage_uri:
-                raise DeployError("--mar needs --storage-uri")
+                raise DeployInputError("--mar needs --storage-uri")
             _write(args.out, "config.properties", kserve.render_config_properties(settings))
             if args.dry_run:
                 print(f"dry run: would upload {args.mar} and config.properties to {args.storage_uri}")

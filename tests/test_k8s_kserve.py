@@ -26,6 +26,7 @@ from k8s_utils import ensure_k8s_deps
 from deploy import cli as deploy_cli
 from deploy import k8s_validate as kv
 from deploy import kserve
+from iwarp.errors import run_command
 from serving.canary import CanaryThresholds, VersionStats, decide
 
 URI1, URI2 = "s3://iwarp-models/iwarp/1", "s3://iwarp-models/iwarp/2"
@@ -244,7 +245,7 @@ def iwarp(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="iwarp")
     deploy_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
-    return args.func(args)
+    return run_command(args.func, args)  # as the CLI does: errors become a line and a code
 
 
 def write_report(path: Path, candidate_l1: float, errors: float = 0.0) -> Path:
@@ -275,7 +276,7 @@ def test_rollout_lifecycle_follows_the_canary_verdict(cluster, tmp_path, capsys)
 
     # Promotion is gated by the verdict.
     before = cluster.isvc()
-    assert iwarp("deploy", "kserve", "--promote") == 1
+    assert iwarp("deploy", "kserve", "--promote") == 2  # usage: --promote needs --report
     assert "needs --report" in capsys.readouterr().err
     assert iwarp("deploy", "kserve", "--promote", "--report", str(bad)) == 1
     assert "refusing to promote" in capsys.readouterr().err
@@ -327,7 +328,7 @@ def test_thresholds_file_changes_the_decision(cluster, tmp_path, capsys):
 
 def test_unreachable_cluster_and_bad_reports_fail_clearly(cluster, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_KUBE_DOWN", "1")
-    assert iwarp("deploy", "kserve", "--rollback") == 1
+    assert iwarp("deploy", "kserve", "--rollback") == 3  # an unreachable service
     err = capsys.readouterr().err
     assert "no Kubernetes cluster reachable" in err and "--dry-run" in err
     monkeypatch.delenv("FAKE_KUBE_DOWN")
@@ -335,9 +336,9 @@ def test_unreachable_cluster_and_bad_reports_fail_clearly(cluster, tmp_path, mon
     assert "no InferenceService iwarp/iwarp" in capsys.readouterr().err
     junk = tmp_path / "junk.json"
     junk.write_text('{"promote": true}')
-    assert iwarp("deploy", "kserve", "--promote", "--report", str(junk), "--dry-run") == 1
+    assert iwarp("deploy", "kserve", "--promote", "--report", str(junk), "--dry-run") == 2  # bad input
     assert "not a canary report" in capsys.readouterr().err
-    assert iwarp("deploy", "kserve", "--canary", "10", "--dry-run") == 1
+    assert iwarp("deploy", "kserve", "--canary", "10", "--dry-run") == 2  # usage
     assert "needs --storage-uri" in capsys.readouterr().err
 
 

@@ -10,6 +10,7 @@ import yaml
 
 from components.ablation import ABLATIONS
 from components.base import ALL_PINS, DEFAULT_IMAGE
+from iwarp.errors import run_command
 from pipelines import cli as pipeline_cli
 from pipelines.pipeline import PlatformOptions, compile_pipeline
 
@@ -44,7 +45,7 @@ def cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     pipeline_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["pipeline", *argv])
-    return args.func(args)
+    return run_command(args.func, args)  # as the CLI does: errors become a line and a code
 
 
 def load(path: Path) -> tuple[dict, dict]:
