@@ -63,9 +63,9 @@ def exit_code(exc: BaseException) -> int | None:
 
 
 def message(exc: BaseException) -> str:
-    """`error: <the message's first line>`; the full message is in the IWARP_DEBUG traceback."""
+    """`error: <the message>` on one line: a multi-line message's lines are joined, not cut."""
     text = str(exc).strip() or type(exc).__name__
-    return f"error: {text.splitlines()[0]}"
+    return "error: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def report(exc: BaseException) -> int:

@@ -39,6 +39,9 @@ def env(tmp_path_factory):
     with torch.no_grad():  # a bad release: the output layer collapsed to black frames
         broken.decoder.head.weight.zero_()
         broken.decoder.head.bias.fill_(-12.0)
+        if broken.decoder.mask_head is not None:  # and the pixel output switched off by its mask
+            broken.decoder.mask_head.weight.zero_()
+            broken.decoder.mask_head.bias.fill_(-12.0)
     store, cand = tmp / "model_store", tmp / "candidates"
     store.mkdir(parents=True)
     mar1 = package(write_checkpoint(base, tmp / "v1.ckpt"), "1.0", cand / "v1", config=cfg,

@@ -124,7 +124,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             "set one of them (data.image_size defaults to the model's)"
         )
     if problems:
-        raise ConfigError("invalid training config:\n  " + "\n  ".join(problems))
+        raise ConfigError("invalid training config: " + "; ".join(problems))  # one line: the CLI prints line 1
     return cfg
 
 
