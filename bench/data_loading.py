@@ -41,16 +41,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         roots = {}
         for fmt in ("png", "jpg", "mp4"):
-            cfg = SynthConfig(num_identities=6, videos_per_identity=2, num_frames=args.frames,
-                              image_size=args.size, format=fmt, test_fraction=0.2)
+            cfg = SynthConfig(
+                num_identities=6,
+                videos_per_identity=2,
+                num_frames=args.frames,
+                image_size=args.size,
+                format=fmt,
+                test_fraction=0.2,
+            )
             roots[fmt] = make_synth_dataset(Path(tmp) / fmt, cfg, progress=False) is not None and Path(tmp) / fmt
         s = args.size
         results = {
             "png frame folders": rate(VideoDataset(roots["png"], "train", s), args.steps, args.batch, False),
             "jpg frame folders": rate(VideoDataset(roots["jpg"], "train", s), args.steps, args.batch, False),
             "mp4, cached clips (warm)": rate(VideoDataset(roots["mp4"], "train", s), args.steps, args.batch, True),
-            "mp4, no cache": rate(VideoDataset(roots["mp4"], "train", s, cache_bytes=0), max(args.steps // 4, 2),
-                                  args.batch, False),
+            "mp4, no cache": rate(
+                VideoDataset(roots["mp4"], "train", s, cache_bytes=0), max(args.steps // 4, 2), args.batch, False
+            ),
         }
     base = results["png frame folders"]
     print(f"{args.size} px, {args.frames}-frame clips, batch {args.batch}, k in 1..4, one thread")

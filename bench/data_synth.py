@@ -41,8 +41,9 @@ def main() -> None:
     base = None
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = SynthConfig(num_identities=4, videos_per_identity=2, num_frames=48, image_size=256,
-                              format="png", workers=workers)
+            cfg = SynthConfig(
+                num_identities=4, videos_per_identity=2, num_frames=48, image_size=256, format="png", workers=workers
+            )
             t = time.perf_counter()
             make_synth_dataset(Path(tmp) / "d", cfg, progress=False)
             fps = 8 * 48 / (time.perf_counter() - t)

@@ -31,8 +31,17 @@ KEYS = ("l1", "psnr", "lpips", "akd")
 def evaluate(checkpoint: str, data: Path, ks: list[int], stride: int, landmarks: bool) -> dict:
     from iwarp.training.evaluate import evaluate_checkpoint
 
-    return evaluate_checkpoint(checkpoint, data, ks, stride=stride, landmarks=landmarks, fd=False, copy_source=True,
-                               source_placement="spread", progress=False)["json"]
+    return evaluate_checkpoint(
+        checkpoint,
+        data,
+        ks,
+        stride=stride,
+        landmarks=landmarks,
+        fd=False,
+        copy_source=True,
+        source_placement="spread",
+        progress=False,
+    )["json"]
 
 
 def swap_test(checkpoint: str, data: Path, stride: int) -> dict[str, float]:
@@ -53,8 +62,10 @@ def swap_test(checkpoint: str, data: Path, stride: int) -> dict[str, float]:
     other_video = next(i for i, v in enumerate(train.videos) if v.num_frames > 4)
     other = train.read_frames(other_video, list(range(0, train.videos[other_video].num_frames, 8))[:4])
     with torch.no_grad():
-        err = {name: float((predict_video(model, s, drive) - drive).abs().mean()) for name, s in
-               (("own sources", own), (f"sources of {train.videos[other_video].identity}", other))}
+        err = {
+            name: float((predict_video(model, s, drive) - drive).abs().mean())
+            for name, s in (("own sources", own), (f"sources of {train.videos[other_video].identity}", other))
+        }
     return err
 
 
@@ -78,8 +89,9 @@ def pictures(checkpoint: str, data: Path, out_dir: Path, stride: int, rows: int 
     strip = visuals.animation_strip(sources, driving, prediction, out_dir / "strip.png", sources[:1].expand_as(driving))
     with torch.no_grad():
         maps = model.source_attention(sources[None].expand(len(picks), -1, -1, -1, -1), driving)
-    attention = visuals.attention_grid(sources[None].expand(len(picks), -1, -1, -1, -1), driving, prediction, maps,
-                                       out_dir / "attention.png")
+    attention = visuals.attention_grid(
+        sources[None].expand(len(picks), -1, -1, -1, -1), driving, prediction, maps, out_dir / "attention.png"
+    )
     return [strip, attention]
 
 
@@ -116,14 +128,19 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     general = evaluate(args.checkpoint, args.data / "general", args.sources, args.frame_stride, args.landmarks)
-    personal = evaluate(args.personal_checkpoint or args.checkpoint, args.data / "personal", args.sources, 1,
-                        args.landmarks)
+    personal = evaluate(
+        args.personal_checkpoint or args.checkpoint, args.data / "personal", args.sources, 1, args.landmarks
+    )
     table("general (unseen person, spread sources)", general)
     if args.personal_checkpoint:  # the general model on the personal target, before fine-tuning
-        table(f"personal, before fine-tuning ({args.checkpoint})",
-              evaluate(args.checkpoint, args.data / "personal", args.sources, 1, args.landmarks))
-    table(f"personal (held-out end of a known person's recording, {args.personal_checkpoint or args.checkpoint})",
-          personal)
+        table(
+            f"personal, before fine-tuning ({args.checkpoint})",
+            evaluate(args.checkpoint, args.data / "personal", args.sources, 1, args.landmarks),
+        )
+    table(
+        f"personal (held-out end of a known person's recording, {args.personal_checkpoint or args.checkpoint})",
+        personal,
+    )
     swap = swap_test(args.checkpoint, args.data / "general", args.frame_stride)
     print("\nsource swap (k = 4, the unseen person's driving frames), L1:")
     for name, v in swap.items():

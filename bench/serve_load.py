@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"errors on good requests: {len(good_errors)}" + (f"  e.g. {good_errors[:3]}" if good_errors else ""))
         print(
             f"malformed: {sum(bad_codes.values())} answered {dict(sorted(bad_codes.items()))}; "
-            f"non-4xx: {len(bad_wrong)}"
-            + (f" e.g. {bad_wrong[:3]}" if bad_wrong else "")
+            f"non-4xx: {len(bad_wrong)}" + (f" e.g. {bad_wrong[:3]}" if bad_wrong else "")
         )
         print(f"worker restarted: {restarted} (pids before {pids_before}, after {pids_after})")
         results.update(

@@ -30,25 +30,44 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_SETTINGS = [
-    "optim.steps=1000000", "optim.schedule=constant", "optim.warmup_steps=20",
-    "optim.lr_generator=1e-3", "loss.gan=0", "loss.feature_matching=0",
-    "loss.reconstruction=10", "loss.perceptual=0", "loss.equivariance=10",
-    "data.k_min=1", "data.k_max=4", "data.batch_size=4",
+    "optim.steps=1000000",
+    "optim.schedule=constant",
+    "optim.warmup_steps=20",
+    "optim.lr_generator=1e-3",
+    "loss.gan=0",
+    "loss.feature_matching=0",
+    "loss.reconstruction=10",
+    "loss.perceptual=0",
+    "loss.equivariance=10",
+    "data.k_min=1",
+    "data.k_max=4",
+    "data.batch_size=4",
     # a little more capacity than tiny.yaml, the same for both: 16x16 attention tokens (tiny has
     # 8x8: too coarse at 64 px), and the matching 16x16 motion grid and widths for the baseline
-    "model.implicit.token_stride=4", "model.implicit.value_channels=[16,32,64]",
-    "model.implicit.value_res_blocks=[0,1,1]", "model.implicit.decoder_channels=[48,32,16]",
-    "model.implicit.qk_dim=32", "model.implicit.query_channels=[16,32]", "model.implicit.key_channels=[16,32]",
+    "model.implicit.token_stride=4",
+    "model.implicit.value_channels=[16,32,64]",
+    "model.implicit.value_res_blocks=[0,1,1]",
+    "model.implicit.decoder_channels=[48,32,16]",
+    "model.implicit.qk_dim=32",
+    "model.implicit.query_channels=[16,32]",
+    "model.implicit.key_channels=[16,32]",
     "model.implicit.residual_hidden=64",
-    "model.baseline.motion_channels=[16,32,32]", "model.baseline.encoder_channels=[16,32,64]",
-    "model.baseline.encoder_res_blocks=[0,1,1]", "model.baseline.decoder_channels=[48,32,16]",
-    "checkpoint.every_steps=200", "logging.every_steps=20", "logging.images_every_steps=0",
+    "model.baseline.motion_channels=[16,32,32]",
+    "model.baseline.encoder_channels=[16,32,64]",
+    "model.baseline.encoder_res_blocks=[0,1,1]",
+    "model.baseline.decoder_channels=[48,32,16]",
+    "checkpoint.every_steps=200",
+    "logging.every_steps=20",
+    "logging.images_every_steps=0",
 ]
 
 
 def sh(cmd: list[str], threads: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -55,8 +55,11 @@ def make_data(root: Path, size: int = 64) -> Path:
 
 
 def subprocess_env(threads: int) -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS=str(threads),
-                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
 
 
 def sh(name: str, cmd: list[str], threads: int) -> None:
@@ -73,8 +76,20 @@ def run(name: str, out: Path, config: Path, sets: list[str], nproc: int, threads
     """Train once; the steady-state throughput and the last logged losses."""
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "iwarp", "train", "--config", str(config), "--set", f"out_dir={run_dir}",
-           f"threads={threads}", "logging.progress=false", "logging.images_every_steps=0", *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "iwarp",
+        "train",
+        "--config",
+        str(config),
+        "--set",
+        f"out_dir={run_dir}",
+        f"threads={threads}",
+        "logging.progress=false",
+        "logging.images_every_steps=0",
+        *sets,
+    ]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
     print(f"[bench] training {name} ...", flush=True)
@@ -83,25 +98,58 @@ def run(name: str, out: Path, config: Path, sets: list[str], nproc: int, threads
     wall = time.perf_counter() - start
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:] or records[-1:]
-    return {"name": name, "run_dir": str(run_dir), "processes": nproc, "threads_per_process": threads,
-            "samples_per_s": mean(steady, "samples_per_s"), "samples_per_cpu_s": mean(steady, "samples_per_cpu_s"),
-            "windows": len(steady), "wall_s": wall, "last_logged": records[-1]}
+    return {
+        "name": name,
+        "run_dir": str(run_dir),
+        "processes": nproc,
+        "threads_per_process": threads,
+        "samples_per_s": mean(steady, "samples_per_s"),
+        "samples_per_cpu_s": mean(steady, "samples_per_cpu_s"),
+        "windows": len(steady),
+        "wall_s": wall,
+        "last_logged": records[-1],
+    }
 
 
 def evaluate(run_dir: Path, data: Path) -> dict:
     """Test-split L1/LPIPS of the final checkpoint (the same metric for every setting)."""
     out = run_dir / "metrics-eval.json"
     print(f"[bench] evaluating {run_dir.name} ...", flush=True)
-    sh(f"evaluate {run_dir.name}", [sys.executable, "-m", "iwarp", "evaluate", "--checkpoint",
-                                   str(run_dir / "checkpoints" / "final.ckpt"), "--data", str(data),
-                                   "--sources", *EVAL_SOURCES, "--out", str(out), "--frame-stride", "4",
-                                   "--no-landmarks", "--no-fd", "--copy-source"], threads=1)
+    sh(
+        f"evaluate {run_dir.name}",
+        [
+            sys.executable,
+            "-m",
+            "iwarp",
+            "evaluate",
+            "--checkpoint",
+            str(run_dir / "checkpoints" / "final.ckpt"),
+            "--data",
+            str(data),
+            "--sources",
+            *EVAL_SOURCES,
+            "--out",
+            str(out),
+            "--frame-stride",
+            "4",
+            "--no-landmarks",
+            "--no-fd",
+            "--copy-source",
+        ],
+        threads=1,
+    )
     return json.loads(out.read_text())
 
 
 def common_sets(data: Path, steps: int, log_every: int, batch_size: int, extra: list[str]) -> list[str]:
-    return [f"data.root={data}", f"optim.steps={steps}", f"logging.every_steps={log_every}",
-            f"checkpoint.every_steps={steps}", f"data.batch_size={batch_size}", *extra]
+    return [
+        f"data.root={data}",
+        f"optim.steps={steps}",
+        f"logging.every_steps={log_every}",
+        f"checkpoint.every_steps={steps}",
+        f"data.batch_size={batch_size}",
+        *extra,
+    ]
 
 
 def old_vs_new(args: argparse.Namespace) -> list[dict]:
@@ -112,9 +160,14 @@ def old_vs_new(args: argparse.Namespace) -> list[dict]:
         data = make_data(args.out / f"data{size}", size)
         size_sets = [f"model.implicit.image_size={size}", f"data.image_size={size}", "seed=0"]
         for setting, sets in SETTINGS.items():
-            row = run(f"{size}px-{setting}", args.out, TINY,
-                      [*common_sets(data, args.steps, log_every, args.batch_size, args.extra), *size_sets, *sets],
-                      nproc=1, threads=1)
+            row = run(
+                f"{size}px-{setting}",
+                args.out,
+                TINY,
+                [*common_sets(data, args.steps, log_every, args.batch_size, args.extra), *size_sets, *sets],
+                nproc=1,
+                threads=1,
+            )
             row.update(size=size, setting=setting, eval=evaluate(Path(row["run_dir"]), data))
             rows.append(row)
     return rows
@@ -134,15 +187,23 @@ def print_old_vs_new(rows: list[dict], args: argparse.Namespace, load_before: fl
     from iwarp.training.loop import cpu_has_native_bf16
 
     ratios = speed_checks(rows)
-    print(f"\ntraining throughput, old vs new settings: tiny config, full losses (VGG16 perceptual pyramid, GAN + "
-          f"feature matching, equivariance), batch {args.batch_size}, 1 process x 1 thread, {args.steps} steps")
+    print(
+        f"\ntraining throughput, old vs new settings: tiny config, full losses (VGG16 perceptual pyramid, GAN + "
+        f"feature matching, equivariance), batch {args.batch_size}, 1 process x 1 thread, {args.steps} steps"
+    )
     print(f"old: {' '.join(SETTINGS['old'])}\nnew: {' '.join(SETTINGS['new'])}")
-    print(f"this CPU has native bf16 (AVX512-BF16/AMX): {cpu_has_native_bf16()} -> new precision=auto runs "
-          f"{'bf16 autocast' if cpu_has_native_bf16() else 'fp32'}")
-    print(f"machine: {os.cpu_count()} CPU cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} "
-          "after; shared with other users, so absolute numbers are noisy (the ratio is measured side by side)\n")
-    print(f"{'size':>5}  {'setting':<8}{'samples/s':>10}{'new/old':>9}{'samples/CPU-s':>15}{'new/old':>9}"
-          f"{'wall s':>8}  {'result':<6}")
+    print(
+        f"this CPU has native bf16 (AVX512-BF16/AMX): {cpu_has_native_bf16()} -> new precision=auto runs "
+        f"{'bf16 autocast' if cpu_has_native_bf16() else 'fp32'}"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPU cores, load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} "
+        "after; shared with other users, so absolute numbers are noisy (the ratio is measured side by side)\n"
+    )
+    print(
+        f"{'size':>5}  {'setting':<8}{'samples/s':>10}{'new/old':>9}{'samples/CPU-s':>15}{'new/old':>9}"
+        f"{'wall s':>8}  {'result':<6}"
+    )
     by = {(r["size"], r["setting"]): r for r in rows}
     for r in rows:
         ratio = ratios[r["size"]] if r["setting"] == "new" else None

@@ -34,13 +34,29 @@ def preprocess_data(
     overrides such as `faces.clips_per_photo=2` or `prepare.crop=face`."""
     from components.steps.data import run_preprocess
 
-    version, params, personal_version = run_preprocess(data_source, raw_data, dvc_remote, s3_endpoint_url, workspace,
-                                                       image_size, list(data_params), dataset.path, personal.path)
+    version, params, personal_version = run_preprocess(
+        data_source,
+        raw_data,
+        dvc_remote,
+        s3_endpoint_url,
+        workspace,
+        image_size,
+        list(data_params),
+        dataset.path,
+        personal.path,
+    )
     import json
 
     # as JSON text: artifact metadata is a protobuf Struct, which would turn every int into a float
-    dataset.metadata.update({"data_version": version, "data_source": data_source, "dvc_remote": dvc_remote,
-                             "raw_data": raw_data, "params_json": json.dumps(params)})
+    dataset.metadata.update(
+        {
+            "data_version": version,
+            "data_source": data_source,
+            "dvc_remote": dvc_remote,
+            "raw_data": raw_data,
+            "params_json": json.dumps(params),
+        }
+    )
     personal.metadata.update({"data_version": personal_version, "data_source": data_source})
     return version
 

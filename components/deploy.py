@@ -16,8 +16,14 @@ def package_model(checkpoint: Input[Model], model_name: str, version: str, mar: 
     from components.steps.deploy import package_mar
 
     info = package_mar(checkpoint.path, model_name, version, mar.path)
-    mar.metadata.update({"model_name": model_name, "torchserve_version": info["version"], "registry_version": version,
-                         "variant": checkpoint.metadata.get("variant")})
+    mar.metadata.update(
+        {
+            "model_name": model_name,
+            "torchserve_version": info["version"],
+            "registry_version": version,
+            "variant": checkpoint.metadata.get("variant"),
+        }
+    )
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=SERVING_PACKAGES)
@@ -46,9 +52,20 @@ def deploy_canary(
 
     from components.steps.deploy import CanaryRequest, run_canary_step
 
-    result = run_canary_step(CanaryRequest(
-        mar=mar.path, dataset=dataset.path, model_name=model_name, version=version, tracking_uri=tracking_uri,
-        target=target, serving_workdir=serving_workdir, image_size=image_size, namespace=namespace,
-        storage_uri=storage_uri, s3_endpoint_url=s3_endpoint_url,
-    ), verdict.path)
+    result = run_canary_step(
+        CanaryRequest(
+            mar=mar.path,
+            dataset=dataset.path,
+            model_name=model_name,
+            version=version,
+            tracking_uri=tracking_uri,
+            target=target,
+            serving_workdir=serving_workdir,
+            image_size=image_size,
+            namespace=namespace,
+            storage_uri=storage_uri,
+            s3_endpoint_url=s3_endpoint_url,
+        ),
+        verdict.path,
+    )
     return namedtuple("Canary", ["promoted", "default_version", "endpoint"])(*result)

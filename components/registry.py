@@ -24,7 +24,17 @@ def register_model(
 
     from components.steps.registry import register
 
-    version = register(tracking_uri, model_name, run_id, {"iwarp.variant": variant, "iwarp.choice_reason": reason,
-                       "iwarp.data_version": data_version, "iwarp.parent_run_id": parent_run_id})
-    return namedtuple("Registered", ["version", "model_name", "model_uri"])(version, model_name,
-                                                                            f"models:/{model_name}/{version}")
+    version = register(
+        tracking_uri,
+        model_name,
+        run_id,
+        {
+            "iwarp.variant": variant,
+            "iwarp.choice_reason": reason,
+            "iwarp.data_version": data_version,
+            "iwarp.parent_run_id": parent_run_id,
+        },
+    )
+    return namedtuple("Registered", ["version", "model_name", "model_uri"])(
+        version, model_name, f"models:/{model_name}/{version}"
+    )

@@ -29,9 +29,18 @@ def compare_ablations(
 
     from components.steps.report import compare
 
-    choice = compare([r.path for r in reports], [(dict(c.metadata), c.path) for c in checkpoints], tracking_uri,
-                     parent_run_id, data_version, select_metric, float(select_margin), table.path, chart.path,
-                     chosen_model.path)
+    choice = compare(
+        [r.path for r in reports],
+        [(dict(c.metadata), c.path) for c in checkpoints],
+        tracking_uri,
+        parent_run_id,
+        data_version,
+        select_metric,
+        float(select_margin),
+        table.path,
+        chart.path,
+        chosen_model.path,
+    )
     chosen_model.metadata.update({"variant": choice.variant, "run_id": choice.run_id})
     return namedtuple("Choice", ["variant", "run_id", "reason"])(choice.variant, choice.run_id, choice.reason)
 

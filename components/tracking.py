@@ -176,8 +176,10 @@ class MLflowTarget:
             except MlflowException as exc:
                 if transient(exc):
                     raise
-                warnings.warn(f"MLflow run {self.spec.run_id} not found at {self.spec.tracking_uri}; "
-                              "starting a new run", stacklevel=2)
+                warnings.warn(
+                    f"MLflow run {self.spec.run_id} not found at {self.spec.tracking_uri}; starting a new run",
+                    stacklevel=2,
+                )
                 self.spec.run_id = None
         if not self.spec.run_id:
             exp = self.client.get_experiment_by_name(self.spec.experiment)

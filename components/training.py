@@ -9,7 +9,6 @@ Training has two back ends behind one component:
   pass through the shared data volume (k8s/params.yaml `data:`). See `components.steps.trainjob`.
 """
 
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -40,11 +39,20 @@ def open_parent_run(
 
     # Typed parameters, not one dict argument: KFP splices runtime values into a dict literal as
     # text, which breaks on strings with quotes (train_overrides).
-    params = {"train_config": train_config, "train_overrides": list(train_overrides), "seed": seed,
-              "train_steps": train_steps, "nproc_per_node": nproc_per_node, "num_nodes": num_nodes,
-              "select_metric": select_metric, "init_from": init_from, "data_source": data_source}
-    return start_parent_run(tracking_uri, experiment, data_version, validation.path, data_docs.path, params,
-                            pipeline_job)
+    params = {
+        "train_config": train_config,
+        "train_overrides": list(train_overrides),
+        "seed": seed,
+        "train_steps": train_steps,
+        "nproc_per_node": nproc_per_node,
+        "num_nodes": num_nodes,
+        "select_metric": select_metric,
+        "init_from": init_from,
+        "data_source": data_source,
+    }
+    return start_parent_run(
+        tracking_uri, experiment, data_version, validation.path, data_docs.path, params, pipeline_job
+    )
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=TRAIN_PACKAGES)
@@ -85,17 +93,38 @@ def train_model(
     from components.steps.training import run_training
 
     req = TrainRequest(
-        dataset=dataset.path, ablation=ablation, config=train_config,
-        overrides=list(train_overrides), seed=seed, steps=steps, tracking_uri=tracking_uri,
-        experiment=experiment, parent_run_id=parent_run_id, backend=backend,
-        nproc_per_node=nproc_per_node, num_nodes=num_nodes, gpus_per_node=gpus_per_node,
-        trainer_runtime=trainer_runtime, namespace=namespace, image=image, shared_dir=shared_dir, data_pvc=data_pvc,
-        data_version=dataset.metadata.get("data_version", ""), init_from=init_from,
+        dataset=dataset.path,
+        ablation=ablation,
+        config=train_config,
+        overrides=list(train_overrides),
+        seed=seed,
+        steps=steps,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        backend=backend,
+        nproc_per_node=nproc_per_node,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        trainer_runtime=trainer_runtime,
+        namespace=namespace,
+        image=image,
+        shared_dir=shared_dir,
+        data_pvc=data_pvc,
+        data_version=dataset.metadata.get("data_version", ""),
+        init_from=init_from,
     )
     run_id, init, tracking = run_training(req, checkpoint.path)  # tracking: "" or the outage, not a failure
-    checkpoint.metadata.update({"variant": ablation["variant"], "run_id": run_id, "init": init,
-                                "tracking": tracking or "ok",
-                                "residual": bool(ablation["residual"]), "extra_kv": bool(ablation["extra_kv"])})
+    checkpoint.metadata.update(
+        {
+            "variant": ablation["variant"],
+            "run_id": run_id,
+            "init": init,
+            "tracking": tracking or "ok",
+            "residual": bool(ablation["residual"]),
+            "extra_kv": bool(ablation["extra_kv"]),
+        }
+    )
     return run_id
 
 
@@ -126,8 +155,19 @@ def evaluate_model(
     from components.steps.training import run_evaluation
 
     targets = {"general": dataset.path, "personal": personal.path}
-    values = run_evaluation(checkpoint.path, targets, [int(k) for k in sources], run_id, tracking_uri,
-                            dict(checkpoint.metadata), report.path, max_videos, frechet, landmarks, source_placement,
-                            int(frame_stride))
+    values = run_evaluation(
+        checkpoint.path,
+        targets,
+        [int(k) for k in sources],
+        run_id,
+        tracking_uri,
+        dict(checkpoint.metadata),
+        report.path,
+        max_videos,
+        frechet,
+        landmarks,
+        source_placement,
+        int(frame_stride),
+    )
     for key, value in values.items():
         metrics.log_metric(key, value)

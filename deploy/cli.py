@@ -164,8 +164,9 @@ class Kubectl:
         self.run(["patch", "inferenceservice", name, "-n", self.namespace, "--type", "merge", "-p", json.dumps(patch)])
 
     def wait_ready(self, name: str, seconds: int) -> None:
-        self.run(["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", self.namespace,
-                  f"--timeout={seconds}s"])
+        self.run(
+            ["wait", "--for=condition=Ready", f"inferenceservice/{name}", "-n", self.namespace, f"--timeout={seconds}s"]
+        )
 
 
 def _settings(args: argparse.Namespace):

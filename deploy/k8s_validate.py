@@ -88,9 +88,7 @@ def kubectl_binary() -> str:
 
 def kustomize_build(path: str | Path) -> list[dict[str, Any]]:
     """`kubectl kustomize PATH`, parsed into objects (offline: no cluster is contacted)."""
-    proc = subprocess.run(
-        [kubectl_binary(), "kustomize", str(path)], capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run([kubectl_binary(), "kustomize", str(path)], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise ManifestError(f"kubectl kustomize {path} failed:\n{proc.stderr.strip()}")
     return load_objects(proc.stdout)
@@ -148,7 +146,7 @@ def _k8s_def_index(version: str) -> dict[str, str]:
     for name in sorted(k8s_definitions(version), key=lambda n: not n.startswith(preference)):
         parts = name.split(".")
         index.setdefault(name.replace(".", "").lower(), name)
-        index.setdefault("k8sio" + name.replace(".", "").lower()[len("iok8s"):], name)
+        index.setdefault("k8sio" + name.replace(".", "").lower()[len("iok8s") :], name)
         index.setdefault((parts[-2] + parts[-1]).lower(), name)
     index["resourcequantity"] = "io.k8s.apimachinery.pkg.api.resource.Quantity"
     return index
@@ -227,9 +225,7 @@ def _trainer_schemas(k8s_version: str) -> dict[tuple[str, str], dict[str, Any]]:
                 continue
             text = text.replace(f'"#/$defs/{name}"', f'"{ref["$ref"]}"')
         builder.defs = json.loads(text)
-        out[(f"{TRAINER_GROUP}/v1alpha1", kind)] = builder.schema(
-            cls.__name__, f"{TRAINER_GROUP}/v1alpha1", kind
-        )
+        out[(f"{TRAINER_GROUP}/v1alpha1", kind)] = builder.schema(cls.__name__, f"{TRAINER_GROUP}/v1alpha1", kind)
     if builder.unresolved:
         raise ManifestError(f"Trainer types with no Kubernetes schema: {sorted(builder.unresolved)}")
     return out
@@ -290,8 +286,7 @@ def _kserve_models(wheel: Path) -> dict[str, dict[str, Any]]:
                     # Setters of required fields raise "Invalid value for `x`, must not be `None`".
                     if isinstance(node, ast.FunctionDef):
                         if any(
-                            isinstance(c, ast.Constant) and "must not be `None`" in str(c.value)
-                            for c in ast.walk(node)
+                            isinstance(c, ast.Constant) and "must not be `None`" in str(c.value) for c in ast.walk(node)
                         ):
                             required.add(node.name)
                 if "openapi_types" in tables:

@@ -50,8 +50,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
         _write_atomically(path, header, data)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise CheckpointWriteError(f"could not write checkpoint {path}: {reason} (errno {exc.errno}); "
-                                   "the previous checkpoints are untouched") from exc
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path}: {reason} (errno {exc.errno}); the previous checkpoints are untouched"
+        ) from exc
     return path
 
 
@@ -121,12 +122,21 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
             return shipped
     names = sorted(p.stem for p in folder.glob("*.ckpt")) if folder.is_dir() else []
     available = ", ".join(names) if names else "none"
-    raise CheckpointError(f"checkpoint not found: {text} (not a file, nor a shipped model in {folder}; "
-                          f"available: {available})")
+    raise CheckpointError(
+        f"checkpoint not found: {text} (not a file, nor a shipped model in {folder}; available: {available})"
+    )
 
 
-RELEASE_KEYS = ("format_version", "model_kind", "model_config", "model", "discriminator", "step", "train_config",
-                "metrics")
+RELEASE_KEYS = (
+    "format_version",
+    "model_kind",
+    "model_config",
+    "model",
+    "discriminator",
+    "step",
+    "train_config",
+    "metrics",
+)
 
 
 def save_release(src: str | Path, dst: str | Path) -> Path:

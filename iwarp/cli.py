@@ -19,8 +19,10 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser(modules: Iterable[str] = COMMAND_MODULES, description: str = "iwarp library commands (data, "
-                 "training, evaluation, animation)") -> argparse.ArgumentParser:
+def build_parser(
+    modules: Iterable[str] = COMMAND_MODULES,
+    description: str = "iwarp library commands (data, training, evaluation, animation)",
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iwarp", description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in modules:

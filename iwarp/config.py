@@ -103,8 +103,13 @@ def _build(tp: Any, value: Any, where: str = "") -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         hints = get_type_hints(tp)
-        return tp(**{f.name: _build(hints[f.name], value[f.name], f"{where}.{f.name}" if where else f.name)
-                     for f in dataclasses.fields(tp) if f.init and f.name in value})
+        return tp(
+            **{
+                f.name: _build(hints[f.name], value[f.name], f"{where}.{f.name}" if where else f.name)
+                for f in dataclasses.fields(tp)
+                if f.init and f.name in value
+            }
+        )
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"{where} must be one of {get_args(tp)}, got {value!r}")

@@ -44,8 +44,15 @@ class ServiceUnavailable(IwarpError):
 
 # Builtin errors whose message already says what to fix.
 _INPUT = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError)
-_UNREACHABLE_NAMES = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "NewConnectionError",
-                      "MaxRetryError", "EndpointConnectionError"}  # requests, urllib3, botocore: by name, unimported
+_UNREACHABLE_NAMES = {
+    "ConnectionError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "Timeout",
+    "NewConnectionError",
+    "MaxRetryError",
+    "EndpointConnectionError",
+}  # requests, urllib3, botocore: by name, unimported
 _PROJECT_PACKAGES = {"iwarp", "serving", "pipelines", "components"}
 
 

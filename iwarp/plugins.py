@@ -31,7 +31,9 @@ def load(group: str, name: str) -> Any:
     if (group, name) not in _registered:
         found = entry_points(group=group, name=name)
         if not found:
-            raise InputError(f"no {name!r} plugin in entry point group {group!r}: install the package that "
-                             f"provides it (for MLflow: this project's `components`, `pip install -e .`)")
+            raise InputError(
+                f"no {name!r} plugin in entry point group {group!r}: install the package that "
+                f"provides it (for MLflow: this project's `components`, `pip install -e .`)"
+            )
         _registered[(group, name)] = next(iter(found)).load()
     return _registered[(group, name)]

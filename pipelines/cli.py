@@ -14,8 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         DEFAULT_FRAME_STRIDE,
         DEFAULT_STEPS,
     )
-    p = sub.add_parser("pipeline", help="run the Kubeflow pipeline locally, or compile it for a cluster",
-                       description="The iwarp Kubeflow pipeline (see docs/pipeline.md).")
+
+    p = sub.add_parser(
+        "pipeline",
+        help="run the Kubeflow pipeline locally, or compile it for a cluster",
+        description="The iwarp Kubeflow pipeline (see docs/pipeline.md).",
+    )
     psub = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
 
     r = psub.add_parser(
@@ -25,27 +29,60 @@ def register(sub: argparse._SubParsersAction) -> None:
         "compare -> animate + register -> package -> canary with kfp.local's SubprocessRunner. Starts or "
         "reuses a local MLflow server (SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
     )
-    r.add_argument("--data", default="faces", metavar="faces|synth|DIR",
-                   help="faces: real faces (DVC's faces stage, the default); synth: synthetic heads; "
-                   "or a folder of raw videos")
-    r.add_argument("--data-param", dest="data_params", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="params.yaml overrides for the data stages, e.g. faces.clips_per_photo=2 prepare.crop=face")
+    r.add_argument(
+        "--data",
+        default="faces",
+        metavar="faces|synth|DIR",
+        help="faces: real faces (DVC's faces stage, the default); synth: synthetic heads; or a folder of raw videos",
+    )
+    r.add_argument(
+        "--data-param",
+        dest="data_params",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params.yaml overrides for the data stages, e.g. faces.clips_per_photo=2 prepare.crop=face",
+    )
     r.add_argument("--config", default="configs/faces-64.yaml", help="training config (default: %(default)s)")
-    r.add_argument("--init-from", default="iwarp-faces-64", metavar="NAME|CKPT",
-                   help="shipped model (models/ or $IWARP_MODELS_DIR) or checkpoint every variant fine-tunes from; "
-                   "'' trains from scratch (default: %(default)s)")
-    r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="training config overrides applied to all four variants")
-    r.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help="training steps per variant (default: %(default)s; 0: the config's)")
+    r.add_argument(
+        "--init-from",
+        default="iwarp-faces-64",
+        metavar="NAME|CKPT",
+        help="shipped model (models/ or $IWARP_MODELS_DIR) or checkpoint every variant fine-tunes from; "
+        "'' trains from scratch (default: %(default)s)",
+    )
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="training config overrides applied to all four variants",
+    )
+    r.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="training steps per variant (default: %(default)s; 0: the config's)",
+    )
     r.add_argument("--nproc", type=int, default=1, help="training processes per variant (torchrun; default 1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--image-size", type=int, default=64, help="prepared frame size (default: %(default)s)")
     r.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4], metavar="K", help="evaluate with K sources")
-    r.add_argument("--source-placement", choices=["first", "spread"], default="spread",
-                   help="evaluation sources: spread over each test clip (default) or its first frames")
-    r.add_argument("--frame-stride", type=int, default=DEFAULT_FRAME_STRIDE,
-                   help="evaluation drives every n-th of the other frames (default: %(default)s)")
+    r.add_argument(
+        "--source-placement",
+        choices=["first", "spread"],
+        default="spread",
+        help="evaluation sources: spread over each test clip (default) or its first frames",
+    )
+    r.add_argument(
+        "--frame-stride",
+        type=int,
+        default=DEFAULT_FRAME_STRIDE,
+        help="evaluation drives every n-th of the other frames (default: %(default)s)",
+    )
     r.add_argument("--eval-max-videos", type=int, default=0, help="evaluate on at most N test videos (0: all)")
     r.add_argument("--fd", action="store_true", help="also the VGG16 Frechet distance (slow on CPU; needs many frames)")
     r.add_argument("--landmarks", action="store_true", help="also AKD/MKR (dlib face landmarks, slow on CPU)")
@@ -56,12 +93,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--home", help="state directory (default: $IWARP_HOME or ./.iwarp)")
     r.add_argument("--verbose", "-v", action="store_true", help="stream every task's log instead of the progress view")
     r.add_argument("--json", metavar="PATH", help="also write the run's result as JSON")
-    r.add_argument("--readme-picture", action="store_true",
-                   help="also copy the champion's animation (sources | driving | output) to docs/images/main-job.png")
+    r.add_argument(
+        "--readme-picture",
+        action="store_true",
+        help="also copy the champion's animation (sources | driving | output) to docs/images/main-job.png",
+    )
     r.set_defaults(func=_run)
 
-    c = psub.add_parser("compile", help="write the pipeline IR YAML for `kfp run create`",
-                        description="Compile the pipeline (with its Kubernetes platform config) to KFP IR YAML.")
+    c = psub.add_parser(
+        "compile",
+        help="write the pipeline IR YAML for `kfp run create`",
+        description="Compile the pipeline (with its Kubernetes platform config) to KFP IR YAML.",
+    )
     c.add_argument("--out", default="iwarp_pipeline.yaml", help="output YAML (default: %(default)s)")
     c.add_argument(
         "--image", help="container image for every step (default: $IWARP_IMAGE or ghcr.io/iwarp/iwarp:0.1.0)"

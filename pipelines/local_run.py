@@ -85,8 +85,9 @@ def data_source(data: str) -> tuple[str, str]:
     return "videos", str(Path(data).expanduser().resolve())
 
 
-def pipeline_arguments(opts: LocalRunOptions, *, tracking_uri: str, home: Path,
-                       serving: dict[str, str]) -> dict[str, Any]:
+def pipeline_arguments(
+    opts: LocalRunOptions, *, tracking_uri: str, home: Path, serving: dict[str, str]
+) -> dict[str, Any]:
     source, raw = data_source(opts.data)
     return {
         "data_source": source,
@@ -138,8 +139,10 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     with console.status("TorchServe: starting or reusing the local server ..."):
         ts, ts_started = ensure_torchserve(home, opts.torchserve_ports, opts.model_name)
     serving = {"workdir": ts.workdir, "inference_url": ts.inference_url}
-    console.print(f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
-                  f"management {ts.management_url}, token auth on: {ts.key_file})")
+    console.print(
+        f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
+        f"management {ts.management_url}, token auth on: {ts.key_file})"
+    )
     data_source(opts.data)  # a bad --data fails before any task runs
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
     (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
@@ -216,8 +219,11 @@ def mark_failed_runs(tracking_uri: str, experiment: str, since_ms: int) -> None:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return
-        runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING' and "
-                                  f"attributes.start_time >= {since_ms} and tags.`iwarp.kind` = 'ablation-sweep'")
+        runs = client.search_runs(
+            [exp.experiment_id],
+            "attributes.status = 'RUNNING' and "
+            f"attributes.start_time >= {since_ms} and tags.`iwarp.kind` = 'ablation-sweep'",
+        )
         for r in runs:
             client.set_terminated(r.info.run_id, "FAILED")
 

@@ -8,7 +8,6 @@ compile time (image, GPU type, secrets, node placement); everything a run may ch
 pipeline parameter (`kfp run create ... key=value`).
 """
 
-
 import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,10 +25,12 @@ from components.training import evaluate_model, open_parent_run, train_model
 
 PIPELINE_NAME = "iwarp-pipeline"
 
+
 # What the sweep hands to the compare step: per variant, the evaluation report and the checkpoint.
 class SweepOutputs(NamedTuple):
     reports: list[Artifact]
     checkpoints: list[Model]
+
 
 # What a run hands back (the local driver prints these; on a cluster they show in the run's outputs).
 class PipelineOutputs(NamedTuple):
@@ -66,8 +67,9 @@ class PlatformOptions:
     )
     # Names and keys as in k8s/params.yaml (`secrets:`), created from k8s/overlays/*/secrets/*.env.
     s3: Secret = dataclasses.field(
-        default_factory=lambda: Secret("iwarp-s3", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
-                                                    "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
+        default_factory=lambda: Secret(
+            "iwarp-s3", {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+        )
     )
     # Same secret, the key only S3-compatible stores (MinIO, Ceph) set: optional on its own.
     s3_endpoint: Secret = dataclasses.field(
@@ -75,9 +77,14 @@ class PlatformOptions:
     )
     # Credentials for an MLflow server behind basic auth; absent = no auth.
     mlflow: Secret = dataclasses.field(
-        default_factory=lambda: Secret("iwarp-mlflow-auth", {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                                                             "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
-                                       optional=True)
+        default_factory=lambda: Secret(
+            "iwarp-mlflow-auth",
+            {
+                "MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
+            },
+            optional=True,
+        )
     )
     data_pvc: str = "iwarp-data"  # ReadWriteMany volume shared by the train step and its TrainJob pods
     data_mount: str = "/data"
@@ -146,29 +153,55 @@ def build_pipeline(opts: PlatformOptions | None = None):
         eval_landmarks: bool,
     ) -> SweepOutputs:
         with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="variants") as ablation:
-            train = common(train_model(
-                dataset=dataset, ablation=ablation, train_config=train_config, train_overrides=train_overrides,
-                seed=seed, steps=train_steps, tracking_uri=tracking_uri, experiment=experiment,
-                parent_run_id=parent_run_id, backend=train_backend, nproc_per_node=nproc_per_node,
-                num_nodes=num_nodes, gpus_per_node=gpus_per_node, trainer_runtime=trainer_runtime,
-                namespace=namespace, image=opts.image, shared_dir=opts.data_mount, data_pvc=opts.data_pvc,
-                init_from=init_from,
-            ), "train")
+            train = common(
+                train_model(
+                    dataset=dataset,
+                    ablation=ablation,
+                    train_config=train_config,
+                    train_overrides=train_overrides,
+                    seed=seed,
+                    steps=train_steps,
+                    tracking_uri=tracking_uri,
+                    experiment=experiment,
+                    parent_run_id=parent_run_id,
+                    backend=train_backend,
+                    nproc_per_node=nproc_per_node,
+                    num_nodes=num_nodes,
+                    gpus_per_node=gpus_per_node,
+                    trainer_runtime=trainer_runtime,
+                    namespace=namespace,
+                    image=opts.image,
+                    shared_dir=opts.data_mount,
+                    data_pvc=opts.data_pvc,
+                    init_from=init_from,
+                ),
+                "train",
+            )
             _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
             kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
             train.set_caching_options(False)  # each run logs its own MLflow child runs
 
-            ev = common(evaluate_model(
-                checkpoint=train.outputs["checkpoint"], dataset=dataset, personal=personal,
-                run_id=train.outputs["Output"], tracking_uri=tracking_uri, sources=eval_sources,
-                source_placement=eval_source_placement, frame_stride=eval_frame_stride,
-                max_videos=eval_max_videos, frechet=eval_fd,
-                landmarks=eval_landmarks,
-            ), "evaluate")
+            ev = common(
+                evaluate_model(
+                    checkpoint=train.outputs["checkpoint"],
+                    dataset=dataset,
+                    personal=personal,
+                    run_id=train.outputs["Output"],
+                    tracking_uri=tracking_uri,
+                    sources=eval_sources,
+                    source_placement=eval_source_placement,
+                    frame_stride=eval_frame_stride,
+                    max_videos=eval_max_videos,
+                    frechet=eval_fd,
+                    landmarks=eval_landmarks,
+                ),
+                "evaluate",
+            )
             _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
             ev.set_caching_options(False)
-        return SweepOutputs(reports=dsl.Collected(ev.outputs["report"]),
-                            checkpoints=dsl.Collected(train.outputs["checkpoint"]))
+        return SweepOutputs(
+            reports=dsl.Collected(ev.outputs["report"]), checkpoints=dsl.Collected(train.outputs["checkpoint"])
+        )
 
     @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0].replace("\n", " "))
     def iwarp_pipeline(
@@ -218,9 +251,18 @@ def build_pipeline(opts: PlatformOptions | None = None):
         under serving_storage_uri) | torchserve (the TorchServe `iwarp serve start` runs
         from serving_workdir).
         """
-        prep = common(preprocess_data(data_source=data_source, raw_data=raw_data, dvc_remote=dvc_remote,
-                                      s3_endpoint_url=s3_endpoint_url, workspace=dvc_workspace, image_size=image_size,
-                                      data_params=data_params), "preprocess (DVC)")
+        prep = common(
+            preprocess_data(
+                data_source=data_source,
+                raw_data=raw_data,
+                dvc_remote=dvc_remote,
+                s3_endpoint_url=s3_endpoint_url,
+                workspace=dvc_workspace,
+                image_size=image_size,
+                data_params=data_params,
+            ),
+            "preprocess (DVC)",
+        )
         _resources(_secrets(prep, opts.s3, opts.s3_endpoint), "2", "8Gi")
 
         val = common(validate_data(dataset=prep.outputs["dataset"]), "validate (Great Expectations)")
@@ -228,13 +270,26 @@ def build_pipeline(opts: PlatformOptions | None = None):
         gate = common(data_gate(validation=val.outputs["validation"]), "data gate")
         _resources(gate, "100m", "256Mi")
 
-        parent = common(open_parent_run(
-            tracking_uri=tracking_uri, experiment=experiment, data_version=prep.outputs["Output"],
-            validation=val.outputs["validation"], data_docs=val.outputs["data_docs"],
-            train_config=train_config, train_overrides=train_overrides, seed=seed, train_steps=train_steps,
-            nproc_per_node=nproc_per_node, num_nodes=num_nodes, select_metric=select_metric, init_from=init_from,
-            data_source=data_source, pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-        ), "MLflow parent run").after(gate)
+        parent = common(
+            open_parent_run(
+                tracking_uri=tracking_uri,
+                experiment=experiment,
+                data_version=prep.outputs["Output"],
+                validation=val.outputs["validation"],
+                data_docs=val.outputs["data_docs"],
+                train_config=train_config,
+                train_overrides=train_overrides,
+                seed=seed,
+                train_steps=train_steps,
+                nproc_per_node=nproc_per_node,
+                num_nodes=num_nodes,
+                select_metric=select_metric,
+                init_from=init_from,
+                data_source=data_source,
+                pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            ),
+            "MLflow parent run",
+        ).after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
         parent.set_caching_options(False)  # a new parent run per pipeline run
 

@@ -57,8 +57,13 @@ class RunProgress(io.TextIOBase):
         self.log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed in __exit__)
         # Bound to the stream the caller's console writes to *now*: while the run goes, sys.stdout
         # is this object, and a console following sys.stdout would write into itself.
-        self.console = Console(file=console.file, width=console.width, force_terminal=console.is_terminal,
-                               no_color=console.no_color, highlight=False)
+        self.console = Console(
+            file=console.file,
+            width=console.width,
+            force_terminal=console.is_terminal,
+            no_color=console.no_color,
+            highlight=False,
+        )
         self.verbose = verbose
         self.tasks: list[TaskState] = []
         self.total = total_tasks
@@ -67,8 +72,15 @@ class RunProgress(io.TextIOBase):
         self._t0 = time.monotonic()
         self._last_beat = time.monotonic()
         self.live = console.is_terminal and not verbose
-        self._bar = Progress(SpinnerColumn(), TextColumn("[bold]iwarp pipeline"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("tasks"), TimeElapsedColumn(), console=console)
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]iwarp pipeline"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("tasks"),
+            TimeElapsedColumn(),
+            console=console,
+        )
         self._bar_task = self._bar.add_task("pipeline", total=total_tasks)
         self._live: Live | None = None
 
@@ -94,8 +106,14 @@ class RunProgress(io.TextIOBase):
     # ------------------------------------------------------------------ display
     def __enter__(self) -> RunProgress:
         if self.live:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
-                              get_renderable=self._render, redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                self._render(),
+                console=self.console,
+                refresh_per_second=4,
+                get_renderable=self._render,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
         return self
 

@@ -186,11 +186,20 @@ class MlflowServer:
 
     def command(self, port: int) -> list[str]:
         return [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.db}",
-            "--artifacts-destination", str(self.artifacts),
-            "--host", self.host, "--port", str(port),
-            "--workers", str(self.workers),
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.db}",
+            "--artifacts-destination",
+            str(self.artifacts),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--workers",
+            str(self.workers),
         ]
 
     def ensure(

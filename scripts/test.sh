@@ -6,7 +6,7 @@ bash scripts/system-deps.sh
 bash scripts/k8s-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
 # Lint first: a ruff finding fails the run before the long pytest starts (config: pyproject.toml).
-# `ruff format --check` is not run yet: most files predate the formatter.
 python -m ruff check .
+python -m ruff format --check .
 # Exit 5 ("no tests collected") is a failure here, as every non-zero exit is.
 exec python -m pytest -v --durations=25 "$@"

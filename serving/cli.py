@@ -18,8 +18,13 @@ def _config(args: argparse.Namespace):
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="serving YAML (default: serving/serve.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set server.inference_port=9080 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set server.inference_port=9080 (repeatable)",
+    )
 
 
 def _add_workdir(p: argparse.ArgumentParser) -> None:

@@ -61,8 +61,9 @@ def quality(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return l1, (10 * math.log10(1.0 / mse) if mse > 0 else 100.0)
 
 
-def evaluate_versions(client: Any, cases: list, versions: list[str], *, repeats: int = 1, warmup: int = 1,
-                      progress: bool = True) -> dict[str, _Samples]:
+def evaluate_versions(
+    client: Any, cases: list, versions: list[str], *, repeats: int = 1, warmup: int = 1, progress: bool = True
+) -> dict[str, _Samples]:
     """Send every case to every version; alternate which version goes first per case."""
     from tqdm import tqdm
 

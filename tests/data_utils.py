@@ -14,28 +14,40 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(repo),
-           # stages run `python ...`: make it this interpreter (the project venv)
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(repo),
+        # stages run `python ...`: make it this interpreter (the project venv)
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def moving_clip(n: int, width: int, height: int, seed: int) -> np.ndarray:
     """A textured background with a bright disc travelling across it: real motion to encode."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([(x * rng.uniform(1, 3) + y * rng.uniform(0, 2)) % 256,
-                     (x * rng.uniform(0, 2) + y * rng.uniform(1, 3)) % 256,
-                     np.full_like(x, rng.integers(40, 200))], -1).astype(np.float32)
+    base = np.stack(
+        [
+            (x * rng.uniform(1, 3) + y * rng.uniform(0, 2)) % 256,
+            (x * rng.uniform(0, 2) + y * rng.uniform(1, 3)) % 256,
+            np.full_like(x, rng.integers(40, 200)),
+        ],
+        -1,
+    ).astype(np.float32)
     frames = []
     for t in range(n):
         cx, cy = width * (0.2 + 0.6 * t / max(n - 1, 1)), height * (0.5 + 0.2 * np.sin(t))

@@ -36,8 +36,13 @@ def module_name(path: Path) -> str:
 
 
 def repo_modules() -> dict[str, Path]:
-    return {module_name(p): p for layer in LAYERS if (ROOT / layer).is_dir()
-            for p in sorted((ROOT / layer).rglob("*.py")) if "__pycache__" not in p.parts}
+    return {
+        module_name(p): p
+        for layer in LAYERS
+        if (ROOT / layer).is_dir()
+        for p in sorted((ROOT / layer).rglob("*.py"))
+        if "__pycache__" not in p.parts
+    }
 
 
 def _dynamic_targets(node: ast.AST) -> Iterator[str]:
@@ -186,8 +191,11 @@ def test_low_layers_never_import_the_mlops_tools_of_higher_ones(graph):
     """The library never imports MLflow, KFP or TorchServe's Python packages, not even lazily;
     serving never imports MLflow or KFP (it gets the registry through `iwarp.plugins`)."""
     _, _, external = graph
-    bad = [f"{src}:{line} imports {name}" for src, name, line in external
-           if name.split(".")[0] in FORBIDDEN.get(layer(src), ())]
+    bad = [
+        f"{src}:{line} imports {name}"
+        for src, name, line in external
+        if name.split(".")[0] in FORBIDDEN.get(layer(src), ())
+    ]
     assert bad == [], "\n".join(bad)
 
 

@@ -14,16 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _iwarp(*args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "IWARP_DEBUG"} | env
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, env=environ,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["data", "validate", "--data", "/nonexistent-iwarp-data"], "/nonexistent-iwarp-data"),
-    (["data", "prepare", "--input", "/nonexistent-iwarp-raw", "--out", "{tmp}/prepared"], "/nonexistent-iwarp-raw"),
-    (["serve", "package", "--checkpoint", "/nonexistent.pt", "--version", "1", "--out", "{tmp}/store"],
-     "checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["data", "validate", "--data", "/nonexistent-iwarp-data"], "/nonexistent-iwarp-data"),
+        (["data", "prepare", "--input", "/nonexistent-iwarp-raw", "--out", "{tmp}/prepared"], "/nonexistent-iwarp-raw"),
+        (
+            ["serve", "package", "--checkpoint", "/nonexistent.pt", "--version", "1", "--out", "{tmp}/store"],
+            "checkpoint not found",
+        ),
+    ],
+)
 def test_bad_paths_give_a_clear_error_and_no_traceback(tmp_path, args, needle):
     proc = _iwarp(*[a.format(tmp=tmp_path) for a in args])
     assert proc.returncode != 0
@@ -67,16 +73,27 @@ def _fake_run(tmp: Path) -> Path:
 # that cannot be reached.
 CONTRACT = [
     (["data", "validate", "--data", "/nonexistent-iwarp-data"], 2, "/nonexistent-iwarp-data", {}),
-    (["data", "s3", "download", "s3://bucket/x", "{tmp}/dl", "--endpoint-url", "http://127.0.0.1:{port}"], 3,
-     "Could not connect to the endpoint",
-     {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_MAX_ATTEMPTS": "1"}),
+    (
+        ["data", "s3", "download", "s3://bucket/x", "{tmp}/dl", "--endpoint-url", "http://127.0.0.1:{port}"],
+        3,
+        "Could not connect to the endpoint",
+        {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_MAX_ATTEMPTS": "1"},
+    ),
     (["train", "--config", "/nonexistent-iwarp.yaml"], 2, "config file not found", {}),
     (["train", "--config", "configs/tiny.yaml", "--set", "optim.stepz=3"], 2, "stepz", {}),
-    (["track", "sync", "/nonexistent-iwarp-run", "--tracking-uri", "http://127.0.0.1:{port}"], 2,
-     "is not a training run folder", {}),
+    (
+        ["track", "sync", "/nonexistent-iwarp-run", "--tracking-uri", "http://127.0.0.1:{port}"],
+        2,
+        "is not a training run folder",
+        {},
+    ),
     (["track", "sync", "{run}", "--tracking-uri", "http://127.0.0.1:{port}"], 3, "is unreachable", {}),
-    (["serve", "predict", "--workdir", "{tmp}", "--sources", "a.png", "--driving", "b.png", "--out", "{tmp}/o"], 3,
-     "no TorchServe started", {}),
+    (
+        ["serve", "predict", "--workdir", "{tmp}", "--sources", "a.png", "--driving", "b.png", "--out", "{tmp}/o"],
+        3,
+        "no TorchServe started",
+        {},
+    ),
     (["deploy", "validate", "/nonexistent-iwarp.yaml"], 2, "No such file", {}),
     (["deploy", "kserve", "--rollback"], 3, "no Kubernetes cluster reachable", {"KUBECONFIG": "{tmp}/no-kubeconfig"}),
     (["pipeline", "compile", "--out", "{tmp}/p.yaml", "--param", "nosuch=1"], 2, "nosuch", {}),

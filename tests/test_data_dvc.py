@@ -22,10 +22,14 @@ def set_param(repo: Path, section: str, key: str, value) -> None:
     path = repo / "params.yaml"
     text = path.read_text()
     block = re.search(rf"(?ms)^{section}:[^\n]*\n(.*?)(?=^\S|\Z)", text)
-    body = re.sub(rf"(?m)^(\s+{key}:\s*)(&\S+\s+)?[^\s#]+", lambda m: f"{m.group(1)}{m.group(2) or ''}{value}",
-                  block.group(1), count=1)
+    body = re.sub(
+        rf"(?m)^(\s+{key}:\s*)(&\S+\s+)?[^\s#]+",
+        lambda m: f"{m.group(1)}{m.group(2) or ''}{value}",
+        block.group(1),
+        count=1,
+    )
     assert body != block.group(1), f"{section}.{key} not found"
-    path.write_text(text[:block.start(1)] + body + text[block.end(1):])
+    path.write_text(text[: block.start(1)] + body + text[block.end(1) :])
 
 
 @pytest.fixture

@@ -66,8 +66,12 @@ def test_faceless_span_rule() -> None:
 
 
 def _thumbs(folder) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.BOX), np.float32).ravel()
-                     for f in read_video(folder)])
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.BOX), np.float32).ravel()
+            for f in read_video(folder)
+        ]
+    )
 
 
 def test_no_training_frame_duplicates_the_personal_holdout(faces) -> None:
@@ -93,8 +97,9 @@ def test_face_validation_passes_real_faces_and_fails_a_clip_without_one(faces, t
     for name in ("no_face.mp4", "WolfgangLanger_Pexels.mp4"):
         (raw / name.split(".")[0]).mkdir(parents=True)
         (raw / name.split(".")[0] / name).symlink_to(feat_data_dir() / name)
-    prepared = prepare_dataset(raw, tmp_path / "prepared", PrepareConfig(image_size=SIZE, test_fraction=0.5),
-                               progress=False)
+    prepared = prepare_dataset(
+        raw, tmp_path / "prepared", PrepareConfig(image_size=SIZE, test_fraction=0.5), progress=False
+    )
     by_id = prepared.manifest.set_index("id")
     assert by_id.loc["no_face__no_face", "face_rate"] == 0 and by_id.loc["no_face__no_face", "faceless_frames"] == 0
     report = validate_dataset(tmp_path / "prepared", cfg, docs_dir=tmp_path / "docs")

@@ -17,16 +17,22 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def synth_png(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_png")
-    make_synth_dataset(root, SynthConfig(num_identities=4, videos_per_identity=2, num_frames=12,
-                                         image_size=64, seed=3, format="png"), progress=False)
+    make_synth_dataset(
+        root,
+        SynthConfig(num_identities=4, videos_per_identity=2, num_frames=12, image_size=64, seed=3, format="png"),
+        progress=False,
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def synth_mp4(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_mp4")
-    make_synth_dataset(root, SynthConfig(num_identities=4, videos_per_identity=2, num_frames=12,
-                                         image_size=64, seed=3, format="mp4"), progress=False)
+    make_synth_dataset(
+        root,
+        SynthConfig(num_identities=4, videos_per_identity=2, num_frames=12, image_size=64, seed=3, format="mp4"),
+        progress=False,
+    )
     return root
 
 
@@ -86,8 +92,9 @@ def test_identity_from_manifest_else_entry_name(tmp_path):
     write_frames(tmp_path / "test" / "clipC", frames, ext=".jpg")
     ds = VideoDataset(tmp_path, "train", 16)
     assert [(v.id, v.identity, v.num_frames) for v in ds.videos] == [("clipA", "clipA", 4), ("clipB", "clipB", 4)]
-    pd.DataFrame({"id": ["clipA", "clipB", "clipC"], "identity": ["anna", "anna", "carl"],
-                  "split": ["train", "train", "test"]}).to_csv(tmp_path / "manifest.csv", index=False)
+    pd.DataFrame(
+        {"id": ["clipA", "clipB", "clipC"], "identity": ["anna", "anna", "carl"], "split": ["train", "train", "test"]}
+    ).to_csv(tmp_path / "manifest.csv", index=False)
     ds = VideoDataset(tmp_path, "train", 16)
     assert [v.identity for v in ds.videos] == ["anna", "anna"]
     assert VideoDataset(tmp_path, "test", 16).videos[0].identity == "carl"
@@ -101,6 +108,7 @@ def test_missing_split_and_unreadable_inputs_fail_clearly(tmp_path):
         VideoDataset(tmp_path, "train")
     (tmp_path / "train" / "broken.mp4").write_bytes(b"not a video at all" * 10)
     from iwarp.data import VideoReadError
+
     with pytest.raises(VideoReadError, match="broken.mp4"):
         VideoDataset(tmp_path, "train")
     with pytest.raises(ValueError, match="split"):
@@ -140,8 +148,9 @@ def test_sampler_is_a_pure_function_of_seed_step_rank(synth_png):
     assert all(same_k)
     differ = [not np.array_equal(r0.indices_at(s)[2], r1.indices_at(s)[2]) for s in range(20)]
     assert sum(differ) >= 18
-    assert a.k_at(0) != SourceDrivingBatches(ds, 4, 1, 3, seed=12).k_at(0) or \
-        not np.array_equal(a.indices_at(0)[2], SourceDrivingBatches(ds, 4, 1, 3, seed=12).indices_at(0)[2])
+    assert a.k_at(0) != SourceDrivingBatches(ds, 4, 1, 3, seed=12).k_at(0) or not np.array_equal(
+        a.indices_at(0)[2], SourceDrivingBatches(ds, 4, 1, 3, seed=12).indices_at(0)[2]
+    )
 
 
 def test_sampler_through_dataloader_workers_matches_direct_indexing(synth_mp4):
@@ -193,6 +202,7 @@ def test_video_io_roundtrip_and_partial_reads(tmp_path):
     with pytest.raises(IndexError):
         read_video(path, [10])
     from iwarp.data.video import probe
+
     info = probe(path)
     assert (info.num_frames, info.width, info.height) == (10, 32, 32) and info.fps == pytest.approx(12.5)
 
@@ -223,14 +233,18 @@ def test_same_frames_give_the_same_mp4_bytes_in_any_process_under_load(tmp_path)
         (tmp_path / order).mkdir()
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # the machine is busy
     try:
-        procs = [subprocess.Popen([sys.executable, "-c", _ENCODE_CLIPS, str(tmp_path / order), order], env=env)
-                 for order in ("forward", "backward")]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _ENCODE_CLIPS, str(tmp_path / order), order], env=env)
+            for order in ("forward", "backward")
+        ]
         assert [p.wait(timeout=300) for p in procs] == [0, 0]
     finally:
         hog.kill()
         hog.wait()
-    runs = {order: {f.name: f.read_bytes() for f in sorted((tmp_path / order).glob("*.mp4"))}
-            for order in ("forward", "backward")}
+    runs = {
+        order: {f.name: f.read_bytes() for f in sorted((tmp_path / order).glob("*.mp4"))}
+        for order in ("forward", "backward")
+    }
     assert len(runs["forward"]) == 12 and runs["forward"].keys() == runs["backward"].keys()
     differ = [name for name in runs["forward"] if runs["forward"][name] != runs["backward"][name]]
     assert differ == []

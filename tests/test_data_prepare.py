@@ -29,8 +29,9 @@ def raw(tmp_path_factory):
 
 
 def test_prepare_real_videos(raw, tmp_path):
-    report = prepare_dataset(raw, tmp_path / "out", PrepareConfig(image_size=32, crop="center", test_fraction=0.3,
-                                                                   fps=24.0), progress=False)
+    report = prepare_dataset(
+        raw, tmp_path / "out", PrepareConfig(image_size=32, crop="center", test_fraction=0.3, fps=24.0), progress=False
+    )
     df = read_manifest(tmp_path / "out")
     assert report.num_ok == 5 and list(df["status"]) == ["ok"] * 5
     assert report.ignored == ["notes.txt"]
@@ -61,6 +62,7 @@ def test_prepare_real_videos(raw, tmp_path):
 def test_corrupt_inputs_are_skipped_with_a_reason(raw, tmp_path):
     bad = tmp_path / "bad"
     import shutil
+
     shutil.copytree(raw, bad)
     (bad / "erin").mkdir()
     (bad / "erin" / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
@@ -85,14 +87,16 @@ def test_corrupt_inputs_are_skipped_with_a_reason(raw, tmp_path):
     text = report.summary()
     assert "SKIPPED erin__truncated" in text and "prepared 5/9" in text
     from iwarp.data import VideoDataset  # the loader reads the prepared videos, ignoring skipped rows
+
     loaded = VideoDataset(tmp_path / "out", "train", 32).videos + VideoDataset(tmp_path / "out", "test", 32).videos
     assert sorted(v.id for v in loaded) == sorted(df.index[df["status"] == "ok"])
 
 
 def test_identities_csv_sets_identity_and_split(raw, tmp_path):
     ids = tmp_path / "ids.csv"
-    pd.DataFrame({"path": ["alice/talk1.mp4", "bob/interview.mkv"], "identity": ["A", "B"],
-                  "split": ["test", "train"]}).to_csv(ids, index=False)
+    pd.DataFrame(
+        {"path": ["alice/talk1.mp4", "bob/interview.mkv"], "identity": ["A", "B"], "split": ["test", "train"]}
+    ).to_csv(ids, index=False)
     prepare_dataset(raw, tmp_path / "out", PrepareConfig(image_size=32, crop="center"), identities=ids, progress=False)
     df = read_manifest(tmp_path / "out").set_index("id")
     assert (df.loc["alice__talk1", "identity"], df.loc["alice__talk1", "split"]) == ("A", "test")
@@ -103,10 +107,14 @@ def test_identities_csv_sets_identity_and_split(raw, tmp_path):
 def test_dataset_layout_input_keeps_ids_identities_and_splits(tmp_path):
     from iwarp.data.synth import SynthConfig, make_synth_dataset
 
-    src = make_synth_dataset(tmp_path / "synth", SynthConfig(num_identities=3, videos_per_identity=2, num_frames=6,
-                                                             image_size=48, format="mp4"), progress=False)
-    prepare_dataset(tmp_path / "synth", tmp_path / "out", PrepareConfig(image_size=32, crop="center", format="mp4"),
-                    progress=False)
+    src = make_synth_dataset(
+        tmp_path / "synth",
+        SynthConfig(num_identities=3, videos_per_identity=2, num_frames=6, image_size=48, format="mp4"),
+        progress=False,
+    )
+    prepare_dataset(
+        tmp_path / "synth", tmp_path / "out", PrepareConfig(image_size=32, crop="center", format="mp4"), progress=False
+    )
     out = read_manifest(tmp_path / "out")
     merged = src.merge(out, on="id", suffixes=("_src", ""))
     assert len(merged) == 6
@@ -114,6 +122,7 @@ def test_dataset_layout_input_keeps_ids_identities_and_splits(tmp_path):
     info = probe(tmp_path / "out" / merged["path"][0])
     assert (info.width, info.num_frames) == (32, 6)
     from iwarp.data import VideoDataset
+
     assert len(VideoDataset(tmp_path / "out", "train", 32).videos) == 4
 
 
@@ -138,8 +147,9 @@ def test_face_crop_follows_the_face(tmp_path):
     canvas[:, 50:210, 220:380] = face
     write_video(tmp_path / "raw" / "astro.mp4", canvas, fps=25)
 
-    report = prepare_dataset(tmp_path / "raw", tmp_path / "out",
-                             PrepareConfig(image_size=64, crop="face", face_samples=4), progress=False)
+    report = prepare_dataset(
+        tmp_path / "raw", tmp_path / "out", PrepareConfig(image_size=64, crop="face", face_samples=4), progress=False
+    )
     row = report.manifest.iloc[0]
     assert row["status"] == "ok" and row["face_rate"] >= 0.75
     x0, y0, x1, y1 = (int(row[c]) for c in ("crop_x0", "crop_y0", "crop_x1", "crop_y1"))
@@ -156,8 +166,24 @@ def test_face_crop_follows_the_face(tmp_path):
 def test_cli_prepare_and_bad_params(raw, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  input: ignored/by/the/cli\n  image_size: 32\n  crop: center\n")
-    assert data_main(["prepare", "--input", str(raw), "--out", str(tmp_path / "o"), "--params", str(params),
-                      "--format", "mp4", "--max-frames", "6"]) == 0
+    assert (
+        data_main(
+            [
+                "prepare",
+                "--input",
+                str(raw),
+                "--out",
+                str(tmp_path / "o"),
+                "--params",
+                str(params),
+                "--format",
+                "mp4",
+                "--max-frames",
+                "6",
+            ]
+        )
+        == 0
+    )
     assert "prepared 5/5" in capsys.readouterr().out
     assert read_manifest(tmp_path / "o")["num_frames"].max() == 6
     assert probe(next((tmp_path / "o").glob("*/*.mp4"))).width == 32

@@ -45,8 +45,11 @@ def aws_env(monkeypatch, tmp_path, moto_endpoint):
 def _small_dataset(root: Path) -> Path:
     from iwarp.data.synth import SynthConfig, make_synth_dataset
 
-    make_synth_dataset(root, SynthConfig(num_identities=2, videos_per_identity=1, num_frames=4, image_size=32,
-                                         format="mp4"), progress=False)
+    make_synth_dataset(
+        root,
+        SynthConfig(num_identities=2, videos_per_identity=1, num_frames=4, image_size=32, format="mp4"),
+        progress=False,
+    )
     (root / "notes" / "deep").mkdir(parents=True)
     (root / "notes" / "deep" / "readme.txt").write_text("nested file")
     return root
@@ -257,6 +260,7 @@ def test_s3_outage_during_dvc_push_fails_clearly_and_the_retry_completes(aws_env
     use_remote(fresh)
     dvc(fresh, "pull", "-r", "s3")
     assert tree_digest(fresh / "data" / "videos") == before
-    print(f"outage push failed after {fail_s:.1f} s with {partial} of {len(before) + 1} objects up; "
-          f"retry {retry_s:.1f} s")
+    print(
+        f"outage push failed after {fail_s:.1f} s with {partial} of {len(before) + 1} objects up; retry {retry_s:.1f} s"
+    )
     outage.down()

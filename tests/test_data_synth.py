@@ -38,8 +38,9 @@ def _visible_texels(seed, identity, video, n, size):
     for t in range(n):
         _, _, _, lon, lat, alpha = head_surface(ip, vp, t, size)
         keep = alpha > 0.99
-        cells = (np.floor((lat[keep] + np.pi / 2) / np.pi * 32).astype(int) * 64
-                 + np.floor((lon[keep] + np.pi) / (2 * np.pi) * 64).astype(int))
+        cells = np.floor((lat[keep] + np.pi / 2) / np.pi * 32).astype(int) * 64 + np.floor(
+            (lon[keep] + np.pi) / (2 * np.pi) * 64
+        ).astype(int)
         seen.append(set(cells.tolist()))
     return seen, vp, atlas
 
@@ -100,6 +101,7 @@ def test_photo_dataset_is_real_photo_motion(tmp_path):
     df = make_photo_dataset(tmp_path / "p", cfg, progress=False)
     assert list(df["identity"]) == ["astronaut", "chelsea"] and set(df["split"]) == {"test"}
     from iwarp.data import VideoDataset
+
     ds = VideoDataset(tmp_path / "p", "test", 64)
     clip = ds.read_frames(0, range(24))
     steps = (clip[1:] - clip[:-1]).abs().mean(dim=(1, 2, 3))
@@ -114,12 +116,46 @@ def test_cli_synth_and_photos(tmp_path, capsys):
     from iwarp.data.cli import main as data_main
     from iwarp.data.manifest import read_manifest
 
-    assert data_main(["synth", "--out", str(tmp_path / "s"), "--num-identities", "2", "--videos-per-identity", "1",
-                      "--num-frames", "3", "--image-size", "32", "--format", "mp4"]) == 0
+    assert (
+        data_main(
+            [
+                "synth",
+                "--out",
+                str(tmp_path / "s"),
+                "--num-identities",
+                "2",
+                "--videos-per-identity",
+                "1",
+                "--num-frames",
+                "3",
+                "--image-size",
+                "32",
+                "--format",
+                "mp4",
+            ]
+        )
+        == 0
+    )
     df = read_manifest(tmp_path / "s")
     assert len(df) == 2 and (df["format"] == "mp4").all() and (df["width"] == 32).all()
-    assert data_main(["photos", "--out", str(tmp_path / "p"), "--photos", "camera", "--videos-per-photo", "1",
-                      "--num-frames", "3", "--split", "auto"]) == 0
+    assert (
+        data_main(
+            [
+                "photos",
+                "--out",
+                str(tmp_path / "p"),
+                "--photos",
+                "camera",
+                "--videos-per-photo",
+                "1",
+                "--num-frames",
+                "3",
+                "--split",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert list(read_manifest(tmp_path / "p")["identity"]) == ["camera"]
     assert data_main(["info", "--data", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out

@@ -29,8 +29,13 @@ def _raw(root, clips):
 
 
 def _prepare(raw, out, identities=None):
-    prepare_dataset(raw, out, PrepareConfig(image_size=SIZE, crop="center", test_fraction=0.34, seed=1),
-                    identities=identities, progress=False)
+    prepare_dataset(
+        raw,
+        out,
+        PrepareConfig(image_size=SIZE, crop="center", test_fraction=0.34, seed=1),
+        identities=identities,
+        progress=False,
+    )
     return out
 
 
@@ -45,8 +50,14 @@ def _checks(report):
 @pytest.fixture(scope="module")
 def raw_good(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw_good")
-    return _raw(root, {f"{who}/clip{i}.mp4": moving_clip(10, 48, 48, seed=10 * j + i)
-                       for j, who in enumerate(["ann", "ben", "cat"]) for i in range(2)})
+    return _raw(
+        root,
+        {
+            f"{who}/clip{i}.mp4": moving_clip(10, 48, 48, seed=10 * j + i)
+            for j, who in enumerate(["ann", "ben", "cat"])
+            for i in range(2)
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +67,21 @@ def good(raw_good, tmp_path_factory):
 
 def test_good_dataset_passes_writes_docs_and_result(good, tmp_path, capsys):
     docs, result = tmp_path / "docs", tmp_path / "result.json"
-    rc = data_main(["validate", "--data", str(good), "--docs", str(docs), "--result", str(result),
-                    "--image-size", str(SIZE), "--min-frames", "9"])
+    rc = data_main(
+        [
+            "validate",
+            "--data",
+            str(good),
+            "--docs",
+            str(docs),
+            "--result",
+            str(result),
+            "--image-size",
+            str(SIZE),
+            "--min-frames",
+            "9",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "validation PASSED" in out
@@ -75,8 +99,9 @@ def test_good_dataset_passes_writes_docs_and_result(good, tmp_path, capsys):
 
 def test_identity_leak_fails(raw_good, tmp_path, capsys):
     ids = tmp_path / "ids.csv"  # ann's two clips forced into different splits
-    pd.DataFrame({"path": ["ann/clip0.mp4", "ann/clip1.mp4"], "identity": ["ann", "ann"],
-                  "split": ["train", "test"]}).to_csv(ids, index=False)
+    pd.DataFrame(
+        {"path": ["ann/clip0.mp4", "ann/clip1.mp4"], "identity": ["ann", "ann"], "split": ["train", "test"]}
+    ).to_csv(ids, index=False)
     data = _prepare(raw_good, tmp_path / "data", identities=ids)
     rc = data_main(["validate", "--data", str(data), "--image-size", str(SIZE)])
     out = capsys.readouterr().out
@@ -93,8 +118,10 @@ def test_identity_leak_fails(raw_good, tmp_path, capsys):
 def test_wrong_size_fails(good, tmp_path):
     report = validate_dataset(good, _cfg(image_size=48), docs_dir=tmp_path / "d1")
     assert not report.success and _checks(report) == {"wrong_size"}
-    assert {f.expectation for f in report.failures} == {"expect_column_values_to_be_in_set(width)",
-                                                        "expect_column_values_to_be_in_set(height)"}
+    assert {f.expectation for f in report.failures} == {
+        "expect_column_values_to_be_in_set(width)",
+        "expect_column_values_to_be_in_set(height)",
+    }
     assert all(len(f.videos) == 6 and set(f.values) == {SIZE} for f in report.failures)
     # a frame replaced on disk by a wrong-sized one is caught by the frames read back
     bad = tmp_path / "bad"
@@ -107,8 +134,14 @@ def test_wrong_size_fails(good, tmp_path):
 
 
 def test_too_short_fails(tmp_path):
-    raw = _raw(tmp_path / "raw", {"ann/a.mp4": moving_clip(12, 48, 48, 1), "ben/b.mp4": moving_clip(5, 48, 48, 2),
-                                  "cat/c.mp4": moving_clip(12, 48, 48, 3)})
+    raw = _raw(
+        tmp_path / "raw",
+        {
+            "ann/a.mp4": moving_clip(12, 48, 48, 1),
+            "ben/b.mp4": moving_clip(5, 48, 48, 2),
+            "cat/c.mp4": moving_clip(12, 48, 48, 3),
+        },
+    )
     data = _prepare(raw, tmp_path / "data")
     report = validate_dataset(data, _cfg())
     assert _checks(report) == {"too_short"}
@@ -121,9 +154,14 @@ def test_too_short_fails(tmp_path):
 @pytest.mark.slow
 def test_blank_and_frozen_videos_fail(tmp_path):
     still = moving_clip(1, 48, 48, 7)
-    raw = _raw(tmp_path / "raw", {"ann/a.mp4": moving_clip(10, 48, 48, 1),
-                                  "ben/grey.mp4": np.full((10, 48, 48, 3), 128, np.uint8),
-                                  "cat/still.mp4": np.repeat(still, 10, axis=0)})
+    raw = _raw(
+        tmp_path / "raw",
+        {
+            "ann/a.mp4": moving_clip(10, 48, 48, 1),
+            "ben/grey.mp4": np.full((10, 48, 48, 3), 128, np.uint8),
+            "cat/still.mp4": np.repeat(still, 10, axis=0),
+        },
+    )
     report = validate_dataset(_prepare(raw, tmp_path / "data"), _cfg())
     failures = {f.check: f for f in report.failures}
     assert set(failures) == {"blank_video", "frozen_video"}
@@ -163,8 +201,11 @@ def test_skipped_inputs_are_reported_and_gated(raw_good, tmp_path):
 def test_unprepared_dataset_fails_on_required_columns(tmp_path):
     from iwarp.data.synth import SynthConfig, make_synth_dataset
 
-    make_synth_dataset(tmp_path / "synth", SynthConfig(num_identities=2, videos_per_identity=1, num_frames=9,
-                                                       image_size=SIZE), progress=False)
+    make_synth_dataset(
+        tmp_path / "synth",
+        SynthConfig(num_identities=2, videos_per_identity=1, num_frames=9, image_size=SIZE),
+        progress=False,
+    )
     report = validate_dataset(tmp_path / "synth", _cfg())
     failures = {f.check: f for f in report.failures}
     assert "missing columns ['content_hash', 'contrast_mean', 'motion_mean']" in failures["required_columns"].observed

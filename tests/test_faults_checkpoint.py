@@ -18,8 +18,14 @@ from train_utils import make_synth, train_args
 import iwarp.checkpoint as checkpoint
 from iwarp.checkpoint import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
 
-SETTINGS = ["optim.steps=12", "checkpoint.every_steps=4", "checkpoint.keep_last=10", "logging.every_steps=4",
-            "logging.images_every_steps=0", "threads=1"]
+SETTINGS = [
+    "optim.steps=12",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep_last=10",
+    "logging.every_steps=4",
+    "logging.images_every_steps=0",
+    "threads=1",
+]
 
 
 class DiskFull:

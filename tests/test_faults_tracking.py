@@ -25,8 +25,14 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 OUTAGE_S = 60.0
-SETTINGS = ["logging.every_steps=1", "logging.images_every_steps=10", "logging.num_samples=2", "threads=1",
-            "checkpoint.every_steps=1000", "experiment=iwarp-faults"]
+SETTINGS = [
+    "logging.every_steps=1",
+    "logging.images_every_steps=10",
+    "logging.num_samples=2",
+    "threads=1",
+    "checkpoint.every_steps=1000",
+    "experiment=iwarp-faults",
+]
 
 
 # `data`: tests/conftest.py (one small synthetic dataset for the session).
@@ -34,8 +40,9 @@ SETTINGS = ["logging.every_steps=1", "logging.images_every_steps=10", "logging.n
 
 def start_training(data: Path, out: Path, uri: str, *overrides: str, **extra_env: str) -> subprocess.Popen:
     cmd = iwarp_cmd(*train_args(data, out, *SETTINGS, *overrides), "--tracking-uri", uri)
-    return subprocess.Popen(cmd, cwd=REPO, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def logged(out: Path) -> list[dict]:
@@ -88,10 +95,16 @@ def inventory(uri: str) -> dict:
     rid = run.info.run_id
     histories = {k: len(client.get_metric_history(rid, k)) for k in run.data.metrics}
     files = sorted(a.path for a in client.list_artifacts(rid, "images")) + sorted(
-        a.path for a in client.list_artifacts(rid, "checkpoints"))
+        a.path for a in client.list_artifacts(rid, "checkpoints")
+    )
     models = client.search_logged_models([run.info.experiment_id])
-    return {"metrics": histories, "params": run.data.params, "files": files, "models": len(models),
-            "status": run.info.status}
+    return {
+        "metrics": histories,
+        "params": run.data.params,
+        "files": files,
+        "models": len(models),
+        "status": run.info.status,
+    }
 
 
 @pytest.mark.slow
@@ -101,8 +114,15 @@ def test_mlflow_killed_for_a_minute_mid_training(data, tmp_path):
     out = tmp_path / "run"
     # A 90 s time budget (not a step count) keeps the run overlapping the outage on any machine;
     # a small in-memory queue makes the outage's backlog spill to the journal.
-    proc = start_training(data, out, rec.url, "optim.steps=100000", "optim.budget_minutes=1.5",
-                          IWARP_TRACKING_QUEUE="16", IWARP_TRACKING_DRAIN_S="120")
+    proc = start_training(
+        data,
+        out,
+        rec.url,
+        "optim.steps=100000",
+        "optim.budget_minutes=1.5",
+        IWARP_TRACKING_QUEUE="16",
+        IWARP_TRACKING_DRAIN_S="120",
+    )
     wait_for_steps(out, 3, proc)
     kill(server)
     killed = time.time()

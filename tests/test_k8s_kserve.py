@@ -112,8 +112,12 @@ def test_cluster_torchserve_config():
 
 @pytest.fixture
 def s3(moto_endpoint, monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": moto_endpoint}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_endpoint,
+    }.items():
         monkeypatch.setenv(key, value)
     client = boto3.client("s3")
     bucket = f"models-{os.urandom(4).hex()}"
@@ -128,8 +132,20 @@ def make_mar(tmp_path: Path, name: str = "iwarp", version: str = "2.0") -> Path:
     out = tmp_path / f"mar-{name}-{version}"
     out.mkdir()
     archiver = Path(sys.executable).with_name("torch-model-archiver")
-    subprocess.run([str(archiver), "--model-name", name, "--version", version, "--handler", str(handler),
-                    "--export-path", str(out)], check=True)
+    subprocess.run(
+        [
+            str(archiver),
+            "--model-name",
+            name,
+            "--version",
+            version,
+            "--handler",
+            str(handler),
+            "--export-path",
+            str(out),
+        ],
+        check=True,
+    )
     return out / f"{name}.mar"
 
 

@@ -45,11 +45,27 @@ def test_every_kustomization_builds(built):
     dev, prod = built["overlays/dev"], built["overlays/prod"]
     for objs in (dev, prod):
         kinds = {o["kind"] for o in objs}
-        assert {"Namespace", "Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
-                "ClusterRoleBinding", "NetworkPolicy", "Secret", "ConfigMap", "PersistentVolumeClaim",
-                "LimitRange", "ServingRuntime"} <= kinds
-        assert all(o["metadata"].get("namespace") == PARAMS["namespace"] for o in objs
-                   if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"))
+        assert {
+            "Namespace",
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "NetworkPolicy",
+            "Secret",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "LimitRange",
+            "ServingRuntime",
+        } <= kinds
+        assert all(
+            o["metadata"].get("namespace") == PARAMS["namespace"]
+            for o in objs
+            if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding")
+        )
     # Dev runs its own PostgreSQL; prod uses an external database.
     assert one(dev, "StatefulSet", "iwarp-postgres")
     assert not by_kind(prod, "StatefulSet")
@@ -60,8 +76,7 @@ def test_every_kustomization_builds(built):
 
 @pytest.mark.parametrize("version", [kv.MIN_K8S_VERSION, LATEST])
 def test_builtin_kinds_validate_strictly(built, version):
-    objs = [o for name in ("overlays/dev", "overlays/prod") for o in built[name]
-            if kv._is_builtin(o["apiVersion"])]
+    objs = [o for name in ("overlays/dev", "overlays/prod") for o in built[name] if kv._is_builtin(o["apiVersion"])]
     assert len(objs) > 40
     assert kv.validate_objects(objs, version) == []
 

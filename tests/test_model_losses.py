@@ -161,8 +161,14 @@ def test_transform_convention_blob_maps_back() -> None:
 def test_equivariance_loss_zero_without_deformation(vgg_losses) -> None:
     model, _, sources, driving = setup()
     model.eval()
-    cfg = LossConfig(perceptual=0, gan=0, feature_matching=0, equivariance=1.0, equivariance_sigma_affine=0.0,
-                     equivariance_sigma_tps=0.0)
+    cfg = LossConfig(
+        perceptual=0,
+        gan=0,
+        feature_matching=0,
+        equivariance=1.0,
+        equivariance_sigma_affine=0.0,
+        equivariance_sigma_tps=0.0,
+    )
     out = model(sources, driving)
     loss = Losses(cfg).generator_losses(driving, out, model)["equivariance"]
     assert loss.item() < 1e-4  # only grid_sample's interpolation error remains

@@ -43,8 +43,15 @@ def test_a_damaged_copy_of_the_shipped_model_is_refused(tmp_path) -> None:
 
 def test_model_card_describes_the_shipped_model() -> None:
     card = (MODELS / "README.md").read_text()
-    for needed in (NAME, "iwarp data faces", "iwarp train --config configs/faces-64.yaml", "copy", "L1", "LPIPS",
-                   "Limits"):
+    for needed in (
+        NAME,
+        "iwarp data faces",
+        "iwarp train --config configs/faces-64.yaml",
+        "copy",
+        "L1",
+        "LPIPS",
+        "Limits",
+    ):
         assert needed in card, needed
     for picture in ("strip.png", "attention.png"):
         assert (MODELS / NAME / picture).is_file() and f"{NAME}/{picture}" in card

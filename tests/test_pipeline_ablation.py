@@ -22,15 +22,22 @@ def results(lpips: dict[str, float], psnr: float = 20.0) -> list[dict]:
     out = []
     for a in ABLATIONS:
         v = lpips[a["variant"]]
-        out.append({**a, "run_id": f"run-{a['variant']}",
-                    "metrics": {"lpips_k1": v, "lpips_k4": v * 0.9, "psnr_k1": psnr, "l1_k1": 0.1, "l1_k4": 0.09}})
+        out.append(
+            {
+                **a,
+                "run_id": f"run-{a['variant']}",
+                "metrics": {"lpips_k1": v, "lpips_k4": v * 0.9, "psnr_k1": psnr, "l1_k1": 0.1, "l1_k4": 0.09},
+            }
+        )
     return out
 
 
 def test_variant_overrides_switch_only_the_two_ablation_flags():
     assert variant_overrides(ABLATIONS[0]) == ["model.implicit.residual=true", "model.implicit.extra_kv=true"]
     assert variant_overrides({"variant": "neither", "residual": False, "extra_kv": False}) == [
-        "model.implicit.residual=false", "model.implicit.extra_kv=false"]
+        "model.implicit.residual=false",
+        "model.implicit.extra_kv=false",
+    ]
     assert len({tuple(variant_overrides(a)) for a in ABLATIONS}) == 4
 
 
@@ -101,9 +108,17 @@ def target_results(general_l1: dict[str, float], personal_l1: float = 0.05) -> l
     out = []
     for a in ABLATIONS:
         g = general_l1[a["variant"]]
-        metrics = {"general/l1_k1": g, "general/l1_k2": g * 0.9, "general/psnr_k1": 20.0, "general/lpips_k1": g * 2,
-                   "general/copy_source_l1": 0.12, "general/copy_source_lpips": 0.3,
-                   "personal/l1_k1": personal_l1, "personal/lpips_k1": 0.2, "personal/copy_source_l1": 0.08}
+        metrics = {
+            "general/l1_k1": g,
+            "general/l1_k2": g * 0.9,
+            "general/psnr_k1": 20.0,
+            "general/lpips_k1": g * 2,
+            "general/copy_source_l1": 0.12,
+            "general/copy_source_lpips": 0.3,
+            "personal/l1_k1": personal_l1,
+            "personal/lpips_k1": 0.2,
+            "personal/copy_source_l1": 0.08,
+        }
         init = "loaded 90" + ("" if a["residual"] else "; skipped residual_mlp")
         out.append({**a, "run_id": f"run-{a['variant']}", "init": init, "metrics": metrics})
     return out
@@ -115,8 +130,13 @@ def test_targets_floors_and_init_in_the_report():
     assert choice.variant == "full" and "mean lpips 0.2 " in choice.reason
     assert selection_score(r[0]["metrics"], "lpips") == pytest.approx(0.2)
     assert selection_score(r[0]["metrics"], "personal/lpips") == pytest.approx(0.2)
-    assert metric_columns(r, compact=True) == ["general/l1_k1", "general/l1_k2", "general/psnr_k1",
-                                               "general/lpips_k1", "personal/l1_k1"]
+    assert metric_columns(r, compact=True) == [
+        "general/l1_k1",
+        "general/l1_k2",
+        "general/psnr_k1",
+        "general/lpips_k1",
+        "personal/l1_k1",
+    ]
     md = report_markdown(r, choice, "lpips")
     compact = md.split("## All metrics")[0]
     assert "| init (from the shipped model) |" in compact and "| loaded 90; skipped residual_mlp |" in compact

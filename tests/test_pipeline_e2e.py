@@ -34,9 +34,17 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # Screenshots and reports land here (git-ignored); CI can keep them as build artifacts.
 ARTIFACTS = Path(os.environ.get("IWARP_TEST_ARTIFACTS", ROOT / "outputs" / "test-artifacts")) / "pipeline"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 STEPS = 10  # per variant: the variants still differ (architectures differ from step 0); CI stays short
 SMALL_FACES = ["faces.clips_per_photo=1", "faces.photo_frames=24"]  # the real faces, fewer photo clips
 SHIPPED = "iwarp-faces-64"
@@ -53,9 +61,11 @@ class Browser:
     def __init__(self, profile: Path, width: int = 1400, height: int = 1500):
         import websocket
 
-        self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                      "--remote-debugging-port=0", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = profile / "DevToolsActivePort"  # Chromium writes its chosen port here
         deadline = time.monotonic() + 60
         while not (port_file.is_file() and port_file.read_text().strip()):
@@ -63,8 +73,9 @@ class Browser:
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         pages = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
-        self.ws = websocket.create_connection(next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"],
-                                              timeout=60)
+        self.ws = websocket.create_connection(
+            next(p for p in pages if p["type"] == "page")["webSocketDebuggerUrl"], timeout=60
+        )
         self.n = 0
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
@@ -78,8 +89,11 @@ class Browser:
                 return msg.get("result", {})
 
     def js(self, expression: str):
-        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                         awaitPromise=True).get("result", {}).get("value")
+        return (
+            self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+            .get("result", {})
+            .get("value")
+        )
 
     def open(self, url: str, wait_for: str, timeout: float = 90) -> str:
         """Navigate and wait until the rendered text contains `wait_for`; returns that text."""
@@ -125,11 +139,31 @@ def shipped_model(tmp_path_factory):
     from iwarp.data import SynthConfig, make_synth_dataset
 
     tmp = tmp_path_factory.mktemp("shipped")
-    make_synth_dataset(tmp / "data", SynthConfig(num_identities=3, videos_per_identity=1, num_frames=12,
-                                                 image_size=64, format="png"), overwrite=True, progress=False)
-    subprocess.run([sys.executable, "-m", "iwarp", "train", "--config", str(ROOT / "configs/faces-64.yaml"), "--set",
-                    f"data.root={tmp / 'data'}", f"out_dir={tmp / 'run'}", "optim.steps=3", "optim.warmup_steps=1",
-                    "data.batch_size=2", "logging.images_every_steps=0"], check=True, capture_output=True)
+    make_synth_dataset(
+        tmp / "data",
+        SynthConfig(num_identities=3, videos_per_identity=1, num_frames=12, image_size=64, format="png"),
+        overwrite=True,
+        progress=False,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iwarp",
+            "train",
+            "--config",
+            str(ROOT / "configs/faces-64.yaml"),
+            "--set",
+            f"data.root={tmp / 'data'}",
+            f"out_dir={tmp / 'run'}",
+            "optim.steps=3",
+            "optim.warmup_steps=1",
+            "data.batch_size=2",
+            "logging.images_every_steps=0",
+        ],
+        check=True,
+        capture_output=True,
+    )
     models = tmp / "models"
     models.mkdir()
     shutil.copy(tmp / "run" / "checkpoints" / "final.ckpt", models / f"{SHIPPED}.ckpt")
@@ -150,9 +184,19 @@ def home(tmp_path_factory):
 
 
 def options(home: Path, **kw) -> LocalRunOptions:
-    base = dict(home=str(home), steps=STEPS, nproc=2, data="faces", data_params=SMALL_FACES, init_from=SHIPPED,
-                eval_sources=[1, 2], eval_frame_stride=8, eval_max_videos=1,
-                mlflow_port=free_port(), torchserve_ports=(free_port(), free_port(), free_port()))
+    base = dict(
+        home=str(home),
+        steps=STEPS,
+        nproc=2,
+        data="faces",
+        data_params=SMALL_FACES,
+        init_from=SHIPPED,
+        eval_sources=[1, 2],
+        eval_frame_stride=8,
+        eval_max_videos=1,
+        mlflow_port=free_port(),
+        torchserve_ports=(free_port(), free_port(), free_port()),
+    )
     base.update(kw)
     return LocalRunOptions(**base)
 
@@ -177,8 +221,13 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     assert keys[0] and all(k == keys[0] for k in keys), keys
     # both targets (the unseen woman, the man's held-out clip), each with its copy-source floor
     for target in ("general", "personal"):
-        assert {f"eval/{target}/l1_k1", f"eval/{target}/psnr_k2", f"eval/{target}/lpips_k1",
-                f"eval/{target}/lpips_k2", f"eval/{target}/copy_source_l1"} <= keys[0]
+        assert {
+            f"eval/{target}/l1_k1",
+            f"eval/{target}/psnr_k2",
+            f"eval/{target}/lpips_k1",
+            f"eval/{target}/lpips_k2",
+            f"eval/{target}/copy_source_l1",
+        } <= keys[0]
     assert {k.info.status for k in kids} == {"FINISHED"}
     # identical data, seed, budget and starting model for all four; each trained by 2 DDP processes
     for p in ("seed", "optim.steps", "data.root", "init_from", "init_from.checkpoint"):
@@ -269,8 +318,10 @@ def test_torchserve_default_version_answers_a_prediction(full_run, home):
     dataset = next(full_run.run_dir.rglob("preprocess-data/dataset"))
     frames = VideoDataset(dataset, "test", image_size=64).read_frames(0, [0, 1, 6, 8])
     png = [encode_image((f.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for f in frames]
-    body = {"sources": [base64.b64encode(b).decode() for b in png[:2]],
-            "driving": [base64.b64encode(b).decode() for b in png[2:]]}
+    body = {
+        "sources": [base64.b64encode(b).decode() for b in png[:2]],
+        "driving": [base64.b64encode(b).decode() for b in png[2:]],
+    }
     key = json.loads(handle.key_file.read_text())["inference"]["key"]
     assert requests.post(endpoint, json=body, timeout=60).status_code in (400, 401)  # no token: refused
     r = requests.post(endpoint, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=300)
@@ -360,8 +411,12 @@ def test_failed_training_stops_the_run_and_fails_the_sweep_run(full_run, home):
     assert "optim.steps must be >= 1" in result.error  # the trainer's own message, passed on
     assert result.data_docs is None  # not a data problem
     exp = client.get_experiment_by_name("iwarp")
-    (parent,) = client.search_runs([exp.experiment_id], "tags.`iwarp.kind` = 'ablation-sweep'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+    (parent,) = client.search_runs(
+        [exp.experiment_id],
+        "tags.`iwarp.kind` = 'ablation-sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     assert parent.info.status == "FAILED"
     assert {v.version for v in client.search_model_versions("name='iwarp'")} == versions_before
 
@@ -374,8 +429,12 @@ def test_invalid_data_stops_at_validation(full_run, home, tmp_path):
     from iwarp.data import SynthConfig, make_synth_dataset
 
     bad = tmp_path / "bad-raw"  # 4-frame clips: fewer than k_max sources + a driving frame
-    make_synth_dataset(bad, SynthConfig(num_identities=4, videos_per_identity=1, num_frames=4, format="mp4"),
-                       overwrite=True, progress=False)
+    make_synth_dataset(
+        bad,
+        SynthConfig(num_identities=4, videos_per_identity=1, num_frames=4, format="mp4"),
+        overwrite=True,
+        progress=False,
+    )
     client = MlflowClient(full_run.mlflow_url)
     versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
     mlflow_before = MlflowServer(home).running()

@@ -23,16 +23,32 @@ def test_tasks_labels_log_and_failure(tmp_path, monkeypatch):
     log = tmp_path / "pipeline.log"
     monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.0)  # every line is a heartbeat here
     with RunProgress(log, Console(file=out, width=120), total_tasks=3) as p:
-        p.write(kfp_lines("train-model", ['    {"executor": "json"}', "[train] no-extra-kv: python -m iwarp train",
-                                          "train:  50%|#####     | 10/20"]))
+        p.write(
+            kfp_lines(
+                "train-model",
+                [
+                    '    {"executor": "json"}',
+                    "[train] no-extra-kv: python -m iwarp train",
+                    "train:  50%|#####     | 10/20",
+                ],
+            )
+        )
         # written in arbitrary pieces, as print() hands them over
         text = kfp_lines("evaluate-model", ["[evaluate] no-extra-kv: python -m iwarp evaluate"])
         for i in range(0, len(text), 17):
-            p.write(text[i:i + 17])
-        p.write(kfp_lines("data-gate", ["Traceback (most recent call last):", '  File "x.py", line 1',
-                                        "RuntimeError: data validation failed, stopping the pipeline:",
-                                        "- [too_short] expect_column_values_to_be_between(num_frames): videos: a, b"],
-                          status="FAILURE"))
+            p.write(text[i : i + 17])
+        p.write(
+            kfp_lines(
+                "data-gate",
+                [
+                    "Traceback (most recent call last):",
+                    '  File "x.py", line 1',
+                    "RuntimeError: data validation failed, stopping the pipeline:",
+                    "- [too_short] expect_column_values_to_be_between(num_frames): videos: a, b",
+                ],
+                status="FAILURE",
+            )
+        )
     shown = out.getvalue()
     assert [t.title for t in p.tasks] == ["train-model (no-extra-kv)", "evaluate-model (no-extra-kv)", "data-gate"]
     assert [t.status for t in p.tasks] == ["SUCCESS", "SUCCESS", "FAILURE"]
@@ -43,7 +59,8 @@ def test_tasks_labels_log_and_failure(tmp_path, monkeypatch):
     (failed,) = p.failed_tasks()
     assert failure_message(failed).splitlines() == [
         "RuntimeError: data validation failed, stopping the pipeline:",
-        "- [too_short] expect_column_values_to_be_between(num_frames): videos: a, b"]
+        "- [too_short] expect_column_values_to_be_between(num_frames): videos: a, b",
+    ]
     full = log.read_text()
     assert '{"executor": "json"}' in full and "RuntimeError" in full and "\x1b[96m" in full  # complete, raw
 

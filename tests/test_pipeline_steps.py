@@ -18,8 +18,9 @@ from components.steps.training import (
 
 
 def test_set_params_applies_typed_overrides_and_rejects_unknown_keys(tmp_path):
-    params = set_params(tmp_path, "videos", "/videos", 128,
-                        ["prepare.crop=face", "synth.num_frames=16", "validate.fps_min=5.5"])
+    params = set_params(
+        tmp_path, "videos", "/videos", 128, ["prepare.crop=face", "synth.num_frames=16", "validate.fps_min=5.5"]
+    )
     written = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert written == params
     assert params["prepare"]["input"] == "/videos" and params["dataset"] == "data/prepared"
@@ -53,36 +54,67 @@ def test_data_source_and_raw_data_go_together():
 
 
 def test_eval_metrics_flattens_per_k_and_drops_non_measurements():
-    result = {"per_k": {"1": {"l1": 0.1, "psnr": 20.0, "lpips": 0.3, "akd": None, "mkr": 1.0, "frames": 12.0},
-                        "4": {"l1": 0.08, "psnr": 21.0, "lpips": 0.25, "akd": 2.5, "mkr": 0.1, "frames": 12.0}},
-              "copy_source": None}
-    assert eval_metrics(result) == {"l1_k1": 0.1, "psnr_k1": 20.0, "lpips_k1": 0.3, "l1_k4": 0.08, "psnr_k4": 21.0,
-                                    "lpips_k4": 0.25, "akd_k4": 2.5, "mkr_k4": 0.1}
+    result = {
+        "per_k": {
+            "1": {"l1": 0.1, "psnr": 20.0, "lpips": 0.3, "akd": None, "mkr": 1.0, "frames": 12.0},
+            "4": {"l1": 0.08, "psnr": 21.0, "lpips": 0.25, "akd": 2.5, "mkr": 0.1, "frames": 12.0},
+        },
+        "copy_source": None,
+    }
+    assert eval_metrics(result) == {
+        "l1_k1": 0.1,
+        "psnr_k1": 20.0,
+        "lpips_k1": 0.3,
+        "l1_k4": 0.08,
+        "psnr_k4": 21.0,
+        "lpips_k4": 0.25,
+        "akd_k4": 2.5,
+        "mkr_k4": 0.1,
+    }
 
 
 def test_eval_metrics_names_the_target_and_the_copy_source_floor():
-    result = {"per_k": {"1": {"l1": 0.2, "lpips": 0.5, "akd": None, "frames": 9.0}},
-              "copy_source": {"l1": 0.12, "lpips": 0.1, "akd": None, "mkr": None, "frames": 9.0}}
-    assert eval_metrics(result, "personal") == {"personal/l1_k1": 0.2, "personal/lpips_k1": 0.5,
-                                                "personal/copy_source_l1": 0.12, "personal/copy_source_lpips": 0.1}
+    result = {
+        "per_k": {"1": {"l1": 0.2, "lpips": 0.5, "akd": None, "frames": 9.0}},
+        "copy_source": {"l1": 0.12, "lpips": 0.1, "akd": None, "mkr": None, "frames": 9.0},
+    }
+    assert eval_metrics(result, "personal") == {
+        "personal/l1_k1": 0.2,
+        "personal/lpips_k1": 0.5,
+        "personal/copy_source_l1": 0.12,
+        "personal/copy_source_lpips": 0.1,
+    }
 
 
 def test_init_summary_names_the_modules_a_variant_dropped_or_added(tmp_path):
     assert init_summary(tmp_path) == "scratch"  # no init_from.json: trained from scratch
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "init_from.json").write_text(json.dumps({"generator": {
-        "loaded": ["a.weight", "b.weight", "c.bias"],
-        "skipped": ["residual_mlp.0.weight", "residual_mlp.0.bias", "residual_mlp.2.weight",
-                    "attention.extra_residual_values"],
-        "new": []}}))
+    (tmp_path / "run" / "init_from.json").write_text(
+        json.dumps(
+            {
+                "generator": {
+                    "loaded": ["a.weight", "b.weight", "c.bias"],
+                    "skipped": [
+                        "residual_mlp.0.weight",
+                        "residual_mlp.0.bias",
+                        "residual_mlp.2.weight",
+                        "attention.extra_residual_values",
+                    ],
+                    "new": [],
+                }
+            }
+        )
+    )
     assert init_summary(tmp_path) == "loaded 3; skipped residual_mlp, attention.extra_residual_values"
     assert module_name("attention.extra_keys") == "attention.extra_keys"
     assert module_name("value.blocks.1.conv.weight") == "value.blocks"
 
 
 def test_run_streaming_passes_output_through_and_keeps_the_reason(capsys):
-    code = ('import sys; print("step 1"); print("error: invalid training config:"); '
-            'print("  optim.steps must be >= 1"); sys.exit(3)')
+    code = (
+        'import sys; print("step 1"); print("error: invalid training config:"); '
+        'print("  optim.steps must be >= 1"); sys.exit(3)'
+    )
     assert run_streaming([sys.executable, "-c", code]) == (
         3,
         "error: invalid training config: optim.steps must be >= 1",

@@ -41,8 +41,11 @@ class FakeKfpApi(BaseHTTPRequestHandler):
         if path == "/apis/v2beta1/healthz":
             return self._send({"multi_user": False})
         if path == "/apis/v2beta1/experiments":
-            return self._send({"experiments": list(self.experiments.values()), "total_size": len(self.experiments)}
-                              if "filter" not in self.path else {})
+            return self._send(
+                {"experiments": list(self.experiments.values()), "total_size": len(self.experiments)}
+                if "filter" not in self.path
+                else {}
+            )
         if path.startswith("/apis/v2beta1/runs/"):
             run = next(r for r in self.runs if r["run_id"] == path.rsplit("/", 1)[1])
             return self._send({**run, "state": "PENDING", "created_at": "2026-11-25T00:00:00Z"})
@@ -82,11 +85,25 @@ def kfp_cli(*args: str) -> subprocess.CompletedProcess:
 def test_kfp_run_create_sends_our_spec_and_typed_parameters(tmp_path, kfp_api, verb):
     url, api = kfp_api
     package = compile_pipeline(tmp_path / "iwarp_pipeline.yaml")
-    proc = kfp_cli("--endpoint", url, "run", verb, "-e", "iwarp-ablation", "-f", str(package),
-                   "data_source=videos", "raw_data=s3://team-bucket/raw/talking-heads",
-                   "tracking_uri=http://iwarp-mlflow.iwarp:5000",
-                   "dvc_remote=s3://team-bucket/dvc", "num_nodes=2", "gpus_per_node=4", "nproc_per_node=4",
-                   "eval_sources=[1, 2, 4, 8]", "select_margin=0.05")
+    proc = kfp_cli(
+        "--endpoint",
+        url,
+        "run",
+        verb,
+        "-e",
+        "iwarp-ablation",
+        "-f",
+        str(package),
+        "data_source=videos",
+        "raw_data=s3://team-bucket/raw/talking-heads",
+        "tracking_uri=http://iwarp-mlflow.iwarp:5000",
+        "dvc_remote=s3://team-bucket/dvc",
+        "num_nodes=2",
+        "gpus_per_node=4",
+        "nproc_per_node=4",
+        "eval_sources=[1, 2, 4, 8]",
+        "select_margin=0.05",
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     (run,) = api.runs
     assert run["display_name"] == "iwarp-ablation"

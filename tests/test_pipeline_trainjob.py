@@ -27,15 +27,31 @@ RUNTIME = {  # the shape Kubeflow Trainer installs (trimmed to what the SDK read
     "metadata": {"name": "torch-distributed", "labels": {"trainer.kubeflow.org/framework": "torch"}},
     "spec": {
         "mlPolicy": {"numNodes": 1, "torch": {"numProcPerNode": "auto"}},
-        "template": {"spec": {"replicatedJobs": [{
-            "name": "node",
-            "template": {
-                "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
-                "spec": {"template": {"spec": {"containers": [
-                    {"name": "node", "image": "pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime",
-                     "command": ["torchrun", "/workspace/train.py"]}]}}},
-            },
-        }]}},
+        "template": {
+            "spec": {
+                "replicatedJobs": [
+                    {
+                        "name": "node",
+                        "template": {
+                            "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
+                            "spec": {
+                                "template": {
+                                    "spec": {
+                                        "containers": [
+                                            {
+                                                "name": "node",
+                                                "image": "pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime",
+                                                "command": ["torchrun", "/workspace/train.py"],
+                                            }
+                                        ]
+                                    }
+                                }
+                            },
+                        },
+                    }
+                ]
+            }
+        },
     },
 }
 
@@ -72,8 +88,17 @@ class FakeCluster:
         assert plural == "trainjobs"
         job = copy.deepcopy(next(j for j in self.created if j["metadata"]["name"] == name))
         job["metadata"].update(namespace=namespace, creationTimestamp=datetime.datetime.now(datetime.UTC).isoformat())
-        job["status"] = {"conditions": [{"type": self.outcome, "status": "True", "reason": "Test",
-                                         "message": "", "lastTransitionTime": job["metadata"]["creationTimestamp"]}]}
+        job["status"] = {
+            "conditions": [
+                {
+                    "type": self.outcome,
+                    "status": "True",
+                    "reason": "Test",
+                    "message": "",
+                    "lastTransitionTime": job["metadata"]["creationTimestamp"],
+                }
+            ]
+        }
         return Reply(job)
 
     def get_cluster_custom_object(self, group, version, plural, name, async_req=False):
@@ -86,8 +111,10 @@ class FakeCluster:
         if self.outcome == "Complete":  # the job's rank 0 writes its final checkpoint
             args = body["spec"]["trainer"]["args"]
             out_dir = next(a.split("=", 1)[1] for a in args if a.startswith("out_dir="))
-            save_checkpoint({"model_kind": "implicit", "tracking_run_id": "run-from-trainjob", "step": 3},
-                            f"{out_dir}/checkpoints/final.ckpt")
+            save_checkpoint(
+                {"model_kind": "implicit", "tracking_run_id": "run-from-trainjob", "step": 3},
+                f"{out_dir}/checkpoints/final.ckpt",
+            )
         return body
 
     # CoreV1Api
@@ -109,8 +136,9 @@ def cluster(monkeypatch):
 def trainer_client():
     from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
 
-    return TrainerClient(KubernetesBackendConfig(namespace="iwarp",
-                                                 client_configuration=kubernetes.client.Configuration()))
+    return TrainerClient(
+        KubernetesBackendConfig(namespace="iwarp", client_configuration=kubernetes.client.Configuration())
+    )
 
 
 def request(tmp_path, variant: dict, gpus: int = 4) -> TrainRequest:
@@ -118,10 +146,21 @@ def request(tmp_path, variant: dict, gpus: int = 4) -> TrainRequest:
     (dataset / "train").mkdir(parents=True)
     (dataset / "manifest.csv").write_text("id,identity,split\nv0,a,train\n")
     return TrainRequest(
-        dataset=str(dataset), ablation=variant, config="configs/paper-256.yaml",
-        overrides=["optim.lr_generator=1e-4"], seed=7, steps=5000, tracking_uri="http://iwarp-mlflow.iwarp.svc:5000",
-        experiment="iwarp", parent_run_id="parent", backend="trainjob", nproc_per_node=gpus, num_nodes=2,
-        gpus_per_node=gpus, image="registry.example/iwarp:0.1.0", shared_dir=str(tmp_path / "shared"),
+        dataset=str(dataset),
+        ablation=variant,
+        config="configs/paper-256.yaml",
+        overrides=["optim.lr_generator=1e-4"],
+        seed=7,
+        steps=5000,
+        tracking_uri="http://iwarp-mlflow.iwarp.svc:5000",
+        experiment="iwarp",
+        parent_run_id="parent",
+        backend="trainjob",
+        nproc_per_node=gpus,
+        num_nodes=2,
+        gpus_per_node=gpus,
+        image="registry.example/iwarp:0.1.0",
+        shared_dir=str(tmp_path / "shared"),
         data_version="abc123",
     )
 
@@ -147,8 +186,15 @@ def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
     args = trainer["args"]
     data_root = tmp_path / "shared" / "datasets" / "abc123"
     # identical data, seed and budget for every variant; only the two switches differ
-    for expected in (f"data.root={data_root}", "seed=7", "optim.steps=5000", "optim.lr_generator=1e-4",
-                     "model.implicit.residual=true", "model.implicit.extra_kv=false", "run_name=no-extra-kv"):
+    for expected in (
+        f"data.root={data_root}",
+        "seed=7",
+        "optim.steps=5000",
+        "optim.lr_generator=1e-4",
+        "model.implicit.residual=true",
+        "model.implicit.extra_kv=false",
+        "run_name=no-extra-kv",
+    ):
         assert expected in args
     assert args[args.index("--tracking-uri") + 1] == "http://iwarp-mlflow.iwarp.svc:5000"
     assert (data_root / ".complete").is_file() and (data_root / "manifest.csv").is_file()

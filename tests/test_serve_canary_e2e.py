@@ -44,12 +44,19 @@ def env(tmp_path_factory):
             broken.decoder.mask_head.bias.fill_(-12.0)
     store, cand = tmp / "model_store", tmp / "candidates"
     store.mkdir(parents=True)
-    mar1 = package(write_checkpoint(base, tmp / "v1.ckpt"), "1.0", cand / "v1", config=cfg,
-                   metadata={"mlflow_model_version": "1"})
-    mar2 = package(write_checkpoint(base, tmp / "v2.ckpt"), "2.0", cand / "v2", config=cfg,
-                   metadata={"mlflow_model_version": "2"})
-    mar3 = package(write_checkpoint(broken, tmp / "v3.ckpt"), "3.0", cand / "v3", config=cfg,
-                   metadata={"mlflow_model_version": "3"})
+    mar1 = package(
+        write_checkpoint(base, tmp / "v1.ckpt"), "1.0", cand / "v1", config=cfg, metadata={"mlflow_model_version": "1"}
+    )
+    mar2 = package(
+        write_checkpoint(base, tmp / "v2.ckpt"), "2.0", cand / "v2", config=cfg, metadata={"mlflow_model_version": "2"}
+    )
+    mar3 = package(
+        write_checkpoint(broken, tmp / "v3.ckpt"),
+        "3.0",
+        cand / "v3",
+        config=cfg,
+        metadata={"mlflow_model_version": "3"},
+    )
     cases = []
     for i in range(4):
         f = photo_frames(6, seed=10 + i)

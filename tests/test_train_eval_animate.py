@@ -30,10 +30,19 @@ pytestmark = pytest.mark.slow
 def checkpoints(data, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for kind in ("implicit", "baseline"):
-        cfg = load_train_config(TINY, [
-            f"data.root={data}", f"out_dir={tmp_path_factory.mktemp(kind)}", f"model.kind={kind}", "optim.steps=3",
-            "logging.progress=false", "logging.images_every_steps=0", "threads=0", *CHEAP_LOSSES,
-        ])
+        cfg = load_train_config(
+            TINY,
+            [
+                f"data.root={data}",
+                f"out_dir={tmp_path_factory.mktemp(kind)}",
+                f"model.kind={kind}",
+                "optim.steps=3",
+                "logging.progress=false",
+                "logging.images_every_steps=0",
+                "threads=0",
+                *CHEAP_LOSSES,
+            ],
+        )
         out[kind] = train(cfg).final_checkpoint
     return out
 
@@ -51,8 +60,15 @@ def media(data, tmp_path_factory) -> dict[str, Path]:
     write_video(folder / "drive.mp4", drive, fps=25)
     (folder / "not-an-image.png").write_text("hello")
     (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
-    return {"a": folder / "a.png", "b": folder / "b.png", "wide": folder / "wide.png", "drive": folder / "drive.mp4",
-            "drive_frames": len(drive), "text": folder / "not-an-image.png", "broken": folder / "broken.mp4"}
+    return {
+        "a": folder / "a.png",
+        "b": folder / "b.png",
+        "wide": folder / "wide.png",
+        "drive": folder / "drive.mp4",
+        "drive_frames": len(drive),
+        "text": folder / "not-an-image.png",
+        "broken": folder / "broken.mp4",
+    }
 
 
 def decode(path: Path) -> list[np.ndarray]:
@@ -64,8 +80,24 @@ def decode(path: Path) -> list[np.ndarray]:
 @pytest.mark.parametrize("kind", ["implicit", "baseline"])
 def test_evaluate_reports_every_k_and_the_copy_floor(kind, checkpoints, data, tmp_path):
     out = tmp_path / "metrics.json"
-    proc = run_iwarp("evaluate", "--checkpoint", checkpoints[kind], "--data", data, "--sources", "1", "2", "4",
-                     "--out", out, "--copy-source", "--no-landmarks", "--no-fd", "--frame-stride", "4")
+    proc = run_iwarp(
+        "evaluate",
+        "--checkpoint",
+        checkpoints[kind],
+        "--data",
+        data,
+        "--sources",
+        "1",
+        "2",
+        "4",
+        "--out",
+        out,
+        "--copy-source",
+        "--no-landmarks",
+        "--no-fd",
+        "--frame-stride",
+        "4",
+    )
     assert "sources k" in proc.stdout and "copy source" in proc.stdout  # the printed table
     report = json.loads(out.read_text())
     assert report["model_kind"] == kind and report["split"] == "test" and report["step"] == 3
@@ -95,8 +127,10 @@ def test_spread_sources_cover_the_clip_and_every_k_drives_the_same_frames():
     assert plan["driving"] == [t for t in range(16) if t not in union]
     assert frame_plan(16, [1, 2, 4], "spread", 2)["driving"] == [0, 3, 7, 11, 15]
     # `first` is FOMM's protocol as before: sources 0..k-1, driven frames from max(k) on
-    assert frame_plan(16, [1, 2, 4], "first", 4) == {"sources": {1: [0], 2: [0, 1], 4: [0, 1, 2, 3]},
-                                                     "driving": [4, 8, 12]}
+    assert frame_plan(16, [1, 2, 4], "first", 4) == {
+        "sources": {1: [0], 2: [0, 1], 4: [0, 1, 2, 3]},
+        "driving": [4, 8, 12],
+    }
     # too short: fewer than k distinct spread sources, or nothing left to drive
     assert spread_indices(3, 4) == [0, 1, 2] and frame_plan(3, [4], "spread", 1) is None
     assert frame_plan(4, [1, 2, 4], "spread", 1) is None and frame_plan(4, [4], "first", 1) is None
@@ -104,8 +138,24 @@ def test_spread_sources_cover_the_clip_and_every_k_drives_the_same_frames():
 
 def test_evaluate_with_spread_sources(checkpoints, data, tmp_path):
     out = tmp_path / "spread.json"
-    proc = run_iwarp("evaluate", "--checkpoint", checkpoints["implicit"], "--data", data, "--sources", "1", "2", "4",
-                     "--out", out, "--copy-source", "--no-landmarks", "--no-fd", "--source-placement", "spread")
+    proc = run_iwarp(
+        "evaluate",
+        "--checkpoint",
+        checkpoints["implicit"],
+        "--data",
+        data,
+        "--sources",
+        "1",
+        "2",
+        "4",
+        "--out",
+        out,
+        "--copy-source",
+        "--no-landmarks",
+        "--no-fd",
+        "--source-placement",
+        "spread",
+    )
     assert "first source of k=1" in proc.stdout
     report = json.loads(out.read_text())
     assert report["source_placement"] == "spread" and report["driving_start"] is None
@@ -139,9 +189,9 @@ def test_animation_picture_shows_sources_driving_and_output(checkpoints, data, t
     tile, pad, label = 128, 2, 12  # 64 px frames drawn at 2x, 2 px gaps, a 12 px header
     assert picture.shape == (label + 2 * (tile + pad), 7 * (tile + pad), 3)
     first = (sources[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8).repeat(2, 0).repeat(2, 1)
-    assert np.abs(picture[label:label + tile, :tile].astype(int) - first).max() <= 1  # source 1, top left
-    assert (picture[label + tile + pad:, :tile] == 255).all()  # nothing under the sources
-    output = picture[label + tile + pad:label + 2 * tile + pad, 3 * (tile + pad):3 * (tile + pad) + tile]
+    assert np.abs(picture[label : label + tile, :tile].astype(int) - first).max() <= 1  # source 1, top left
+    assert (picture[label + tile + pad :, :tile] == 255).all()  # nothing under the sources
+    output = picture[label + tile + pad : label + 2 * tile + pad, 3 * (tile + pad) : 3 * (tile + pad) + tile]
     assert output.std() > 0  # the model drew something under the first driving frame
     with pytest.raises(EvalError, match="no test videos|cannot draw"):
         animation_picture(checkpoints["implicit"], tmp_path / "nowhere", tmp_path / "x.png")
@@ -157,8 +207,19 @@ def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monk
     assert resolve_checkpoint(checkpoints["baseline"]) == checkpoints["baseline"]  # a file wins, as is
     with pytest.raises(CheckpointError, match=r"checkpoint not found: iwarp-faces-64 .*available: iwarp-tiny-64\)"):
         resolve_checkpoint("iwarp-faces-64")
-    run_iwarp("animate", "--checkpoint", "iwarp-tiny-64", "--source", media["a"], "--driving", media["drive"],
-              "--out", tmp_path / "named.mp4", "--max-frames", "2")
+    run_iwarp(
+        "animate",
+        "--checkpoint",
+        "iwarp-tiny-64",
+        "--source",
+        media["a"],
+        "--driving",
+        media["drive"],
+        "--out",
+        tmp_path / "named.mp4",
+        "--max-frames",
+        "2",
+    )
     assert len(decode(tmp_path / "named.mp4")) == 2
     run_iwarp(
         "evaluate",

@@ -21,10 +21,19 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_config(data: Path, out: Path, *extra: str) -> TrainConfig:
-    return load_train_config(TINY, [
-        f"data.root={data}", f"out_dir={out}", "optim.steps=2", "logging.progress=false",
-        "logging.images_every_steps=0", "threads=0", *CHEAP_LOSSES, *extra,
-    ])
+    return load_train_config(
+        TINY,
+        [
+            f"data.root={data}",
+            f"out_dir={out}",
+            "optim.steps=2",
+            "logging.progress=false",
+            "logging.images_every_steps=0",
+            "threads=0",
+            *CHEAP_LOSSES,
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")

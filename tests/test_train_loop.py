@@ -22,11 +22,23 @@ STEPS = 6
 
 def tiny_config(data: Path, out: Path, *extra: str) -> TrainConfig:
     # threads=0: leave this pytest process's torch thread count alone
-    return load_train_config(TINY, [
-        f"data.root={data}", f"out_dir={out}", f"optim.steps={STEPS}", "checkpoint.every_steps=2",
-        "checkpoint.keep_last=2", "logging.every_steps=2", "logging.images_every_steps=3",
-        "logging.num_samples=2", "logging.progress=false", "threads=0", *CHEAP_LOSSES, *extra,
-    ])
+    return load_train_config(
+        TINY,
+        [
+            f"data.root={data}",
+            f"out_dir={out}",
+            f"optim.steps={STEPS}",
+            "checkpoint.every_steps=2",
+            "checkpoint.keep_last=2",
+            "logging.every_steps=2",
+            "logging.images_every_steps=3",
+            "logging.num_samples=2",
+            "logging.progress=false",
+            "threads=0",
+            *CHEAP_LOSSES,
+            *extra,
+        ],
+    )
 
 
 # `data`: tests/conftest.py (one small synthetic dataset for the session).
@@ -50,8 +62,19 @@ def test_training_finishes_with_final_checkpoint(run):
 def test_checkpoint_payload_is_complete_and_weights_only(run):
     out, _ = run
     ckpt = load_checkpoint(out / "checkpoints" / "final.ckpt")  # torch.load(weights_only=True) inside
-    for key in ("model_kind", "model_config", "model", "discriminator", "optimizers", "schedulers", "step",
-                "rng", "sampler", "train_config", "rank_digests"):
+    for key in (
+        "model_kind",
+        "model_config",
+        "model",
+        "discriminator",
+        "optimizers",
+        "schedulers",
+        "step",
+        "rng",
+        "sampler",
+        "train_config",
+        "rank_digests",
+    ):
         assert key in ckpt, key
     assert ckpt["model_kind"] == "implicit" and ckpt["step"] == STEPS
     assert set(ckpt["optimizers"]) == {"generator", "discriminator"}

@@ -13,8 +13,13 @@ from iwarp.checkpoint import load_model
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-SETTINGS = ["logging.every_steps=1", "logging.images_every_steps=2", "logging.num_samples=2", "threads=1",
-            "experiment=iwarp-test"]
+SETTINGS = [
+    "logging.every_steps=1",
+    "logging.images_every_steps=2",
+    "logging.num_samples=2",
+    "threads=1",
+    "experiment=iwarp-test",
+]
 
 
 # `data`: tests/conftest.py (one small synthetic dataset for the session).
@@ -48,14 +53,17 @@ def check_tracked_run(uri: str, out: Path, steps: int, tmp_path: Path, first_ste
     assert any(p.startswith("images/attention+step+2+") and p.endswith(".png") for p in images)
     assert "images/loss-curves.png" in images
     # the checkpoint, byte for byte
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/final.ckpt",
-                                                dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="checkpoints/final.ckpt", dst_path=str(tmp_path / "dl"), tracking_uri=uri
+    )
     assert Path(local).read_bytes() == (out / "checkpoints" / "final.ckpt").read_bytes()
     # the model, with a signature, giving the checkpoint's predictions for any batch and k
     mlflow.set_tracking_uri(uri)
     # one model per finished training (a resumed run logs its new final model too); newest last
-    logged = sorted(mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list"),
-                    key=lambda m: m.creation_timestamp)[-1]
+    logged = sorted(
+        mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list"),
+        key=lambda m: m.creation_timestamp,
+    )[-1]
     assert logged.source_run_id == run_id
     info = mlflow.models.get_model_info(logged.model_uri)
     assert [s.name for s in info.signature.inputs.inputs] == ["sources", "driving"]

@@ -16,8 +16,14 @@ from iwarp.checkpoint import load_checkpoint
 pytestmark = pytest.mark.slow
 
 STEPS = 24
-SETTINGS = ["optim.steps=24", "checkpoint.every_steps=4", "checkpoint.keep_last=10", "logging.every_steps=1",
-            "logging.images_every_steps=0", "threads=1"]
+SETTINGS = [
+    "optim.steps=24",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep_last=10",
+    "logging.every_steps=1",
+    "logging.images_every_steps=0",
+    "threads=1",
+]
 
 
 # `data`: tests/conftest.py (one small synthetic dataset for the session).
@@ -38,8 +44,14 @@ def logged_steps(out: Path) -> list[int]:
 
 def start_and_wait(data: Path, out: Path, until_step: int) -> subprocess.Popen:
     """Start training in a subprocess; return once it has logged `until_step`."""
-    proc = subprocess.Popen(iwarp_cmd(*train_args(data, out, *SETTINGS)), cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        iwarp_cmd(*train_args(data, out, *SETTINGS)),
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while max(logged_steps(out), default=0) < until_step:
         if proc.poll() is not None:

@@ -34,16 +34,20 @@ def build_canary_set(req: CanaryRequest, out: Path) -> Path:
     """Held-out self-reenactment cases from the test split (the same cases for both versions)."""
     from serving.canary_set import build_from_dataset
 
-    return build_from_dataset(req.dataset, out, split="test", k=2, n_driving=8, stride=2,
-                              image_size=req.image_size, max_videos=req.max_cases)
+    return build_from_dataset(
+        req.dataset, out, split="test", k=2, n_driving=8, stride=2, image_size=req.image_size, max_videos=req.max_cases
+    )
 
 
 def write_verdict(path: str, verdict: Any, default: str, endpoint: str) -> None:
     """The verdict as Markdown (KFP artifact; the local run prints it)."""
     d = verdict.to_dict()
-    lines = [f"**{'PROMOTED' if verdict.promote else 'ROLLED BACK'}**: candidate "
-             f"{d['candidate']['version'] if d['candidate'] else '?'} vs "
-             f"{d['baseline']['version'] if d['baseline'] else 'none (first deployment)'}", ""]
+    lines = [
+        f"**{'PROMOTED' if verdict.promote else 'ROLLED BACK'}**: candidate "
+        f"{d['candidate']['version'] if d['candidate'] else '?'} vs "
+        f"{d['baseline']['version'] if d['baseline'] else 'none (first deployment)'}",
+        "",
+    ]
     lines += [f"- [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['detail']}" for c in d["checks"]]
     lines += ["", f"Default version now: {default}; endpoint: `POST {endpoint}`"]
     Path(path).write_text("\n".join(lines) + "\n")

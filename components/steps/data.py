@@ -23,11 +23,20 @@ def project_file(name: str) -> Path:
 
 def dvc(workspace: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the DVC CLI in `workspace`. Stage commands call `python`: make it this interpreter."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+    }
     print(f"[dvc] dvc {' '.join(args)}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workspace, env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workspace,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     if proc.stdout.strip():
         print(proc.stdout.rstrip(), flush=True)
     if check and proc.returncode != 0:
@@ -53,8 +62,12 @@ def init_workspace(workspace: Path, remote: str, endpoint_url: str) -> None:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(project_file(name), workspace / name)
     # The stages hash their code (iwarp/data/*.py) and run `python -m iwarp.data` from here.
-    shutil.copytree(project_file("iwarp"), workspace / "iwarp", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        project_file("iwarp"),
+        workspace / "iwarp",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
     if not (workspace / ".dvc").is_dir():
         dvc(workspace, "init", "--no-scm", "-q")
     dvc(workspace, "remote", "add", "--default", "--force", "pipeline", remote)
@@ -69,8 +82,9 @@ FACES_OUTS = {"dataset": "data/faces/general", "personal": "data/faces/personal"
 PREPARED = "data/prepared"
 
 
-def set_params(workspace: Path, data_source: str, raw_input: str, image_size: int,
-               overrides: list[str]) -> dict[str, Any]:
+def set_params(
+    workspace: Path, data_source: str, raw_input: str, image_size: int, overrides: list[str]
+) -> dict[str, Any]:
     """This run's params.yaml: the repository's, plus the data source, input, size and
     `section.key=value` overrides. A key the stages do not know fails here, not halfway through
     `dvc repro`. Face checks run on face data: the real faces, or videos cropped with
@@ -90,7 +104,8 @@ def set_params(workspace: Path, data_source: str, raw_input: str, image_size: in
         params[section][name] = yaml.safe_load(value)
     if not any(item.startswith("validate.face_dataset=") for item in overrides):
         params["validate"]["face_dataset"] = data_source == "faces" or (
-            data_source == "videos" and params["prepare"]["crop"] == "face")
+            data_source == "videos" and params["prepare"]["crop"] == "face"
+        )
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

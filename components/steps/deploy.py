@@ -20,8 +20,14 @@ def package_mar(checkpoint: str, model_name: str, registry_version: str, mar_pat
     from serving.package import package, read_mar
 
     with tempfile.TemporaryDirectory(prefix="iwarp-mar-") as tmp:
-        built = package(checkpoint, torchserve_version(registry_version), tmp, config=serve_config(model_name),
-                        archive_name=model_name, metadata={"mlflow_model_version": str(registry_version)})
+        built = package(
+            checkpoint,
+            torchserve_version(registry_version),
+            tmp,
+            config=serve_config(model_name),
+            archive_name=model_name,
+            metadata={"mlflow_model_version": str(registry_version)},
+        )
         shutil.copyfile(built, mar_path)
     info = read_mar(mar_path)
     print(

@@ -87,8 +87,17 @@ def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, 
     if registry:
         registry.mark_challenger()
 
-    deploy_kserve(settings.namespace, "--canary", str(CANARY_PERCENT), "--storage-uri", version_uri,
-                  "--mar", req.mar, "--wait", str(READY_TIMEOUT_S))
+    deploy_kserve(
+        settings.namespace,
+        "--canary",
+        str(CANARY_PERCENT),
+        "--storage-uri",
+        version_uri,
+        "--mar",
+        req.mar,
+        "--wait",
+        str(READY_TIMEOUT_S),
+    )
     isvc = kubectl.get_isvc(settings.name) or {}
     urls = tagged_urls(isvc)
     endpoint = f"{str(isvc.get('status', {}).get('url', '')).rstrip('/')}/predictions/{req.model_name}"

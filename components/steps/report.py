@@ -31,9 +31,18 @@ def chart_html(png_path: str, markdown: str) -> str:
     )
 
 
-def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str]], tracking_uri: str,
-            parent_run_id: str, data_version: str, metric: str, margin: float, table_path: str,
-            chart_path: str, chosen_path: str):
+def compare(
+    report_paths: list[str],
+    checkpoints: list[tuple[dict[str, Any], str]],
+    tracking_uri: str,
+    parent_run_id: str,
+    data_version: str,
+    metric: str,
+    margin: float,
+    table_path: str,
+    chart_path: str,
+    chosen_path: str,
+):
     import pandas as pd
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
@@ -55,20 +64,38 @@ def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str
         md.write_text(markdown)
         client.log_artifact(parent_run_id, str(md), "ablation")
     cols = metric_columns(results)
-    rows = [{"variant": r["variant"], "residual": r["residual"], "extra_kv": r["extra_kv"], "run_id": r["run_id"],
-             "init": r.get("init", ""), **{c: r["metrics"][c] for c in cols}} for r in results]
+    rows = [
+        {
+            "variant": r["variant"],
+            "residual": r["residual"],
+            "extra_kv": r["extra_kv"],
+            "run_id": r["run_id"],
+            "init": r.get("init", ""),
+            **{c: r["metrics"][c] for c in cols},
+        }
+        for r in results
+    ]
     client.log_table(parent_run_id, data=pd.DataFrame(rows), artifact_file="ablation/table.json")
     # The parent carries each variant's numbers too, so one run holds the whole Table 4.
     now = int(time.time() * 1000)
-    client.log_batch(parent_run_id, metrics=[Metric(f"{r['variant']}/{c}", float(r["metrics"][c]), now, 0)
-                                             for r in results for c in cols])
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(f"{r['variant']}/{c}", float(r["metrics"][c]), now, 0) for r in results for c in cols],
+    )
     # ... and the registered variant against the copy-source floor, per target.
     chosen = next(r for r in results if r["variant"] == choice.variant)
     checks = floor_checks(chosen)
-    client.log_batch(parent_run_id, metrics=[Metric(f"floor/{k}", v, now, 0) for k, v in floors(results).items()]
-                     + [Metric(f"champion/{c.target}/l1_k{c.k}", c.model, now, 0) for c in checks])
-    tags = {"iwarp.chosen_variant": choice.variant, "iwarp.chosen_run_id": choice.run_id,
-            "iwarp.choice_reason": choice.reason, "iwarp.chosen_init": chosen.get("init", "")}
+    client.log_batch(
+        parent_run_id,
+        metrics=[Metric(f"floor/{k}", v, now, 0) for k, v in floors(results).items()]
+        + [Metric(f"champion/{c.target}/l1_k{c.k}", c.model, now, 0) for c in checks],
+    )
+    tags = {
+        "iwarp.chosen_variant": choice.variant,
+        "iwarp.chosen_run_id": choice.run_id,
+        "iwarp.choice_reason": choice.reason,
+        "iwarp.chosen_init": chosen.get("init", ""),
+    }
     tags.update({f"iwarp.beats_floor.{c.target}": str(c.beats).lower() for c in checks})
     for key, value in tags.items():
         client.set_tag(parent_run_id, key, value)
@@ -76,8 +103,10 @@ def compare(report_paths: list[str], checkpoints: list[tuple[dict[str, Any], str
 
     src = next((path for meta, path in checkpoints if meta.get("variant") == choice.variant), None)
     if src is None:
-        raise RuntimeError(f"no checkpoint for the chosen variant {choice.variant!r} among "
-                           f"{[m.get('variant') for m, _ in checkpoints]}")
+        raise RuntimeError(
+            f"no checkpoint for the chosen variant {choice.variant!r} among "
+            f"{[m.get('variant') for m, _ in checkpoints]}"
+        )
     shutil.copy(src, chosen_path)
     return choice
 

@@ -38,8 +38,13 @@ class TrainRequest:
         """Identical for every variant except the two ablation switches."""
         from components.ablation import variant_overrides
 
-        sets = [f"data.root={dataset_root}", f"out_dir={out_dir}", f"seed={self.seed}",
-                f"experiment={self.experiment}", f"run_name={self.ablation['variant']}"]
+        sets = [
+            f"data.root={dataset_root}",
+            f"out_dir={out_dir}",
+            f"seed={self.seed}",
+            f"experiment={self.experiment}",
+            f"run_name={self.ablation['variant']}",
+        ]
         if self.steps > 0:
             sets.append(f"optim.steps={self.steps}")
         if self.init_from:

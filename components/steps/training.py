@@ -28,8 +28,15 @@ def experiment_id(client, name: str) -> str:
     return exp.experiment_id if exp is not None else client.create_experiment(name)
 
 
-def start_parent_run(tracking_uri: str, experiment: str, data_version: str, validation_path: str,
-                     data_docs_path: str, params: dict[str, Any], pipeline_job: str = "") -> str:
+def start_parent_run(
+    tracking_uri: str,
+    experiment: str,
+    data_version: str,
+    validation_path: str,
+    data_docs_path: str,
+    params: dict[str, Any],
+    pipeline_job: str = "",
+) -> str:
     from mlflow.entities import Param
 
     from iwarp.config import flatten
@@ -49,7 +56,6 @@ def start_parent_run(tracking_uri: str, experiment: str, data_version: str, vali
                 shutil.copy(src, Path(tmp) / name)
                 client.log_artifact(run_id, str(Path(tmp) / name), "data-validation")
     return run_id
-
 
 
 def resolve_config(path: str) -> str:
@@ -91,7 +97,7 @@ def module_name(tensor: str) -> str:
     if len(parts) > 1 and parts[-1] in ("weight", "bias"):
         parts = parts[:-1]
     cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
-    return ".".join(parts[:max(cut, 1)])
+    return ".".join(parts[: max(cut, 1)])
 
 
 def init_summary(train_dir: Path) -> str:

@@ -103,35 +103,69 @@ def build_trainjob(req: TrainRequest, data_root: str, out_dir: str, name: str, c
     if gpus:
         resources["gpu"] = str(gpus)  # requests == limits (the SDK sets both)
     trainer = CustomTrainerContainer(
-        image=req.image, num_nodes=max(1, req.num_nodes), resources_per_node=resources,
+        image=req.image,
+        num_nodes=max(1, req.num_nodes),
+        resources_per_node=resources,
         env={"HOME": "/tmp", "MPLCONFIGDIR": "/tmp/matplotlib", "PYTHONUNBUFFERED": "1"},
     )
     args = ["--config", config, "--tracking-uri", req.tracking_uri, "--set", *req.train_overrides(data_root, out_dir)]
     # Credentials come from Secrets, never from the pipeline's parameters.
-    env = [secret_env("iwarp-s3", "AWS_ACCESS_KEY_ID"), secret_env("iwarp-s3", "AWS_SECRET_ACCESS_KEY"),
-           secret_env("iwarp-s3", "AWS_ENDPOINT_URL", optional=True),
-           secret_env("iwarp-mlflow-auth", "MLFLOW_TRACKING_USERNAME", optional=True),
-           secret_env("iwarp-mlflow-auth", "MLFLOW_TRACKING_PASSWORD", optional=True)]
+    env = [
+        secret_env("iwarp-s3", "AWS_ACCESS_KEY_ID"),
+        secret_env("iwarp-s3", "AWS_SECRET_ACCESS_KEY"),
+        secret_env("iwarp-s3", "AWS_ENDPOINT_URL", optional=True),
+        secret_env("iwarp-mlflow-auth", "MLFLOW_TRACKING_USERNAME", optional=True),
+        secret_env("iwarp-mlflow-auth", "MLFLOW_TRACKING_PASSWORD", optional=True),
+    ]
     container = ContainerPatch(
-        name=TRAIN_CONTAINER, env=env,
-        volume_mounts=[{"name": "data", "mountPath": req.shared_dir}, {"name": "dshm", "mountPath": "/dev/shm"},
-                       {"name": "tmp", "mountPath": "/tmp"}],
-        security_context={"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                          "capabilities": {"drop": ["ALL"]}},
+        name=TRAIN_CONTAINER,
+        env=env,
+        volume_mounts=[
+            {"name": "data", "mountPath": req.shared_dir},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        security_context={
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     )
     pod = PodSpecPatch(
         service_account_name=TRAIN_SERVICE_ACCOUNT,
-        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": req.data_pvc}},
-                 {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
-                 {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}}],
+        volumes=[
+            {"name": "data", "persistentVolumeClaim": {"claimName": req.data_pvc}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+        ],
         containers=[container],
-        security_context={"runAsNonRoot": True, "runAsUser": TRAIN_UID, "runAsGroup": TRAIN_UID,
-                          "fsGroup": TRAIN_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        security_context={
+            "runAsNonRoot": True,
+            "runAsUser": TRAIN_UID,
+            "runAsGroup": TRAIN_UID,
+            "fsGroup": TRAIN_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if gpus else None,
     )
-    patch = RuntimePatch(training_runtime_spec=TrainingRuntimeSpecPatch(template=JobSetTemplatePatch(
-        spec=JobSetSpecPatch(replicated_jobs=[ReplicatedJobPatch(name=TRAIN_CONTAINER, template=JobTemplatePatch(
-            spec=JobSpecPatch(template=PodTemplatePatch(metadata={"labels": dict(TRAIN_POD_LABEL)}, spec=pod))))]))))
+    patch = RuntimePatch(
+        training_runtime_spec=TrainingRuntimeSpecPatch(
+            template=JobSetTemplatePatch(
+                spec=JobSetSpecPatch(
+                    replicated_jobs=[
+                        ReplicatedJobPatch(
+                            name=TRAIN_CONTAINER,
+                            template=JobTemplatePatch(
+                                spec=JobSpecPatch(
+                                    template=PodTemplatePatch(metadata={"labels": dict(TRAIN_POD_LABEL)}, spec=pod)
+                                )
+                            ),
+                        )
+                    ]
+                )
+            )
+        )
+    )
     options = [
         Name(name),
         Labels({"app.kubernetes.io/name": "iwarp-train", "iwarp.dev/variant": req.ablation["variant"]}),
@@ -142,8 +176,9 @@ def build_trainjob(req: TrainRequest, data_root: str, out_dir: str, name: str, c
     return trainer, options
 
 
-def train_on_cluster(req: TrainRequest, work_dir: Path, client: Any = None, poll_s: int = 15,
-                     timeout_s: int = DEFAULT_TIMEOUT_S) -> Path:
+def train_on_cluster(
+    req: TrainRequest, work_dir: Path, client: Any = None, poll_s: int = 15, timeout_s: int = DEFAULT_TIMEOUT_S
+) -> Path:
     """Submit the TrainJob, wait for it, return the final checkpoint copied into `work_dir`."""
     from kubeflow.trainer import KubernetesBackendConfig, TrainerClient
 
@@ -156,8 +191,11 @@ def train_on_cluster(req: TrainRequest, work_dir: Path, client: Any = None, poll
     client = client or TrainerClient(KubernetesBackendConfig(namespace=current_namespace(req.namespace)))
     trainer, options = build_trainjob(req, str(data_root), str(out_dir), name, req.config)
     created = client.train(runtime=req.trainer_runtime, trainer=trainer, options=options)
-    print(f"[train] {req.ablation['variant']}: submitted TrainJob {created} "
-          f"({req.num_nodes} node(s) x {req.nproc_per_node} process(es), {req.gpus_per_node} GPU(s)/node)", flush=True)
+    print(
+        f"[train] {req.ablation['variant']}: submitted TrainJob {created} "
+        f"({req.num_nodes} node(s) x {req.nproc_per_node} process(es), {req.gpus_per_node} GPU(s)/node)",
+        flush=True,
+    )
 
     last = {"status": None}
 
@@ -167,8 +205,9 @@ def train_on_cluster(req: TrainRequest, work_dir: Path, client: Any = None, poll
             print(f"[train] TrainJob {created}: {job.status}", flush=True)
 
     try:
-        client.wait_for_job_status(created, status={"Complete"}, timeout=timeout_s, polling_interval=poll_s,
-                                   callbacks=[report])
+        client.wait_for_job_status(
+            created, status={"Complete"}, timeout=timeout_s, polling_interval=poll_s, callbacks=[report]
+        )
     except (RuntimeError, TimeoutError) as exc:
         tail = _log_tail(client, created)
         raise RuntimeError(f"TrainJob {created} did not complete: {exc}\n{tail}") from exc

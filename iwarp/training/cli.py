@@ -15,17 +15,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Multi-process: `torchrun --nproc-per-node N -m iwarp train ...` or `--nproc N`.",
     )
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set optim.steps=100 data.root=data/synth")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config values, e.g. --set optim.steps=100 data.root=data/synth",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in <out_dir>/checkpoints")
     p.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
-    p.add_argument("--init-from", metavar="CKPT",
-                   help="fine-tune: a fresh run (step 0, fresh optimizers) from this checkpoint's weights (a file or "
-                   "a shipped model's name); sets init_from. With --resume, a checkpoint already in out_dir wins")
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="fine-tune: a fresh run (step 0, fresh optimizers) from this checkpoint's weights (a file or "
+        "a shipped model's name); sets init_from. With --resume, a checkpoint already in out_dir wins",
+    )
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (http://..., sqlite:///..., file:...)")
     p.add_argument("--register-model", metavar="NAME", help="also register the final model under this MLflow name")
-    p.add_argument("--nproc", type=int, default=0, metavar="N",
-                   help="launch N local processes through torch.distributed.run (CPU: gloo, GPU: NCCL)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="launch N local processes through torch.distributed.run (CPU: gloo, GPU: NCCL)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser(

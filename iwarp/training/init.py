@@ -33,8 +33,11 @@ class InitReport:
 def shape_mismatches(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """`name (checkpoint shape) vs (model shape)` for every tensor both have with other shapes."""
     own = model.state_dict()
-    return [f"{name} {tuple(state[name].shape)} vs {tuple(t.shape)}" for name, t in own.items()
-            if name in state and tuple(state[name].shape) != tuple(t.shape)]
+    return [
+        f"{name} {tuple(state[name].shape)} vs {tuple(t.shape)}"
+        for name, t in own.items()
+        if name in state and tuple(state[name].shape) != tuple(t.shape)
+    ]
 
 
 def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "the checkpoint") -> InitReport:
@@ -44,11 +47,16 @@ def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source
     """
     mismatched = shape_mismatches(model, state)
     if mismatched:
-        raise ConfigError(f"the config changed in a way that breaks compatibility with {source}: "
-                          f"{'; '.join(mismatched)} (checkpoint vs this config)")
+        raise ConfigError(
+            f"the config changed in a way that breaks compatibility with {source}: "
+            f"{'; '.join(mismatched)} (checkpoint vs this config)"
+        )
     own = model.state_dict()
-    report = InitReport(loaded=[n for n in own if n in state], skipped=[n for n in state if n not in own],
-                        new=[n for n in own if n not in state])
+    report = InitReport(
+        loaded=[n for n in own if n in state],
+        skipped=[n for n in state if n not in own],
+        new=[n for n in own if n not in state],
+    )
     model.load_state_dict({n: state[n] for n in report.loaded}, strict=False)
     return report
 
@@ -70,11 +78,17 @@ def init_from_checkpoint(
         raise CheckpointError(f"{path} holds no generator weights; was it written by `iwarp train`?")
     kind = ckpt.get("model_kind")
     if kind != model_kind:
-        raise ConfigError(f"init_from {path} holds a {kind!r} model, but this config trains {model_kind!r} "
-                          "(model.kind): weights only carry over between models of one kind")
+        raise ConfigError(
+            f"init_from {path} holds a {kind!r} model, but this config trains {model_kind!r} "
+            "(model.kind): weights only carry over between models of one kind"
+        )
     generator = load_matching(model, ckpt["model"], str(path))
-    return {"checkpoint": str(path), "step": ckpt.get("step"), "generator": asdict(generator),
-            "discriminator": _init_discriminator(disc, ckpt.get("discriminator"), path)}
+    return {
+        "checkpoint": str(path),
+        "step": ckpt.get("step"),
+        "generator": asdict(generator),
+        "discriminator": _init_discriminator(disc, ckpt.get("discriminator"), path),
+    }
 
 
 def _init_discriminator(disc: torch.nn.Module | None, state: dict | None, path: Path) -> dict[str, Any]:
@@ -92,8 +106,13 @@ def _init_discriminator(disc: torch.nn.Module | None, state: dict | None, path: 
 def describe(report: dict[str, Any]) -> str:
     """One summary line, then the skipped and new tensor names (the loaded ones are in the JSON)."""
     g, d = InitReport(**report["generator"]), report["discriminator"]
-    disc = d["status"] + (f" ({InitReport(**{k: d[k] for k in ('loaded', 'skipped', 'new')}).counts()})"
-                          if d["status"] == "loaded" else f" ({d['reason']})" if "reason" in d else "")
+    disc = d["status"] + (
+        f" ({InitReport(**{k: d[k] for k in ('loaded', 'skipped', 'new')}).counts()})"
+        if d["status"] == "loaded"
+        else f" ({d['reason']})"
+        if "reason" in d
+        else ""
+    )
     lines = [f"init from {report['checkpoint']} (step {report['step']}): generator {g.counts()}; discriminator {disc}"]
     if g.skipped:
         lines.append(f"  skipped (not in this config): {', '.join(g.skipped)}")
@@ -105,9 +124,14 @@ def describe(report: dict[str, Any]) -> str:
 def log_params(report: dict[str, Any], requested: str) -> dict[str, Any]:
     """Tracking params (MLflow shows them beside the config); `requested` as the user wrote it."""
     g = report["generator"]
-    return {"init_from": requested, "init_from.checkpoint": report["checkpoint"],
-            "init_from.loaded": len(g["loaded"]), "init_from.skipped": len(g["skipped"]),
-            "init_from.new": len(g["new"]), "init_from.discriminator": report["discriminator"]["status"]}
+    return {
+        "init_from": requested,
+        "init_from.checkpoint": report["checkpoint"],
+        "init_from.loaded": len(g["loaded"]),
+        "init_from.skipped": len(g["skipped"]),
+        "init_from.new": len(g["new"]),
+        "init_from.discriminator": report["discriminator"]["status"],
+    }
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> Path:

@@ -135,8 +135,9 @@ class Trainer:
             self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device, memory_format=fmt)
 
         o = cfg.optim
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas),
-                                      weight_decay=o.weight_decay)
+        self.opt_g = torch.optim.Adam(
+            self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas), weight_decay=o.weight_decay
+        )
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, cfg))
         self.opt_d = self.sched_d = None
         if self.disc is not None:

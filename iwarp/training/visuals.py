@@ -12,8 +12,18 @@ from PIL import Image, ImageDraw
 
 # Distinct colours for "which source won" maps; the last one marks the extra (learned) K/V.
 _PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240],
-     [245, 130, 48], [240, 50, 230], [210, 245, 60], [0, 128, 128]],
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [255, 225, 25],
+        [145, 30, 180],
+        [70, 240, 240],
+        [245, 130, 48],
+        [240, 50, 230],
+        [210, 245, 60],
+        [0, 128, 128],
+    ],
     dtype=np.uint8,
 )
 _EXTRA_COLOR = np.array([40, 40, 40], dtype=np.uint8)
