@@ -1,5 +1,6 @@
-"""Training-side components: the MLflow parent run of the sweep, distributed training of
-one ablation variant, and its evaluation.
+"""Training-side components: the MLflow parent run of the sweep, the keypoint stage (the FOMM
+baseline whose detector every variant loads), distributed training of one ablation variant, and
+its evaluation.
 
 Training has two back ends behind one component:
 - `torchrun` (local runs, CPU or a GPU node): `iwarp train --nproc N` inside the task,
@@ -31,6 +32,10 @@ def open_parent_run(
     select_metric: str,
     init_from: str,
     data_source: str,
+    keypoints_from: str,
+    keypoint_config: str,
+    keypoint_steps: int,
+    keypoint_init_from: str,
     pipeline_job: str,
 ) -> str:
     """Create the sweep's MLflow parent run (data version, validation result and Data Docs,
@@ -49,6 +54,11 @@ def open_parent_run(
         "select_metric": select_metric,
         "init_from": init_from,
         "data_source": data_source,
+        # the keypoint stage: a given detector, or what trains one (the stage adds `keypoint_detector`)
+        "keypoints_from": keypoints_from,
+        "keypoint_config": keypoint_config if not keypoints_from else "",
+        "keypoint_steps": keypoint_steps if not keypoints_from else "",
+        "keypoint_init_from": keypoint_init_from if not keypoints_from else "",
     }
     return start_parent_run(
         tracking_uri, experiment, data_version, validation.path, data_docs.path, params, pipeline_job
@@ -76,6 +86,7 @@ def train_model(
     shared_dir: str,
     data_pvc: str,
     init_from: str,
+    keypoints: Input[Model],
     checkpoint: Output[Model],
 ) -> str:
     """Train one ablation variant with the same data, seed and step budget as the others,
@@ -88,6 +99,8 @@ def train_model(
     `init_from`: fine-tune from this checkpoint (a shipped model's name such as `iwarp-faces-64`,
     or a path); a module the variant lacks is dropped, one it adds starts fresh (checkpoint
     metadata `init` says which). Empty: train from scratch.
+    `keypoints`: the keypoint stage's checkpoint; its detector is loaded frozen at step 0 (after
+    init_from: it wins), `model.implicit.keypoints_from`.
     """
     from components.steps.train_request import TrainRequest
     from components.steps.training import run_training
@@ -113,6 +126,7 @@ def train_model(
         data_pvc=data_pvc,
         data_version=dataset.metadata.get("data_version", ""),
         init_from=init_from,
+        keypoints_from=keypoints.path,
     )
     run_id, init, tracking = run_training(req, checkpoint.path)  # tracking: "" or the outage, not a failure
     checkpoint.metadata.update(
@@ -126,6 +140,64 @@ def train_model(
         }
     )
     return run_id
+
+
+@dsl.component(base_image=IMAGE, packages_to_install=TRAIN_PACKAGES)
+def pretrain_keypoints(
+    dataset: Input[Dataset],
+    keypoints_from: str,
+    keypoint_config: str,
+    keypoint_steps: int,
+    keypoint_init_from: str,
+    seed: int,
+    tracking_uri: str,
+    experiment: str,
+    parent_run_id: str,
+    backend: str,
+    nproc_per_node: int,
+    num_nodes: int,
+    gpus_per_node: int,
+    trainer_runtime: str,
+    namespace: str,
+    image: str,
+    shared_dir: str,
+    data_pvc: str,
+    checkpoint: Output[Model],
+) -> str:
+    """The keypoint stage, before the sweep: the paper trains implicit warping from pretrained
+    keypoints. `keypoints_from` given (a checkpoint path or shipped name): that checkpoint is the
+    output and nothing trains. Else the FOMM baseline (`keypoint_config`, model.kind baseline)
+    trains on the same data and seed as the variants, fine-tuned from `keypoint_init_from`
+    (shipped `iwarp-faces-64-fomm`; empty = scratch), as the sweep's child run `keypoints`.
+    Returns that run's id ("" when given)."""
+    from components.steps.train_request import TrainRequest
+    from components.steps.training import KEYPOINTS, keypoint_stage
+
+    req = TrainRequest(
+        dataset=dataset.path,
+        ablation=dict(KEYPOINTS),
+        config=keypoint_config,
+        overrides=[],
+        seed=seed,
+        steps=keypoint_steps,
+        tracking_uri=tracking_uri,
+        experiment=experiment,
+        parent_run_id=parent_run_id,
+        backend=backend,
+        nproc_per_node=nproc_per_node,
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        trainer_runtime=trainer_runtime,
+        namespace=namespace,
+        image=image,
+        shared_dir=shared_dir,
+        data_pvc=data_pvc,
+        data_version=dataset.metadata.get("data_version", ""),
+        init_from=keypoint_init_from,
+    )
+    meta = keypoint_stage(req, keypoints_from, checkpoint.path)
+    checkpoint.metadata.update(meta)
+    return meta["run_id"]
 
 
 @dsl.component(base_image=IMAGE, packages_to_install=EVAL_PACKAGES)

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = psub.add_parser(
         "run",
         help="run the whole pipeline locally (kfp.local + local MLflow, TorchServe, DVC)",
-        description="Run preprocess -> validate -> ablation sweep (4 fine-tunings of the shipped model) -> "
+        description="Run preprocess -> validate -> keypoints (fine-tune the shipped FOMM baseline) -> ablation "
+        "sweep (4 fine-tunings of the shipped model, its detector frozen) -> "
         "compare -> animate + register -> package -> canary with kfp.local's SubprocessRunner. Starts or "
         "reuses a local MLflow server (SQLite) and TorchServe under the state directory (.iwarp/ or $IWARP_HOME).",
     )
@@ -51,6 +52,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME|CKPT",
         help="shipped model (models/ or $IWARP_MODELS_DIR) or checkpoint every variant fine-tunes from; "
         "'' trains from scratch (default: %(default)s)",
+    )
+    r.add_argument(
+        "--keypoints-from",
+        default="",
+        metavar="NAME|CKPT",
+        help="a pretrained keypoint detector (shipped name or checkpoint) every variant loads frozen; "
+        "skips the keypoint stage (default: the stage trains one)",
+    )
+    r.add_argument(
+        "--keypoint-config",
+        default="configs/keypoints-faces-64.yaml",
+        help="the keypoint stage's config, the FOMM baseline (default: %(default)s)",
+    )
+    r.add_argument(
+        "--keypoint-init-from",
+        default="iwarp-faces-64-fomm",
+        metavar="NAME|CKPT",
+        help="shipped FOMM baseline (or checkpoint) the keypoint stage fine-tunes; '' trains from scratch "
+        "(default: %(default)s)",
+    )
+    r.add_argument(
+        "--keypoint-steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="training steps of the keypoint stage (default: %(default)s; 0: the config's)",
     )
     r.add_argument(
         "--set",
@@ -146,6 +172,10 @@ def _run(args: argparse.Namespace) -> int:
         data_params=args.data_params,
         config=args.config,
         init_from=args.init_from,
+        keypoints_from=args.keypoints_from,
+        keypoint_config=args.keypoint_config,
+        keypoint_init_from=args.keypoint_init_from,
+        keypoint_steps=args.keypoint_steps,
         overrides=args.overrides,
         steps=args.steps,
         nproc=args.nproc,

@@ -1,7 +1,9 @@
 """`iwarp pipeline run`: the whole pipeline on this machine with `kfp.local`'s
 SubprocessRunner, against local services (MLflow server with SQLite, TorchServe, a DVC
 directory remote), on the real-face dataset (DVC's `faces` stage) unless `--data` says
-`synth` or names a folder of videos; the four variants fine-tune from the shipped model.
+`synth` or names a folder of videos; the keypoint stage fine-tunes the shipped FOMM baseline
+(`iwarp-faces-64-fomm`), then the four variants fine-tune from the shipped model with its
+detector frozen.
 
 The pipeline is the very one `iwarp pipeline compile` writes for a cluster; only its
 parameters differ (torchrun instead of a TrainJob, TorchServe instead of KServe, local
@@ -27,10 +29,11 @@ from rich.text import Text
 
 from pipelines.services import MlflowServer, dvc_remote_dir, ensure_torchserve, iwarp_home
 
-# preprocess, validate, gate, parent, 4 x (train, evaluate), compare, animate, register, package, canary
-TASKS_PER_RUN = 17
+# preprocess, validate, gate, parent, keypoints (+ its evaluation when it trains), 4 x (train, evaluate),
+# compare, animate, register, package, canary
+TASKS_PER_RUN = 19
 README_PICTURE = Path("docs/images/main-job.png")  # in the project; written only when asked
-DEFAULT_STEPS = 100  # fine-tuning steps per variant: the whole run stays within 20 min on 2 shared cores
+DEFAULT_STEPS = 100  # fine-tuning steps per variant (and the keypoint stage): within 20 min on 2 shared cores
 DEFAULT_FRAME_STRIDE = 4  # evaluation drives every 4th frame: ~115 of the test woman's frames per k
 
 
@@ -40,6 +43,10 @@ class LocalRunOptions:
     data_params: list[str] = dataclasses.field(default_factory=list)  # params.yaml overrides (faces.clips_per_photo=2)
     config: str = "configs/faces-64.yaml"
     init_from: str = "iwarp-faces-64"  # shipped model (name or path) every variant fine-tunes from; "": scratch
+    keypoints_from: str = ""  # a pretrained detector (name or path): the keypoint stage trains nothing
+    keypoint_config: str = "configs/keypoints-faces-64.yaml"
+    keypoint_init_from: str = "iwarp-faces-64-fomm"  # shipped FOMM baseline the stage fine-tunes; "": scratch
+    keypoint_steps: int = DEFAULT_STEPS  # 0: the keypoint config's optim.steps
     overrides: list[str] = dataclasses.field(default_factory=list)
     steps: int = DEFAULT_STEPS  # 0: the config's optim.steps
     nproc: int = 1  # training processes per variant (torchrun)
@@ -85,6 +92,21 @@ def data_source(data: str) -> tuple[str, str]:
     return "videos", str(Path(data).expanduser().resolve())
 
 
+def check_models(opts: LocalRunOptions) -> None:
+    """The checkpoints the run starts from exist (a shipped name or a file): a one-line
+    CheckpointError before any task runs, not after the data stages."""
+    from iwarp.checkpoint import resolve_checkpoint
+
+    stage = [opts.keypoints_from] if opts.keypoints_from else [opts.keypoint_init_from]
+    for name in (opts.init_from, *stage):
+        if name:
+            resolve_checkpoint(name)
+
+
+def tasks_per_run(opts: LocalRunOptions) -> int:
+    return TASKS_PER_RUN - (1 if opts.keypoints_from else 0)  # a given detector is not evaluated
+
+
 def pipeline_arguments(
     opts: LocalRunOptions, *, tracking_uri: str, home: Path, serving: dict[str, str]
 ) -> dict[str, Any]:
@@ -99,6 +121,10 @@ def pipeline_arguments(
         "data_params": list(opts.data_params),
         "train_config": opts.config,
         "init_from": opts.init_from,
+        "keypoints_from": opts.keypoints_from,
+        "keypoint_config": opts.keypoint_config,
+        "keypoint_steps": opts.keypoint_steps,
+        "keypoint_init_from": opts.keypoint_init_from,
         "train_overrides": list(opts.overrides),
         "seed": opts.seed,
         "train_steps": opts.steps,
@@ -144,6 +170,7 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
         f"management {ts.management_url}, token auth on: {ts.key_file})"
     )
     data_source(opts.data)  # a bad --data fails before any task runs
+    check_models(opts)  # ... and so does a model name that is not shipped
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
     (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
 
@@ -156,11 +183,11 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     pipeline = build_pipeline(PlatformOptions(sweep_parallelism=1))  # 2 cores: one variant at a time
 
     result = LocalRunResult(ok=False, run_dir=run_dir, log=log, mlflow_url=rec.url)
-    console.print(f"pipeline: running {TASKS_PER_RUN} tasks; full log {log}")
+    console.print(f"pipeline: running {tasks_per_run(opts)} tasks; full log {log}")
     started_ms = int(time.time() * 1000)
     from pipelines.progress import RunProgress, failure_message
 
-    with RunProgress(log, console, TASKS_PER_RUN, verbose=opts.verbose) as progress:
+    with RunProgress(log, console, tasks_per_run(opts), verbose=opts.verbose) as progress:
         try:
             with contextlib.redirect_stdout(progress):
                 task = pipeline(**args)

@@ -1,7 +1,8 @@
 """The iwarp pipeline: preprocess (DVC) -> validate (Great Expectations) -> parent MLflow run
--> ablation sweep (residual x extra K/V; fine-tune + evaluate each, in a `dsl.ParallelFor`) ->
-compare -> animate (the champion's picture) + register (`challenger`) -> package (.mar) ->
-canary (`champion` on a pass).
+-> keypoints (the FOMM baseline: the detector every variant starts from, frozen) -> ablation
+sweep (residual x extra K/V; fine-tune + evaluate each, in a `dsl.ParallelFor`) -> compare ->
+animate (the champion's picture) + register (`challenger`) -> package (.mar) -> canary
+(`champion` on a pass).
 
 `build_pipeline(options)` returns the pipeline function; the options hold what is fixed at
 compile time (image, GPU type, secrets, node placement); everything a run may change is a
@@ -21,7 +22,7 @@ from components.data import data_gate, preprocess_data, validate_data
 from components.deploy import deploy_canary, package_model
 from components.registry import register_model
 from components.report import animate_champion, compare_ablations
-from components.training import evaluate_model, open_parent_run, train_model
+from components.training import evaluate_model, open_parent_run, pretrain_keypoints, train_model
 
 PIPELINE_NAME = "iwarp-pipeline"
 
@@ -145,6 +146,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         trainer_runtime: str,
         namespace: str,
         init_from: str,
+        keypoints: Input[Model],
         eval_sources: list,
         eval_source_placement: str,
         eval_frame_stride: int,
@@ -174,6 +176,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
                     shared_dir=opts.data_mount,
                     data_pvc=opts.data_pvc,
                     init_from=init_from,
+                    keypoints=keypoints,
                 ),
                 "train",
             )
@@ -215,6 +218,10 @@ def build_pipeline(opts: PlatformOptions | None = None):
         data_params: list = [],  # noqa: B006
         train_config: str = "configs/faces-64.yaml",
         init_from: str = "iwarp-faces-64",
+        keypoints_from: str = "",
+        keypoint_config: str = "configs/keypoints-faces-64.yaml",
+        keypoint_steps: int = 0,
+        keypoint_init_from: str = "iwarp-faces-64-fomm",
         train_overrides: list = [],  # noqa: B006 (KFP parameter default, never mutated)
         seed: int = 0,
         train_steps: int = 0,
@@ -246,6 +253,10 @@ def build_pipeline(opts: PlatformOptions | None = None):
         tracking_uri: MLflow server. dvc_remote: DVC remote (s3://bucket/prefix or a
         directory); s3_endpoint_url for S3-compatible stores. init_from: the shipped model
         (name or path) every variant fine-tunes from; empty = from scratch.
+        keypoints_from: a pretrained keypoint detector (checkpoint path or shipped name) every
+        variant loads, frozen; empty = the keypoint stage trains one: the FOMM baseline
+        (keypoint_config, keypoint_steps; 0 = the config's) fine-tuned from keypoint_init_from
+        (empty = from scratch) on the same data, evaluated like a variant.
         train_backend: trainjob (Kubeflow Trainer) | torchrun.
         serving_target: kserve (InferenceService canary in serving_namespace, versions
         under serving_storage_uri) | torchserve (the TorchServe `iwarp serve start` runs
@@ -286,12 +297,66 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 select_metric=select_metric,
                 init_from=init_from,
                 data_source=data_source,
+                keypoints_from=keypoints_from,
+                keypoint_config=keypoint_config,
+                keypoint_steps=keypoint_steps,
+                keypoint_init_from=keypoint_init_from,
                 pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
             ),
             "MLflow parent run",
         ).after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
         parent.set_caching_options(False)  # a new parent run per pipeline run
+
+        # The keypoint stage. Given a detector it copies that checkpoint and trains nothing (a
+        # branch inside the component: the sweep needs one artifact either way, with no dsl.OneOf
+        # over a given name); only the baseline's evaluation sits under a dsl.If.
+        kp = common(
+            pretrain_keypoints(
+                dataset=prep.outputs["dataset"],
+                keypoints_from=keypoints_from,
+                keypoint_config=keypoint_config,
+                keypoint_steps=keypoint_steps,
+                keypoint_init_from=keypoint_init_from,
+                seed=seed,
+                tracking_uri=tracking_uri,
+                experiment=experiment,
+                parent_run_id=parent.output,
+                backend=train_backend,
+                nproc_per_node=nproc_per_node,
+                num_nodes=num_nodes,
+                gpus_per_node=gpus_per_node,
+                trainer_runtime=trainer_runtime,
+                namespace=namespace,
+                image=opts.image,
+                shared_dir=opts.data_mount,
+                data_pvc=opts.data_pvc,
+            ),
+            "keypoints (FOMM baseline)",
+        )
+        _resources(_secrets(kp, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
+        kubernetes.mount_pvc(kp, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
+        kp.set_caching_options(False)  # logs its own MLflow child run and a parent param
+
+        with dsl.If(keypoints_from == "", name="keypoints-trained"):
+            kp_eval = common(
+                evaluate_model(
+                    checkpoint=kp.outputs["checkpoint"],
+                    dataset=prep.outputs["dataset"],
+                    personal=prep.outputs["personal"],
+                    run_id=kp.outputs["Output"],
+                    tracking_uri=tracking_uri,
+                    sources=eval_sources,
+                    source_placement=eval_source_placement,
+                    frame_stride=eval_frame_stride,
+                    max_videos=eval_max_videos,
+                    frechet=eval_fd,
+                    landmarks=eval_landmarks,
+                ),
+                "evaluate keypoints baseline",
+            )
+            _gpu(_resources(_secrets(kp_eval, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
+            kp_eval.set_caching_options(False)
 
         sweep = ablation_sweep(
             dataset=prep.outputs["dataset"],
@@ -310,6 +375,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             trainer_runtime=trainer_runtime,
             namespace=namespace,
             init_from=init_from,
+            keypoints=kp.outputs["checkpoint"],
             eval_sources=eval_sources,
             eval_source_placement=eval_source_placement,
             eval_frame_stride=eval_frame_stride,

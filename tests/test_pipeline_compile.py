@@ -24,6 +24,10 @@ EXPECTED_PARAMS = {
     "image_size",
     "train_config",
     "init_from",
+    "keypoints_from",
+    "keypoint_config",
+    "keypoint_steps",
+    "keypoint_init_from",
     "train_overrides",
     "seed",
     "train_steps",
@@ -71,6 +75,11 @@ def test_yaml_lists_pipeline_parameters(compiled):
     # the main job: real faces, every variant fine-tuned from the shipped model, evaluated with spread sources
     assert params["data_source"]["defaultValue"] == "faces" and params["raw_data"]["defaultValue"] == ""
     assert params["init_from"]["defaultValue"] == "iwarp-faces-64"
+    # ... with the detector of the shipped FOMM baseline, fine-tuned by the keypoint stage
+    assert params["keypoints_from"]["defaultValue"] == ""
+    assert params["keypoint_init_from"]["defaultValue"] == "iwarp-faces-64-fomm"
+    assert params["keypoint_config"]["defaultValue"] == "configs/keypoints-faces-64.yaml"
+    assert params["keypoint_steps"]["defaultValue"] == 0  # the config's, as train_steps
     assert (
         params["train_config"]["defaultValue"] == "configs/faces-64.yaml" and params["image_size"]["defaultValue"] == 64
     )
@@ -106,6 +115,12 @@ def test_ablation_sweep_is_a_parallel_for_over_four_variants(compiled):
         assert "loop-item" not in str(train_inputs["parameters"][same]), same
     assert "dataset" in train_inputs["artifacts"]
     assert "loop-item" not in str(train_inputs["parameters"]["init_from"])  # all four start from one model
+    # ... and load one keypoint detector: the sweep's input, the keypoint stage's checkpoint
+    assert "loop-item" not in str(train_inputs["artifacts"]["keypoints"])
+    assert root["ablation-sweep"]["inputs"]["artifacts"]["keypoints"]["taskOutputArtifact"] == {
+        "producerTask": "pretrain-keypoints",
+        "outputArtifactKey": "checkpoint",
+    }
     # evaluation sees both targets: the general test identity and the personal hold-out
     assert {"dataset", "personal", "checkpoint"} <= set(body["evaluate-model"]["inputs"]["artifacts"])
     # the compare step fans the four evaluations and checkpoints back in
@@ -121,11 +136,32 @@ def test_chain_order(compiled):
     assert "preprocess-data" in deps["validate-data"]
     assert "validate-data" in deps["data-gate"]
     assert "data-gate" in deps["open-parent-run"]
+    # the keypoint stage: a child of the parent run, on the prepared data, before the sweep
+    assert {"open-parent-run", "preprocess-data"} <= deps["pretrain-keypoints"]
+    assert "pretrain-keypoints" in deps["ablation-sweep"]
     assert {"compare-ablations"} <= deps["register-model"]
     assert {"register-model", "compare-ablations"} <= deps["package-model"]
     assert {"package-model", "register-model"} <= deps["deploy-canary"]
     # the champion's picture (sources | driving | output) from the chosen model and the test split
     assert {"compare-ablations", "preprocess-data"} <= deps["animate-champion"]
+
+
+def test_keypoint_stage_trains_unless_a_detector_is_given(compiled):
+    """The stage always runs (it hands the sweep the given checkpoint or trains one); the
+    baseline's evaluation runs only when it trained, under a dsl.If on `keypoints_from`."""
+    spec, _ = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    kp = tasks["pretrain-keypoints"]
+    assert "triggerPolicy" not in kp
+    for name in ("keypoints_from", "keypoint_config", "keypoint_steps", "keypoint_init_from", "seed"):
+        assert kp["inputs"]["parameters"][name]["componentInputParameter"] == name
+    assert kp["inputs"]["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "open-parent-run"
+    (cond,) = [t for t in tasks.values() if "keypoints_from" in str(t.get("triggerPolicy", {}))]
+    assert cond["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--keypoints_from'] == ''"
+    body = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
+    (ev,) = body.values()
+    assert ev["componentRef"]["name"].startswith("comp-evaluate-model")
+    assert ev["inputs"]["artifacts"]["checkpoint"]["componentInputArtifact"].endswith("pretrain-keypoints-checkpoint")
 
 
 def test_every_step_uses_the_project_image_and_locked_pins(compiled):
@@ -136,7 +172,7 @@ def test_every_step_uses_the_project_image_and_locked_pins(compiled):
         if "==" in line and not line.startswith("#")
     }
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 11
+    assert len(executors) == 13  # 11 components, evaluate_model used twice (variants, keypoint baseline)
     for name, ex in executors.items():
         c = ex["container"]
         assert c["image"] == DEFAULT_IMAGE, name
@@ -167,6 +203,7 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     mlflow = {("iwarp-mlflow-auth", True): {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
     assert secrets("exec-preprocess-data") == s3
     assert secrets("exec-train-model") == {**s3, **mlflow}
+    assert secrets("exec-pretrain-keypoints") == {**s3, **mlflow}
     for ex in (
         "exec-open-parent-run",
         "exec-evaluate-model",
@@ -179,6 +216,7 @@ def test_platform_config_requests_gpu_and_mounts_secrets(compiled):
     # the train step shares the data volume with the TrainJob it submits
     assert platform["exec-train-model"]["pvcMount"][0]["mountPath"] == "/data"
     assert platform["exec-train-model"]["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "iwarp-data"
+    assert platform["exec-pretrain-keypoints"]["pvcMount"][0]["mountPath"] == "/data"
     # no credential value is baked into the spec, only references
     text = yaml.safe_dump(spec)
     assert "AWS_SECRET_ACCESS_KEY" not in text
@@ -194,7 +232,7 @@ def test_only_evaluation_holds_gpus(compiled):
         for name, ex in spec["deploymentSpec"]["executors"].items()
         if "accelerator" in ex["container"].get("resources", {})
     }
-    assert with_gpu == {"exec-evaluate-model"}
+    assert with_gpu == {"exec-evaluate-model", "exec-evaluate-model-2"}
 
 
 def test_compile_options_image_secrets_and_defaults(tmp_path):

@@ -33,9 +33,18 @@ class TrainRequest:
     data_pvc: str = "iwarp-data"  # ... and the claim behind it
     data_version: str = ""
     init_from: str = ""  # fine-tune from this checkpoint (a file or a shipped model's name); "" = from scratch
+    # The keypoint stage's detector (a file; on a cluster staged onto the shared volume), loaded
+    # frozen at step 0 (`model.implicit.keypoints_from`); "" = the detector trains with the rest.
+    keypoints_from: str = ""
+
+    @property
+    def name(self) -> str:
+        """The run's name: the ablation variant, or `keypoints` for the keypoint stage."""
+        return str(self.ablation["variant"])
 
     def train_overrides(self, dataset_root: str, out_dir: str) -> list[str]:
-        """Identical for every variant except the two ablation switches."""
+        """Identical for every variant except the two ablation switches (the keypoint stage, an
+        "ablation" without switches, gets none)."""
         from components.ablation import variant_overrides
 
         sets = [
@@ -43,13 +52,16 @@ class TrainRequest:
             f"out_dir={out_dir}",
             f"seed={self.seed}",
             f"experiment={self.experiment}",
-            f"run_name={self.ablation['variant']}",
+            f"run_name={self.name}",
         ]
         if self.steps > 0:
             sets.append(f"optim.steps={self.steps}")
         if self.init_from:
             sets += [f"init_from={self.init_from}", *FINETUNE_OPTIM]
-        return [*sets, *self.overrides, *variant_overrides(self.ablation)]
+        if self.keypoints_from:
+            sets.append(f"model.implicit.keypoints_from={self.keypoints_from}")
+        switches = variant_overrides(self.ablation) if "residual" in self.ablation else []
+        return [*sets, *self.overrides, *switches]
 
 
 def final_checkpoint(out_dir: Path) -> Path:

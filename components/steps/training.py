@@ -91,6 +91,55 @@ def run_training(req: TrainRequest, checkpoint_path: str) -> tuple[str, str, str
     return run_id, init_summary(Path(checkpoint_path).parent / "train"), tracking
 
 
+KEYPOINTS = {"variant": "keypoints"}  # the keypoint stage's run: a sweep member without ablation switches
+DETECTOR_PARAM = "keypoint_detector"  # on the parent run: which detector the variants loaded
+
+
+def keypoint_stage(req: TrainRequest, given: str, checkpoint_path: str) -> dict[str, str]:
+    """The keypoint pretraining stage. `given` (a checkpoint path or shipped name): copy that
+    checkpoint to `checkpoint_path` and train nothing. Else train `req` (the FOMM baseline, a
+    keypoint config) as a child run of the sweep, like a variant. Either way the parent run
+    records the detector (param `keypoint_detector`). Returns the checkpoint's metadata."""
+    from iwarp.checkpoint import resolve_checkpoint
+
+    if given:
+        source = resolve_checkpoint(given)  # a one-line error when it is neither a file nor shipped
+        has_detector(source)
+        shutil.copy(source, checkpoint_path)
+        meta = {"variant": req.name, "source": "given", "run_id": "", "init": "", "tracking": "ok"}
+        detector = given
+    else:
+        if req.init_from:
+            resolve_checkpoint(req.init_from)  # fail before training starts: a name not shipped (yet)
+        run_id, init, tracking = run_training(req, checkpoint_path)
+        meta = {"variant": req.name, "source": "trained", "run_id": run_id, "init": init, "tracking": tracking or "ok"}
+        detector = f"trained: run {run_id} ({Path(req.config).name}, from {req.init_from or 'scratch'})"
+    print(f"[keypoints] detector for every variant: {detector}", flush=True)
+    from components.tracking import few_http_retries, transient
+
+    try:
+        with few_http_retries():
+            client = mlflow_client(req.tracking_uri)
+            client.log_param(req.parent_run_id, DETECTOR_PARAM, detector)
+            if meta["run_id"]:
+                client.set_tag(req.parent_run_id, "iwarp.keypoints_run_id", meta["run_id"])
+    except Exception as exc:  # an outage does not undo a trained detector (as for the variants)
+        if not transient(exc):
+            raise
+        meta["tracking"] = f"tracking outage: the parent run does not record the detector ({type(exc).__name__})"
+        print(f"[keypoints] {meta['tracking']}", flush=True)
+    return meta
+
+
+def has_detector(path: Path) -> None:
+    """Refuse a checkpoint without keypoint detector weights (one line, exit code 2)."""
+    from iwarp.checkpoint import CheckpointError, load_checkpoint
+    from iwarp.training.init import DETECTOR
+
+    if not any(name.startswith(DETECTOR) for name in load_checkpoint(path).get("model", {})):
+        raise CheckpointError(f"keypoints_from {path} holds no keypoint detector")
+
+
 def module_name(tensor: str) -> str:
     """`residual_mlp.0.weight` -> `residual_mlp`: the module a state-dict entry belongs to."""
     parts = tensor.split(".")
@@ -176,13 +225,11 @@ def attach_to_parent(req: TrainRequest, final: Path) -> str:
     if not run_id:
         raise RuntimeError(f"{final} records no MLflow run: was training given --tracking-uri?")
     client = mlflow_client(req.tracking_uri)
-    a = req.ablation
-    for key, value in {
-        PARENT_TAG: req.parent_run_id,
-        "iwarp.variant": a["variant"],
-        "iwarp.residual": str(bool(a["residual"])).lower(),
-        "iwarp.extra_kv": str(bool(a["extra_kv"])).lower(),
-    }.items():
+    tags = {PARENT_TAG: req.parent_run_id, "iwarp.variant": req.name}
+    for switch in ("residual", "extra_kv"):  # the keypoint stage's run has none
+        if switch in req.ablation:
+            tags[f"iwarp.{switch}"] = str(bool(req.ablation[switch])).lower()
+    for key, value in tags.items():
         client.set_tag(run_id, key, value)
     return run_id
 

@@ -17,6 +17,7 @@ schema; nothing here has run against a live Kubeflow Trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -66,6 +67,22 @@ def stage_dataset(src: str | Path, shared_dir: str | Path, data_version: str) ->
         shutil.rmtree(tmp, ignore_errors=True)
         if not (dest / ".complete").is_file():
             raise
+    return dest
+
+
+def stage_file(src: str | Path, shared_dir: str | Path, folder: str = "keypoints") -> Path:
+    """Copy a file (the keypoint stage's detector, a KFP artifact local to this step) onto the
+    shared volume, named by its content: four variants stage it concurrently, one copy stays."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(src).read_bytes()).hexdigest()[:16]
+    dest = Path(shared_dir) / folder / f"{digest}{Path(src).suffix or '.ckpt'}"
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    shutil.copy(src, tmp)
+    os.replace(tmp, dest)  # same content whoever wins
     return dest
 
 
@@ -185,6 +202,8 @@ def train_on_cluster(
     if not req.image:
         raise ValueError("the trainjob backend needs the container image of the TrainJob's pods")
     data_root = stage_dataset(req.dataset, req.shared_dir, req.data_version)
+    if req.keypoints_from and Path(req.keypoints_from).is_file():  # the pods see the shared volume only
+        req = dataclasses.replace(req, keypoints_from=str(stage_file(req.keypoints_from, req.shared_dir)))
     name = job_name(req.ablation["variant"])
     out_dir = Path(req.shared_dir) / "runs" / name
     out_dir.mkdir(parents=True, exist_ok=True)
