@@ -215,3 +215,78 @@ def test_fine_tuning_starts_at_a_gentle_learning_rate_that_the_user_can_override
     assert sets.index("optim.lr_generator=5e-4") > sets.index(FINETUNE_OPTIM[0])
     scratch = dataclasses.replace(req, init_from="").train_overrides("d", "o")
     assert not set(FINETUNE_OPTIM) & set(scratch)  # from scratch: the config's own schedule
+
+
+def test_variants_load_the_keypoint_detector_and_the_stage_has_no_ablation_switches():
+    from components.ablation import ABLATIONS
+    from components.steps.train_request import FINETUNE_OPTIM, TrainRequest
+    from components.steps.training import KEYPOINTS
+    from iwarp.training.config import load_train_config
+
+    variant = TrainRequest(
+        dataset="d",
+        ablation=ABLATIONS[1],
+        config="configs/tiny.yaml",
+        overrides=["model.implicit.keypoints_frozen=false"],
+        seed=0,
+        steps=100,
+        tracking_uri="",
+        experiment="e",
+        parent_run_id="",
+        init_from="iwarp-faces-64",
+        keypoints_from="/kfp/pretrain-keypoints/checkpoint",
+    )
+    sets = variant.train_overrides("d", "o")
+    kp = "model.implicit.keypoints_from=/kfp/pretrain-keypoints/checkpoint"
+    # the user's overrides come last (here: fine-tune the detector instead of freezing it)
+    assert sets.index("init_from=iwarp-faces-64") < sets.index(kp) < sets.index("model.implicit.keypoints_frozen=false")
+    cfg = load_train_config("configs/tiny.yaml", sets)
+    assert cfg.model.implicit.keypoints_from == "/kfp/pretrain-keypoints/checkpoint"
+    assert cfg.model.implicit.residual is False  # the variant's switch still applies
+    plain = dataclasses.replace(variant, overrides=[])
+    frozen = load_train_config("configs/tiny.yaml", plain.train_overrides("d", "o"))
+    assert frozen.model.implicit.keypoints_frozen is True  # the default: the detector stays as pretrained
+
+    stage = dataclasses.replace(
+        variant, ablation=dict(KEYPOINTS), init_from="iwarp-faces-64-fomm", keypoints_from="", overrides=[]
+    )
+    stage_sets = stage.train_overrides("d", "o")
+    assert "run_name=keypoints" in stage_sets and set(FINETUNE_OPTIM) <= set(stage_sets)  # fine-tuned gently
+    assert not [s for s in stage_sets if s.startswith("model.implicit.")]  # no switches, no detector to load
+    cfg = load_train_config("configs/keypoints-faces-64.yaml", stage_sets)
+    assert cfg.model.kind == "baseline" and cfg.optim.steps == 100
+
+
+def test_keypoint_stage_given_a_detector_copies_it_and_trains_nothing(tmp_path, mlflow_server):
+    from components.steps.train_request import TrainRequest
+    from components.steps.training import DETECTOR_PARAM, KEYPOINTS, keypoint_stage, mlflow_client, start_parent_run
+    from iwarp.checkpoint import CheckpointError, resolve_checkpoint
+
+    parent = start_parent_run(mlflow_server, "kp", "v1", "", "", {"keypoints_from": "iwarp-faces-64"})
+    req = TrainRequest(
+        dataset=str(tmp_path / "no-dataset"),
+        ablation=dict(KEYPOINTS),
+        config="configs/keypoints-faces-64.yaml",
+        overrides=[],
+        seed=0,
+        steps=1,
+        tracking_uri=mlflow_server,
+        experiment="kp",
+        parent_run_id=parent,
+        backend="no-such-backend",  # any training would fail
+        init_from="iwarp-faces-64-fomm",
+    )
+    out = tmp_path / "checkpoint"
+    meta = keypoint_stage(req, "iwarp-faces-64", str(out))
+    assert out.read_bytes() == resolve_checkpoint("iwarp-faces-64").read_bytes()
+    assert meta["source"] == "given" and meta["run_id"] == "" and meta["variant"] == "keypoints"
+    client = mlflow_client(mlflow_server)
+    assert client.get_run(parent).data.params[DETECTOR_PARAM] == "iwarp-faces-64"
+    exp = client.get_experiment_by_name("kp")
+    assert client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'") == []  # no child run
+
+    # names that resolve to nothing fail in one line, before any training
+    with pytest.raises(CheckpointError, match=r"checkpoint not found: no-such-detector .*available: .*iwarp-faces-64"):
+        keypoint_stage(req, "no-such-detector", str(tmp_path / "c2"))
+    with pytest.raises(CheckpointError, match="checkpoint not found: iwarp-no-such-fomm"):
+        keypoint_stage(dataclasses.replace(req, init_from="iwarp-no-such-fomm"), "", str(tmp_path / "c3"))

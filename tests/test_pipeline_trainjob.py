@@ -9,8 +9,10 @@ Trainer CRD schema the way an API server would.
 """
 
 import copy
+import dataclasses
 import datetime
 import json
+from pathlib import Path
 
 import kubernetes
 import pytest
@@ -168,7 +170,10 @@ def request(tmp_path, variant: dict, gpus: int = 4) -> TrainRequest:
 def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
     from deploy.k8s_validate import validate_object
 
-    req = request(tmp_path, ABLATIONS[2])  # no-extra-kv
+    detector = tmp_path / "artifact" / "pretrain-keypoints" / "checkpoint"  # a KFP artifact, local to the step
+    detector.parent.mkdir(parents=True)
+    detector.write_bytes(b"keypoint stage checkpoint")
+    req = dataclasses.replace(request(tmp_path, ABLATIONS[2]), keypoints_from=str(detector))  # no-extra-kv
     final = train_on_cluster(req, tmp_path / "work", client=trainer_client(), poll_s=1, timeout_s=10)
     assert load_checkpoint(final)["tracking_run_id"] == "run-from-trainjob"
 
@@ -198,6 +203,10 @@ def test_submits_a_valid_trainjob_and_returns_its_checkpoint(tmp_path, cluster):
         assert expected in args
     assert args[args.index("--tracking-uri") + 1] == "http://iwarp-mlflow.iwarp.svc:5000"
     assert (data_root / ".complete").is_file() and (data_root / "manifest.csv").is_file()
+    # the pods load the keypoint stage's detector from the shared volume, not the step's artifact path
+    (staged,) = [a.split("=", 1)[1] for a in args if a.startswith("model.implicit.keypoints_from=")]
+    assert Path(staged).parent == tmp_path / "shared" / "keypoints"
+    assert Path(staged).read_bytes() == detector.read_bytes()
 
     replicated = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
     pod = replicated["template"]["spec"]["template"]
