@@ -1,10 +1,13 @@
 """`iwarp pipeline run` end to end on this machine: kfp.local's SubprocessRunner, a real
 MLflow server (SQLite), a real TorchServe, real DVC with a directory remote, real Great
-Expectations. The main job's path: DVC's real `faces` stage (fewer photo clips), the four
-variants fine-tuning a stand-in for the shipped model `iwarp-faces-64` (configs/faces-64.yaml
-trained a few steps here, found by name through $IWARP_MODELS_DIR), evaluation on the general
-and personal targets. One full run is shared by the tests below; a second run, a failed
-training and an invalid-data run (synthetic clips, too short) reuse its services.
+Expectations. The main job's path: DVC's real `faces` stage (fewer photo clips), the keypoint
+stage fine-tuning a stand-in for the shipped FOMM baseline `iwarp-faces-64-fomm`
+(configs/keypoints-faces-64.yaml trained a few steps here), the four variants fine-tuning a
+stand-in for the shipped model `iwarp-faces-64` (configs/faces-64.yaml, likewise; both found by
+name through $IWARP_MODELS_DIR) with the stage's detector frozen, evaluation on the general and
+personal targets. One full run is shared by the tests below; a second run (given a detector: the
+keypoint stage trains nothing), a failed training and an invalid-data run (synthetic clips, too
+short) reuse its services.
 
 Budget: the full run takes a few minutes on 2 CPU cores (few steps, one clip per photo);
 everything after it takes seconds.
@@ -48,6 +51,8 @@ CHROMIUM_FLAGS = [
 STEPS = 10  # per variant: the variants still differ (architectures differ from step 0); CI stays short
 SMALL_FACES = ["faces.clips_per_photo=1", "faces.photo_frames=24"]  # the real faces, fewer photo clips
 SHIPPED = "iwarp-faces-64"
+SHIPPED_FOMM = "iwarp-faces-64-fomm"
+VARIANTS = {"full", "no-residual", "no-extra-kv", "neither"}
 
 
 def chromium() -> str | None:
@@ -133,9 +138,10 @@ FOLD_JS = """(() => {
 
 @pytest.fixture(scope="module")
 def shipped_model(tmp_path_factory):
-    """A stand-in for models/iwarp-faces-64.ckpt: configs/faces-64.yaml trained 3 steps on a few
-    synthetic clips, put where `resolve_checkpoint` finds shipped models ($IWARP_MODELS_DIR);
-    the pipeline's tasks inherit the variable."""
+    """Stand-ins for models/iwarp-faces-64.ckpt and models/iwarp-faces-64-fomm.ckpt:
+    configs/faces-64.yaml and configs/keypoints-faces-64.yaml trained 3 steps on a few synthetic
+    clips, put where `resolve_checkpoint` finds shipped models ($IWARP_MODELS_DIR); the
+    pipeline's tasks inherit the variable."""
     from iwarp.data import SynthConfig, make_synth_dataset
 
     tmp = tmp_path_factory.mktemp("shipped")
@@ -145,28 +151,29 @@ def shipped_model(tmp_path_factory):
         overwrite=True,
         progress=False,
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iwarp",
-            "train",
-            "--config",
-            str(ROOT / "configs/faces-64.yaml"),
-            "--set",
-            f"data.root={tmp / 'data'}",
-            f"out_dir={tmp / 'run'}",
-            "optim.steps=3",
-            "optim.warmup_steps=1",
-            "data.batch_size=2",
-            "logging.images_every_steps=0",
-        ],
-        check=True,
-        capture_output=True,
-    )
     models = tmp / "models"
     models.mkdir()
-    shutil.copy(tmp / "run" / "checkpoints" / "final.ckpt", models / f"{SHIPPED}.ckpt")
+    for name, config in ((SHIPPED, "faces-64.yaml"), (SHIPPED_FOMM, "keypoints-faces-64.yaml")):
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "iwarp",
+                "train",
+                "--config",
+                str(ROOT / "configs" / config),
+                "--set",
+                f"data.root={tmp / 'data'}",
+                f"out_dir={tmp / name}",
+                "optim.steps=3",
+                "optim.warmup_steps=1",
+                "data.batch_size=2",
+                "logging.images_every_steps=0",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        shutil.copy(tmp / name / "checkpoints" / "final.ckpt", models / f"{name}.ckpt")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IWARP_MODELS_DIR", str(models))
         yield models / f"{SHIPPED}.ckpt"
@@ -187,6 +194,7 @@ def options(home: Path, **kw) -> LocalRunOptions:
     base = dict(
         home=str(home),
         steps=STEPS,
+        keypoint_steps=STEPS,
         nproc=2,
         data="faces",
         data_params=SMALL_FACES,
@@ -213,10 +221,17 @@ def full_run(home, shipped_model):
     return result
 
 
+def variant_runs(result) -> list:
+    """The four variants' runs under the result's parent (the keypoint stage's is a child too)."""
+    _, kids = child_runs(result.mlflow_url, result.outputs["parent_run_id"])
+    return [k for k in kids if k.data.tags["iwarp.variant"] in VARIANTS]
+
+
 def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
-    exp_id, kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
-    assert len(kids) == 4
-    assert {k.data.tags["iwarp.variant"] for k in kids} == {"full", "no-residual", "no-extra-kv", "neither"}
+    _, all_kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
+    kids = variant_runs(full_run)
+    assert len(kids) == 4 and len(all_kids) == 5  # + the keypoint stage's run
+    assert {k.data.tags["iwarp.variant"] for k in kids} == VARIANTS
     keys = [{m for m in k.data.metrics if m.startswith("eval/")} for k in kids]
     assert keys[0] and all(k == keys[0] for k in keys), keys
     # both targets (the unseen woman, the man's held-out clip), each with its copy-source floor
@@ -238,6 +253,30 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     for variant in ("no-residual", "no-extra-kv", "neither"):  # each drops the modules it lacks
         assert int(by_variant[variant]["init_from.skipped"]) > 0, variant
     assert by_variant["full"]["data.root"].endswith("preprocess-data/dataset")
+
+
+def test_keypoint_stage_trains_the_fomm_baseline_and_every_variant_loads_its_detector_frozen(full_run):
+    from mlflow.tracking import MlflowClient
+
+    _, kids = child_runs(full_run.mlflow_url, full_run.outputs["parent_run_id"])
+    (kp,) = [k for k in kids if k.data.tags["iwarp.variant"] == "keypoints"]
+    assert kp.info.status == "FINISHED" and kp.info.run_name == "keypoints"
+    p = kp.data.params
+    assert p["model.kind"] == "baseline" and p["model.baseline.motion"] == "first_order"
+    assert p["init_from"] == SHIPPED_FOMM and p["optim.steps"] == str(STEPS)  # fine-tuned on the user's data
+    assert p["optim.lr_generator"] == "0.0002"  # the variants' gentle fine-tuning rule
+    assert p["data.root"] == variant_runs(full_run)[0].data.params["data.root"]  # the same data
+    # evaluated like a variant: the baseline users compare the variants against
+    assert {"eval/general/l1_k1", "eval/general/lpips_k2", "eval/personal/l1_k1"} <= set(kp.data.metrics)
+    detector = next(full_run.run_dir.rglob("pretrain-keypoints/checkpoint"))
+    for v in variant_runs(full_run):
+        assert v.data.params["keypoints_from.checkpoint"] == str(detector), v.info.run_name
+        assert v.data.params["keypoints_from.model_kind"] == "baseline"
+        assert v.data.params["model.implicit.keypoints_frozen"] == "True"
+    parent = MlflowClient(full_run.mlflow_url).get_run(full_run.outputs["parent_run_id"])
+    assert parent.data.params["keypoint_detector"].startswith(f"trained: run {kp.info.run_id}")
+    assert parent.data.params["keypoint_init_from"] == SHIPPED_FOMM
+    assert parent.data.tags["iwarp.keypoints_run_id"] == kp.info.run_id
 
 
 def test_parent_run_holds_the_ablation_table_and_decision(full_run):
@@ -340,7 +379,7 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
     browser = Browser(tmp_path / "chromium-profile")
     try:
         text = browser.open(url, wait_for="eval/general/l1_k1")
-        assert "Comparing 4 Runs" in text
+        assert f"Comparing {len(kids)} Runs" in text  # the variants and the keypoint baseline
         for k in kids:
             assert k.info.run_name in text  # the four variants, side by side
         assert browser.js(FOLD_JS) is True
@@ -361,8 +400,9 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
 
 
 def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, home):
-    """Same settings again: DVC skips the data stages, the services are reused, version N+1 is
-    registered and the canary compares it with the version now serving (the champion)."""
+    """Same settings again, but given the first run's detector: DVC skips the data stages, the
+    keypoint stage trains nothing, the services are reused, version N+1 is registered and the
+    canary compares it with the version now serving (the champion)."""
     from mlflow.tracking import MlflowClient
 
     from serving.server import ServerHandle
@@ -370,10 +410,19 @@ def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, 
     mlflow_pid = MlflowServer(home).running().pid
     ts_pid = ServerHandle.load(home / "serve").pid
     out = io.StringIO()
-    result = run_local(options(home), Console(file=out, width=160))
+    detector = next(full_run.run_dir.rglob("pretrain-keypoints/checkpoint"))
+    result = run_local(options(home, keypoints_from=str(detector)), Console(file=out, width=160))
     print_summary(result, Console(file=out, width=160))
     (ARTIFACTS / "pipeline-second-run.txt").write_text(out.getvalue())
     assert result.ok, result.error
+    _, kids = child_runs(result.mlflow_url, result.outputs["parent_run_id"])
+    assert {k.data.tags["iwarp.variant"] for k in kids} == VARIANTS  # no keypoints run: nothing trained
+    copied = next(result.run_dir.rglob("pretrain-keypoints/checkpoint"))
+    assert copied.read_bytes() == detector.read_bytes()
+    assert {k.data.params["keypoints_from.checkpoint"] for k in kids} == {str(copied)}
+    assert MlflowClient(result.mlflow_url).get_run(result.outputs["parent_run_id"]).data.params[
+        "keypoint_detector"
+    ] == str(detector)
     assert "MLflow: " in out.getvalue() and "(reused;" in out.getvalue()
     assert MlflowServer(home).running().pid == mlflow_pid
     assert ServerHandle.load(home / "serve").pid == ts_pid
@@ -405,7 +454,10 @@ def test_failed_training_stops_the_run_and_fails_the_sweep_run(full_run, home):
 
     client = MlflowClient(full_run.mlflow_url)
     versions_before = {v.version for v in client.search_model_versions("name='iwarp'")}
-    result = run_local(options(home, overrides=["optim.steps=-5"]), Console(file=io.StringIO()))
+    # a given detector (the keypoint stage copies it): the run gets to the variants quickly
+    result = run_local(
+        options(home, overrides=["optim.steps=-5"], keypoints_from=SHIPPED_FOMM), Console(file=io.StringIO())
+    )
     assert not result.ok and result.failed_task == "train-model"
     assert "training of variant" in result.error
     assert "optim.steps must be >= 1" in result.error  # the trainer's own message, passed on
