@@ -152,6 +152,8 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     from pipelines.pipeline import PlatformOptions, build_pipeline
 
     console = console or Console()
+    data_source(opts.data)  # a bad --data fails before any service starts or task runs
+    check_models(opts)  # ... and so does a model name that is not shipped (yet)
     t0 = time.monotonic()
     home = iwarp_home(opts.home)
     run_dir = home / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -169,8 +171,6 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
         f"TorchServe: {ts.inference_url} ({'started' if ts_started else 'reused'}; "
         f"management {ts.management_url}, token auth on: {ts.key_file})"
     )
-    data_source(opts.data)  # a bad --data fails before any task runs
-    check_models(opts)  # ... and so does a model name that is not shipped
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
     (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
 
@@ -299,6 +299,8 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
     print_link(console, "MLflow UI:       ", f"{result.mlflow_url}/#/experiments/{exp_id}")
     print_link(console, "  sweep (parent):", f"{result.mlflow_url}/#/experiments/{exp_id}/runs/{o['parent_run_id']}")
     print_link(console, "  compare runs:  ", compare_url(result.mlflow_url, exp_id, [r.info.run_id for r in kids]))
+    for kp in (k for k in kids if k.data.tags.get("iwarp.variant") == "keypoints"):  # absent when a detector was given
+        print_link(console, "  keypoints run: ", f"{result.mlflow_url}/#/experiments/{exp_id}/runs/{kp.info.run_id}")
     # The Markdown as text: readable in any terminal and in CI logs, pastes into docs.
     console.print(Text(o["ablation_table"].split(ALL_METRICS_HEADING)[0].strip()))
     console.print(Panel(Text(o["canary_verdict"].strip()), title="canary verdict"))

@@ -98,6 +98,13 @@ CONTRACT = [
     (["deploy", "kserve", "--rollback"], 3, "no Kubernetes cluster reachable", {"KUBECONFIG": "{tmp}/no-kubeconfig"}),
     (["pipeline", "compile", "--out", "{tmp}/p.yaml", "--param", "nosuch=1"], 2, "nosuch", {}),
     (["pipeline", "compile", "--out", "{tmp}/p.yaml", "--gpu-node-selector", "novalue"], 2, "KEY=VALUE", {}),
+    # a model name not shipped (yet) stops the run before any service starts
+    (
+        ["pipeline", "run", "--home", "{tmp}", "--keypoint-init-from", "iwarp-no-such-fomm"],
+        2,
+        "checkpoint not found: iwarp-no-such-fomm",
+        {},
+    ),
 ]
 
 
