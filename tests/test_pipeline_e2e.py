@@ -423,6 +423,7 @@ def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, 
     assert MlflowClient(result.mlflow_url).get_run(result.outputs["parent_run_id"]).data.params[
         "keypoint_detector"
     ] == str(detector)
+    assert "evaluate-model-2" not in result.log.read_text()  # the dsl.If skipped the baseline's evaluation
     assert "MLflow: " in out.getvalue() and "(reused;" in out.getvalue()
     assert MlflowServer(home).running().pid == mlflow_pid
     assert ServerHandle.load(home / "serve").pid == ts_pid
