@@ -290,3 +290,22 @@ def test_keypoint_stage_given_a_detector_copies_it_and_trains_nothing(tmp_path, 
         keypoint_stage(req, "no-such-detector", str(tmp_path / "c2"))
     with pytest.raises(CheckpointError, match="checkpoint not found: iwarp-no-such-fomm"):
         keypoint_stage(dataclasses.replace(req, init_from="iwarp-no-such-fomm"), "", str(tmp_path / "c3"))
+
+
+@pytest.mark.parametrize(
+    "variants, keypoints",
+    [
+        ("faces-64.yaml", "keypoints-faces-64.yaml"),
+        ("tiny.yaml", "keypoints-tiny.yaml"),
+        ("paper-256.yaml", "keypoints-paper-256.yaml"),
+    ],
+)
+def test_keypoint_configs_train_a_detector_their_variants_can_load(variants, keypoints):
+    from iwarp.training.config import load_train_config
+    from iwarp.training.init import _DETECTOR_FIELDS
+
+    implicit = load_train_config(f"configs/{variants}").model.implicit.keypoints
+    fomm = load_train_config(f"configs/{keypoints}")
+    assert fomm.model.kind == "baseline" and fomm.model.baseline.motion == "first_order"
+    detector = fomm.model.baseline.keypoints
+    assert {f: getattr(detector, f) for f in _DETECTOR_FIELDS} == {f: getattr(implicit, f) for f in _DETECTOR_FIELDS}
