@@ -103,6 +103,33 @@ def check_models(opts: LocalRunOptions) -> None:
             resolve_checkpoint(name)
 
 
+def check_detectors(opts: LocalRunOptions) -> None:
+    """The variants can load the keypoint stage's detector (same keypoints, channels, ...):
+    compared on the configs (or the given checkpoint) before anything trains."""
+    from dataclasses import asdict
+
+    from components.steps.training import resolve_config
+    from iwarp.checkpoint import load_checkpoint, resolve_checkpoint
+    from iwarp.config import ConfigError
+    from iwarp.training.config import load_train_config
+    from iwarp.training.init import detector_differences
+
+    ours = asdict(load_train_config(resolve_config(opts.config), list(opts.overrides)).model.implicit.keypoints)
+    if opts.keypoints_from:
+        source = opts.keypoints_from
+        theirs = (load_checkpoint(resolve_checkpoint(source)).get("model_config") or {}).get("keypoints", {})
+    else:
+        source = opts.keypoint_config
+        model = load_train_config(resolve_config(source)).model
+        theirs = asdict(getattr(model, model.kind).keypoints)
+    differ = detector_differences(theirs, ours)
+    if differ:
+        raise ConfigError(
+            f"the keypoint detector of {source} does not fit {opts.config}: {'; '.join(differ)} "
+            "(give a keypoint config with `base:` your config, e.g. configs/keypoints-tiny.yaml for tiny.yaml)"
+        )
+
+
 def tasks_per_run(opts: LocalRunOptions) -> int:
     return TASKS_PER_RUN - (1 if opts.keypoints_from else 0)  # a given detector is not evaluated
 
@@ -154,6 +181,7 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     console = console or Console()
     data_source(opts.data)  # a bad --data fails before any service starts or task runs
     check_models(opts)  # ... and so does a model name that is not shipped (yet)
+    check_detectors(opts)  # ... and a keypoint detector the variants could not load
     t0 = time.monotonic()
     home = iwarp_home(opts.home)
     run_dir = home / "runs" / time.strftime("%Y%m%d-%H%M%S")

@@ -105,6 +105,24 @@ CONTRACT = [
         "checkpoint not found: iwarp-no-such-fomm",
         {},
     ),
+    # ... and so does a keypoint detector the variants could not load (10 keypoints vs tiny's 5)
+    (
+        [
+            "pipeline",
+            "run",
+            "--home",
+            "{tmp}",
+            "--config",
+            "configs/tiny.yaml",
+            "--init-from",
+            "",
+            "--keypoint-init-from",
+            "",
+        ],
+        2,
+        "does not fit configs/tiny.yaml: num_keypoints 10 vs 5",
+        {},
+    ),
 ]
 
 

@@ -309,3 +309,18 @@ def test_keypoint_configs_train_a_detector_their_variants_can_load(variants, key
     assert fomm.model.kind == "baseline" and fomm.model.baseline.motion == "first_order"
     detector = fomm.model.baseline.keypoints
     assert {f: getattr(detector, f) for f in _DETECTOR_FIELDS} == {f: getattr(implicit, f) for f in _DETECTOR_FIELDS}
+
+
+def test_local_run_checks_that_the_variants_can_load_the_detector():
+    from iwarp.config import ConfigError
+    from pipelines.local_run import LocalRunOptions, check_detectors
+
+    check_detectors(LocalRunOptions())  # the main job: faces-64 variants, keypoints-faces-64 stage
+    check_detectors(LocalRunOptions(config="configs/tiny.yaml", keypoint_config="configs/keypoints-tiny.yaml"))
+    check_detectors(LocalRunOptions(keypoints_from="iwarp-faces-64"))  # a given checkpoint's detector
+    with pytest.raises(
+        ConfigError, match="keypoints-tiny.yaml does not fit configs/faces-64.yaml: num_keypoints 5 vs 10"
+    ):
+        check_detectors(LocalRunOptions(keypoint_config="configs/keypoints-tiny.yaml"))
+    with pytest.raises(ConfigError, match="channels"):  # the variants' overrides count
+        check_detectors(LocalRunOptions(overrides=["model.implicit.keypoints.channels=[8,16,16]"]))

@@ -97,6 +97,12 @@ _DETECTOR_FIELDS = ("num_keypoints", "downsample", "channels", "temperature")
 DETECTOR = "keypoint_detector."
 
 
+def detector_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """`field theirs vs ours` for each keypoint-config field (as dicts) that changes what a
+    detector's weights mean; empty when one detector's weights load into the other."""
+    return [f"{f} {theirs.get(f)!r} vs {ours[f]!r}" for f in _DETECTOR_FIELDS if f in theirs and theirs[f] != ours[f]]
+
+
 def keypoints_from_checkpoint(
     name_or_path: str | Path, model: torch.nn.Module, frozen: bool, map_location: str | torch.device = "cpu"
 ) -> dict[str, Any]:
@@ -107,8 +113,7 @@ def keypoints_from_checkpoint(
     path = resolve_checkpoint(name_or_path)
     ckpt = load_checkpoint(path, map_location)
     theirs = (ckpt.get("model_config") or {}).get("keypoints", {})
-    ours = asdict(model.config.keypoints)
-    differ = [f"{f} {theirs.get(f)!r} vs {ours[f]!r}" for f in _DETECTOR_FIELDS if f in theirs and theirs[f] != ours[f]]
+    differ = detector_differences(theirs, asdict(model.config.keypoints))
     if differ:
         raise ConfigError(f"keypoints_from {path}: its detector differs from this config's: {'; '.join(differ)}")
     state = {n[len(DETECTOR) :]: t for n, t in ckpt.get("model", {}).items() if n.startswith(DETECTOR)}
