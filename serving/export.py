@@ -114,10 +114,11 @@ class _Animate(nn.Module):
         self.model, self.names, self.cache_type, self.kp_type = model, names, cache_type, kp_type
         self.n_extra = n_kp_fields - 2  # keypoint fields after xy and strength (the Jacobian)
 
-    def forward(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        # xy and strength stay named arguments: a zeroth-order model's program keeps its signature
-        kp = self.kp_type(kp_xy, kp_strength, *rest[: self.n_extra])
-        cache = rest[self.n_extra :]
+    def forward(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, *cache: torch.Tensor) -> torch.Tensor:
+        # The varargs lead with the extra keypoint fields; their names (kp_xy, kp_strength,
+        # cache_i) are the program's input names, so a zeroth-order model's program is unchanged.
+        kp = self.kp_type(kp_xy, kp_strength, *cache[: self.n_extra])
+        cache = cache[self.n_extra :]
         out = self.model.animate(_rebuild(self.cache_type, self.names, cache), driving_keypoints=kp)
         return out.prediction if hasattr(out, "prediction") else out["prediction"]
 
@@ -201,7 +202,7 @@ def export_generator(
                 "animate": torch.export.export(
                     _Animate(model, names, type(cache), type(kp), len(kp_fields)),
                     (*kp_tensors, *cache_tensors),
-                    # *rest (extra keypoint fields + cache) is one varargs entry
+                    # *cache (extra keypoint fields, then the cache) is one varargs entry
                     dynamic_shapes=(*kp_dyn[:2], (*kp_dyn[2:], *cache_dyn)),
                 ),
             }
