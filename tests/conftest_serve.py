@@ -37,6 +37,19 @@ def tiny_model(seed: int = 0) -> ImplicitWarping:
     return ImplicitWarping(ImplicitWarpingConfig.tiny(image_size=SIZE)).eval()
 
 
+def first_order_baseline(seed: int = 0):
+    """The tiny FOMM baseline (first-order motion) with a perturbed Jacobian head: at init the
+    head predicts exact identities, under which first-order motion equals translations and a
+    lost Jacobian would go unnoticed."""
+    from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig
+
+    torch.manual_seed(seed)
+    model = ExplicitFlowBaseline(ExplicitFlowConfig.tiny(image_size=SIZE)).eval()
+    with torch.no_grad():
+        model.keypoint_detector.jacobian.weight.normal_(0, 0.1)
+    return model
+
+
 def write_checkpoint(model: ImplicitWarping, path: Path) -> Path:
     """What training writes, minus optimizer state (the serving path reads only these keys)."""
     return save_checkpoint(

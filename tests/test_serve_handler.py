@@ -11,7 +11,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest_serve import SIZE, mp4_bytes, photo_frames, png_bytes, reference, tiny_model
+from conftest_serve import (
+    SIZE,
+    first_order_baseline,
+    mp4_bytes,
+    photo_frames,
+    png_bytes,
+    reference,
+    tiny_model,
+    to_float,
+)
 
 from serving.handler import RequestError, SourceSetCache, decode_image, decode_video, parse_request
 
@@ -260,6 +269,7 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
     m = exported.manifest
     assert m["format"] == "iwarp-export/1" and m["image_size"] == [SIZE, SIZE] and m["max_sources"] == 8
     assert m["cache_fields"] == ["keys", "values", "source_xy", "source_strength", "sources", "token_places"]
+    assert m["keypoint_fields"] == ["xy", "strength"]  # implicit warping's keypoints carry no Jacobian
     # one export serves any batch and any number of sources, including k=1 and k=8
     gen = torch.Generator().manual_seed(3)
     for b, k in ((1, 1), (2, 5), (1, 8)):
@@ -278,23 +288,145 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
         load_exported(copy)
     with pytest.raises(ExportError, match="not an iwarp export"):
         load_exported(tmp_path)
+    # an export written before `keypoint_fields` existed means (xy, strength)
+    old = tmp_path / "old"
+    shutil.copytree(export_dir, old)
+    manifest = json.loads((old / "export.json").read_text())
+    del manifest["keypoint_fields"]
+    (old / "export.json").write_text(json.dumps(manifest))
+    legacy = load_exported(old)
+    assert legacy.keypoint_fields == ["xy", "strength"]
+    with torch.no_grad():
+        torch.testing.assert_close(legacy(sources, driving), exported(sources, driving), atol=0, rtol=0)
 
 
 @pytest.mark.slow
 def test_baseline_exports_for_every_number_of_sources(tmp_path):
-    from iwarp import ExplicitFlowBaseline, ExplicitFlowConfig
+    """The first-order (FOMM) baseline's export carries the driving Jacobians through
+    detect_keypoints and animate: without them the model falls back to translations."""
     from serving.export import export_generator, load_exported
 
-    torch.manual_seed(0)
-    baseline = ExplicitFlowBaseline(ExplicitFlowConfig.tiny()).eval()
+    baseline = first_order_baseline()
     export_generator(baseline, tmp_path / "export", (SIZE, SIZE), max_sources=4)  # verifies k=1..4 itself
     exported = load_exported(tmp_path / "export")
+    assert exported.manifest["keypoint_fields"] == exported.keypoint_fields == ["xy", "strength", "jacobian"]
     driving = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        kp = baseline.detect_keypoints(driving)
+        got_kp = exported.detect_keypoints(driving)
+    assert len(got_kp) == 3 and got_kp[2].shape == kp.jacobian.shape == (1, 5, 2, 2)
+    for got, expected in zip(got_kp, kp):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     for k in (1, 3):  # k=1 is the case a reshape(b*k) export used to break
         sources = torch.rand(1, k, 3, SIZE, SIZE)
         with torch.no_grad():
             expected = baseline(sources, driving).prediction
+            cache = baseline.encode_sources(sources)
+            translations = baseline.animate(cache, driving_keypoints=kp._replace(jacobian=None)).prediction
         assert torch.allclose(exported(sources, driving), expected, atol=1e-4)
+        assert (translations - expected).abs().max() > 1e-2  # the Jacobians matter: the check above can fail
+
+
+def test_handler_relative_motion_is_iwarps_rule():
+    """handler.py ships alone in the .mar, so it repeats iwarp.keypoints.relative_keypoints:
+    same positions, strengths and composed Jacobians, with and without Jacobians."""
+    from iwarp.keypoints import Keypoints, relative_keypoints
+    from serving.handler import relative_motion
+
+    gen = torch.Generator().manual_seed(0)
+
+    def kp(b):
+        jac = torch.eye(2) + 0.3 * torch.randn(b, 5, 2, 2, generator=gen)
+        return Keypoints(torch.rand(b, 5, 2, generator=gen) * 2 - 1, torch.rand(b, 5, generator=gen), jac)
+
+    source, driving, first = kp(1), kp(4), kp(1)
+    expected = relative_keypoints(source, driving, first)
+    got = relative_motion(["xy", "strength", "jacobian"], tuple(source), tuple(driving), tuple(first))
+    assert expected.jacobian is not None and len(got) == 3
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+    fields = ["xy", "strength"]
+    expected = relative_keypoints(*(k._replace(jacobian=None) for k in (source, driving, first)))
+    got = relative_motion(fields, source[:2], driving[:2], first[:2])
+    assert expected.jacobian is None and len(got) == 2
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def baseline_service(tmp_path_factory):
+    """The handler serving a first-order (FOMM) baseline's export, keypoints with Jacobians."""
+    from ts.context import Context
+
+    from serving.export import export_generator
+    from serving.handler import IwarpService
+
+    model = first_order_baseline()
+    model_dir = tmp_path_factory.mktemp("baseline_model_dir")
+    export_generator(model, model_dir / "export", (SIZE, SIZE), max_sources=4)
+    yaml_cfg = {"handler": {"cache_size": 2, "max_image_side": 256, "forward_batch": 3, "num_threads": 2}}
+    ctx = Context(
+        "iwarp", str(model_dir), {"model": {"modelVersion": "1.0"}}, 4, None, "0.12.0", model_yaml_config=yaml_cfg
+    )
+    svc = IwarpService()
+    svc.initialize(ctx)
+    return svc, ctx, model
+
+
+def baseline_reference(model, sources, driving, first=None):
+    """The eager baseline on the PNG-exact inputs; with `first` (a driving frame), relative motion
+    via iwarp.keypoints.relative_keypoints anchored at the first source."""
+    from iwarp.keypoints import relative_keypoints
+
+    src, drv = to_float(sources)[None], to_float(driving)
+    with torch.no_grad():
+        cache = model.encode_sources(src)
+        big = type(cache)(*(x.expand(drv.shape[0], *x.shape[1:]) for x in cache))
+        if first is None:
+            return model.animate(big, drv).prediction.numpy()
+        kp_first = model.detect_keypoints(to_float([first]))
+        moved = relative_keypoints(model.detect_keypoints(src[:, 0]), model.detect_keypoints(drv), kp_first)
+        assert moved.jacobian is not None
+        return model.animate(big, driving_keypoints=moved).prediction.numpy()
+
+
+@pytest.mark.slow
+def test_handler_serves_a_first_order_baseline_with_its_jacobians(baseline_service, frames):
+    """Absolute and relative motion (per request and in a cached session streamed in two
+    chunks) give the eager first-order model's frames, in one batch with k = 1 and 3."""
+    svc, ctx, model = baseline_service
+    assert svc.kp_fields == ["xy", "strength", "jacobian"]
+    p = [b64(png_bytes(f)) for f in frames]
+
+    def npy(body):
+        return np.load(__import__("io").BytesIO(base64.b64decode(json.loads(body)["npy"])))
+
+    requests = [
+        {"body": {"sources": p[:1], "driving": p[2:5], "output": "npy"}},
+        {"body": {"sources": p[:3], "driving": p[3:6], "output": "npy", "register": True}},
+        {"body": {"sources": p[1:2], "driving": p[0:3], "output": "npy", "relative": True}},
+        {"body": {"sources": p[3:6], "driving": p[1:3], "output": "npy", "relative": True}},
+    ]
+    out, statuses = run_batch(svc, ctx, requests)
+    assert statuses == [200] * 4
+    got = [npy(o) for o in out]
+    np.testing.assert_allclose(got[0], baseline_reference(model, frames[:1], frames[2:5]), atol=1e-4)
+    np.testing.assert_allclose(got[1], baseline_reference(model, frames[:3], frames[3:6]), atol=1e-4)
+    relative = baseline_reference(model, frames[1:2], frames[0:3], first=frames[0])
+    np.testing.assert_allclose(got[2], relative, atol=1e-4)
+    np.testing.assert_allclose(got[3], baseline_reference(model, frames[3:6], frames[1:3], first=frames[1]), atol=1e-4)
+    assert np.abs(got[2] - baseline_reference(model, frames[1:2], frames[0:3])).max() > 1e-3  # relative differs
+
+    # a cached set: the session's reference (first frame of its first relative request) is kept
+    sid = json.loads(out[1])["source_set_id"]
+    chunks = [p[2:4], p[4:6]]
+    answers = [
+        run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": c, "output": "npy", "relative": True}}])
+        for c in chunks
+    ]
+    assert [s for _, s in answers] == [[200], [200]]
+    streamed = np.concatenate([npy(o[0]) for o, _ in answers])
+    np.testing.assert_allclose(streamed, baseline_reference(model, frames[:3], frames[2:6], first=frames[2]), atol=1e-4)
 
 
 def test_handler_mp4_answer_is_byte_identical_to_iwarp_video_writer(tmp_path):
