@@ -73,7 +73,7 @@ def animate_photo(image: np.ndarray, centre: tuple[float, float], half: float, n
     cx, cy = centre[0] + pad, centre[1] + pad
     box = (cx - margin * half, cy - margin * half, cx + margin * half, cy + margin * half)
     side = int(round(2 * margin * half * scale))
-    work = np.asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS, box=box), np.float32)
+    work = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.LANCZOS, box=box), np.float32)
     centre_w = (side - 1) / 2.0
 
     n = num_frames

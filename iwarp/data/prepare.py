@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -29,6 +30,9 @@ from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write
 from .options import opt
 from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, is_frame_folder, is_video_file,
                     iter_frames, probe, save_frame)
+
+if TYPE_CHECKING:  # pandas loads in the functions that use it (a slow import)
+    import pandas as pd
 
 OUTPUT_FORMATS = ("png", "jpg", "mp4")
 MIN_DECODED = 0.9  # share of the container's frame count that must decode (no_face.mp4: 95 of 98)
@@ -62,7 +66,7 @@ class InputEntry:
 @dataclass
 class PrepareReport:
     out: Path
-    manifest: object  # pandas DataFrame
+    manifest: pd.DataFrame
     seconds: float = 0.0
     ignored: list[str] = field(default_factory=list)
 
@@ -244,7 +248,7 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
                                      f"{info.width}x{info.height}")
             if not keep[i]:
                 continue
-            out = np.asarray(Image.fromarray(frame).resize((s, s), Image.LANCZOS, box=box))
+            out = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.LANCZOS, box=box))
             stats.add(out)
             if writer is not None:
                 writer.write(out)
@@ -284,7 +288,7 @@ class _Stats:
         from scipy.ndimage import laplace
 
         self.hash.update(frame.tobytes())
-        gray = frame.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+        gray = frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         self.brightness.append(float(gray.mean()))
         self.contrast.append(float(gray.std()))
         self.blur.append(float(laplace(gray).var()))  # variance of the Laplacian: low = blurry
@@ -352,6 +356,7 @@ def prepare_dataset(input_dir: str | Path, out: str | Path, cfg: PrepareConfig |
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     for e, row in zip(entries, rows):
+        assert e.identity is not None  # filled in for every entry above
         row["split"] = e.split or given.get(e.identity) or drawn.get(e.identity, "")
         row["split_by"] = e.split_by or "identity"
         if row["status"] == "ok":

@@ -212,7 +212,7 @@ def _paint_mouth(ip: dict, col: np.ndarray, dx, dy, mouth: float) -> np.ndarray:
     """Lips always; the dark interior, teeth and tongue only as far as the mouth is open."""
     hi = 0.02 + 0.15 * mouth
     col = _mix(col, ip["lips"], _ellipse(dx, dy, 0.3, hi + 0.055))
-    interior = np.broadcast_to(np.float32([0.25, 0.04, 0.06]), col.shape).astype(np.float32)
+    interior = np.broadcast_to(np.array([0.25, 0.04, 0.06], np.float32), col.shape).astype(np.float32)
     interior = _mix(interior, [0.95, 0.93, 0.86], _smoothstep(hi - 0.07, hi - 0.04, dy) * _ellipse(dx, 0 * dy, 0.24, 1))
     interior = _mix(interior, [0.78, 0.32, 0.36], _ellipse(dx, dy + hi, 0.17, 0.7 * hi + 0.01))
     opening = _ellipse(dx, dy, 0.27, hi, 0.08)
