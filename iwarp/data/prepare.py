@@ -20,7 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -28,25 +28,24 @@ from PIL import Image
 from .faces import center_box, face_track
 from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write_manifest
 from .options import opt
-from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, is_frame_folder, is_video_file,
-                    iter_frames, probe, save_frame)
+from .video import (DEFAULT_FPS, OUTPUT_FORMATS, OutputFormat, VideoReadError, VideoWriter, is_frame_folder,
+                    is_video_file, iter_frames, probe, save_frame)
 
 if TYPE_CHECKING:  # pandas loads in the functions that use it (a slow import)
     import pandas as pd
 
-OUTPUT_FORMATS = ("png", "jpg", "mp4")
+CropMode = Literal["face", "center"]
 MIN_DECODED = 0.9  # share of the container's frame count that must decode (no_face.mp4: 95 of 98)
 
 
 @dataclass
 class PrepareConfig:
     image_size: int = opt(256, "output frame side (256 default, 512 supported)")
-    crop: str = opt("face", "face: one square box over the dlib face track; center: the largest centred square",
-                    ("face", "center"))
+    crop: CropMode = opt("face", "face: one square box over the dlib face track; center: the largest centred square")
     crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
     face_samples: int = opt(32, "frames per clip the face detector looks at (spread evenly); with face "
                             "crop, frames between a face-less sample and its neighbours are dropped")
-    format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)")
     test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
     seed: int = opt(0, "seed of the identity split")
     fps: float = opt(DEFAULT_FPS, "rate recorded for frame-folder inputs (they carry none)")

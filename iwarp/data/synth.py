@@ -26,10 +26,7 @@ import numpy as np
 
 from .manifest import assign_splits, write_manifest
 from .options import opt
-from .video import write_frames, write_video
-
-FORMATS = ("png", "jpg", "mp4")
-
+from .video import OUTPUT_FORMATS, OutputFormat, write_frames, write_video
 
 @dataclass
 class SynthConfig:
@@ -40,7 +37,7 @@ class SynthConfig:
     fps: float = opt(25.0, "frame rate recorded (and encoded, for mp4)")
     test_fraction: float = opt(0.25, "share of identities in test/")
     seed: int = opt(0, "everything is a function of this seed")
-    format: str = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files", FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files")
     workers: int = opt(1, "parallel processes (the output does not depend on it)")
 
 
@@ -372,8 +369,8 @@ def make_synth_dataset(out: str | Path, cfg: SynthConfig, overwrite: bool = Fals
     import pandas as pd
     from tqdm import tqdm
 
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {cfg.format!r}")
     if cfg.format == "mp4" and cfg.image_size % 2:
         raise ValueError("mp4 needs an even image_size")
     out = Path(out)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from PIL import Image
@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # only for annotations: av loads FFmpeg, so functions import 
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".ts", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# What synth, photos and prepare write: png/jpg frame folders or mp4 files.
+OutputFormat = Literal["png", "jpg", "mp4"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 DEFAULT_FPS = 25.0  # frame folders carry no rate; FOMM's layouts are 25 fps (VoxCeleb)
 
 
