@@ -28,6 +28,7 @@ from .manifest import assign_splits, write_manifest
 from .options import opt
 from .video import OUTPUT_FORMATS, OutputFormat, write_frames, write_video
 
+
 @dataclass
 class SynthConfig:
     num_identities: int = opt(8, "people (each gets its own look)")
