@@ -14,11 +14,19 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import torch
 
 from iwarp.errors import InputError
+
+if TYPE_CHECKING:  # the model modules load lazily (serving imports this module)
+    from iwarp.explicit_flow import ExplicitFlowBaseline
+    from iwarp.implicit_warping import ImplicitWarping
+
+    # What load_model returns: a registered generator (iwarp.models.MODEL_KINDS), so type checkers
+    # know its config / encode_sources / animate, which a plain nn.Module lacks.
+    GeneratorModel: TypeAlias = ImplicitWarping | ExplicitFlowBaseline
 
 MAGIC = b"IWARPCK1"
 _HEADER = struct.Struct("<8sQ32s")
@@ -159,12 +167,12 @@ def latest_checkpoint(directory: str | Path, pattern: str = "step-*.ckpt") -> Pa
     return files[-1] if files else None
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GeneratorModel:
     """The generator stored in a checkpoint, rebuilt from its saved config, in eval mode."""
     return model_from_payload(load_checkpoint(path, map_location), source=str(path))
 
 
-def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> GeneratorModel:
     """The generator of an already loaded (verified) checkpoint payload, in eval mode."""
     from iwarp.models import build_model  # deferred: keeps this module light for serving
 
@@ -174,4 +182,4 @@ def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> torc
         raise CheckpointError(f"{source} lacks {exc}; was it written by `iwarp train`?") from exc
     model = build_model(kind, cfg)
     model.load_state_dict(state)
-    return model.eval()
+    return cast("GeneratorModel", model.eval())  # build_model is typed by the registry as nn.Module

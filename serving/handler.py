@@ -42,7 +42,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
-OUTPUTS = ("png", "mp4", "npy")
+Output = Literal["png", "mp4", "npy"]
+OUTPUTS: tuple[Output, ...] = get_args(Output)
 DEFAULTS = {
     "max_sources": 8,
     "max_driving_frames": 256,
@@ -114,7 +115,7 @@ class Request:
     register: bool = False
     relative: bool = False
     reset_reference: bool = False
-    output: str = "png"
+    output: Output = "png"
     fps: float | None = None
 
 
@@ -215,7 +216,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
             out = _to_text(value, k).lower()
             if out not in OUTPUTS:
                 raise RequestError(400, f"`output` must be one of {list(OUTPUTS)}, got {clip(out)!r}", k)
-            req.output = out
+            req.output = cast(Output, out)  # checked against OUTPUTS above
         elif k == "fps":
             try:
                 req.fps = float(_to_text(value, k))

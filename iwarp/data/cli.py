@@ -37,6 +37,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] 
             default = None
         help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
         choices = f.metadata.get("choices")
+        if typing.get_origin(kind) is typing.Literal:  # the Literal is the one list of allowed values
+            choices = list(typing.get_args(kind))
+            kind = type(choices[0])
         if typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
             parser.add_argument(_flag(f.name), dest=f.name, type=item, nargs="+", default=None,

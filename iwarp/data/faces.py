@@ -41,7 +41,7 @@ def detect_face(frame: np.ndarray) -> tuple[float, float, float, float] | None:
     h, w = frame.shape[:2]
     scale = DETECT_SIDE / max(h, w)
     small = np.asarray(Image.fromarray(frame).convert("L").resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
     detector = _detector()
     rects = detector(small, 0)
     if len(rects) == 0:

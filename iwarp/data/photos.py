@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
 
 from .manifest import assign_splits, write_manifest
 from .options import opt
-from .synth import FORMATS, _prepare_out, _trajectory, write_entry
+from .synth import _prepare_out, _trajectory, write_entry
+from .video import OUTPUT_FORMATS, OutputFormat
 
 # photo -> (centre x, centre y, half side) of the square around the face, in source pixels
 PHOTOS = {
@@ -28,6 +30,7 @@ PHOTOS = {
     "camera": (215, 140, 95),
     "chelsea": (225, 150, 140),
 }
+PhotoSplit = Literal["test", "train", "auto"]  # auto: whole photos split by test_fraction
 
 
 @dataclass
@@ -38,11 +41,10 @@ class PhotoConfig:
     image_size: int = opt(64, "frame side in pixels")
     fps: float = opt(25.0, "frame rate recorded")
     motion: float = opt(1.0, "scales every motion amplitude")
-    split: str = opt("test", "where the clips go: test, train, or auto (whole photos split by --test-fraction)",
-                     ("test", "train", "auto"))
+    split: PhotoSplit = opt("test", "where the clips go: test, train, or auto (whole photos split by --test-fraction)")
     test_fraction: float = opt(0.34, "share of photos in test/ with --split auto")
     seed: int = opt(0, "motion seed")
-    format: str = opt("png", "png/jpg frame folders or mp4 files", FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders or mp4 files")
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -73,7 +75,7 @@ def animate_photo(image: np.ndarray, centre: tuple[float, float], half: float, n
     cx, cy = centre[0] + pad, centre[1] + pad
     box = (cx - margin * half, cy - margin * half, cx + margin * half, cy + margin * half)
     side = int(round(2 * margin * half * scale))
-    work = np.asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS, box=box), np.float32)
+    work = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.LANCZOS, box=box), np.float32)
     centre_w = (side - 1) / 2.0
 
     n = num_frames
@@ -107,9 +109,9 @@ def make_photo_dataset(out: str | Path, cfg: PhotoConfig, overwrite: bool = Fals
     import pandas as pd
     from tqdm import tqdm
 
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
-    if cfg.split not in ("train", "test", "auto"):
+    if cfg.format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {cfg.format!r}")
+    if cfg.split not in get_args(PhotoSplit):
         raise ValueError(f"split must be train, test or auto, got {cfg.split!r}")
     unknown = sorted(set(cfg.photos) - set(PHOTOS))
     if unknown or not cfg.photos:

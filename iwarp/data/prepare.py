@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -27,22 +28,24 @@ from PIL import Image
 from .faces import center_box, face_track
 from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write_manifest
 from .options import opt
-from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, is_frame_folder, is_video_file,
-                    iter_frames, probe, save_frame)
+from .video import (DEFAULT_FPS, OUTPUT_FORMATS, OutputFormat, VideoReadError, VideoWriter, is_frame_folder,
+                    is_video_file, iter_frames, probe, save_frame)
 
-OUTPUT_FORMATS = ("png", "jpg", "mp4")
+if TYPE_CHECKING:  # pandas loads in the functions that use it (a slow import)
+    import pandas as pd
+
+CropMode = Literal["face", "center"]
 MIN_DECODED = 0.9  # share of the container's frame count that must decode (no_face.mp4: 95 of 98)
 
 
 @dataclass
 class PrepareConfig:
     image_size: int = opt(256, "output frame side (256 default, 512 supported)")
-    crop: str = opt("face", "face: one square box over the dlib face track; center: the largest centred square",
-                    ("face", "center"))
+    crop: CropMode = opt("face", "face: one square box over the dlib face track; center: the largest centred square")
     crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
     face_samples: int = opt(32, "frames per clip the face detector looks at (spread evenly); with face "
                             "crop, frames between a face-less sample and its neighbours are dropped")
-    format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)")
     test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
     seed: int = opt(0, "seed of the identity split")
     fps: float = opt(DEFAULT_FPS, "rate recorded for frame-folder inputs (they carry none)")
@@ -62,7 +65,7 @@ class InputEntry:
 @dataclass
 class PrepareReport:
     out: Path
-    manifest: object  # pandas DataFrame
+    manifest: pd.DataFrame
     seconds: float = 0.0
     ignored: list[str] = field(default_factory=list)
 
@@ -244,7 +247,7 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
                                      f"{info.width}x{info.height}")
             if not keep[i]:
                 continue
-            out = np.asarray(Image.fromarray(frame).resize((s, s), Image.LANCZOS, box=box))
+            out = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.LANCZOS, box=box))
             stats.add(out)
             if writer is not None:
                 writer.write(out)
@@ -284,7 +287,7 @@ class _Stats:
         from scipy.ndimage import laplace
 
         self.hash.update(frame.tobytes())
-        gray = frame.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+        gray = frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         self.brightness.append(float(gray.mean()))
         self.contrast.append(float(gray.std()))
         self.blur.append(float(laplace(gray).var()))  # variance of the Laplacian: low = blurry
@@ -352,6 +355,7 @@ def prepare_dataset(input_dir: str | Path, out: str | Path, cfg: PrepareConfig |
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     for e, row in zip(entries, rows):
+        assert e.identity is not None  # filled in for every entry above
         row["split"] = e.split or given.get(e.identity) or drawn.get(e.identity, "")
         row["split_by"] = e.split_by or "identity"
         if row["status"] == "ok":

@@ -119,7 +119,7 @@ def photo_faces(name: str, image: np.ndarray, crop_scale: float) -> list[tuple[f
     detector = _detector()  # the one cached dlib HOG detector
     scale = min(1.0, 1280 / max(image.shape[:2]))  # big photos: detect on a copy of at most 1280 px
     small = np.asarray(Image.fromarray(image).resize(
-        (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.BILINEAR))
+        (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.Resampling.BILINEAR))
     rects, scores, _ = detector.run(small, 1, MIN_FACE_SCORE)
     rects = sorted(rects, key=lambda r: -r.width() * r.height())
     faces = []
@@ -182,7 +182,7 @@ def prepare_videos(work: Path, cfg: FacesConfig, feat_dir: Path, progress: bool)
 def _thumbs(folder: Path) -> np.ndarray:
     """(n, 256) grey 16x16 thumbnails of a frame folder, 0-255."""
     frames = read_video(folder)
-    return np.stack([np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.BOX), np.float32).ravel()
+    return np.stack([np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.Resampling.BOX), np.float32).ravel()
                      for f in frames])
 
 

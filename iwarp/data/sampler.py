@@ -70,8 +70,8 @@ class SourceDrivingBatches:
         if self.augment is not None:  # its own stream: the same videos and frames with or without it
             rng = np.random.default_rng([self.seed, int(step), self.rank, self.world_size, 0xA6])
             clips = [augment_item(c, self.augment, rng) for c in clips]
-        clips = torch.stack(clips)
-        return {"sources": clips[:, :k].contiguous(), "driving": clips[:, k].contiguous(), "k": k,
+        batch = torch.stack(clips)
+        return {"sources": batch[:, :k].contiguous(), "driving": batch[:, k].contiguous(), "k": k,
                 "video_index": torch.as_tensor(videos, dtype=torch.long),
                 "frame_index": torch.as_tensor(frames, dtype=torch.long)}
 

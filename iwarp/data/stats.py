@@ -48,7 +48,7 @@ def dataset_stats(data: str | Path, out: str | Path, cfg: StatsConfig | None = N
             metrics[col] = round(float(ok[col].mean()), 4)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    counts, edges = np.histogram(ok["num_frames"].astype(float), bins=cfg.hist_bins) if len(ok) else ([], [0])
+    counts, edges = np.histogram(ok["num_frames"].astype(float), bins=cfg.hist_bins) if len(ok) else (np.zeros(0, int), np.zeros(1))
     pd.DataFrame({"num_frames": [f"{edges[i]:.0f}-{edges[i + 1]:.0f}" for i in range(len(counts))],
                   "videos": list(map(int, counts))}).to_csv(out / "frames_hist.csv", index=False)
     cols = [c for c in ("id", "identity", "split", "num_frames", "brightness_mean", "contrast_mean",
@@ -82,6 +82,6 @@ def contact_sheet(root: Path, videos, path: Path, cfg: StatsConfig) -> Path | No
             draw.text((2, y + label_h + 2), f"unreadable: {exc}"[:80], fill="red")
             continue
         for c, frame in enumerate(frames):
-            sheet.paste(Image.fromarray(frame).resize((t, t), Image.BILINEAR), (c * t, y + label_h))
+            sheet.paste(Image.fromarray(frame).resize((t, t), Image.Resampling.BILINEAR), (c * t, y + label_h))
     sheet.save(path)
     return path

@@ -26,9 +26,7 @@ import numpy as np
 
 from .manifest import assign_splits, write_manifest
 from .options import opt
-from .video import write_frames, write_video
-
-FORMATS = ("png", "jpg", "mp4")
+from .video import OUTPUT_FORMATS, OutputFormat, write_frames, write_video
 
 
 @dataclass
@@ -40,7 +38,7 @@ class SynthConfig:
     fps: float = opt(25.0, "frame rate recorded (and encoded, for mp4)")
     test_fraction: float = opt(0.25, "share of identities in test/")
     seed: int = opt(0, "everything is a function of this seed")
-    format: str = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files", FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files")
     workers: int = opt(1, "parallel processes (the output does not depend on it)")
 
 
@@ -212,7 +210,7 @@ def _paint_mouth(ip: dict, col: np.ndarray, dx, dy, mouth: float) -> np.ndarray:
     """Lips always; the dark interior, teeth and tongue only as far as the mouth is open."""
     hi = 0.02 + 0.15 * mouth
     col = _mix(col, ip["lips"], _ellipse(dx, dy, 0.3, hi + 0.055))
-    interior = np.broadcast_to(np.float32([0.25, 0.04, 0.06]), col.shape).astype(np.float32)
+    interior = np.broadcast_to(np.array([0.25, 0.04, 0.06], np.float32), col.shape).astype(np.float32)
     interior = _mix(interior, [0.95, 0.93, 0.86], _smoothstep(hi - 0.07, hi - 0.04, dy) * _ellipse(dx, 0 * dy, 0.24, 1))
     interior = _mix(interior, [0.78, 0.32, 0.36], _ellipse(dx, dy + hi, 0.17, 0.7 * hi + 0.01))
     opening = _ellipse(dx, dy, 0.27, hi, 0.08)
@@ -372,8 +370,8 @@ def make_synth_dataset(out: str | Path, cfg: SynthConfig, overwrite: bool = Fals
     import pandas as pd
     from tqdm import tqdm
 
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {cfg.format!r}")
     if cfg.format == "mp4" and cfg.image_size % 2:
         raise ValueError("mp4 needs an even image_size")
     out = Path(out)
