@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from iwarp.errors import InputError
@@ -60,7 +60,9 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     if path.resolve() in seen:
         raise ConfigError(f"config {path}: `base:` loops back to itself")
     node = OmegaConf.load(path)
-    base = node.pop(BASE_KEY, None) if isinstance(node, dict) or OmegaConf.is_dict(node) else None
+    if not isinstance(node, DictConfig):
+        return node  # not a mapping: the schema merge reports it
+    base = node.pop(BASE_KEY, None)
     if base is None:
         return node
     return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path.resolve())), node)

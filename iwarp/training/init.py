@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from iwarp.config import ConfigError
+from iwarp.keypoints import KeypointDetector
 
 REPORT_NAME = "init_from.json"
 
@@ -106,15 +107,17 @@ def keypoints_from_checkpoint(
 
     path = resolve_checkpoint(name_or_path)
     ckpt = load_checkpoint(path, map_location)
+    detector = model.get_submodule("keypoint_detector")
+    assert isinstance(detector, KeypointDetector)
     theirs = (ckpt.get("model_config") or {}).get("keypoints", {})
-    ours = asdict(model.config.keypoints)
+    ours = asdict(detector.cfg)
     differ = [f"{f} {theirs.get(f)!r} vs {ours[f]!r}" for f in _DETECTOR_FIELDS if f in theirs and theirs[f] != ours[f]]
     if differ:
         raise ConfigError(f"keypoints_from {path}: its detector differs from this config's: {'; '.join(differ)}")
     state = {n[len(DETECTOR) :]: t for n, t in ckpt.get("model", {}).items() if n.startswith(DETECTOR)}
     if not state:
         raise CheckpointError(f"keypoints_from {path} holds no keypoint detector")
-    report = load_matching(model.keypoint_detector, state, str(path))
+    report = load_matching(detector, state, str(path))
     if report.new:
         raise ConfigError(f"keypoints_from {path} lacks detector weights: {', '.join(report.new)}")
     return {"checkpoint": str(path), "model_kind": ckpt.get("model_kind"), "frozen": frozen, **asdict(report)}
