@@ -339,7 +339,7 @@ def encode_png(frame: np.ndarray) -> str:
 
 # H.264 settings: a copy of iwarp/data/video.py's (this file ships alone in the .mar), under
 # which the same frames give the same bytes (one thread everywhere, no x264 macroblock-tree pass,
-# bitexact); see the comment there for why. tests/test_serve_handler.py ties the two copies.
+# bitexact); see the comment there for why. tests/integration/test_serve_handler.py ties the two copies.
 H264_PRESET = "veryfast"
 X264_PARAMS = "threads=1:sliced-threads=0:lookahead-threads=1:no-mbtree=1"
 BITEXACT_CONTAINER = {"fflags": "+bitexact"}

@@ -10,7 +10,7 @@ as the local TorchServe canary.
    quality, and decide.
 3. Promote (`--promote --report`) or roll back (`--rollback`); MLflow aliases follow.
 
-Needs a cluster: its test (tests/test_pipeline_kserve.py) runs it against a stand-in kubectl,
+Needs a cluster: its test (tests/e2e/test_pipeline_kserve.py) runs it against a stand-in kubectl,
 a moto S3 server and two stand-in predictor revisions, never a live KServe.
 """
 
