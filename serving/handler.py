@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
 OUTPUTS = ("png", "mp4", "npy")
+# A copy of serving.config.HandlerSettings (this file ships alone in the .mar);
+# tests/unit/test_config_sources.py ties the two and serving/serve.yaml.
 DEFAULTS = {
     "max_sources": 8,
     "max_driving_frames": 256,
