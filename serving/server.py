@@ -139,15 +139,17 @@ def _is_torchserve(pid: int, workdir: str | Path) -> bool:
         return False
 
 
-def _torchserve_exe() -> str:
-    exe = Path(sys.executable).with_name("torchserve")
+def find_executable(name: str, error: type[Exception], hint: str) -> str:
+    """The console script `name` of this interpreter's environment (the venv's bin, even when it
+    is not on PATH), else the first on PATH; `error(hint)` when there is none."""
+    exe = Path(sys.executable).with_name(name)
     if exe.exists():
         return str(exe)
     import shutil
 
-    found = shutil.which("torchserve")
+    found = shutil.which(name)
     if not found:
-        raise ServerError("torchserve not found; install torchserve==0.12.0 (and Java 17)")
+        raise error(f"{name} not found; {hint}")
     return found
 
 
@@ -260,7 +262,8 @@ def start_server(
         "LOG_LOCATION": str(workdir / "logs"),
         "METRICS_LOCATION": str(workdir / "logs"),
     }
-    cmd = [_torchserve_exe(), "--start", "--ncs", "--model-store", str(model_store), "--ts-config", str(conf)]
+    torchserve = find_executable("torchserve", ServerError, "install torchserve==0.12.0 (and Java 17)")
+    cmd = [torchserve, "--start", "--ncs", "--model-store", str(model_store), "--ts-config", str(conf)]
     out_path = workdir / "torchserve.out"
     out_offset = out_path.stat().st_size if out_path.is_file() else 0
     with open(out_path, "ab") as out:
