@@ -54,9 +54,7 @@ def frame_files(folder: Path) -> list[Path]:
 
 
 def is_frame_folder(path: Path) -> bool:
-    return path.is_dir() and any(
-        p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file()
-    )
+    return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file())
 
 
 def is_video_entry(path: Path) -> bool:
@@ -220,8 +218,13 @@ def add_h264_stream(container, width: int, height: int, fps: float, crf: int = 1
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.codec_context.thread_count = 1  # PyAV's default is 0 (= one per core)
     stream.codec_context.thread_type = "NONE"
-    stream.options = {"crf": str(crf), "preset": H264_PRESET, "threads": "1", "x264-params": X264_PARAMS,
-                      "flags": "+bitexact"}
+    stream.options = {
+        "crf": str(crf),
+        "preset": H264_PRESET,
+        "threads": "1",
+        "x264-params": X264_PARAMS,
+        "flags": "+bitexact",
+    }
     return stream
 
 
@@ -251,8 +254,9 @@ class VideoWriter:
             if width % 2 or height % 2:
                 raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.tmp), "w", format=_container_format(self.path),
-                                      options=BITEXACT_CONTAINER)
+            self._container = av.open(
+                str(self.tmp), "w", format=_container_format(self.path), options=BITEXACT_CONTAINER
+            )
             self._stream = add_h264_stream(self._container, width, height, self.fps, self.crf)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
         for packet in self._stream.encode(vf):
@@ -285,8 +289,9 @@ class VideoWriter:
             self.abort()
 
 
-def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS,
-                crf: int = 18) -> Path:
+def write_video(
+    path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS, crf: int = 18
+) -> Path:
     """Encode RGB uint8 frames (T, H, W, 3) as H.264 mp4 (reproducible bytes, see `VideoWriter`).
     Sizes must be even."""
     if len(frames) == 0:
@@ -301,8 +306,9 @@ def _container_format(path: Path) -> str | None:
     return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}.get(path.suffix.lower())
 
 
-def write_frames(folder: str | Path, frames: np.ndarray | Sequence[np.ndarray], ext: str = ".png",
-                 start: int = 0) -> Path:
+def write_frames(
+    folder: str | Path, frames: np.ndarray | Sequence[np.ndarray], ext: str = ".png", start: int = 0
+) -> Path:
     """Write frames as `000000.png`, `000001.png`, ... (FOMM's frame-folder layout)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.data import REPO, dvc, tree_digest
 
 STAGES = ("synth", "prepare", "validate", "stats")  # the synthetic path; the faces stage runs in test_pipeline_e2e

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from tests.helpers.data import moving_clip
 from PIL import Image
 
 from iwarp.data.cli import main as data_main
 from iwarp.data.manifest import identity_leaks, read_manifest
 from iwarp.data.prepare import PrepareConfig, prepare_dataset
 from iwarp.data.video import probe, read_video, write_frames, write_video
+from tests.helpers.data import moving_clip
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers.data import REPO, dvc, tree_digest
 
 from components.steps.data import dvc as step_dvc
 from iwarp.data import s3
 from iwarp.data.cli import main as data_main
 from serving.server import free_port
+from tests.helpers.data import REPO, dvc, tree_digest
 
 BUCKET = "iwarp-test"
 

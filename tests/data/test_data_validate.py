@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from tests.helpers.data import moving_clip
 from PIL import Image
 
 from iwarp.data.cli import main as data_main
@@ -18,6 +17,7 @@ from iwarp.data.manifest import read_manifest, write_manifest
 from iwarp.data.prepare import PrepareConfig, prepare_dataset
 from iwarp.data.validate import ValidationConfig, validate_dataset
 from iwarp.data.video import write_video
+from tests.helpers.data import moving_clip
 
 SIZE = 32
 
