@@ -86,6 +86,10 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(prev, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder features, before the 1x1 head (for extra heads on the same trunk)."""
         skips = []
         for i, block in enumerate(self.down):
             if i > 0:
@@ -97,7 +101,7 @@ class UNet(nn.Module):
             level -= 1
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = block(torch.cat([x, skips[level]], dim=1))
-        return self.head(x)
+        return x
 
 
 class FeatureEncoder(nn.Module):

@@ -34,9 +34,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         merged = OmegaConf.structured(_schema(cls))
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml(path))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -45,6 +43,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         return _build(cls, OmegaConf.to_container(merged))
     except OmegaConfBaseException as exc:  # unknown key, wrong type, ...
         raise ConfigError(f"invalid config ({path or 'defaults'}): {exc}") from exc
+
+
+BASE_KEY = "base"  # `base: other.yaml` (relative to the file): start from that file's values
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """A config file merged over its `base:` chain, so a variant (e.g. the keypoint-pretraining
+    config) states only what differs from the recipe it shares."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path}: `base:` loops back to itself")
+    node = OmegaConf.load(path)
+    base = node.pop(BASE_KEY, None) if isinstance(node, dict) or OmegaConf.is_dict(node) else None
+    if base is None:
+        return node
+    return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path.resolve())), node)
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:

@@ -1,19 +1,23 @@
-"""The explicit-flow baseline (our own FOMM-style code, for comparison).
+"""The explicit-flow baseline: FOMM (Siarohin et al. 2019), our own code, for comparison.
 
-Per source: keypoints -> sparse motions (one translation per keypoint plus identity) ->
+Per source: keypoints -> sparse motions (one per keypoint plus identity) ->
 a dense-motion hourglass mixes them into one flow field and predicts an occlusion mask ->
 `grid_sample` warps the source features -> features * occlusion. With k sources it warps each
 and AVERAGES the warped features, exactly as the paper's multi-source baselines did; the
 decoder is the same family as implicit warping's.
 
-Zeroth-order motion only (keypoint translations, no local Jacobians): the keypoints carry a
-strength instead, as in the implicit model, so both models share the detector.
+First-order motion (`motion="first_order"`, the default, FOMM's defining idea): each keypoint
+carries a 2x2 Jacobian J and its sparse motion is the local affine map
+`T(z) = p_src + J_src J_drv^-1 (z - p_drv)` (driving pixel z -> source position).
+`motion="zeroth_order"` keeps translations only (`T(z) = p_src + z - p_drv`). The keypoints
+also carry a strength, as in the implicit model, so both models share one detector design
+(and implicit warping can start from this detector: `model.implicit.keypoints_from`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +33,7 @@ from iwarp.outputs import ModelOutput
 class ExplicitFlowConfig:
     image_size: int = 256
     keypoints: KeypointConfig = field(default_factory=KeypointConfig)
+    motion: Literal["first_order", "zeroth_order"] = "first_order"  # Jacobians per keypoint, or translations
     motion_stride: int = 4  # dense motion, occlusion and warping at image_size / motion_stride
     motion_channels: list[int] = field(default_factory=lambda: [64, 128, 256, 256])
     # source encoder: one entry per level, strides 1, 2, ... motion_stride
@@ -55,12 +60,25 @@ class ExplicitFlowConfig:
 
 class FlowSourceCache(NamedTuple):
     """features (B, k, C, h, w) at motion resolution; images (B, k, 3, h, w) downscaled sources
-    (dense-motion input); source_xy (B, k, N, 2); source_strength (B, k, N)."""
+    (dense-motion input); source_xy (B, k, N, 2); source_strength (B, k, N); source_jacobian
+    (B, k, N, 2, 2) (identities for a zeroth-order model, so the cache has one layout)."""
 
     features: torch.Tensor
     images: torch.Tensor
     source_xy: torch.Tensor
     source_strength: torch.Tensor
+    source_jacobian: torch.Tensor
+
+
+def sparse_motions(src: Keypoints, drv: Keypoints, grid: torch.Tensor) -> torch.Tensor:
+    """Where each driving pixel comes from in the source under keypoint n's motion:
+    (B, N, h, w, 2) from keypoints (B, N, ...) and the (h, w, 2) driving grid. First order when
+    both carry Jacobians (`p_src + J_src J_drv^-1 (z - p_drv)`), translations otherwise."""
+    offset = grid - drv.xy[:, :, None, None, :]  # z - p_drv, (B, N, h, w, 2)
+    if src.jacobian is not None and drv.jacobian is not None:
+        jac = src.jacobian @ torch.linalg.inv(drv.jacobian.float()).to(drv.jacobian.dtype)  # (B, N, 2, 2)
+        offset = torch.einsum("bnij,bnhwj->bnhwi", jac, offset)
+    return src.xy[:, :, None, None, :] + offset
 
 
 class DenseMotion(nn.Module):
@@ -79,9 +97,7 @@ class DenseMotion(nn.Module):
         heat = gaussian_heatmaps(drv, h, self.sigma) - gaussian_heatmaps(src, h, self.sigma)  # (B, N, h, w)
         heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1)
         grid = coordinate_grid(h, w, source_img.device, source_img.dtype)  # (h, w, 2)
-        # keypoint n moves rigidly: driving position p came from p - drv_n + src_n
-        shifts = (src.xy - drv.xy)[:, :, None, None, :]  # (B, N, 1, 1, 2)
-        sparse = torch.cat([grid.expand(b, 1, h, w, 2), grid + shifts], dim=1)  # (B, N+1, h, w, 2)
+        sparse = torch.cat([grid.expand(b, 1, h, w, 2), sparse_motions(src, drv, grid)], dim=1)  # (B, N+1, h, w, 2)
         deformed = F.grid_sample(
             source_img.repeat_interleave(n + 1, dim=0),
             sparse.reshape(b * (n + 1), h, w, 2),
@@ -119,7 +135,7 @@ class ExplicitFlowBaseline(nn.Module):
         if len(cfg.decoder_channels) != levels + 1:
             raise ValueError(f"decoder_channels needs {levels + 1} entries for motion_stride {cfg.motion_stride}")
         self.motion_size = cfg.image_size // cfg.motion_stride
-        self.keypoint_detector = KeypointDetector(cfg.keypoints)
+        self.keypoint_detector = KeypointDetector(cfg.keypoints, jacobian=cfg.motion == "first_order")
         self.dense_motion = DenseMotion(cfg.keypoints.num_keypoints, cfg.motion_channels, cfg.keypoints.heatmap_sigma)
         self.encoder = FeatureEncoder(3, cfg.encoder_channels, cfg.encoder_res_blocks)
         c = cfg.encoder_channels[-1]
@@ -137,23 +153,25 @@ class ExplicitFlowBaseline(nn.Module):
         kp = self.keypoint_detector(flat)
         feats = self.encoder(flat)
         small = F.avg_pool2d(flat, self.config.motion_stride)
+        jacobian = kp.jacobian if kp.jacobian is not None else torch.eye(2).to(kp.xy).expand(*kp.xy.shape[:2], 2, 2)
         return FlowSourceCache(
             feats.unflatten(0, (b, k)),  # unflatten, not reshape(b*k): torch.export keeps k=1 valid
             small.unflatten(0, (b, k)),
             kp.xy.unflatten(0, (b, k)),
             kp.strength.unflatten(0, (b, k)),
+            jacobian.unflatten(0, (b, k)),
         )
+
+    def _source_keypoints(self, cache: FlowSourceCache) -> Keypoints:
+        first = self.config.motion == "first_order"
+        return Keypoints(cache.source_xy, cache.source_strength, cache.source_jacobian if first else None)
 
     def _warp(self, cache: FlowSourceCache, drv: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
         """Warped features (B, k, C, h, w) already multiplied by occlusion, and occlusion (B, k, 1, h, w)."""
         b, k = cache.features.shape[:2]
-        n = cache.source_xy.shape[2]
         # every source is paired with the same driving keypoints
-        drv_flat = Keypoints(
-            drv.xy[:, None].expand(b, k, n, 2).flatten(0, 1),
-            drv.strength[:, None].expand(b, k, n).flatten(0, 1),
-        )
-        src_flat = Keypoints(cache.source_xy.flatten(0, 1), cache.source_strength.flatten(0, 1))
+        drv_flat = drv.map(lambda t: t[:, None].expand(b, k, *t.shape[1:]).flatten(0, 1))
+        src_flat = self._source_keypoints(cache).map(lambda t: t.flatten(0, 1))
         flow, occ = self.dense_motion(cache.images.flatten(0, 1), src_flat, drv_flat)
         feats = cache.features.flatten(0, 1)
         warped = F.grid_sample(feats, flow, align_corners=False) * occ
@@ -174,7 +192,7 @@ class ExplicitFlowBaseline(nn.Module):
         return ModelOutput(
             prediction=self.decoder(feat),
             driving_keypoints=driving_keypoints,
-            source_keypoints=Keypoints(cache.source_xy, cache.source_strength),
+            source_keypoints=self._source_keypoints(cache),
             occlusion=occ,
         )
 

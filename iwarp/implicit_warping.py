@@ -60,6 +60,11 @@ class ImplicitWarpingConfig:
     residual_hidden: int = 256
     pixel_output: bool = True  # blend the sources, sampled where attention points, into the output
     spatial_reduction: int = 1  # >1 average-pools source keys/values by this factor (cheaper, coarser)
+    # Pretrained keypoints, as the paper started from AA-PCA's: a checkpoint (path or shipped name,
+    # e.g. the FOMM baseline iwarp-faces-64-fomm) whose detector `iwarp train` loads at step 0.
+    # The model itself never reads the file (a trained checkpoint already holds the weights).
+    keypoints_from: str | None = None
+    keypoints_frozen: bool = True  # False: fine-tune the pretrained detector with the rest
 
     @classmethod
     def tiny(cls, image_size: int = 64, **overrides) -> ImplicitWarpingConfig:

@@ -16,6 +16,7 @@ from torch import nn
 
 from iwarp.blocks import downscale
 from iwarp.discriminator import MultiScalePatchDiscriminator, ScaleOutput
+from iwarp.keypoints import Keypoints
 from iwarp.outputs import ModelOutput
 from iwarp.pretrained import VGGFeatures, imagenet_normalize, vgg16_features, vgg19_features
 from iwarp.transforms import RandomTPS
@@ -34,6 +35,7 @@ class LossConfig:
     gan_mode: str = "hinge"  # "hinge" | "ls"
     feature_matching: float = 10.0
     equivariance: float = 10.0
+    equivariance_jacobian: float = 10.0  # FOMM's Jacobian term; only models whose keypoints carry Jacobians
     equivariance_sigma_affine: float = 0.05
     equivariance_sigma_tps: float = 0.005
     equivariance_tps_points: int = 5
@@ -92,10 +94,12 @@ def feature_matching_loss(fake: list[ScaleOutput], real: list[ScaleOutput]) -> t
 
 
 def equivariance_loss(
-    model: nn.Module, driving: torch.Tensor, keypoints_xy: torch.Tensor, cfg: LossConfig
-) -> torch.Tensor:
+    model: nn.Module, driving: torch.Tensor, keypoints: Keypoints, cfg: LossConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Keypoints of a randomly deformed driving frame, mapped back through the deformation,
-    must land on the driving frame's keypoints."""
+    must land on the driving frame's keypoints. With Jacobians (FOMM), the deformation's own
+    Jacobian times the deformed frame's must also equal the driving frame's: the term is
+    |I - J_drv^-1 (dT/dp J_t)|. Returns (position term, Jacobian term or None)."""
     tps = RandomTPS(
         driving.shape[0],
         cfg.equivariance_sigma_affine,
@@ -105,7 +109,16 @@ def equivariance_loss(
     )
     transformed = tps.transform_frame(driving)
     kp_t = model.detect_keypoints(transformed)
-    return (keypoints_xy - tps.warp_coordinates(kp_t.xy)).abs().mean()
+    position = (keypoints.xy - tps.warp_coordinates(kp_t.xy)).abs().mean()
+    if keypoints.jacobian is None or kp_t.jacobian is None:
+        return position, None
+    mapped = tps.jacobian(kp_t.xy).float() @ kp_t.jacobian.float()
+    residual = torch.linalg.inv(keypoints.jacobian.float()) @ mapped
+    return position, (torch.eye(2, device=residual.device) - residual).abs().mean()
+
+
+def _trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
 
 
 class Losses(nn.Module):
@@ -165,8 +178,11 @@ class Losses(nn.Module):
                 with torch.no_grad():
                     real = disc(driving)
                 terms["feature_matching"] = cfg.feature_matching * feature_matching_loss(fake, real)
-        if cfg.equivariance > 0:
-            terms["equivariance"] = cfg.equivariance * equivariance_loss(model, driving, out.driving_keypoints.xy, cfg)
+        if cfg.equivariance > 0 and _trainable(model.keypoint_detector):  # a frozen detector learns nothing
+            position, jacobian = equivariance_loss(model, driving, out.driving_keypoints, cfg)
+            terms["equivariance"] = cfg.equivariance * position
+            if jacobian is not None and cfg.equivariance_jacobian > 0:
+                terms["equivariance_jacobian"] = cfg.equivariance_jacobian * jacobian
         terms = {k: v.float() for k, v in terms.items()}  # logged and summed in fp32 even under bf16 autocast
         terms["total"] = sum(terms.values()) if terms else pred.new_zeros((), dtype=torch.float32)
         return terms

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from iwarp.keypoints import coordinate_grid
 
+_EPS = 1e-6  # keeps log(r) finite at a control point
+
 
 class RandomTPS:
     """A batch of random transforms: affine (identity + N(0, sigma_affine)) followed by a
@@ -42,9 +44,22 @@ class RandomTPS:
         theta = self.theta.to(flat.dtype)
         out = flat @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]
         dist = (flat[:, :, None, :] - self.control_points.to(flat.dtype)[None, None]).norm(dim=-1)  # (B, M, P)
-        radial = dist.square() * torch.log(dist + 1e-6)  # TPS kernel U(r) = r^2 log r
+        radial = dist.square() * torch.log(dist + _EPS)  # TPS kernel U(r) = r^2 log r
         out = out + (radial * self.control_params.to(flat.dtype)).sum(-1, keepdim=True)
         return out.reshape(coords.shape)
+
+    def jacobian(self, coords: torch.Tensor) -> torch.Tensor:
+        """dT/dp at coords (B, ..., 2) -> (B, ..., 2, 2), analytic (FOMM takes it by autograd).
+        The TPS term adds the same scalar to x and y, so its gradient g fills both rows:
+        dU/dp = (2 log(r + eps) + r / (r + eps)) (p - c) for U = r^2 log(r + eps)."""
+        b = coords.shape[0]
+        flat = coords.reshape(b, -1, 2)
+        diff = flat[:, :, None, :] - self.control_points.to(flat.dtype)[None, None]  # (B, M, P, 2)
+        dist = diff.norm(dim=-1, keepdim=True)
+        grad_u = (2 * torch.log(dist + _EPS) + dist / (dist + _EPS)) * diff
+        g = (grad_u * self.control_params.to(flat.dtype)[..., None]).sum(2)  # (B, M, 2)
+        jac = self.theta[:, None, :, :2].to(flat.dtype) + g[:, :, None, :]  # rows: dT_x/dp, dT_y/dp
+        return jac.reshape(*coords.shape, 2)
 
     def transform_frame(self, frame: torch.Tensor) -> torch.Tensor:
         """frame (B, C, H, W) -> transformed frame, reflection-padded at the borders."""

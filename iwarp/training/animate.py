@@ -7,7 +7,9 @@ written to a temporary name and renamed when complete.
 Relative motion (`relative=True`, FOMM's "relative" mode): instead of copying the driving
 face's absolute keypoints (which transfers its shape and position too), the keypoints of the
 FIRST source image are moved by how far the driving keypoints moved since the first driving
-frame: kp = kp_source1 + (kp_driving_t - kp_driving_0), with the driving frame's strengths.
+frame: kp = kp_source1 + (kp_driving_t - kp_driving_0), with the driving frame's strengths
+(`iwarp.keypoints.relative_keypoints`; first-order models also compose the Jacobians, and
+`adapt_movement_scale` scales the motion by the faces' size ratio, as FOMM does).
 Give the source whose pose best matches the first driving frame first.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from iwarp.errors import InputError
+from iwarp.keypoints import relative_keypoints
 
 DEFAULT_FPS = 25.0
 
@@ -102,12 +105,6 @@ def expand_cache(cache, n: int):
     return type(cache)(*(t.expand(n, *t.shape[1:]) if torch.is_tensor(t) else t for t in cache))
 
 
-def relative_keypoints(kp_source, kp_driving, kp_driving_first):
-    """FOMM relative motion: source keypoints moved by the driving displacement since frame 0."""
-    xy = kp_source.xy + (kp_driving.xy - kp_driving_first.xy)
-    return type(kp_driving)(xy, kp_driving.strength)
-
-
 @torch.no_grad()
 def animate_frames(
     model: torch.nn.Module,
@@ -115,6 +112,7 @@ def animate_frames(
     frames: Iterator[torch.Tensor],
     relative: bool = False,
     batch_size: int = 8,
+    adapt_movement_scale: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (driving, prediction) pairs, (3, H, W) each; `sources` is (k, 3, H, W)."""
     device = next(model.parameters()).device
@@ -132,8 +130,9 @@ def animate_frames(
         if relative:
             kp = model.detect_keypoints(driving)
             if kp_first is None:
-                kp_first = type(kp)(kp.xy[:1], kp.strength[:1])
-            out = model.animate(batch_cache, driving_keypoints=relative_keypoints(kp_source, kp, kp_first))
+                kp_first = kp.map(lambda t: t[:1])
+            moved = relative_keypoints(kp_source, kp, kp_first, adapt_movement_scale)
+            out = model.animate(batch_cache, driving_keypoints=moved)
         else:
             out = model.animate(batch_cache, driving)
         return zip(driving.cpu(), out["prediction"].float().clamp(0, 1).cpu())
@@ -157,6 +156,7 @@ def animate_file(
     driving_path: str | Path,
     out_path: str | Path,
     relative: bool = False,
+    adapt_movement_scale: bool = False,
     fps: float | None = None,
     max_frames: int | None = None,
     side_by_side: bool = False,
@@ -181,7 +181,9 @@ def animate_file(
     frames = driving_frames(driving_path, size, max_frames)
     writer = None
     try:
-        pairs = animate_frames(model, sources, frames, relative=relative, batch_size=batch_size)
+        pairs = animate_frames(
+            model, sources, frames, relative=relative, batch_size=batch_size, adapt_movement_scale=adapt_movement_scale
+        )
         for driving, pred in tqdm(pairs, desc="animate", unit="frame", disable=not progress, file=sys.stderr):
             picture = torch.cat([driving, pred], dim=-1) if side_by_side else pred
             if writer is None:
@@ -203,6 +205,7 @@ def animate_cli(args) -> int:
         args.driving,
         args.out,
         relative=args.relative,
+        adapt_movement_scale=args.adapt_movement_scale,
         fps=args.fps,
         max_frames=args.max_frames,
         side_by_side=args.side_by_side,

@@ -106,6 +106,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="FOMM relative motion: move the first source's keypoints by the driving keypoints' "
         "displacement from the first driving frame (keeps the source's identity and pose)",
     )
+    p.add_argument(
+        "--adapt-scale",
+        dest="adapt_movement_scale",
+        action="store_true",
+        help="with --relative: scale the motion by the source/driving face-size ratio (FOMM's adapt_movement_scale)",
+    )
     p.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
     p.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     p.add_argument("--side-by-side", action="store_true", help="write driving | prediction side by side")

@@ -91,6 +91,40 @@ def init_from_checkpoint(
     }
 
 
+# KeypointConfig fields that change what a detector's weights mean (heatmap_sigma only changes
+# how a model renders the keypoints, so it may differ).
+_DETECTOR_FIELDS = ("num_keypoints", "downsample", "channels", "temperature")
+DETECTOR = "keypoint_detector."
+
+
+def keypoints_from_checkpoint(
+    name_or_path: str | Path, model: torch.nn.Module, frozen: bool, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Load another checkpoint's keypoint detector (either model kind) into `model`'s. A
+    first-order detector's Jacobian head is skipped when `model` has none. The caller freezes."""
+    from iwarp.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(name_or_path)
+    ckpt = load_checkpoint(path, map_location)
+    theirs = (ckpt.get("model_config") or {}).get("keypoints", {})
+    ours = asdict(model.config.keypoints)
+    differ = [f"{f} {theirs.get(f)!r} vs {ours[f]!r}" for f in _DETECTOR_FIELDS if f in theirs and theirs[f] != ours[f]]
+    if differ:
+        raise ConfigError(f"keypoints_from {path}: its detector differs from this config's: {'; '.join(differ)}")
+    state = {n[len(DETECTOR) :]: t for n, t in ckpt.get("model", {}).items() if n.startswith(DETECTOR)}
+    if not state:
+        raise CheckpointError(f"keypoints_from {path} holds no keypoint detector")
+    report = load_matching(model.keypoint_detector, state, str(path))
+    if report.new:
+        raise ConfigError(f"keypoints_from {path} lacks detector weights: {', '.join(report.new)}")
+    return {"checkpoint": str(path), "model_kind": ckpt.get("model_kind"), "frozen": frozen, **asdict(report)}
+
+
+def freeze(module: torch.nn.Module) -> None:
+    """No gradients, so the optimizer never updates it (Adam skips parameters without grads)."""
+    module.requires_grad_(False)
+
+
 def _init_discriminator(disc: torch.nn.Module | None, state: dict | None, path: Path) -> dict[str, Any]:
     """A discriminator is disposable: load it only when its shapes fit, else start it fresh."""
     if disc is None:

@@ -169,6 +169,7 @@ class Trainer:
         self.start_step = 0
         self.tracking_run_id: str | None = None
         self.init_report: dict[str, Any] | None = None
+        self.keypoints_report: dict[str, Any] | None = None
         resumed = self.resume and self._load_resume_state()
         if not self.resume:
             existing = sorted(self.ckpt_dir.glob(CHECKPOINT_PATTERN))
@@ -183,6 +184,7 @@ class Trainer:
                 tqdm.write(f"init_from {cfg.init_from} ignored: resuming this run's own checkpoint")
         elif cfg.init_from:
             self._init_from(cfg.init_from)
+        self._pretrained_keypoints(load=not resumed)
 
         self.ddp_model: torch.nn.Module = self.model
         self.ddp_disc: torch.nn.Module | None = self.disc
@@ -199,6 +201,24 @@ class Trainer:
         )
         if self.ctx.is_main:
             tqdm.write(init.describe(self.init_report))
+
+    def _pretrained_keypoints(self, load: bool) -> None:
+        """`model.implicit.keypoints_from`: the detector from a pretraining run (after init_from,
+        so it wins), frozen unless `keypoints_frozen: false`. A resumed run has its own copy in
+        its checkpoint, but stays frozen."""
+        source = getattr(self.model.config, "keypoints_from", None)
+        if not source:
+            return
+        frozen = self.model.config.keypoints_frozen
+        if load:
+            self.keypoints_report = init.keypoints_from_checkpoint(
+                source, self.model, frozen, map_location=self.ctx.device
+            )
+            if self.ctx.is_main:
+                state = "frozen" if frozen else "fine-tuned"
+                tqdm.write(f"keypoints from {self.keypoints_report['checkpoint']} ({state})")
+        if frozen:
+            init.freeze(self.model.keypoint_detector)
 
     def _load_resume_state(self) -> bool:
         """True when a checkpoint was loaded; False when there is none yet (fresh start)."""
@@ -466,6 +486,9 @@ class Trainer:
             params.update({"world_size": ctx.world_size, "global_batch_size": cfg.data.batch_size * ctx.world_size})
             if self.init_report is not None:
                 params.update(init.log_params(self.init_report, cfg.init_from))
+            if self.keypoints_report is not None:
+                params["keypoints_from.checkpoint"] = self.keypoints_report["checkpoint"]
+                params["keypoints_from.model_kind"] = self.keypoints_report["model_kind"]
             logger.log_params(params)
             if self.init_report is not None:
                 logger.log_artifact(init.write_report(self.init_report, self.out_dir))

@@ -224,7 +224,7 @@ def test_torch_export_with_dynamic_batch_and_sources(kind: str) -> None:
     if kind == "implicit":
         spec = SourceCache({0: B, 1: S}, {0: B, 1: S}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: S, 2: K})
     else:
-        spec = FlowSourceCache({0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K})
+        spec = FlowSourceCache({0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K}, {0: B, 1: K})
     # clones, as serving/export.py does: views of the B*k batch would make export relate B*k to B
     example = type(spec)(*(t.clone() for t in m.encode_sources(rand(2, 3, 3, 64, 64))))
     anim = export(_Animate(m), (example, rand(2, 3, 64, 64)), dynamic_shapes=(spec, {0: B})).module()

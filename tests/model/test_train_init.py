@@ -127,3 +127,59 @@ def test_cli_init_from_prints_the_report_and_resume_wins(parent, data, tmp_path)
     assert "ignored: resuming" in text and "resuming from" in text and "trained 3 steps" in text
     bad = run_iwarp(*train_args(data, tmp_path / "other"), "--init-from", tmp_path / "missing.ckpt", check=False)
     assert bad.returncode == 2 and "checkpoint not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------ keypoints_from (pretrained keypoints)
+@pytest.fixture(scope="module")
+def keypoint_parent(data, tmp_path_factory) -> Path:
+    """The keypoint pretraining stage in miniature: a tiny first-order FOMM baseline."""
+    return train(tiny_config(data, tmp_path_factory.mktemp("kp"), "model.kind=baseline")).final_checkpoint
+
+
+def detector_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: t for n, t in state.items() if n.startswith("keypoint_detector.net.")}
+
+
+def test_frozen_pretrained_detector_is_unchanged_by_implicit_training(keypoint_parent, data, tmp_path):
+    parent = load_checkpoint(keypoint_parent)["model"]
+    pretrained = detector_state(parent)
+    assert pretrained and any(n.startswith("keypoint_detector.jacobian.") for n in parent)
+    trainer = Trainer(tiny_config(data, tmp_path / "kp-frozen", f"model.implicit.keypoints_from={keypoint_parent}"))
+    start = {n: t.clone() for n, t in trainer.model.state_dict().items()}
+    trainer.run()
+    trained = load_checkpoint(trainer.ckpt_dir / "final.ckpt")["model"]
+    detector = detector_state(trained)
+    assert set(detector) == set(pretrained)  # the baseline's Jacobian head stays behind
+    for name, t in pretrained.items():
+        assert torch.equal(detector[name], t), name
+    assert any(not torch.equal(trained[n], start[n]) for n in trained if n.startswith("attention."))  # the rest trained
+
+
+def test_unfrozen_pretrained_detector_is_fine_tuned(keypoint_parent, data, tmp_path):
+    pretrained = detector_state(load_checkpoint(keypoint_parent)["model"])
+    trainer = Trainer(
+        tiny_config(
+            data,
+            tmp_path / "kp-ft",
+            f"model.implicit.keypoints_from={keypoint_parent}",
+            "model.implicit.keypoints_frozen=false",
+            "loss.equivariance=10",
+        )
+    )
+    assert trainer.keypoints_report["frozen"] is False and trainer.keypoints_report["model_kind"] == "baseline"
+    assert_equal_to(trainer.model, pretrained, list(pretrained))  # loaded at step 0
+    trainer.run()
+    own = trainer.model.state_dict()
+    assert any(not torch.equal(own[n].cpu(), t.cpu()) for n, t in pretrained.items())
+
+
+def test_keypoints_from_refuses_a_detector_of_another_shape(keypoint_parent, data, tmp_path):
+    with pytest.raises(ConfigError, match="num_keypoints 5 vs 6"):
+        Trainer(
+            tiny_config(
+                data,
+                tmp_path / "kp-bad",
+                f"model.implicit.keypoints_from={keypoint_parent}",
+                "model.implicit.keypoints.num_keypoints=6",
+            )
+        )

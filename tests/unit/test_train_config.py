@@ -113,3 +113,20 @@ def test_model_kind_literal_names_every_buildable_model():
     from iwarp.training.config import ModelKind
 
     assert set(get_args(ModelKind)) == set(MODEL_KINDS)
+
+
+def test_a_config_file_starts_from_its_base():
+    """`base:` merges the named file first (relative to this one); the variant states only what differs."""
+    kp = load_train_config(REPO / "configs/keypoints-faces-64.yaml")
+    faces = load_train_config(REPO / "configs/faces-64.yaml")
+    assert kp.model.kind == "baseline" and faces.model.kind == "implicit"
+    assert kp.model.baseline.motion == "first_order"
+    assert kp.data == faces.data and kp.loss.perceptual_layer_weights == faces.loss.perceptual_layer_weights
+    assert kp.model.baseline.keypoints.channels == faces.model.implicit.keypoints.channels  # keypoints_from fits
+
+
+def test_a_base_loop_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_train_config(tmp_path / "a.yaml")
