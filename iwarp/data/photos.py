@@ -20,7 +20,7 @@ from PIL import Image
 
 from .manifest import assign_splits, write_manifest
 from .options import opt
-from .synth import FORMATS, _prepare_out, _trajectory, write_entry
+from .synth import FORMATS, _prepare_out, _trajectory, clip_row
 
 # photo -> (centre x, centre y, half side) of the square around the face, in source pixels
 PHOTOS = {
@@ -146,24 +146,7 @@ def make_photo_dataset(out: str | Path, cfg: PhotoConfig, overwrite: bool = Fals
             seed=cfg.seed * 1000 + i * 100 + v,
             motion=cfg.motion,
         )
-        vid, split = f"{name}_v{v:02d}", splits[name]
-        rel = write_entry(out / split, vid, frames, cfg.format, cfg.fps).relative_to(out)
-        rows.append(
-            {
-                "id": vid,
-                "identity": name,
-                "split": split,
-                "status": "ok",
-                "path": str(rel),
-                "source": f"skimage.data.{name}:seed={cfg.seed}:video={v}",
-                "format": cfg.format,
-                "num_frames": cfg.num_frames,
-                "width": cfg.image_size,
-                "height": cfg.image_size,
-                "fps": cfg.fps,
-                "duration_s": cfg.num_frames / cfg.fps,
-            }
-        )
+        rows.append(clip_row(out, splits[name], name, v, frames, cfg, f"skimage.data.{name}:seed={cfg.seed}:video={v}"))
     df = pd.DataFrame(rows)
     write_manifest(df, out / "manifest.csv")
     return df

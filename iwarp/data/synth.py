@@ -21,6 +21,7 @@ import functools
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -425,15 +426,21 @@ def make_synth_dataset(out: str | Path, cfg: SynthConfig, overwrite: bool = Fals
 
 def _synth_clip(out: Path, cfg: SynthConfig, name: str, split: str, i: int, v: int) -> dict:
     frames = render_video(cfg.seed, i, v, cfg.num_frames, cfg.image_size)
-    vid = f"{name}_v{v:02d}"
+    return clip_row(out, split, name, v, frames, cfg, f"synth:seed={cfg.seed}:identity={i}:video={v}")
+
+
+def clip_row(out: Path, split: str, identity: str, v: int, frames: np.ndarray, cfg: Any, source: str) -> dict:
+    """Write clip `v` of `identity` under `out/split` and return its manifest row. `cfg`: a
+    generator's config (format, fps, num_frames, image_size: SynthConfig, PhotoConfig)."""
+    vid = f"{identity}_v{v:02d}"
     rel = write_entry(out / split, vid, frames, cfg.format, cfg.fps).relative_to(out)
     return {
         "id": vid,
-        "identity": name,
+        "identity": identity,
         "split": split,
         "status": "ok",
         "path": str(rel),
-        "source": f"synth:seed={cfg.seed}:identity={i}:video={v}",
+        "source": source,
         "format": cfg.format,
         "num_frames": cfg.num_frames,
         "width": cfg.image_size,
