@@ -98,7 +98,7 @@ def package_model(
     import torch
 
     from serving.export import export_generator
-    from serving.server import find_executable
+    from serving.tools import find_executable
 
     cfg = config or load_serve_config()
     out = Path(out)

@@ -21,7 +21,6 @@ import signal
 import socket
 import string
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from iwarp.errors import IwarpError, ServiceUnavailable
 from serving.config import ServeConfig, ServerSettings, load_serve_config
+from serving.tools import find_executable
 
 TEMPLATE = Path(__file__).with_name("config.properties")
 STATE_FILE = "serving-state.json"
@@ -137,20 +137,6 @@ def _is_torchserve(pid: int, workdir: str | Path) -> bool:
         return _TS_MAIN in " ".join(proc.cmdline()) and Path(proc.cwd()).resolve() == Path(workdir).resolve()
     except (psutil.Error, OSError):
         return False
-
-
-def find_executable(name: str, error: type[Exception], hint: str) -> str:
-    """The console script `name` of this interpreter's environment (the venv's bin, even when it
-    is not on PATH), else the first on PATH; `error(hint)` when there is none."""
-    exe = Path(sys.executable).with_name(name)
-    if exe.exists():
-        return str(exe)
-    import shutil
-
-    found = shutil.which(name)
-    if not found:
-        raise error(f"{name} not found; {hint}")
-    return found
 
 
 def _private_tmp(workdir: Path, create: bool = True) -> Path:
