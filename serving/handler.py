@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
 Output = Literal["png", "mp4", "npy"]
 OUTPUTS: tuple[Output, ...] = get_args(Output)
+# A copy of serving.config.HandlerSettings (this file ships alone in the .mar);
+# tests/unit/test_config_sources.py ties the two and serving/serve.yaml.
 DEFAULTS = {
     "max_sources": 8,
     "max_driving_frames": 256,
@@ -342,7 +344,7 @@ def encode_png(frame: np.ndarray) -> str:
 
 # H.264 settings: a copy of iwarp/data/video.py's (this file ships alone in the .mar), under
 # which the same frames give the same bytes (one thread everywhere, no x264 macroblock-tree pass,
-# bitexact); see the comment there for why. tests/test_serve_handler.py ties the two copies.
+# bitexact); see the comment there for why. tests/integration/test_serve_handler.py ties the two copies.
 H264_PRESET = "veryfast"
 X264_PARAMS = "threads=1:sliced-threads=0:lookahead-threads=1:no-mbtree=1"
 BITEXACT_CONTAINER = {"fflags": "+bitexact"}
