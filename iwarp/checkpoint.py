@@ -14,19 +14,14 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from iwarp.errors import InputError
 
 if TYPE_CHECKING:  # the model modules load lazily (serving imports this module)
-    from iwarp.explicit_flow import ExplicitFlowBaseline
-    from iwarp.implicit_warping import ImplicitWarping
-
-    # What load_model returns: a registered generator (iwarp.models.MODEL_KINDS), so type checkers
-    # know its config / encode_sources / animate, which a plain nn.Module lacks.
-    GeneratorModel: TypeAlias = ImplicitWarping | ExplicitFlowBaseline
+    from iwarp.models import GeneratorModel
 
 MAGIC = b"IWARPCK1"
 _HEADER = struct.Struct("<8sQ32s")
@@ -182,4 +177,4 @@ def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> Gene
         raise CheckpointError(f"{source} lacks {exc}; was it written by `iwarp train`?") from exc
     model = build_model(kind, cfg)
     model.load_state_dict(state)
-    return cast("GeneratorModel", model.eval())  # build_model is typed by the registry as nn.Module
+    return model.eval()

@@ -27,7 +27,7 @@ import torch
 from iwarp.errors import InputError
 
 if TYPE_CHECKING:
-    from iwarp.checkpoint import GeneratorModel
+    from iwarp.models import GeneratorModel
 
 SourcePlacement = Literal["first", "spread"]
 SOURCE_PLACEMENTS: tuple[str, ...] = get_args(SourcePlacement)
