@@ -3,7 +3,7 @@
 All components share the image built from the repository's `Dockerfile` (iwarp, serving,
 components and pipelines installed, plus every pin of `requirements/lock.txt`). Each
 component still lists the packages it imports itself, pinned exactly as in the lock
-(`tests/test_pipeline_compile.py` checks they agree): in the image pip only confirms
+(`tests/unit/test_pipeline_compile.py` checks they agree): in the image pip only confirms
 them, and a reader of the compiled YAML sees what each step depends on.
 """
 

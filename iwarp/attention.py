@@ -75,7 +75,7 @@ class CrossModalAttention(nn.Module):
         if self.extra_keys is None:
             return keys.contiguous(), values.contiguous()
         b = keys.shape[0]
-        extra_v = self.extra_values
+        extra_v: torch.Tensor = self.extra_values
         if self.extra_residual_values is not None:
             extra_v = torch.cat([extra_v, self.extra_residual_values], dim=-1)
         extra_v = self.pad_values(extra_v.to(values.dtype))

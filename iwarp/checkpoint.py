@@ -14,11 +14,14 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from iwarp.errors import InputError
+
+if TYPE_CHECKING:  # the model modules load lazily (serving imports this module)
+    from iwarp.models import GeneratorModel
 
 MAGIC = b"IWARPCK1"
 _HEADER = struct.Struct("<8sQ32s")
@@ -159,12 +162,12 @@ def latest_checkpoint(directory: str | Path, pattern: str = "step-*.ckpt") -> Pa
     return files[-1] if files else None
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> torch.nn.Module:
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> GeneratorModel:
     """The generator stored in a checkpoint, rebuilt from its saved config, in eval mode."""
     return model_from_payload(load_checkpoint(path, map_location), source=str(path))
 
 
-def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+def model_from_payload(ckpt: dict[str, Any], source: str = "checkpoint") -> GeneratorModel:
     """The generator of an already loaded (verified) checkpoint payload, in eval mode."""
     from iwarp.models import build_model  # deferred: keeps this module light for serving
 

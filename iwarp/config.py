@@ -12,16 +12,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from iwarp.errors import InputError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # every config is a dataclass
 
 
 class ConfigError(InputError, ValueError):
@@ -56,7 +60,9 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     if path.resolve() in seen:
         raise ConfigError(f"config {path}: `base:` loops back to itself")
     node = OmegaConf.load(path)
-    base = node.pop(BASE_KEY, None) if isinstance(node, dict) or OmegaConf.is_dict(node) else None
+    if not isinstance(node, DictConfig):
+        return node  # not a mapping: the schema merge reports it
+    base = node.pop(BASE_KEY, None)
     if base is None:
         return node
     return OmegaConf.merge(_load_yaml(path.parent / str(base), (*seen, path.resolve())), node)
@@ -76,14 +82,15 @@ def _plain(tp: Any) -> Any:
     origin = get_origin(tp)
     if origin is Literal:
         return type(get_args(tp)[0])
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _schema(tp)
     if origin in (Union, types.UnionType):
         args = tuple(_plain(a) for a in get_args(tp))
-        return tp if args == get_args(tp) else Union[args]  # noqa: UP007 - built from a tuple
+        # Union[...]/list[...] of run-time values: mypy reads a subscript as a static type ("type expected").
+        return tp if args == get_args(tp) else Union[args]  # type: ignore[misc]  # noqa: UP007
     if origin is list:
         (item,) = get_args(tp)
-        return tp if _plain(item) is item else list[_plain(item)]
+        return tp if _plain(item) is item else list[_plain(item)]  # type: ignore[misc]
     return tp
 
 
@@ -98,12 +105,15 @@ def _schema(cls: type) -> type:
     fields = []
     for f in dataclasses.fields(cls):
         if f.default_factory is not dataclasses.MISSING:  # e.g. a nested dataclass: its schema copy
-            factory = f.default_factory
-            default = dataclasses.field(default_factory=lambda factory=factory: _as_schema(factory()))
+            default = dataclasses.field(default_factory=_schema_factory(f.default_factory))
         else:
             default = dataclasses.field(default=f.default)
         fields.append((f.name, plain[f.name], default))
     return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+
+
+def _schema_factory(factory: Callable[[], Any]) -> Callable[[], Any]:
+    return lambda: _as_schema(factory())
 
 
 def _as_schema(value: Any) -> Any:
@@ -116,7 +126,7 @@ def _as_schema(value: Any) -> Any:
 def _build(tp: Any, value: Any, where: str = "") -> Any:
     """The value of a merged config as `tp`: dataclasses rebuilt, Literal values checked."""
     origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = get_type_hints(tp)
         return tp(
             **{

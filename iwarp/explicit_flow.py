@@ -17,7 +17,7 @@ also carry a strength, as in the implicit model, so both models share one detect
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ class ExplicitFlowConfig:
 
     @classmethod
     def tiny(cls, image_size: int = 64, **overrides) -> ExplicitFlowConfig:
-        base = dict(
+        base: dict[str, Any] = dict(
             image_size=image_size,
             keypoints=KeypointConfig(num_keypoints=5, channels=[8, 16, 16]),
             motion_stride=4,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class ImplicitWarpingConfig:
     @classmethod
     def tiny(cls, image_size: int = 64, **overrides) -> ImplicitWarpingConfig:
         """A few-channel model for tests and CPU smoke runs (image_size divisible by 32)."""
-        base = dict(
+        base: dict[str, Any] = dict(
             image_size=image_size,
             keypoints=KeypointConfig(num_keypoints=5, channels=[8, 16, 16]),
             heatmap_stride=4,
@@ -120,6 +120,12 @@ def check_images(x: torch.Tensor, name: str, ndim: int, size: int) -> None:
 
 class ImplicitWarping(nn.Module):
     kind = "implicit"
+
+    pos_enc: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    query_xy: torch.Tensor
+    key_xy: torch.Tensor
+    residual_mlp: nn.Sequential | None  # None without the residual path
+    source_sharpness: nn.Parameter | None  # None without the pixel output
 
     def __init__(self, config: ImplicitWarpingConfig | None = None) -> None:
         super().__init__()
@@ -296,6 +302,7 @@ class ImplicitWarping(nn.Module):
         )
         # weights ~ mass ** sharpness over the sources (mass on the extra tokens is no source's): a
         # learned sharpness > 1 picks one source per region instead of ghosting several
+        assert self.source_sharpness is not None, "sampled_sources needs pixel_output=True"
         weight = torch.softmax(self.source_sharpness.exp() * mass.clamp_min(1e-6).log(), dim=1)
         return (warped.reshape(b, k, 3, h, w) * weight[:, :, None]).sum(1)
 

@@ -13,6 +13,7 @@ attention learns local deformation from K and Q itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -32,9 +33,9 @@ class Keypoints(NamedTuple):
     strength: torch.Tensor
     jacobian: torch.Tensor | None = None
 
-    def map(self, fn) -> Keypoints:
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Keypoints:
         """Apply `fn` to every tensor field (e.g. slicing, flattening batch dims)."""
-        return Keypoints(*(None if t is None else fn(t) for t in self))
+        return Keypoints(fn(self.xy), fn(self.strength), None if self.jacobian is None else fn(self.jacobian))
 
 
 @dataclass
@@ -78,7 +79,7 @@ class KeypointDetector(nn.Module):
         if self.jacobian is not None:
             nn.init.zeros_(self.jacobian.weight)
             with torch.no_grad():
-                self.jacobian.bias.copy_(torch.eye(2).flatten().repeat(n))
+                self.jacobian.bias.copy_(torch.eye(2).flatten().repeat(n))  # type: ignore[union-attr]  # Conv2d has a bias
 
     def forward(self, images: torch.Tensor) -> Keypoints:
         """images (B, 3, H, W) in [0, 1] -> Keypoints(xy (B, N, 2), strength (B, N))."""

@@ -9,6 +9,7 @@ Discriminator: the matching GAN loss on real driving frames vs detached predicti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from iwarp.keypoints import Keypoints
 from iwarp.outputs import ModelOutput
 from iwarp.pretrained import VGGFeatures, imagenet_normalize, vgg16_features, vgg19_features
 from iwarp.transforms import RandomTPS
+
+if TYPE_CHECKING:
+    from iwarp.models import GeneratorModel
 
 GAN_MODES = ("hinge", "ls")
 
@@ -94,7 +98,7 @@ def feature_matching_loss(fake: list[ScaleOutput], real: list[ScaleOutput]) -> t
 
 
 def equivariance_loss(
-    model: nn.Module, driving: torch.Tensor, keypoints: Keypoints, cfg: LossConfig
+    model: GeneratorModel, driving: torch.Tensor, keypoints: Keypoints, cfg: LossConfig
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Keypoints of a randomly deformed driving frame, mapped back through the deformation,
     must land on the driving frame's keypoints. With Jacobians (FOMM), the deformation's own
@@ -115,6 +119,11 @@ def equivariance_loss(
     mapped = tps.jacobian(kp_t.xy).float() @ kp_t.jacobian.float()
     residual = torch.linalg.inv(keypoints.jacobian.float()) @ mapped
     return position, (torch.eye(2, device=residual.device) - residual).abs().mean()
+
+
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    """sum(terms) for a non-empty list, without the int 0 start (so it stays typed as a Tensor)."""
+    return sum(terms[1:], terms[0])
 
 
 def _trainable(module: nn.Module) -> bool:
@@ -157,7 +166,7 @@ class Losses(nn.Module):
         self,
         driving: torch.Tensor,
         out: ModelOutput,
-        model: nn.Module,
+        model: GeneratorModel,
         discriminator: MultiScalePatchDiscriminator | None = None,
         adversarial: bool = True,
     ) -> dict[str, torch.Tensor]:
@@ -173,7 +182,7 @@ class Losses(nn.Module):
             disc = self._need_discriminator(discriminator)
             fake = disc(pred)
             if cfg.gan > 0:
-                terms["gan"] = cfg.gan * sum(gan_generator_loss(s.logits, cfg.gan_mode) for s in fake)
+                terms["gan"] = cfg.gan * _total([gan_generator_loss(s.logits, cfg.gan_mode) for s in fake])
             if cfg.feature_matching > 0:
                 with torch.no_grad():
                     real = disc(driving)
@@ -184,22 +193,23 @@ class Losses(nn.Module):
             if jacobian is not None and cfg.equivariance_jacobian > 0:
                 terms["equivariance_jacobian"] = cfg.equivariance_jacobian * jacobian
         terms = {k: v.float() for k, v in terms.items()}  # logged and summed in fp32 even under bf16 autocast
-        terms["total"] = sum(terms.values()) if terms else pred.new_zeros((), dtype=torch.float32)
+        terms["total"] = _total(list(terms.values())) if terms else pred.new_zeros((), dtype=torch.float32)
         return terms
 
     def discriminator_losses(
         self,
         driving: torch.Tensor,
         prediction_detached: torch.Tensor,
-        discriminator: MultiScalePatchDiscriminator,
+        discriminator: nn.Module,
     ) -> dict[str, torch.Tensor]:
+        """`discriminator`: a MultiScalePatchDiscriminator, or its DDP wrapper in distributed training."""
         cfg = self.config
         if cfg.gan <= 0:
             zero = driving.new_zeros(())
             return {"total": zero}
         real = discriminator(driving)
         fake = discriminator(prediction_detached.detach())
-        loss = cfg.gan * sum(
-            gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode).float() for r, f in zip(real, fake)
+        loss = cfg.gan * _total(
+            [gan_discriminator_loss(r.logits, f.logits, cfg.gan_mode).float() for r, f in zip(real, fake)]
         )
         return {"discriminator_gan": loss, "total": loss}

@@ -42,6 +42,9 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
 class LPIPS(nn.Module):
     """Learned Perceptual Image Patch Similarity, v0.1 ("alex" or "vgg"); (B,) distances."""
 
+    shift: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    scale: torch.Tensor
+
     def __init__(self, net: str = "alex") -> None:
         super().__init__()
         if net not in ("alex", "vgg"):

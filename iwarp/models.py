@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-from torch import nn
+from typing import Any, TypeAlias
 
 from iwarp.config import from_dict
 from iwarp.explicit_flow import ExplicitFlowBaseline, ExplicitFlowConfig
 from iwarp.implicit_warping import ImplicitWarping, ImplicitWarpingConfig
 
+# A registered generator: what `build_model` makes and `iwarp.checkpoint.load_model` returns, typed
+# so checkers know its config / encode_sources / animate, which a plain nn.Module lacks.
+GeneratorModel: TypeAlias = ImplicitWarping | ExplicitFlowBaseline
+
 # kind -> (model class, config dataclass)
-MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
+MODEL_KINDS: dict[str, tuple[type[GeneratorModel], type]] = {
     "implicit": (ImplicitWarping, ImplicitWarpingConfig),
     "baseline": (ExplicitFlowBaseline, ExplicitFlowConfig),
 }
@@ -28,7 +30,7 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def build_model(kind: str, config: Any = None) -> nn.Module:
+def build_model(kind: str, config: Any = None) -> GeneratorModel:
     """`build_model("implicit", {"image_size": 64})`; None means the default config.
 
     A dict is validated against the kind's config dataclass (unknown keys or wrong types raise

@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/k8s-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
-# Lint first: a ruff finding fails the run before the long pytest starts (config: pyproject.toml).
+# Lint and type-check first: a finding fails the run before the long pytest starts (config: pyproject.toml).
 python -m ruff check .
 python -m ruff format --check .
+python -m mypy
 # Exit 5 ("no tests collected") is a failure here, as every non-zero exit is.
 exec python -m pytest -v --durations=25 "$@"

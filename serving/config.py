@@ -31,6 +31,7 @@ class ModelSettings:
 
 @dataclass
 class HandlerSettings:
+    # serving/handler.py DEFAULTS and serving/serve.yaml repeat these (tests/unit/test_config_sources.py)
     max_sources: int = 8
     max_driving_frames: int = 256
     max_image_side: int = 1024  # larger inputs are refused (413), smaller ones resized to the model size

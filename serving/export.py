@@ -2,11 +2,15 @@
 
 An export folder holds three ExportedPrograms plus a manifest:
 
-    export.json             format, image size, keypoint count, cache field names, model
-                            kind/config, version, SHA-256 of each program
+    export.json             format, image size, keypoint count and fields, cache field names,
+                            model kind/config, version, SHA-256 of each program
     encode_sources.pt2      sources (B,k,3,H,W) in [0,1]       -> cache tensors (per source set)
-    detect_keypoints.pt2    images (B,3,H,W)                   -> (xy (B,N,2), strength (B,N))
-    animate.pt2             (kp_xy, kp_strength, *cache)       -> prediction (B,3,H,W) in [0,1]
+    detect_keypoints.pt2    images (B,3,H,W)                   -> keypoint tensors, one per field
+    animate.pt2             (*keypoint tensors, *cache)        -> prediction (B,3,H,W) in [0,1]
+
+The keypoint fields (manifest `keypoint_fields`) are the model's: ["xy", "strength"] (xy
+(B,N,2), strength (B,N)) for zeroth-order detectors, plus "jacobian" (B,N,2,2) for first-order
+ones (the FOMM baseline); a manifest without the entry means ["xy", "strength"].
 
 B (batch) and k (number of sources, 1..max_sources) are dynamic; H and W are the model's
 training size. `animate(cache, detect_keypoints(driving))` is the model's
@@ -32,6 +36,8 @@ from iwarp.errors import IwarpError
 FORMAT = "iwarp-export/1"
 MANIFEST = "export.json"
 PROGRAMS = ("encode_sources", "detect_keypoints", "animate")
+KEYPOINT_FIELDS = ("xy", "strength", "jacobian")  # Keypoints' order; a model uses a prefix
+DEFAULT_KEYPOINT_FIELDS = ["xy", "strength"]  # what a manifest without `keypoint_fields` means
 
 
 class ExportError(IwarpError, RuntimeError):
@@ -69,10 +75,16 @@ def _rebuild(cache_type: type, names: list[str], tensors: tuple[torch.Tensor, ..
     return cache_type(**values)
 
 
-def _keypoint_tensors(kp: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _keypoint_tensors(kp: Any) -> tuple[torch.Tensor, ...]:
+    """(xy, strength) or (xy, strength, jacobian): every field the detector filled in."""
     if isinstance(kp, (tuple, list)) and not hasattr(kp, "xy"):
-        return kp[0], kp[1]
-    return kp.xy, kp.strength
+        values = tuple(kp[:3])
+    else:
+        values = (kp.xy, kp.strength, getattr(kp, "jacobian", None))
+    values = values[:2] if len(values) < 3 or values[2] is None else values
+    if any(not isinstance(t, torch.Tensor) for t in values):
+        raise ExportError("keypoints must be tensors (xy, strength[, jacobian])")
+    return values
 
 
 class _EncodeSources(nn.Module):
@@ -90,17 +102,23 @@ class _DetectKeypoints(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return _keypoint_tensors(self.model.detect_keypoints(images))
 
 
 class _Animate(nn.Module):
-    def __init__(self, model: nn.Module, names: list[str], cache_type: type, kp_type: type):
+    """forward(kp_xy, kp_strength, [kp_jacobian,] *cache): the keypoint fields, then the cache."""
+
+    def __init__(self, model: nn.Module, names: list[str], cache_type: type, kp_type: type, n_kp_fields: int):
         super().__init__()
         self.model, self.names, self.cache_type, self.kp_type = model, names, cache_type, kp_type
+        self.n_extra = n_kp_fields - 2  # keypoint fields after xy and strength (the Jacobian)
 
     def forward(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, *cache: torch.Tensor) -> torch.Tensor:
-        kp = self.kp_type(kp_xy, kp_strength)
+        # The varargs lead with the extra keypoint fields; their names (kp_xy, kp_strength,
+        # cache_i) are the program's input names, so a zeroth-order model's program is unchanged.
+        kp = self.kp_type(kp_xy, kp_strength, *cache[: self.n_extra])
+        cache = cache[self.n_extra :]
         out = self.model.animate(_rebuild(self.cache_type, self.names, cache), driving_keypoints=kp)
         return out.prediction if hasattr(out, "prediction") else out["prediction"]
 
@@ -141,7 +159,7 @@ def export_generator(
         cache = model.encode_sources(sources)
         names = _cache_fields(cache)
         kp = model.detect_keypoints(driving)
-        kp_xy, kp_strength = (t.clone() for t in _keypoint_tensors(kp))
+        kp_tensors = tuple(t.clone() for t in _keypoint_tensors(kp))
         cache_3 = model.encode_sources(torch.rand(2, 3, 3, h, w, generator=gen))
     # Clones: the model returns views (reshape of B*k batches); export would trace their
     # bases with sizes of their own and bake in relations like B*k != B that fail at k=1.
@@ -170,7 +188,8 @@ def export_generator(
             else:
                 spec[d] = shared.setdefault(pair, torch.export.Dim(f"tokens_{pair[0]}_{pair[1]}", min=1))
         cache_dyn.append(spec)
-    kp_dyn = ({0: batch}, {0: batch})
+    kp_fields = list(KEYPOINT_FIELDS[: len(kp_tensors)])
+    kp_dyn = tuple({0: batch} for _ in kp_tensors)
     try:
         with torch.no_grad():
             programs = {
@@ -181,9 +200,10 @@ def export_generator(
                     _DetectKeypoints(model), (driving,), dynamic_shapes=({0: batch},)
                 ),
                 "animate": torch.export.export(
-                    _Animate(model, names, type(cache), type(kp)),
-                    (kp_xy, kp_strength, *cache_tensors),
-                    dynamic_shapes=(*kp_dyn, tuple(cache_dyn)),  # *cache is one varargs entry
+                    _Animate(model, names, type(cache), type(kp), len(kp_fields)),
+                    (*kp_tensors, *cache_tensors),
+                    # *cache (extra keypoint fields, then the cache) is one varargs entry
+                    dynamic_shapes=(*kp_dyn[:2], (*kp_dyn[2:], *cache_dyn)),
                 ),
             }
     except Exception as exc:  # torch.export's own message names the offending op/guard
@@ -197,7 +217,8 @@ def export_generator(
     manifest = {
         "format": FORMAT,
         "image_size": [h, w],
-        "n_keypoints": int(kp_xy.shape[1]),
+        "n_keypoints": int(kp_tensors[0].shape[1]),
+        "keypoint_fields": kp_fields,
         "max_sources": max_sources,
         "max_batch": max_batch,
         "cache_fields": names,
@@ -225,15 +246,23 @@ class ExportedGenerator:
         h, w = self.manifest["image_size"]
         return int(h), int(w)
 
+    @property
+    def keypoint_fields(self) -> list[str]:
+        return list(self.manifest.get("keypoint_fields", DEFAULT_KEYPOINT_FIELDS))
+
     def encode_sources(self, sources: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.encode_program(sources))
 
-    def detect_keypoints(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xy, strength = self.detect_program(images)
-        return xy, strength
+    def detect_keypoints(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One tensor per keypoint field, in `keypoint_fields` order."""
+        kp = tuple(self.detect_program(images))
+        if len(kp) != len(self.keypoint_fields):
+            raise ExportError(f"detect_keypoints returned {len(kp)} tensors; the manifest names {self.keypoint_fields}")
+        return kp
 
-    def animate(self, cache: tuple[torch.Tensor, ...], kp_xy: torch.Tensor, kp_strength: torch.Tensor) -> torch.Tensor:
-        return self.animate_program(kp_xy, kp_strength, *cache)
+    def animate(self, cache: tuple[torch.Tensor, ...], *keypoints: torch.Tensor) -> torch.Tensor:
+        """`keypoints`: one tensor per keypoint field, as `detect_keypoints` returns them."""
+        return self.animate_program(*keypoints, *cache)
 
     def __call__(self, sources: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:
         """Same as the eager `model(sources, driving).prediction`."""
@@ -266,7 +295,8 @@ def load_exported(
 
 
 def verify_export(model: nn.Module, exported: ExportedGenerator, *, max_sources: int = 8, atol: float = 1e-4) -> float:
-    """Largest |exported - eager| over several (batch, k), including k=1 and k=max_sources."""
+    """Largest |exported - eager| over several (batch, k), including k=1 and k=max_sources, of
+    the prediction and of every keypoint field (a field lost on the way fails here)."""
     h, w = exported.image_size
     gen = torch.Generator().manual_seed(1)
     worst = 0.0
@@ -274,6 +304,11 @@ def verify_export(model: nn.Module, exported: ExportedGenerator, *, max_sources:
         for b, k in sorted({(1, 1), (3, 1), (1, max_sources), (2, min(3, max_sources))}):
             sources = torch.rand(b, k, 3, h, w, generator=gen)
             driving = torch.rand(b, 3, h, w, generator=gen)
+            eager_kp = _keypoint_tensors(model.detect_keypoints(driving))
+            got_kp = exported.detect_keypoints(driving)
+            if len(got_kp) != len(eager_kp):
+                raise ExportError(f"exported keypoints have {len(got_kp)} fields, the model's {len(eager_kp)}")
+            worst = max([worst, *(float((g - e).abs().max()) for g, e in zip(got_kp, eager_kp))])
             eager = model(sources, driving)
             eager = eager.prediction if hasattr(eager, "prediction") else eager["prediction"]
             got = exported(sources, driving)

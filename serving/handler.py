@@ -21,7 +21,9 @@ A request needs either `sources` or `source_set_id`, plus driving frames unless 
 registers. Relative motion: kp = kp_source + (kp_driving - kp_reference), with kp_source the
 keypoints of the first source image and kp_reference those of the first driving frame of the
 request, or, for a cached source set, of the first frame of the first relative request on that
-set (kept until `reset_reference`), so a clip streamed in chunks moves consistently.
+set (kept until `reset_reference`), so a clip streamed in chunks moves consistently. Keypoints
+are the export's `keypoint_fields` (xy, strength[, jacobian]); first-order models' Jacobians
+compose as J_driving J_reference^-1 J_source (`relative_motion`).
 
 Every bad input gets its own 4xx JSON body {"code", "type", "message", "field"} while other
 requests in the same TorchServe batch still succeed; the worker never raises for bad input.
@@ -40,7 +42,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -49,7 +51,10 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
-OUTPUTS = ("png", "mp4", "npy")
+Output = Literal["png", "mp4", "npy"]
+OUTPUTS: tuple[Output, ...] = get_args(Output)
+# A copy of serving.config.HandlerSettings (this file ships alone in the .mar);
+# tests/unit/test_config_sources.py ties the two and serving/serve.yaml.
 DEFAULTS = {
     "max_sources": 8,
     "max_driving_frames": 256,
@@ -112,7 +117,7 @@ class Request:
     register: bool = False
     relative: bool = False
     reset_reference: bool = False
-    output: str = "png"
+    output: Output = "png"
     fps: float | None = None
 
 
@@ -213,7 +218,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
             out = _to_text(value, k).lower()
             if out not in OUTPUTS:
                 raise RequestError(400, f"`output` must be one of {list(OUTPUTS)}, got {clip(out)!r}", k)
-            req.output = out
+            req.output = cast(Output, out)  # checked against OUTPUTS above
         elif k == "fps":
             try:
                 req.fps = float(_to_text(value, k))
@@ -339,7 +344,7 @@ def encode_png(frame: np.ndarray) -> str:
 
 # H.264 settings: a copy of iwarp/data/video.py's (this file ships alone in the .mar), under
 # which the same frames give the same bytes (one thread everywhere, no x264 macroblock-tree pass,
-# bitexact); see the comment there for why. tests/test_serve_handler.py ties the two copies.
+# bitexact); see the comment there for why. tests/integration/test_serve_handler.py ties the two copies.
 H264_PRESET = "veryfast"
 X264_PARAMS = "threads=1:sliced-threads=0:lookahead-threads=1:no-mbtree=1"
 BITEXACT_CONTAINER = {"fflags": "+bitexact"}
@@ -391,15 +396,37 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
+# ----------------------------------------------------------------------------- keypoints
+
+DEFAULT_KEYPOINT_FIELDS = ["xy", "strength"]  # an export.json without `keypoint_fields`
+
+
+def relative_motion(
+    fields: list[str],
+    source: tuple[torch.Tensor, ...],
+    driving: tuple[torch.Tensor, ...],
+    reference: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, ...]:
+    """FOMM's relative motion on keypoint tuples (one tensor per field in `fields`): the
+    source's positions moved by driving - reference, the driving strengths, Jacobians composed
+    as J_driving J_reference^-1 J_source. A copy of `iwarp.keypoints.relative_keypoints`
+    (without adapt_movement_scale): this file ships alone in the .mar; a test ties the two."""
+    src, drv, ref = (dict(zip(fields, kp)) for kp in (source, driving, reference))
+    moved = dict(drv, xy=src["xy"] + (drv["xy"] - ref["xy"]))
+    if "jacobian" in moved:
+        moved["jacobian"] = drv["jacobian"] @ torch.linalg.inv(ref["jacobian"]) @ src["jacobian"]
+    return tuple(moved[f] for f in fields)
+
+
 # ----------------------------------------------------------------------------- source-set cache
 
 
 @dataclass
 class SourceSet:
     cache: tuple[torch.Tensor, ...]  # encode_sources output, batch 1
-    source_kp: torch.Tensor  # (1,N,2) keypoints of the first source (relative motion anchor)
+    source_kp: tuple[torch.Tensor, ...]  # keypoint fields of the first source, batch 1 (relative anchor)
     n_sources: int
-    reference_kp: torch.Tensor | None = None  # (1,N,2) first driving frame of the session
+    reference_kp: tuple[torch.Tensor, ...] | None = None  # keypoint fields of the session's first frame
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -475,8 +502,12 @@ class IwarpService:
         self.detect = self._load(os.path.join(export_dir, progs["detect_keypoints"]["file"]))
         self.animate = self._load(os.path.join(export_dir, progs["animate"]["file"]))
         self.size = tuple(int(x) for x in self.meta["image_size"])
+        self.kp_fields = list(self.meta.get("keypoint_fields", DEFAULT_KEYPOINT_FIELDS))
         fields = list(self.meta.get("cache_fields", []))
-        self.source_xy_field = fields.index("source_xy") if "source_xy" in fields else None
+        # caches that hold the sources' keypoints (source_xy, source_strength[, source_jacobian])
+        # give the relative-motion anchor without another detect call
+        held = [f"source_{f}" for f in self.kp_fields]
+        self.source_kp_fields = [fields.index(n) for n in held] if set(held) <= set(fields) else None
         manifest = getattr(context, "manifest", None) or {}
         self.version = str((manifest.get("model") or {}).get("modelVersion") or self.meta.get("version", "unknown"))
         self.max_sources = min(int(cfg["max_sources"]), int(self.meta.get("max_sources", 8)))
@@ -596,14 +627,17 @@ class IwarpService:
                 chunk = todo[start : start + step]
                 stacked = torch.stack([j.sources for j in chunk])  # (B,k,3,H,W)
                 cache = tuple(self.encode(stacked))
-                if self.source_xy_field is not None:  # the cache already holds (B,k,N,2) source keypoints
-                    kp_xy = cache[self.source_xy_field][:, 0]
+                if self.source_kp_fields is not None:  # the cache already holds (B,k,N,...) source keypoints
+                    kp = tuple(cache[i][:, 0] for i in self.source_kp_fields)
                 else:
-                    kp_xy, _ = self.detect(stacked[:, 0])
+                    kp = tuple(self.detect(stacked[:, 0]))
                 for b, job in enumerate(chunk):
-                    job.entry = SourceSet(tuple(t[b : b + 1] for t in cache), kp_xy[b : b + 1], k)
+                    job.entry = SourceSet(tuple(t[b : b + 1] for t in cache), tuple(t[b : b + 1] for t in kp), k)
                     if job.req.register:  # own copies: a view would keep the whole batch alive in the LRU
-                        job.entry = SourceSet(tuple(t.clone() for t in job.entry.cache), job.entry.source_kp.clone(), k)
+                        entry = job.entry
+                        job.entry = SourceSet(
+                            tuple(t.clone() for t in entry.cache), tuple(t.clone() for t in entry.source_kp), k
+                        )
                         self.cache.put(job.set_id, job.entry)
 
     def _lookup(self, job: _Job) -> None:
@@ -624,18 +658,15 @@ class IwarpService:
         requests (frames of sets with the same number of sources share a forward)."""
         step = max(1, int(self.cfg["forward_batch"]))
         frames = torch.cat([j.driving for j in jobs])
-        xys, strengths = [], []
-        for start in range(0, frames.shape[0], step):
-            xy, s = self.detect(frames[start : start + step])
-            xys.append(xy)
-            strengths.append(s)
-        kp_xy, kp_s = torch.cat(xys), torch.cat(strengths)
-        # Per frame: (job, keypoints) after relative adjustment.
-        items: list[tuple[_Job, torch.Tensor, torch.Tensor]] = []
+        # one tensor per keypoint field (xy, strength[, jacobian]), for all frames
+        detected = [tuple(self.detect(frames[start : start + step])) for start in range(0, frames.shape[0], step)]
+        all_kp = tuple(torch.cat(parts) for parts in zip(*detected))
+        # Per frame: (job, keypoint fields) after relative adjustment.
+        items: list[tuple[_Job, tuple[torch.Tensor, ...]]] = []
         offset = 0
         for job in jobs:
             t = job.driving.shape[0]
-            xy, s = kp_xy[offset : offset + t], kp_s[offset : offset + t]
+            kp = tuple(x[offset : offset + t] for x in all_kp)
             offset += t
             if job.req.relative:
                 entry = job.entry
@@ -643,13 +674,13 @@ class IwarpService:
                 if session and entry.reference_kp is not None and not job.req.reset_reference:
                     ref = entry.reference_kp
                 else:
-                    ref = xy[:1]
+                    ref = tuple(x[:1] for x in kp)
                     if session:
                         entry.reference_kp = ref
-                xy = entry.source_kp + (xy - ref)
-            items.extend((job, xy[i : i + 1], s[i : i + 1]) for i in range(t))
+                kp = relative_motion(self.kp_fields, entry.source_kp, kp, ref)
+            items.extend((job, tuple(x[i : i + 1] for x in kp)) for i in range(t))
         by_k: dict[int, list[int]] = {}
-        for i, (job, _, _) in enumerate(items):
+        for i, (job, _) in enumerate(items):
             by_k.setdefault(job.entry.n_sources, []).append(i)
         outputs: list[torch.Tensor | None] = [None] * len(items)
         for idxs in by_k.values():
@@ -657,9 +688,8 @@ class IwarpService:
                 chunk = idxs[start : start + step]
                 caches = [items[i][0].entry.cache for i in chunk]
                 cache = tuple(torch.cat(parts) for parts in zip(*caches))
-                pred = self.animate(
-                    torch.cat([items[i][1] for i in chunk]), torch.cat([items[i][2] for i in chunk]), *cache
-                )
+                kp = tuple(torch.cat(parts) for parts in zip(*(items[i][1] for i in chunk)))
+                pred = self.animate(*kp, *cache)
                 for j, i in enumerate(chunk):
                     outputs[i] = pred[j : j + 1]
         offset = 0

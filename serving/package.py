@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import asdict
@@ -99,6 +98,7 @@ def package_model(
     import torch
 
     from serving.export import export_generator
+    from serving.tools import find_executable
 
     cfg = config or load_serve_config()
     out = Path(out)
@@ -121,7 +121,7 @@ def package_model(
         config_file = tmp / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config_yaml(cfg), sort_keys=False))
         cmd = [
-            _archiver(),
+            find_executable("torch-model-archiver", PackageError, "install torch-model-archiver==0.12.0"),
             "--model-name", archive_name,
             "--version", version,
             "--handler", str(HANDLER),
@@ -143,16 +143,6 @@ def package_model(
         shutil.copyfile(built, partial)
         os.replace(partial, target)
     return target
-
-
-def _archiver() -> str:
-    exe = Path(sys.executable).with_name("torch-model-archiver")
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("torch-model-archiver")
-    if not found:
-        raise PackageError("torch-model-archiver not found; install torch-model-archiver==0.12.0")
-    return found
 
 
 def read_mar(mar: str | Path) -> dict[str, Any]:

@@ -101,6 +101,34 @@ def evaluate_versions(
     return samples
 
 
+def evaluate_and_decide(
+    client: Any,
+    cases: list,
+    candidate: str,
+    baseline: str | None,
+    thresholds: Any,
+    *,
+    repeats: int = 1,
+    warmup: int = 1,
+    progress: bool = True,
+    labels: dict[str, str] | None = None,
+) -> tuple[CanaryVerdict, dict[str, _Samples]]:
+    """The canary's comparison, whatever serves the versions (TorchServe versions here, KServe
+    revisions in components.steps.kserve): send the cases to the candidate and, when one
+    serves, the baseline (`client.predict(..., version=...)` routes), then `decide`. With no
+    baseline the candidate is a first deployment and must answer every case. `labels` names
+    the routing keys in the verdict (KServe routes by revision tag, the verdict names versions)."""
+    versions = [baseline, candidate] if baseline else [candidate]
+    samples = evaluate_versions(client, cases, versions, repeats=repeats, warmup=warmup, progress=progress)
+    name = (labels or {}).get
+    verdict = decide(
+        samples[baseline].stats(name(baseline, baseline)) if baseline else None,
+        samples[candidate].stats(name(candidate, candidate)),
+        thresholds,
+    )
+    return verdict, samples
+
+
 def copy_into_store(mar: Path, store: Path, name: str, version: str) -> Path:
     """The archive's path inside the model store (copied there as `<name>-<version>.mar`
     unless it already is there): TorchServe registers archives from its store only."""
@@ -174,11 +202,15 @@ def run_canary(
         versions = [baseline, candidate] if baseline else [candidate]
         pids = client.worker_pids(name)
         log(f"canary: {len(cases)} held-out case(s) x {cfg.canary_eval.repeats} to {' and '.join(versions)}")
-        samples = evaluate_versions(
-            client, cases, versions, repeats=cfg.canary_eval.repeats, warmup=cfg.canary_eval.warmup, progress=progress
-        )
-        verdict = decide(
-            samples[baseline].stats(baseline) if baseline else None, samples[candidate].stats(candidate), cfg.canary
+        verdict, samples = evaluate_and_decide(
+            client,
+            cases,
+            candidate,
+            baseline,
+            cfg.canary,
+            repeats=cfg.canary_eval.repeats,
+            warmup=cfg.canary_eval.warmup,
+            progress=progress,
         )
         restarts = worker_restarts(pids, client.worker_pids(name), versions)
         if restarts.passed:

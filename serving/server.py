@@ -21,7 +21,6 @@ import signal
 import socket
 import string
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from iwarp.errors import IwarpError, ServiceUnavailable
 from serving.config import ServeConfig, ServerSettings, load_serve_config
+from serving.tools import find_executable
 
 TEMPLATE = Path(__file__).with_name("config.properties")
 STATE_FILE = "serving-state.json"
@@ -137,18 +137,6 @@ def _is_torchserve(pid: int, workdir: str | Path) -> bool:
         return _TS_MAIN in " ".join(proc.cmdline()) and Path(proc.cwd()).resolve() == Path(workdir).resolve()
     except (psutil.Error, OSError):
         return False
-
-
-def _torchserve_exe() -> str:
-    exe = Path(sys.executable).with_name("torchserve")
-    if exe.exists():
-        return str(exe)
-    import shutil
-
-    found = shutil.which("torchserve")
-    if not found:
-        raise ServerError("torchserve not found; install torchserve==0.12.0 (and Java 17)")
-    return found
 
 
 def _private_tmp(workdir: Path, create: bool = True) -> Path:
@@ -260,7 +248,8 @@ def start_server(
         "LOG_LOCATION": str(workdir / "logs"),
         "METRICS_LOCATION": str(workdir / "logs"),
     }
-    cmd = [_torchserve_exe(), "--start", "--ncs", "--model-store", str(model_store), "--ts-config", str(conf)]
+    torchserve = find_executable("torchserve", ServerError, "install torchserve==0.12.0 (and Java 17)")
+    cmd = [torchserve, "--start", "--ncs", "--model-store", str(model_store), "--ts-config", str(conf)]
     out_path = workdir / "torchserve.out"
     out_offset = out_path.stat().st_size if out_path.is_file() else 0
     with open(out_path, "ab") as out:

@@ -1,4 +1,8 @@
-"""Fixtures shared by the test files (pytest loads this file itself; nothing imports it).
+"""Session fixtures shared by every tier (pytest loads this file itself; nothing imports it).
+
+Tests live in tiers, one folder each, and each folder's conftest.py marks its tests with the tier
+name (`pytest -m unit`, `pytest tests/e2e`): unit, data, model, integration, e2e. Helper
+functions are plain modules in tests/helpers/; no test module imports another.
 
 The MLflow server is the project's own launcher (`pipelines.services.MlflowServer`, what
 `iwarp pipeline run` starts) and ports come from `serving.server.free_port`, not copies.
@@ -10,28 +14,36 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
 from pipelines.services import MlflowServer
 from serving.server import free_port
 
-
-def start_mlflow(root: Path, timeout: float = 180.0) -> tuple[MlflowServer, str]:
-    """A real `mlflow server` (SQLite store, served artifacts) under `root` on a free port."""
-    server = MlflowServer(root, port=free_port())
-    record, _ = server.ensure(timeout=timeout)
-    return server, record.url
+if TYPE_CHECKING:
+    import torch
 
 
 @pytest.fixture
 def mlflow_server(tmp_path) -> Iterator[str]:
-    """Tracking URL of a fresh MLflow server for one test."""
-    server, url = start_mlflow(tmp_path / "mlflow-server")
-    yield url
+    """Tracking URL of a fresh, real `mlflow server` (SQLite store, served artifacts) for one test."""
+    server = MlflowServer(tmp_path / "mlflow-server", port=free_port())
+    record, _ = server.ensure(timeout=180.0)
+    yield record.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def background_mlflow() -> Callable[[Path], object]:
+    """`background_mlflow(root)` starts a real MLflow server under `root` on a background thread,
+    so a module fixture can package models while it boots (its `wait()` gives the URL; the
+    caller stops it)."""
+    from tests.helpers.serve import BackgroundMlflow
+
+    return BackgroundMlflow
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +76,21 @@ def moto_endpoint(tmp_path_factory) -> Iterator[str]:
 def data(tmp_path_factory) -> Path:
     """A small synthetic dataset (train/ + test/) that the training tests only read; a file that
     needs another shape defines its own `data`."""
-    from train_utils import make_synth
+    from tests.helpers.train import make_synth
 
     return make_synth(tmp_path_factory.mktemp("synth") / "data")
+
+
+class TinyCheckpoint(NamedTuple):
+    model: torch.nn.Module  # eval mode; tests must not change its weights (deepcopy first)
+    path: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> TinyCheckpoint:
+    """The serving tests' model: the tiny ImplicitWarping with seed-0 weights, and its checkpoint
+    as training writes it (`tests.helpers.serve.write_checkpoint`)."""
+    from tests.helpers.serve import tiny_model, write_checkpoint
+
+    model = tiny_model(seed=0)
+    return TinyCheckpoint(model, write_checkpoint(model, tmp_path_factory.mktemp("tiny") / "step-0.ckpt"))

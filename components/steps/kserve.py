@@ -10,7 +10,7 @@ as the local TorchServe canary.
    quality, and decide.
 3. Promote (`--promote --report`) or roll back (`--rollback`); MLflow aliases follow.
 
-Needs a cluster: its test (tests/test_pipeline_kserve.py) runs it against a stand-in kubectl,
+Needs a cluster: its test (tests/e2e/test_pipeline_kserve.py) runs it against a stand-in kubectl,
 a moto S3 server and two stand-in predictor revisions, never a live KServe.
 """
 
@@ -72,9 +72,9 @@ def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, 
     from components.steps.registry import AliasMover
     from deploy.cli import Kubectl
     from deploy.kserve import KServeSettings
-    from serving.canary import decide, evidence_repeats
+    from serving.canary import evidence_repeats
     from serving.canary_set import load_canary_set
-    from serving.rollout import evaluate_versions
+    from serving.rollout import evaluate_and_decide
 
     if not req.storage_uri.startswith("s3://"):
         raise ValueError("serving_target=kserve needs serving_storage_uri=s3://bucket/prefix for the model versions")
@@ -105,22 +105,23 @@ def canary_on_kserve(req: CanaryRequest, verdict_path: str) -> tuple[bool, str, 
         cases = load_canary_set(build_canary_set(req, Path(tmp) / "canary-set"))
         repeats = evidence_repeats(len(cases), cfg.canary_eval.repeats, cfg.canary)
         client = revision_client(urls, req.model_name, cfg.canary_eval.timeout_s)
-        if first:  # the new revision already has all traffic; it must answer every case
-            if "latest" not in urls:
-                raise RuntimeError(f"InferenceService {settings.name} reports no 'latest' revision URL: {urls}")
-            stats = evaluate_versions(client, cases, ["latest"], repeats=repeats, progress=False)["latest"].stats(
-                req.version
+        needed = {"latest"} if first else {"prev", "latest"}  # the first revision has all the traffic
+        missing = needed - set(urls)
+        if missing:
+            raise RuntimeError(
+                f"InferenceService {settings.name} lacks tagged revision URLs {sorted(missing)} "
+                "(is serving.kserve.io/enable-tag-routing on?)"
             )
-            verdict = decide(None, stats, cfg.canary)
-        else:
-            missing = {"prev", "latest"} - set(urls)
-            if missing:
-                raise RuntimeError(
-                    f"InferenceService {settings.name} lacks tagged revision URLs {sorted(missing)} "
-                    "(is serving.kserve.io/enable-tag-routing on?)"
-                )
-            samples = evaluate_versions(client, cases, ["prev", "latest"], repeats=repeats, progress=False)
-            verdict = decide(samples["prev"].stats("serving"), samples["latest"].stats(req.version), cfg.canary)
+        verdict, _ = evaluate_and_decide(
+            client,
+            cases,
+            "latest",
+            None if first else "prev",
+            cfg.canary,
+            repeats=repeats,
+            progress=False,
+            labels={"prev": "serving", "latest": req.version},
+        )
         report = Path(tmp) / "canary-report.json"
         report.write_text(json.dumps(verdict.to_dict(), default=str))
         print(verdict.summary(), flush=True)

@@ -15,6 +15,10 @@ from typing import Any
 from components.steps.train_request import TrainRequest, final_checkpoint
 
 PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs by
+# The evaluation's MLflow keys start with this. MLflow's run comparison lists metric keys in
+# code-point order, and "_" sorts before the lowercase letters every training key starts with
+# (`d/`, `g/`, `k`, `lr/`, `samples_per_s`), so the evaluation opens the table, losses after it.
+EVAL_PREFIX = "_eval/"
 
 
 def mlflow_client(tracking_uri: str):
@@ -357,10 +361,8 @@ def run_evaluation(
         client.log_artifact(run_id, str(out_json), "evaluation")
     if not values:
         raise RuntimeError(f"nothing to evaluate: no test split in {sorted(targets.values())}")
-    # `eval/` sorts right after the discriminator's `d/` losses: MLflow's run comparison shows the
-    # evaluation near the top of its metrics table instead of below every training curve.
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"eval/{k}", v, now, 0) for k, v in values.items()])
+    client.log_batch(run_id, metrics=[Metric(f"{EVAL_PREFIX}{k}", v, now, 0) for k, v in values.items()])
     report = {
         "variant": info.get("variant"),
         "residual": info.get("residual"),

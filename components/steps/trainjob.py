@@ -10,7 +10,7 @@ checkpoints under /data/runs/<job>; the step then copies `final.ckpt` into its K
 The pod settings mirror k8s/training/trainjob.yaml (service account, labels the
 NetworkPolicy matches, non-root, GPU tolerations, /dev/shm, S3 credentials from `iwarp-s3`).
 
-This path needs a cluster. Its tests (tests/test_pipeline_trainjob.py) run the real SDK with
+This path needs a cluster. Its tests (tests/integration/test_pipeline_trainjob.py) run the real SDK with
 its Kubernetes API client mocked, and validate the TrainJob it creates against the Trainer
 schema; nothing here has run against a live Kubeflow Trainer.
 """

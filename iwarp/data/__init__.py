@@ -10,14 +10,25 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "VideoDataset": "dataset", "VideoEntry": "dataset", "reconstruction_pairs": "dataset",
+    "VideoDataset": "dataset",
+    "VideoEntry": "dataset",
+    "reconstruction_pairs": "dataset",
     "SourceDrivingBatches": "sampler",
-    "SynthConfig": "synth", "make_synth_dataset": "synth", "render_video": "synth",
-    "PhotoConfig": "photos", "make_photo_dataset": "photos",
-    "PrepareConfig": "prepare", "prepare_dataset": "prepare",
-    "ValidationConfig": "validate", "validate_dataset": "validate",
-    "VideoReadError": "video", "read_video": "video", "write_video": "video", "probe": "video",
-    "read_manifest": "manifest", "write_manifest": "manifest",
+    "SynthConfig": "synth",
+    "make_synth_dataset": "synth",
+    "render_video": "synth",
+    "PhotoConfig": "photos",
+    "make_photo_dataset": "photos",
+    "PrepareConfig": "prepare",
+    "prepare_dataset": "prepare",
+    "ValidationConfig": "validate",
+    "validate_dataset": "validate",
+    "VideoReadError": "video",
+    "read_video": "video",
+    "write_video": "video",
+    "probe": "video",
+    "read_manifest": "manifest",
+    "write_manifest": "manifest",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,16 +37,20 @@ def add_config_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] 
             default = None
         help_text = f"{f.metadata.get('help', '')} (default: {default})".strip()
         choices = f.metadata.get("choices")
+        if typing.get_origin(kind) is typing.Literal:  # the Literal is the one list of allowed values
+            choices = list(typing.get_args(kind))
+            kind = type(choices[0])
         if typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
-            parser.add_argument(_flag(f.name), dest=f.name, type=item, nargs="+", default=None,
-                                choices=choices, help=help_text)
+            parser.add_argument(
+                _flag(f.name), dest=f.name, type=item, nargs="+", default=None, choices=choices, help=help_text
+            )
         elif kind is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, default=None,
-                                action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(
+                _flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
-            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, choices=choices,
-                                help=help_text)
+            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None, choices=choices, help=help_text)
 
 
 # keys a params.yaml section may hold besides its config's fields (used by dvc.yaml itself)
@@ -74,12 +78,14 @@ def config_from_args(cls, args: argparse.Namespace, section: str):
 
 
 def _params_arg(parser: argparse.ArgumentParser, section: str) -> None:
-    parser.add_argument("--params", metavar="YAML",
-                        help=f"read defaults from the `{section}:` section of this file (e.g. params.yaml)")
+    parser.add_argument(
+        "--params", metavar="YAML", help=f"read defaults from the `{section}:` section of this file (e.g. params.yaml)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # handlers (heavy imports inside)
+
 
 def _cmd_synth(args) -> int:
     from .synth import SynthConfig, make_synth_dataset
@@ -149,8 +155,10 @@ def _cmd_info(args) -> int:
             print(f"{split}: {exc}")
             continue
         frames = [v.num_frames for v in ds.videos]
-        print(f"{split}: {len(ds.videos)} videos, {len(ds.identities)} identities, "
-              f"{sum(frames)} frames ({min(frames)}-{max(frames)} per video)")
+        print(
+            f"{split}: {len(ds.videos)} videos, {len(ds.identities)} identities, "
+            f"{sum(frames)} frames ({min(frames)}-{max(frames)} per video)"
+        )
     return 0
 
 
@@ -175,6 +183,7 @@ def _print_split_summary(df, out) -> None:
 # ---------------------------------------------------------------------------------------------
 # registration
 
+
 def register(subparsers) -> None:
     # Config modules import only numpy/PIL at the top: registering stays fast.
     from .photos import PhotoConfig
@@ -184,8 +193,11 @@ def register(subparsers) -> None:
     from .synth import SynthConfig
     from .validate import ValidationConfig
 
-    data = subparsers.add_parser("data", help="synthetic data, preparation, validation, statistics, S3",
-                                 description="Dataset tools. See docs/data.md.")
+    data = subparsers.add_parser(
+        "data",
+        help="synthetic data, preparation, validation, statistics, S3",
+        description="Dataset tools. See docs/data.md.",
+    )
     sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser("synth", help="procedural talking-head videos in the dataset layout")
@@ -212,8 +224,7 @@ def register(subparsers) -> None:
     p = sub.add_parser("prepare", help="crop/resize raw videos into the dataset layout with a manifest")
     p.add_argument("--input", required=True, help="folder of raw videos / frame folders (searched recursively)")
     p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--identities", metavar="CSV",
-                   help="CSV with columns path (or id) and identity, optionally split")
+    p.add_argument("--identities", metavar="CSV", help="CSV with columns path (or id) and identity, optionally split")
     p.add_argument("--overwrite", action="store_true")
     _params_arg(p, "prepare")
     add_config_args(p, PrepareConfig)
@@ -241,8 +252,10 @@ def register(subparsers) -> None:
 
     p = sub.add_parser("s3", help="copy a folder to/from S3 with boto3 (credentials from the environment)")
     s3sub = p.add_subparsers(dest="s3_command", required=True)
-    for name, helptext in (("upload", "local folder -> s3://bucket/prefix"),
-                           ("download", "s3://bucket/prefix -> local folder")):
+    for name, helptext in (
+        ("upload", "local folder -> s3://bucket/prefix"),
+        ("download", "s3://bucket/prefix -> local folder"),
+    ):
         q = s3sub.add_parser(name, help=helptext)
         if name == "upload":
             q.add_argument("local")
@@ -250,8 +263,11 @@ def register(subparsers) -> None:
         else:
             q.add_argument("url")
             q.add_argument("local")
-        q.add_argument("--endpoint-url", default=None,
-                       help="S3-compatible endpoint (default: $IWARP_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL)")
+        q.add_argument(
+            "--endpoint-url",
+            default=None,
+            help="S3-compatible endpoint (default: $IWARP_S3_ENDPOINT_URL or $AWS_ENDPOINT_URL)",
+        )
         q.set_defaults(func=_cmd_s3)
 
 

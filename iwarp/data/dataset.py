@@ -48,8 +48,7 @@ class VideoDataset:
     (clips larger than the budget are decoded up to the last frame asked for on every access).
     """
 
-    def __init__(self, root: str | Path, split: str = "train", image_size: int = 64,
-                 cache_bytes: int = 512 << 20):
+    def __init__(self, root: str | Path, split: str = "train", image_size: int = 64, cache_bytes: int = 512 << 20):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.root = Path(root)
@@ -64,8 +63,7 @@ class VideoDataset:
     def _scan(self) -> list[VideoEntry]:
         split_dir = self.root / self.split
         if not split_dir.is_dir():
-            raise FileNotFoundError(
-                f"{split_dir}: missing split folder (a dataset root holds train/ and test/)")
+            raise FileNotFoundError(f"{split_dir}: missing split folder (a dataset root holds train/ and test/)")
         rows = self._manifest_rows()
         entries = []
         for path in sorted(split_dir.iterdir()):
@@ -78,8 +76,10 @@ class VideoDataset:
             n = int(n) if n is not None and not (isinstance(n, float) and math.isnan(n)) else probe(path).num_frames
             entries.append(VideoEntry(vid, identity, path, n, self.split))
         if rows:
-            warnings.warn(f"{self.root}: manifest lists {len(rows)} {self.split} video(s) not on disk, "
-                          f"e.g. {sorted(rows)[:3]}", stacklevel=3)
+            warnings.warn(
+                f"{self.root}: manifest lists {len(rows)} {self.split} video(s) not on disk, e.g. {sorted(rows)[:3]}",
+                stacklevel=3,
+            )
         if not entries:
             raise ValueError(f"{split_dir}: no videos (video files or folders of png/jpg frames)")
         return entries
@@ -129,8 +129,9 @@ class VideoDataset:
         else:
             self._cache.move_to_end(video_index)
         if max(idx, default=0) >= clip.shape[0]:
-            raise IndexError(f"{entry.path}: decodes to {clip.shape[0]} frames, fewer than the "
-                             f"{entry.num_frames} the manifest says")
+            raise IndexError(
+                f"{entry.path}: decodes to {clip.shape[0]} frames, fewer than the {entry.num_frames} the manifest says"
+            )
         return clip[idx]
 
     def _remember(self, key: int, clip: torch.Tensor) -> None:
@@ -155,12 +156,21 @@ class VideoDataset:
         return state
 
     def __repr__(self) -> str:
-        return (f"VideoDataset({str(self.root)!r}, split={self.split!r}, image_size={self.image_size}, "
-                f"videos={len(self.videos)}, identities={len(self.identities)})")
+        return (
+            f"VideoDataset({str(self.root)!r}, split={self.split!r}, image_size={self.image_size}, "
+            f"videos={len(self.videos)}, identities={len(self.identities)})"
+        )
 
 
-def reconstruction_pairs(ds: VideoDataset, video_index: int, k: int, *, driving_start: int | None = None,
-                         stride: int = 1, max_driving: int | None = None) -> dict:
+def reconstruction_pairs(
+    ds: VideoDataset,
+    video_index: int,
+    k: int,
+    *,
+    driving_start: int | None = None,
+    stride: int = 1,
+    max_driving: int | None = None,
+) -> dict:
     """Evaluation split of one video: the first `k` frames are the sources, and every frame from
     `driving_start` (default `k`, i.e. every frame that is not a source) on, each `stride`-th,
     is a driving frame to reconstruct (FOMM's reconstruction protocol).
@@ -175,12 +185,10 @@ def reconstruction_pairs(ds: VideoDataset, video_index: int, k: int, *, driving_
         raise ValueError(f"need k >= 1 and driving_start >= k, got k={k}, driving_start={start}")
     driving = list(range(start, n, stride))[:max_driving]
     if not driving:
-        raise ValueError(f"{ds.videos[video_index].path}: {n} frames leave no driving frame after "
-                         f"{start} (k={k})")
+        raise ValueError(f"{ds.videos[video_index].path}: {n} frames leave no driving frame after {start} (k={k})")
     source_idx = list(range(k))
     frames = ds.read_frames(video_index, source_idx + driving)
-    return {"sources": frames[:k], "driving": frames[k:], "source_indices": source_idx,
-            "driving_indices": driving}
+    return {"sources": frames[:k], "driving": frames[k:], "source_indices": source_idx, "driving_indices": driving}
 
 
 def _isnan(v) -> bool:

@@ -40,8 +40,11 @@ def detect_face(frame: np.ndarray) -> tuple[float, float, float, float] | None:
     """The largest face in an RGB frame as (x0, y0, x1, y1) in frame pixels, or None."""
     h, w = frame.shape[:2]
     scale = DETECT_SIDE / max(h, w)
-    small = np.asarray(Image.fromarray(frame).convert("L").resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    small = np.asarray(
+        Image.fromarray(frame)
+        .convert("L")
+        .resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+    )
     detector = _detector()
     rects = detector(small, 0)
     if len(rects) == 0:
@@ -52,8 +55,9 @@ def detect_face(frame: np.ndarray) -> tuple[float, float, float, float] | None:
     return (r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale)
 
 
-def track_box(detections: Sequence[tuple[float, float, float, float] | None], width: int, height: int,
-              scale: float = 1.9) -> tuple[int, int, int, int] | None:
+def track_box(
+    detections: Sequence[tuple[float, float, float, float] | None], width: int, height: int, scale: float = 1.9
+) -> tuple[int, int, int, int] | None:
     """One square box over the whole track.
 
     Union of the detections (10th/90th percentiles of the edges, so one false detection does

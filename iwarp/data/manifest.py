@@ -17,11 +17,33 @@ MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
 
 # Column order of the manifest `prepare` writes (synth/photos write the first block only).
 COLUMNS = [
-    "id", "identity", "split", "status", "reason", "path", "source", "format",
-    "num_frames", "width", "height", "fps", "duration_s",
-    "content_hash", "brightness_mean", "contrast_mean", "blur_score", "motion_mean", "face_rate",
-    "faceless_frames", "split_by",
-    "src_width", "src_height", "crop_x0", "crop_y0", "crop_x1", "crop_y1",
+    "id",
+    "identity",
+    "split",
+    "status",
+    "reason",
+    "path",
+    "source",
+    "format",
+    "num_frames",
+    "width",
+    "height",
+    "fps",
+    "duration_s",
+    "content_hash",
+    "brightness_mean",
+    "contrast_mean",
+    "blur_score",
+    "motion_mean",
+    "face_rate",
+    "faceless_frames",
+    "split_by",
+    "src_width",
+    "src_height",
+    "crop_x0",
+    "crop_y0",
+    "crop_x1",
+    "crop_y1",
 ]
 REQUIRED_COLUMNS = ["id", "identity", "split", "num_frames", "width", "height", "fps"]
 SPLITS = ("train", "test")

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
 
 from .manifest import assign_splits, write_manifest
 from .options import opt
-from .synth import FORMATS, _prepare_out, _trajectory, write_entry
+from .synth import _prepare_out, _trajectory, write_entry
+from .video import OUTPUT_FORMATS, OutputFormat
 
 # photo -> (centre x, centre y, half side) of the square around the face, in source pixels
 PHOTOS = {
@@ -28,6 +30,7 @@ PHOTOS = {
     "camera": (215, 140, 95),
     "chelsea": (225, 150, 140),
 }
+PhotoSplit = Literal["test", "train", "auto"]  # auto: whole photos split by test_fraction
 
 
 @dataclass
@@ -38,11 +41,10 @@ class PhotoConfig:
     image_size: int = opt(64, "frame side in pixels")
     fps: float = opt(25.0, "frame rate recorded")
     motion: float = opt(1.0, "scales every motion amplitude")
-    split: str = opt("test", "where the clips go: test, train, or auto (whole photos split by --test-fraction)",
-                     ("test", "train", "auto"))
+    split: PhotoSplit = opt("test", "where the clips go: test, train, or auto (whole photos split by --test-fraction)")
     test_fraction: float = opt(0.34, "share of photos in test/ with --split auto")
     seed: int = opt(0, "motion seed")
-    format: str = opt("png", "png/jpg frame folders or mp4 files", FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders or mp4 files")
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -57,8 +59,15 @@ def load_photo(name: str) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def animate_photo(image: np.ndarray, centre: tuple[float, float], half: float, num_frames: int,
-                  image_size: int, seed: int, motion: float = 1.0) -> np.ndarray:
+def animate_photo(
+    image: np.ndarray,
+    centre: tuple[float, float],
+    half: float,
+    num_frames: int,
+    image_size: int,
+    seed: int,
+    motion: float = 1.0,
+) -> np.ndarray:
     """(T, S, S, 3) uint8 clip of `image` around `centre` (x, y) +- `half` under smooth motion."""
     from scipy.ndimage import map_coordinates
 
@@ -73,7 +82,7 @@ def animate_photo(image: np.ndarray, centre: tuple[float, float], half: float, n
     cx, cy = centre[0] + pad, centre[1] + pad
     box = (cx - margin * half, cy - margin * half, cx + margin * half, cy + margin * half)
     side = int(round(2 * margin * half * scale))
-    work = np.asarray(Image.fromarray(image).resize((side, side), Image.LANCZOS, box=box), np.float32)
+    work = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.LANCZOS, box=box), np.float32)
     centre_w = (side - 1) / 2.0
 
     n = num_frames
@@ -83,13 +92,15 @@ def animate_photo(image: np.ndarray, centre: tuple[float, float], half: float, n
     bumps = 6
     centres = rng.uniform(-0.7, 0.7, (bumps, 2)).astype(np.float32)
     sigmas = rng.uniform(0.25, 0.5, bumps).astype(np.float32)
-    amps = np.stack([np.stack([_trajectory(rng, n, 0.05 * motion) for _ in range(2)], -1)
-                     for _ in range(bumps)], 1)  # (T, bumps, 2)
+    amps = np.stack(
+        [np.stack([_trajectory(rng, n, 0.05 * motion) for _ in range(2)], -1) for _ in range(bumps)], 1
+    )  # (T, bumps, 2)
 
     g = (np.arange(s, dtype=np.float32) + 0.5) / s * 2 - 1
     x, y = np.meshgrid(g, g)
-    weights = np.exp(-((x[..., None] - centres[:, 0]) ** 2 + (y[..., None] - centres[:, 1]) ** 2)
-                     / (2 * sigmas ** 2))  # (S, S, bumps)
+    weights = np.exp(
+        -((x[..., None] - centres[:, 0]) ** 2 + (y[..., None] - centres[:, 1]) ** 2) / (2 * sigmas**2)
+    )  # (S, S, bumps)
     frames = np.empty((n, s, s, 3), np.uint8)
     for t in range(n):
         c, si = np.cos(angle[t]) / zoom[t], np.sin(angle[t]) / zoom[t]
@@ -107,29 +118,51 @@ def make_photo_dataset(out: str | Path, cfg: PhotoConfig, overwrite: bool = Fals
     import pandas as pd
     from tqdm import tqdm
 
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
-    if cfg.split not in ("train", "test", "auto"):
+    if cfg.format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {cfg.format!r}")
+    if cfg.split not in get_args(PhotoSplit):
         raise ValueError(f"split must be train, test or auto, got {cfg.split!r}")
     unknown = sorted(set(cfg.photos) - set(PHOTOS))
     if unknown or not cfg.photos:
         raise ValueError(f"unknown photo(s) {unknown}; choose from {sorted(PHOTOS)}")
     out = Path(out)
     _prepare_out(out, overwrite)
-    splits = (assign_splits(cfg.photos, cfg.test_fraction, cfg.seed) if cfg.split == "auto"
-              else {p: cfg.split for p in cfg.photos})
+    splits = (
+        assign_splits(cfg.photos, cfg.test_fraction, cfg.seed)
+        if cfg.split == "auto"
+        else {p: cfg.split for p in cfg.photos}
+    )
     rows = []
     jobs = [(i, name, v) for i, name in enumerate(cfg.photos) for v in range(cfg.videos_per_photo)]
     for i, name, v in tqdm(jobs, desc="photos", unit="video", disable=not progress):
         cx, cy, half = PHOTOS[name]
-        frames = animate_photo(load_photo(name), (cx, cy), half, cfg.num_frames, cfg.image_size,
-                               seed=cfg.seed * 1000 + i * 100 + v, motion=cfg.motion)
+        frames = animate_photo(
+            load_photo(name),
+            (cx, cy),
+            half,
+            cfg.num_frames,
+            cfg.image_size,
+            seed=cfg.seed * 1000 + i * 100 + v,
+            motion=cfg.motion,
+        )
         vid, split = f"{name}_v{v:02d}", splits[name]
         rel = write_entry(out / split, vid, frames, cfg.format, cfg.fps).relative_to(out)
-        rows.append({"id": vid, "identity": name, "split": split, "status": "ok", "path": str(rel),
-                     "source": f"skimage.data.{name}:seed={cfg.seed}:video={v}", "format": cfg.format,
-                     "num_frames": cfg.num_frames, "width": cfg.image_size, "height": cfg.image_size,
-                     "fps": cfg.fps, "duration_s": cfg.num_frames / cfg.fps})
+        rows.append(
+            {
+                "id": vid,
+                "identity": name,
+                "split": split,
+                "status": "ok",
+                "path": str(rel),
+                "source": f"skimage.data.{name}:seed={cfg.seed}:video={v}",
+                "format": cfg.format,
+                "num_frames": cfg.num_frames,
+                "width": cfg.image_size,
+                "height": cfg.image_size,
+                "fps": cfg.fps,
+                "duration_s": cfg.num_frames / cfg.fps,
+            }
+        )
     df = pd.DataFrame(rows)
     write_manifest(df, out / "manifest.csv")
     return df

@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -27,22 +28,37 @@ from PIL import Image
 from .faces import center_box, face_track
 from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write_manifest
 from .options import opt
-from .video import (DEFAULT_FPS, VideoReadError, VideoWriter, is_frame_folder, is_video_file,
-                    iter_frames, probe, save_frame)
+from .video import (
+    DEFAULT_FPS,
+    OUTPUT_FORMATS,
+    OutputFormat,
+    VideoReadError,
+    VideoWriter,
+    is_frame_folder,
+    is_video_file,
+    iter_frames,
+    probe,
+    save_frame,
+)
 
-OUTPUT_FORMATS = ("png", "jpg", "mp4")
+if TYPE_CHECKING:  # pandas loads in the functions that use it (a slow import)
+    import pandas as pd
+
+CropMode = Literal["face", "center"]
 MIN_DECODED = 0.9  # share of the container's frame count that must decode (no_face.mp4: 95 of 98)
 
 
 @dataclass
 class PrepareConfig:
     image_size: int = opt(256, "output frame side (256 default, 512 supported)")
-    crop: str = opt("face", "face: one square box over the dlib face track; center: the largest centred square",
-                    ("face", "center"))
+    crop: CropMode = opt("face", "face: one square box over the dlib face track; center: the largest centred square")
     crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
-    face_samples: int = opt(32, "frames per clip the face detector looks at (spread evenly); with face "
-                            "crop, frames between a face-less sample and its neighbours are dropped")
-    format: str = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)", OUTPUT_FORMATS)
+    face_samples: int = opt(
+        32,
+        "frames per clip the face detector looks at (spread evenly); with face "
+        "crop, frames between a face-less sample and its neighbours are dropped",
+    )
+    format: OutputFormat = opt("png", "png/jpg frame folders (fast random access) or mp4 (compact)")
     test_fraction: float = opt(0.2, "share of identities drawn into test/ (when no split is given)")
     seed: int = opt(0, "seed of the identity split")
     fps: float = opt(DEFAULT_FPS, "rate recorded for frame-folder inputs (they carry none)")
@@ -62,7 +78,7 @@ class InputEntry:
 @dataclass
 class PrepareReport:
     out: Path
-    manifest: object  # pandas DataFrame
+    manifest: pd.DataFrame
     seconds: float = 0.0
     ignored: list[str] = field(default_factory=list)
 
@@ -81,8 +97,10 @@ class PrepareReport:
         lines = [f"prepared {self.num_ok}/{len(df)} videos into {self.out} in {self.seconds:.1f} s"]
         for split in SPLITS:
             part = ok[ok["split"] == split]
-            lines.append(f"  {split}: {len(part)} videos, {part['identity'].nunique()} identities, "
-                         f"{int(part['num_frames'].sum()) if len(part) else 0} frames")
+            lines.append(
+                f"  {split}: {len(part)} videos, {part['identity'].nunique()} identities, "
+                f"{int(part['num_frames'].sum()) if len(part) else 0} frames"
+            )
         for vid, reason in self.skipped:
             lines.append(f"  SKIPPED {vid}: {reason}")
         if self.ignored:
@@ -92,6 +110,7 @@ class PrepareReport:
 
 # ---------------------------------------------------------------------------------------------
 # discovery
+
 
 def discover(input_dir: str | Path, identities_csv: str | Path | None = None) -> tuple[list[InputEntry], list[str]]:
     """Input entries (videos and frame folders) with identity/split when known, and the paths of
@@ -114,7 +133,11 @@ def discover(input_dir: str | Path, identities_csv: str | Path | None = None) ->
                     walk(path)
             elif is_video_file(path):
                 entries.append(_entry(root, path, layout))
-            elif path.name not in ("manifest.csv", "manifest.parquet") and path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            elif path.name not in ("manifest.csv", "manifest.parquet") and path.suffix.lower() not in (
+                ".png",
+                ".jpg",
+                ".jpeg",
+            ):
                 ignored.append(str(path.relative_to(root)))
 
     walk(root)
@@ -179,6 +202,7 @@ def _known_identities(root: Path, identities_csv) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 # one video
 
+
 def _sample_indices(n: int, k: int) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist()))
 
@@ -240,11 +264,12 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
         for i, frame in zip(range(n), iter_frames(entry.path)):
             decoded += 1
             if frame.shape[:2] != (info.height, info.width):
-                raise VideoReadError(f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, the video is "
-                                     f"{info.width}x{info.height}")
+                raise VideoReadError(
+                    f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, the video is {info.width}x{info.height}"
+                )
             if not keep[i]:
                 continue
-            out = np.asarray(Image.fromarray(frame).resize((s, s), Image.LANCZOS, box=box))
+            out = np.asarray(Image.fromarray(frame).resize((s, s), Image.Resampling.LANCZOS, box=box))
             stats.add(out)
             if writer is not None:
                 writer.write(out)
@@ -259,10 +284,23 @@ def process_video(entry: InputEntry, split_dir: Path, cfg: PrepareConfig) -> dic
             final = split_dir / entry.id
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-        row.update(status="ok", reason="", path=final.name, format=cfg.format,
-                   num_frames=count, width=s, height=s, duration_s=count / fps if fps else 0.0,
-                   face_rate=face_rate, faceless_frames=int(decoded - count), **stats.result(),
-                   crop_x0=box[0], crop_y0=box[1], crop_x1=box[2], crop_y1=box[3])
+        row.update(
+            status="ok",
+            reason="",
+            path=final.name,
+            format=cfg.format,
+            num_frames=count,
+            width=s,
+            height=s,
+            duration_s=count / fps if fps else 0.0,
+            face_rate=face_rate,
+            faceless_frames=int(decoded - count),
+            **stats.result(),
+            crop_x0=box[0],
+            crop_y0=box[1],
+            crop_x1=box[2],
+            crop_y1=box[3],
+        )
     except (VideoReadError, IndexError, OSError, ValueError, RuntimeError) as exc:
         if writer is not None:
             writer.abort()
@@ -284,7 +322,7 @@ class _Stats:
         from scipy.ndimage import laplace
 
         self.hash.update(frame.tobytes())
-        gray = frame.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+        gray = frame.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         self.brightness.append(float(gray.mean()))
         self.contrast.append(float(gray.std()))
         self.blur.append(float(laplace(gray).var()))  # variance of the Laplacian: low = blurry
@@ -293,19 +331,27 @@ class _Stats:
         self.prev = gray
 
     def result(self) -> dict:
-        return {"content_hash": self.hash.hexdigest(),
-                "brightness_mean": float(np.mean(self.brightness)),
-                "contrast_mean": float(np.mean(self.contrast)),
-                "blur_score": float(np.mean(self.blur)),
-                "motion_mean": float(np.mean(self.motion)) if self.motion else 0.0}
+        return {
+            "content_hash": self.hash.hexdigest(),
+            "brightness_mean": float(np.mean(self.brightness)),
+            "contrast_mean": float(np.mean(self.contrast)),
+            "blur_score": float(np.mean(self.blur)),
+            "motion_mean": float(np.mean(self.motion)) if self.motion else 0.0,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
 # the whole dataset
 
-def prepare_dataset(input_dir: str | Path, out: str | Path, cfg: PrepareConfig | None = None,
-                    identities: str | Path | None = None, overwrite: bool = False,
-                    progress: bool = True) -> PrepareReport:
+
+def prepare_dataset(
+    input_dir: str | Path,
+    out: str | Path,
+    cfg: PrepareConfig | None = None,
+    identities: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareReport:
     import pandas as pd
     from tqdm import tqdm
 
@@ -352,6 +398,7 @@ def prepare_dataset(input_dir: str | Path, out: str | Path, cfg: PrepareConfig |
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     for e, row in zip(entries, rows):
+        assert e.identity is not None  # filled in for every entry above
         row["split"] = e.split or given.get(e.identity) or drawn.get(e.identity, "")
         row["split_by"] = e.split_by or "identity"
         if row["status"] == "ok":

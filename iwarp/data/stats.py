@@ -38,21 +38,46 @@ def dataset_stats(data: str | Path, out: str | Path, cfg: StatsConfig | None = N
     }
     for split in SPLITS:
         part = ok[ok["split"] == split]
-        metrics[split] = {"videos": int(len(part)), "identities": int(part["identity"].nunique()),
-                          "frames": int(part["num_frames"].sum())}
+        metrics[split] = {
+            "videos": int(len(part)),
+            "identities": int(part["identity"].nunique()),
+            "frames": int(part["num_frames"].sum()),
+        }
     if len(ok):
-        metrics["frames_per_video"] = {"min": int(ok["num_frames"].min()), "mean": float(ok["num_frames"].mean()),
-                                       "max": int(ok["num_frames"].max())}
+        metrics["frames_per_video"] = {
+            "min": int(ok["num_frames"].min()),
+            "mean": float(ok["num_frames"].mean()),
+            "max": int(ok["num_frames"].max()),
+        }
     for col in ("duration_s", "brightness_mean", "contrast_mean", "blur_score", "motion_mean", "face_rate"):
         if col in ok.columns and ok[col].notna().any():
             metrics[col] = round(float(ok[col].mean()), 4)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    counts, edges = np.histogram(ok["num_frames"].astype(float), bins=cfg.hist_bins) if len(ok) else ([], [0])
-    pd.DataFrame({"num_frames": [f"{edges[i]:.0f}-{edges[i + 1]:.0f}" for i in range(len(counts))],
-                  "videos": list(map(int, counts))}).to_csv(out / "frames_hist.csv", index=False)
-    cols = [c for c in ("id", "identity", "split", "num_frames", "brightness_mean", "contrast_mean",
-                        "blur_score", "motion_mean", "face_rate") if c in ok.columns]
+    counts, edges = (
+        np.histogram(ok["num_frames"].astype(float), bins=cfg.hist_bins) if len(ok) else (np.zeros(0, int), np.zeros(1))
+    )
+    pd.DataFrame(
+        {
+            "num_frames": [f"{edges[i]:.0f}-{edges[i + 1]:.0f}" for i in range(len(counts))],
+            "videos": list(map(int, counts)),
+        }
+    ).to_csv(out / "frames_hist.csv", index=False)
+    cols = [
+        c
+        for c in (
+            "id",
+            "identity",
+            "split",
+            "num_frames",
+            "brightness_mean",
+            "contrast_mean",
+            "blur_score",
+            "motion_mean",
+            "face_rate",
+        )
+        if c in ok.columns
+    ]
     ok[cols].to_csv(out / "per_video.csv", index=False)
     contact_sheet(root, ok, out / "samples.png", cfg)
     return metrics
@@ -64,8 +89,11 @@ def contact_sheet(root: Path, videos, path: Path, cfg: StatsConfig) -> Path | No
 
     from .video import read_video
 
-    rows = videos.sample(n=min(cfg.sample_videos, len(videos)), random_state=0).sort_values("id") \
-        if len(videos) else videos
+    rows = (
+        videos.sample(n=min(cfg.sample_videos, len(videos)), random_state=0).sort_values("id")
+        if len(videos)
+        else videos
+    )
     if not len(rows):
         return None
     t, label_h = cfg.thumb_size, 14
@@ -82,6 +110,6 @@ def contact_sheet(root: Path, videos, path: Path, cfg: StatsConfig) -> Path | No
             draw.text((2, y + label_h + 2), f"unreadable: {exc}"[:80], fill="red")
             continue
         for c, frame in enumerate(frames):
-            sheet.paste(Image.fromarray(frame).resize((t, t), Image.BILINEAR), (c * t, y + label_h))
+            sheet.paste(Image.fromarray(frame).resize((t, t), Image.Resampling.BILINEAR), (c * t, y + label_h))
     sheet.save(path)
     return path

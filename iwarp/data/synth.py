@@ -26,9 +26,7 @@ import numpy as np
 
 from .manifest import assign_splits, write_manifest
 from .options import opt
-from .video import write_frames, write_video
-
-FORMATS = ("png", "jpg", "mp4")
+from .video import OUTPUT_FORMATS, OutputFormat, write_frames, write_video
 
 
 @dataclass
@@ -40,12 +38,13 @@ class SynthConfig:
     fps: float = opt(25.0, "frame rate recorded (and encoded, for mp4)")
     test_fraction: float = opt(0.25, "share of identities in test/")
     seed: int = opt(0, "everything is a function of this seed")
-    format: str = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files", FORMATS)
+    format: OutputFormat = opt("png", "png/jpg frame folders (lossless, fast random access) or mp4 files")
     workers: int = opt(1, "parallel processes (the output does not depend on it)")
 
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
+
 
 def _smoothstep(e0, e1, x):
     t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
@@ -81,19 +80,24 @@ def _random_color(rng, lo=0.1, hi=0.95):
 # ---------------------------------------------------------------------------------------------
 # identity and video parameters
 
+
 def identity_params(seed: int, identity: int) -> dict:
     """The look of one person: skin, hair, eyes, side marks, shirt, head shape."""
     rng = np.random.default_rng([seed, identity, 1])
     tone = rng.uniform(0, 1)
     skin = (1 - tone) * np.array([0.96, 0.80, 0.68]) + tone * np.array([0.42, 0.28, 0.19])
     skin = np.clip(skin + rng.normal(0, 0.03, 3), 0, 1).astype(np.float32)
-    hair_palette = np.array([[0.08, 0.06, 0.05], [0.35, 0.2, 0.1], [0.85, 0.7, 0.4],
-                             [0.6, 0.25, 0.1], [0.7, 0.7, 0.72], [0.15, 0.15, 0.3]], np.float32)
+    hair_palette = np.array(
+        [[0.08, 0.06, 0.05], [0.35, 0.2, 0.1], [0.85, 0.7, 0.4], [0.6, 0.25, 0.1], [0.7, 0.7, 0.72], [0.15, 0.15, 0.3]],
+        np.float32,
+    )
     side = rng.choice([-1.0, 1.0])
     return {
         "skin": skin,
-        "skin_waves": [(rng.normal(0, 6, 3).astype(np.float32), rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.06))
-                       for _ in range(5)],
+        "skin_waves": [
+            (rng.normal(0, 6, 3).astype(np.float32), rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.06))
+            for _ in range(5)
+        ],
         "hair": hair_palette[rng.integers(len(hair_palette))] * rng.uniform(0.8, 1.1),
         "hairline": rng.uniform(0.5, 0.72),
         "hair_back": rng.uniform(0.9, 1.5),  # how far around the back the hair reaches (rad)
@@ -103,7 +107,8 @@ def identity_params(seed: int, identity: int) -> dict:
         "mark_right": (_random_color(rng), rng.uniform(0.75, 1.0), rng.uniform(-0.35, 0.0), rng.uniform(8, 20)),
         "ear": np.clip(skin * np.array([1.05, 0.85, 0.8]), 0, 1).astype(np.float32),
         "earring": (_random_color(rng, 0.5, 1.0), side),
-        "shirt": _random_color(rng), "shirt2": _random_color(rng),
+        "shirt": _random_color(rng),
+        "shirt2": _random_color(rng),
         "stripes": rng.uniform(6, 18),
         "radius": rng.uniform(0.44, 0.52),
         "aspect": rng.uniform(1.12, 1.25),
@@ -112,7 +117,7 @@ def identity_params(seed: int, identity: int) -> dict:
 
 def _background(rng, size: int) -> np.ndarray:
     """Textured background: gradient + oriented gratings + colour blobs + a few boxes."""
-    y, x = np.mgrid[-1:1:complex(0, size), -1:1:complex(0, size)].astype(np.float32)
+    y, x = np.mgrid[-1 : 1 : complex(0, size), -1 : 1 : complex(0, size)].astype(np.float32)
     c0, c1 = _random_color(rng, 0.15, 0.9), _random_color(rng, 0.15, 0.9)
     img = _mix(np.broadcast_to(c0, (size, size, 3)).astype(np.float32), c1, (y + 1) / 2)
     for _ in range(3):
@@ -168,6 +173,7 @@ def video_params(seed: int, identity: int, video: int, num_frames: int, image_si
 # ---------------------------------------------------------------------------------------------
 # rendering
 
+
 def _static_colors(ip: dict, q: np.ndarray, lon, lat) -> np.ndarray:
     """Colour of the fixed surface features at object-space points q (..., 3) with
     longitude/latitude lon, lat (radians; lon 0 = the face's front)."""
@@ -175,8 +181,9 @@ def _static_colors(ip: dict, q: np.ndarray, lon, lat) -> np.ndarray:
     col = ip["skin"] * (1.0 + noise)[..., None]
     # hair on top and around the back, with strands
     top = _smoothstep(ip["hairline"] - 0.06, ip["hairline"] + 0.02, lat + 0.08 * np.cos(3 * lon))
-    back = _smoothstep(np.pi - ip["hair_back"] - 0.1, np.pi - ip["hair_back"] + 0.1, np.abs(lon)) * \
-        _smoothstep(-0.75, -0.55, lat)
+    back = _smoothstep(np.pi - ip["hair_back"] - 0.1, np.pi - ip["hair_back"] + 0.1, np.abs(lon)) * _smoothstep(
+        -0.75, -0.55, lat
+    )
     hair = np.maximum(top, back)
     strands = (0.8 + 0.2 * np.sin(40 * lon + 6 * np.sin(9 * lat)))[..., None]
     col = _mix(col, 0, hair) + (ip["hair"] * strands) * hair[..., None]
@@ -191,7 +198,9 @@ def _static_colors(ip: dict, q: np.ndarray, lon, lat) -> np.ndarray:
         col = _mix(col, color, blob * pattern * 0.85)
     # eyebrows, nose, nostrils
     for s in (-1.0, 1.0):
-        col = _mix(col, ip["hair"] * 0.8, _ellipse(lon - s * 0.37, lat - 0.37 + 0.05 * s * (lon - s * 0.37), 0.17, 0.035))
+        col = _mix(
+            col, ip["hair"] * 0.8, _ellipse(lon - s * 0.37, lat - 0.37 + 0.05 * s * (lon - s * 0.37), 0.17, 0.035)
+        )
     col = col * (1.0 - 0.12 * _ellipse(lon, lat + 0.07, 0.07, 0.2, 0.5))[..., None]
     for s in (-1.0, 1.0):
         col = _mix(col, ip["skin"] * 0.35, _ellipse(lon - s * 0.045, lat + 0.24, 0.025, 0.018))
@@ -212,7 +221,7 @@ def _paint_mouth(ip: dict, col: np.ndarray, dx, dy, mouth: float) -> np.ndarray:
     """Lips always; the dark interior, teeth and tongue only as far as the mouth is open."""
     hi = 0.02 + 0.15 * mouth
     col = _mix(col, ip["lips"], _ellipse(dx, dy, 0.3, hi + 0.055))
-    interior = np.broadcast_to(np.float32([0.25, 0.04, 0.06]), col.shape).astype(np.float32)
+    interior = np.broadcast_to(np.array([0.25, 0.04, 0.06], np.float32), col.shape).astype(np.float32)
     interior = _mix(interior, [0.95, 0.93, 0.86], _smoothstep(hi - 0.07, hi - 0.04, dy) * _ellipse(dx, 0 * dy, 0.24, 1))
     interior = _mix(interior, [0.78, 0.32, 0.36], _ellipse(dx, dy + hi, 0.17, 0.7 * hi + 0.01))
     opening = _ellipse(dx, dy, 0.27, hi, 0.08)
@@ -257,8 +266,9 @@ class _Atlas:
     def update(self, mouth: float, blink: float, gaze) -> None:
         for s in (-1.0, 1.0):
             r, c = self._region(s * _EYE_LON - 0.2, s * _EYE_LON + 0.2, _EYE_LAT - 0.13, _EYE_LAT + 0.13)
-            painted = _paint_eye(self.ip, self.base[r, c], self.lon[:, c] - s * _EYE_LON,
-                                 self.lat[r] - _EYE_LAT, blink, gaze)
+            painted = _paint_eye(
+                self.ip, self.base[r, c], self.lon[:, c] - s * _EYE_LON, self.lat[r] - _EYE_LAT, blink, gaze
+            )
             self.chw[:, r, c] = painted.transpose(2, 0, 1)
         r, c = self._region(-0.36, 0.36, _MOUTH_LAT - 0.3, _MOUTH_LAT + 0.3)
         painted = _paint_mouth(self.ip, self.base[r, c], self.lon[:, c], self.lat[r] - _MOUTH_LAT, mouth)
@@ -271,8 +281,12 @@ class _Atlas:
         fu, fv = u - u0, v - v0
         u0, v0 = u0.astype(np.intp) % self.w, v0.astype(np.intp) * self.w
         u1, v1 = (u0 + 1) % self.w, v0 + self.w
-        corners = [(v0 + u0, (1 - fu) * (1 - fv)), (v0 + u1, fu * (1 - fv)),
-                   (v1 + u0, (1 - fu) * fv), (v1 + u1, fu * fv)]
+        corners = [
+            (v0 + u0, (1 - fu) * (1 - fv)),
+            (v0 + u1, fu * (1 - fv)),
+            (v1 + u0, (1 - fu) * fv),
+            (v1 + u1, fu * fv),
+        ]
         # one 1-D gather per channel and corner: much faster than gathering RGB rows
         out = np.empty(lon.shape + (3,), np.float32)
         for ch in range(3):
@@ -300,7 +314,7 @@ def render_frame(atlas: _Atlas, vp: dict, t: int, size: int) -> np.ndarray:
     ip = atlas.ip
     pad = vp["pad"]
     bx, by = int(vp["pan_x"][t]), int(vp["pan_y"][t])
-    img = vp["background"][pad + by: pad + by + size, pad + bx: pad + bx + size].copy()
+    img = vp["background"][pad + by : pad + by + size, pad + bx : pad + bx + size].copy()
     coords = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
     px = 2.0 / size  # one pixel in normalised units: edges are ~1 px soft
     xs, ys = coords[None, :], -coords[:, None]  # y up
@@ -316,7 +330,9 @@ def render_frame(atlas: _Atlas, vp: dict, t: int, size: int) -> np.ndarray:
     img[rows, cols] = _mix(img[rows, cols], shirt, torso)
     nx, ny, na, nb = 0.85 * cx, cy - rv * 0.95, 0.42 * r, 0.55 * r
     rows, cols = _box(nx, ny, na + px, nb + px, size)
-    img[rows, cols] = _mix(img[rows, cols], ip["skin"] * 0.72, _ellipse(xs[:, cols] - nx, ys[rows] - ny, na, nb, px / na))
+    img[rows, cols] = _mix(
+        img[rows, cols], ip["skin"] * 0.72, _ellipse(xs[:, cols] - nx, ys[rows] - ny, na, nb, px / na)
+    )
     # head: ray-cast the ellipsoid inside its bounding box
     head = head_surface(ip, vp, t, size)
     if head is None:
@@ -366,22 +382,26 @@ def render_video(seed: int, identity: int, video: int, num_frames: int = 48, ima
 # ---------------------------------------------------------------------------------------------
 # datasets
 
+
 def make_synth_dataset(out: str | Path, cfg: SynthConfig, overwrite: bool = False, progress: bool = True):
     """Write `cfg.num_identities * cfg.videos_per_identity` clips in the dataset layout
     (train/ and test/ split by identity, manifest.csv) and return the manifest DataFrame."""
     import pandas as pd
     from tqdm import tqdm
 
-    if cfg.format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {cfg.format!r}")
+    if cfg.format not in OUTPUT_FORMATS:
+        raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {cfg.format!r}")
     if cfg.format == "mp4" and cfg.image_size % 2:
         raise ValueError("mp4 needs an even image_size")
     out = Path(out)
     _prepare_out(out, overwrite)
     names = [f"synth{i:03d}" for i in range(cfg.num_identities)]
     splits = assign_splits(names, cfg.test_fraction, cfg.seed)
-    jobs = [(out, cfg, names[i], splits[names[i]], i, v)
-            for i in range(cfg.num_identities) for v in range(cfg.videos_per_identity)]
+    jobs = [
+        (out, cfg, names[i], splits[names[i]], i, v)
+        for i in range(cfg.num_identities)
+        for v in range(cfg.videos_per_identity)
+    ]
     bar = tqdm(total=len(jobs), desc="synth", unit="video", disable=not progress)
     rows = []
     if cfg.workers > 1:  # clips are independent: same output, any number of processes
@@ -405,10 +425,20 @@ def _synth_clip(out: Path, cfg: SynthConfig, name: str, split: str, i: int, v: i
     frames = render_video(cfg.seed, i, v, cfg.num_frames, cfg.image_size)
     vid = f"{name}_v{v:02d}"
     rel = write_entry(out / split, vid, frames, cfg.format, cfg.fps).relative_to(out)
-    return {"id": vid, "identity": name, "split": split, "status": "ok", "path": str(rel),
-            "source": f"synth:seed={cfg.seed}:identity={i}:video={v}", "format": cfg.format,
-            "num_frames": cfg.num_frames, "width": cfg.image_size, "height": cfg.image_size,
-            "fps": cfg.fps, "duration_s": cfg.num_frames / cfg.fps}
+    return {
+        "id": vid,
+        "identity": name,
+        "split": split,
+        "status": "ok",
+        "path": str(rel),
+        "source": f"synth:seed={cfg.seed}:identity={i}:video={v}",
+        "format": cfg.format,
+        "num_frames": cfg.num_frames,
+        "width": cfg.image_size,
+        "height": cfg.image_size,
+        "fps": cfg.fps,
+        "duration_s": cfg.num_frames / cfg.fps,
+    }
 
 
 def write_entry(split_dir: Path, vid: str, frames: np.ndarray, fmt: str, fps: float) -> Path:
@@ -427,8 +457,9 @@ def write_entry(split_dir: Path, vid: str, frames: np.ndarray, fmt: str, fps: fl
 def _prepare_out(out: Path, overwrite: bool) -> None:
     existing = [p for p in ("train", "test", "manifest.csv") if (out / p).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset ({', '.join(existing)}); pass overwrite=True "
-                              "(--overwrite) to replace it")
+        raise FileExistsError(
+            f"{out} already holds a dataset ({', '.join(existing)}); pass overwrite=True (--overwrite) to replace it"
+        )
     for name in existing:
         target = out / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()

@@ -60,8 +60,10 @@ class Failure:
             return f"[{self.check}] {self.expectation}: {self.description}; {self.observed}"
         shown = [f"{v}={x}" if x is not None else v for v, x in zip(self.videos[:10], self.values[:10])]
         more = f" (+{len(self.videos) - 10} more)" if len(self.videos) > 10 else ""
-        return (f"[{self.check}] {self.expectation}: {self.description}; failing {len(self.videos)} "
-                f"video(s): {', '.join(shown)}{more}")
+        return (
+            f"[{self.check}] {self.expectation}: {self.description}; failing {len(self.videos)} "
+            f"video(s): {', '.join(shown)}{more}"
+        )
 
 
 @dataclass
@@ -76,12 +78,16 @@ class ValidationReport:
 
     def summary(self) -> str:
         head = "PASSED" if self.success else "FAILED"
-        lines = [f"validation {head}: {self.evaluated - len(self.failures)}/{self.evaluated} expectations met "
-                 f"({self.seconds:.1f} s)"]
+        lines = [
+            f"validation {head}: {self.evaluated - len(self.failures)}/{self.evaluated} expectations met "
+            f"({self.seconds:.1f} s)"
+        ]
         lines += ["  " + f.line() for f in self.failures]
         if any(f.check == "required_columns" for f in self.failures):
-            lines.append("  hint: validate a dataset written by `iwarp data prepare`: its manifest carries the "
-                         "statistics the checks need")
+            lines.append(
+                "  hint: validate a dataset written by `iwarp data prepare`: its manifest carries the "
+                "statistics the checks need"
+            )
         for vid, reason in self.skipped_inputs:
             lines.append(f"  note: input {vid} was skipped by prepare: {reason}")
         lines.append(f"  Data Docs: {self.docs_index}")
@@ -91,6 +97,7 @@ class ValidationReport:
 
 # ---------------------------------------------------------------------------------------------
 # the tables validated
+
 
 def video_table(root: Path, manifest):
     """Prepared videos with the derived columns the expectations need."""
@@ -122,16 +129,33 @@ def frame_table(root: Path, videos, per_video: int):
         for group in groups:
             try:
                 for i, f in zip(group, read_video(path, group)):
-                    rows.append({"id": row["id"], "frame": i, "readable": True, "width": f.shape[1],
-                                 "height": f.shape[0], "error": ""})
+                    rows.append(
+                        {
+                            "id": row["id"],
+                            "frame": i,
+                            "readable": True,
+                            "width": f.shape[1],
+                            "height": f.shape[0],
+                            "error": "",
+                        }
+                    )
             except Exception as exc:  # any failure to read is what this table records
-                rows.append({"id": row["id"], "frame": group[-1], "readable": False, "width": None,
-                             "height": None, "error": f"{type(exc).__name__}: {exc}"})
+                rows.append(
+                    {
+                        "id": row["id"],
+                        "frame": group[-1],
+                        "readable": False,
+                        "width": None,
+                        "height": None,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                )
     return pd.DataFrame(rows, columns=["id", "frame", "readable", "width", "height", "error"])
 
 
 # ---------------------------------------------------------------------------------------------
 # suites
+
 
 def _suites(cfg: ValidationConfig) -> dict[str, list]:
     import great_expectations.expectations as gxe
@@ -141,54 +165,145 @@ def _suites(cfg: ValidationConfig) -> dict[str, list]:
 
     required = REQUIRED_COLUMNS + STAT_COLUMNS + ["path"]
     videos = [
-        e(gxe.ExpectTableColumnsToMatchSet, "required_columns", "manifest has every required column",
-          column_set=required, exact_match=False),
+        e(
+            gxe.ExpectTableColumnsToMatchSet,
+            "required_columns",
+            "manifest has every required column",
+            column_set=required,
+            exact_match=False,
+        ),
         e(gxe.ExpectTableRowCountToBeBetween, "not_empty", "at least one prepared video", min_value=1),
-        *[e(gxe.ExpectColumnValuesToNotBeNull, "missing_values", f"{c} is filled in for every video", column=c)
-          for c in ("id", "identity", "split", "num_frames", "width", "height", "fps")],
+        *[
+            e(gxe.ExpectColumnValuesToNotBeNull, "missing_values", f"{c} is filled in for every video", column=c)
+            for c in ("id", "identity", "split", "num_frames", "width", "height", "fps")
+        ],
         e(gxe.ExpectColumnValuesToBeUnique, "duplicate_id", "video ids are unique", column="id"),
-        e(gxe.ExpectColumnValuesToBeInSet, "bad_split", "split is train or test", column="split",
-          value_set=list(SPLITS)),
-        e(gxe.ExpectColumnValuesToBeInSet, "identity_leak", "no identity in both train and test",
-          column="identity_splits", value_set=[1]),
-        e(gxe.ExpectColumnValuesToBeUnique, "duplicate_video", "no video content appears twice",
-          column="content_hash"),
-        e(gxe.ExpectColumnValuesToBeInSet, "missing_on_disk", "every listed video exists on disk",
-          column="on_disk", value_set=[True]),
-        e(gxe.ExpectColumnValuesToBeBetween, "too_short",
-          f"at least {cfg.min_frames} frames (k sources + 1 driving)", column="num_frames", min_value=cfg.min_frames),
-        e(gxe.ExpectColumnValuesToBeInSet, "wrong_size", f"width is {cfg.image_size}", column="width",
-          value_set=[cfg.image_size]),
-        e(gxe.ExpectColumnValuesToBeInSet, "wrong_size", f"height is {cfg.image_size}", column="height",
-          value_set=[cfg.image_size]),
-        e(gxe.ExpectColumnValuesToBeBetween, "fps_out_of_range", f"fps in [{cfg.fps_min}, {cfg.fps_max}]",
-          column="fps", min_value=cfg.fps_min, max_value=cfg.fps_max),
-        e(gxe.ExpectColumnValuesToBeBetween, "blank_video", f"contrast (grey std) >= {cfg.min_contrast}",
-          column="contrast_mean", min_value=cfg.min_contrast),
-        e(gxe.ExpectColumnValuesToBeBetween, "frozen_video", f"motion (mean |frame diff|) >= {cfg.min_motion}",
-          column="motion_mean", min_value=cfg.min_motion),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "bad_split",
+            "split is train or test",
+            column="split",
+            value_set=list(SPLITS),
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "identity_leak",
+            "no identity in both train and test",
+            column="identity_splits",
+            value_set=[1],
+        ),
+        e(gxe.ExpectColumnValuesToBeUnique, "duplicate_video", "no video content appears twice", column="content_hash"),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "missing_on_disk",
+            "every listed video exists on disk",
+            column="on_disk",
+            value_set=[True],
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeBetween,
+            "too_short",
+            f"at least {cfg.min_frames} frames (k sources + 1 driving)",
+            column="num_frames",
+            min_value=cfg.min_frames,
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "wrong_size",
+            f"width is {cfg.image_size}",
+            column="width",
+            value_set=[cfg.image_size],
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "wrong_size",
+            f"height is {cfg.image_size}",
+            column="height",
+            value_set=[cfg.image_size],
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeBetween,
+            "fps_out_of_range",
+            f"fps in [{cfg.fps_min}, {cfg.fps_max}]",
+            column="fps",
+            min_value=cfg.fps_min,
+            max_value=cfg.fps_max,
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeBetween,
+            "blank_video",
+            f"contrast (grey std) >= {cfg.min_contrast}",
+            column="contrast_mean",
+            min_value=cfg.min_contrast,
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeBetween,
+            "frozen_video",
+            f"motion (mean |frame diff|) >= {cfg.min_motion}",
+            column="motion_mean",
+            min_value=cfg.min_motion,
+        ),
     ]
     if cfg.require_both_splits:
-        videos.append(e(gxe.ExpectColumnDistinctValuesToContainSet, "missing_split",
-                        "both train and test hold videos", column="split", value_set=list(SPLITS)))
+        videos.append(
+            e(
+                gxe.ExpectColumnDistinctValuesToContainSet,
+                "missing_split",
+                "both train and test hold videos",
+                column="split",
+                value_set=list(SPLITS),
+            )
+        )
     if cfg.face_dataset:
-        videos.append(e(gxe.ExpectColumnValuesToNotBeNull, "low_face_rate",
-                        "face rate measured (prepare --crop face)", column="face_rate"))
-        videos.append(e(gxe.ExpectColumnValuesToBeBetween, "low_face_rate",
-                        f"a face in >= {cfg.min_face_rate:.0%} of sampled frames", column="face_rate",
-                        min_value=cfg.min_face_rate))
+        videos.append(
+            e(
+                gxe.ExpectColumnValuesToNotBeNull,
+                "low_face_rate",
+                "face rate measured (prepare --crop face)",
+                column="face_rate",
+            )
+        )
+        videos.append(
+            e(
+                gxe.ExpectColumnValuesToBeBetween,
+                "low_face_rate",
+                f"a face in >= {cfg.min_face_rate:.0%} of sampled frames",
+                column="face_rate",
+                min_value=cfg.min_face_rate,
+            )
+        )
     inputs = [
-        e(gxe.ExpectColumnValuesToBeInSet, "skipped_inputs",
-          f"at most {cfg.max_skipped_fraction:.0%} of input videos skipped as unreadable", column="status",
-          value_set=["ok"], mostly=max(1.0 - cfg.max_skipped_fraction, 1e-9)),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "skipped_inputs",
+            f"at most {cfg.max_skipped_fraction:.0%} of input videos skipped as unreadable",
+            column="status",
+            value_set=["ok"],
+            mostly=max(1.0 - cfg.max_skipped_fraction, 1e-9),
+        ),
     ]
     frames = [
-        e(gxe.ExpectColumnValuesToBeInSet, "unreadable_frames", "sampled frames decode", column="readable",
-          value_set=[True]),
-        e(gxe.ExpectColumnValuesToBeInSet, "wrong_size", f"frames on disk are {cfg.image_size} wide",
-          column="width", value_set=[cfg.image_size]),
-        e(gxe.ExpectColumnValuesToBeInSet, "wrong_size", f"frames on disk are {cfg.image_size} high",
-          column="height", value_set=[cfg.image_size]),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "unreadable_frames",
+            "sampled frames decode",
+            column="readable",
+            value_set=[True],
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "wrong_size",
+            f"frames on disk are {cfg.image_size} wide",
+            column="width",
+            value_set=[cfg.image_size],
+        ),
+        e(
+            gxe.ExpectColumnValuesToBeInSet,
+            "wrong_size",
+            f"frames on disk are {cfg.image_size} high",
+            column="height",
+            value_set=[cfg.image_size],
+        ),
     ]
     return {"iwarp_videos": videos, "iwarp_inputs": inputs, "iwarp_frames": frames}
 
@@ -196,23 +311,37 @@ def _suites(cfg: ValidationConfig) -> dict[str, list]:
 def _context(docs_dir: Path):
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network here; no telemetry anyway
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
 
-    site = {"class_name": "SiteBuilder", "show_how_to_buttons": False,
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-                               data_docs_sites={"iwarp": site}, analytics_enabled=False,
-                               progress_bars=ProgressBarsConfig(globally=False))
+    site = {
+        "class_name": "SiteBuilder",
+        "show_how_to_buttons": False,
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={"iwarp": site},
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
 # ---------------------------------------------------------------------------------------------
 # running
 
-def validate_dataset(data: str | Path, cfg: ValidationConfig | None = None, docs_dir: str | Path | None = None,
-                     result_path: str | Path | None = None) -> ValidationReport:
+
+def validate_dataset(
+    data: str | Path,
+    cfg: ValidationConfig | None = None,
+    docs_dir: str | Path | None = None,
+    result_path: str | Path | None = None,
+) -> ValidationReport:
     """Validate the prepared dataset at `data`; write Data Docs and the result JSON."""
     cfg = cfg or ValidationConfig()
     start = time.perf_counter()
@@ -222,8 +351,11 @@ def validate_dataset(data: str | Path, cfg: ValidationConfig | None = None, docs
     result_path = Path(result_path) if result_path else docs_dir.parent / "validation.json"
     manifest = read_manifest(root)
     videos = video_table(root, manifest)
-    tables = {"iwarp_videos": videos, "iwarp_inputs": manifest[["id", "status"]].copy(),
-              "iwarp_frames": frame_table(root, videos, cfg.frames_per_video)}
+    tables = {
+        "iwarp_videos": videos,
+        "iwarp_inputs": manifest[["id", "status"]].copy(),
+        "iwarp_frames": frame_table(root, videos, cfg.frames_per_video),
+    }
 
     for stale in ("validations", "expectations"):  # pages of earlier runs; the index is rebuilt
         shutil.rmtree(docs_dir / stale, ignore_errors=True)
@@ -236,11 +368,14 @@ def validate_dataset(data: str | Path, cfg: ValidationConfig | None = None, docs
         suite = ctx.suites.add(gx.ExpectationSuite(name=suite_name))
         for expectation in expectations:
             suite.add_expectation(expectation)
-        batch = source.add_dataframe_asset(suite_name.removeprefix("iwarp_")).add_batch_definition_whole_dataframe("all")
+        batch = source.add_dataframe_asset(suite_name.removeprefix("iwarp_")).add_batch_definition_whole_dataframe(
+            "all"
+        )
         definition = ctx.validation_definitions.add(gx.ValidationDefinition(name=suite_name, data=batch, suite=suite))
         results[suite_name] = definition.run(  # results land in the context's store, for the docs
             batch_parameters={"dataframe": tables[suite_name]},
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]})
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["id"]},
+        )
     ctx.build_data_docs(site_names=["iwarp"])  # once, for all three suites (rendering is the slow part)
 
     failures, evaluated = [], 0
@@ -250,7 +385,9 @@ def validate_dataset(data: str | Path, cfg: ValidationConfig | None = None, docs
             if not r.success:
                 failures.append(_failure(suite_name, r))
     success = not failures
-    skipped = [(str(r["id"]), str(r.get("reason", ""))) for r in manifest[manifest["status"] != "ok"].to_dict("records")]
+    skipped = [
+        (str(r["id"]), str(r.get("reason", ""))) for r in manifest[manifest["status"] != "ok"].to_dict("records")
+    ]
     docs_index = docs_dir / "index.html"
     payload = {
         "success": success,
@@ -266,8 +403,7 @@ def validate_dataset(data: str | Path, cfg: ValidationConfig | None = None, docs
     tmp = result_path.with_name(f".{result_path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(result_path)
-    return ValidationReport(success, failures, evaluated, docs_index, result_path, skipped,
-                            time.perf_counter() - start)
+    return ValidationReport(success, failures, evaluated, docs_index, result_path, skipped, time.perf_counter() - start)
 
 
 def _failure(suite: str, r) -> Failure:
@@ -291,8 +427,15 @@ def _failure(suite: str, r) -> Failure:
         observed = f"missing {result['partial_missing_list']}"
     else:
         observed = f"observed {_plain(result.get('observed_value'))}"
-    return Failure(check=str(meta.get("check", config.type)), expectation=expectation, suite=suite,
-                   description=str(config.description or ""), videos=ids, values=values, observed=observed)
+    return Failure(
+        check=str(meta.get("check", config.type)),
+        expectation=expectation,
+        suite=suite,
+        description=str(config.description or ""),
+        videos=ids,
+        values=values,
+        observed=observed,
+    )
 
 
 def _exception_messages(info) -> list[str]:

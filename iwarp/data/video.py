@@ -8,17 +8,25 @@ it instead of crashing on an FFmpeg traceback.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 from PIL import Image
 
 from iwarp.errors import InputError
 
+if TYPE_CHECKING:  # only for annotations: av loads FFmpeg, so functions import it when called
+    from av.container import OutputContainer
+    from av.video.stream import VideoStream
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".flv", ".ts", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# What synth, photos and prepare write: png/jpg frame folders or mp4 files.
+OutputFormat = Literal["png", "jpg", "mp4"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 DEFAULT_FPS = 25.0  # frame folders carry no rate; FOMM's layouts are 25 fps (VoxCeleb)
 
 
@@ -54,9 +62,7 @@ def frame_files(folder: Path) -> list[Path]:
 
 
 def is_frame_folder(path: Path) -> bool:
-    return path.is_dir() and any(
-        p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file()
-    )
+    return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file())
 
 
 def is_video_entry(path: Path) -> bool:
@@ -122,7 +128,7 @@ def probe(path: str | Path) -> VideoInfo:
     return VideoInfo(n, width, height, fps)
 
 
-def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+def iter_frames(path: str | Path) -> Generator[np.ndarray, None, None]:
     """Yield (H, W, 3) uint8 frames one at a time (constant memory for long videos)."""
     path = Path(path)
     if path.is_dir():
@@ -160,16 +166,16 @@ def read_video(path: str | Path, indices: Sequence[int] | None = None) -> np.nda
         return np.stack([_read_image(files[i]) for i in wanted])
     if indices is None:
         return np.stack(list(iter_frames(path)))
-    wanted = {int(i) for i in indices}
+    targets = {int(i) for i in indices}
     found: dict[int, np.ndarray] = {}
     n = 0
-    if wanted and min(wanted) >= 0:
+    if targets and min(targets) >= 0:
         frames = iter_frames(path)
         try:
             for n, frame in enumerate(frames, start=1):
-                if n - 1 in wanted:
+                if n - 1 in targets:
                     found[n - 1] = frame
-                if n - 1 >= max(wanted):
+                if n - 1 >= max(targets):
                     break
         finally:
             frames.close()  # closes the container when we stop early
@@ -212,7 +218,7 @@ X264_PARAMS = "threads=1:sliced-threads=0:lookahead-threads=1:no-mbtree=1"
 BITEXACT_CONTAINER = {"fflags": "+bitexact"}
 
 
-def add_h264_stream(container, width: int, height: int, fps: float, crf: int = 18):
+def add_h264_stream(container: OutputContainer, width: int, height: int, fps: float, crf: int = 18) -> VideoStream:
     """A yuv420p H.264 stream on an output container, with the reproducible settings above."""
     from fractions import Fraction
 
@@ -220,8 +226,13 @@ def add_h264_stream(container, width: int, height: int, fps: float, crf: int = 1
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.codec_context.thread_count = 1  # PyAV's default is 0 (= one per core)
     stream.codec_context.thread_type = "NONE"
-    stream.options = {"crf": str(crf), "preset": H264_PRESET, "threads": "1", "x264-params": X264_PARAMS,
-                      "flags": "+bitexact"}
+    stream.options = {
+        "crf": str(crf),
+        "preset": H264_PRESET,
+        "threads": "1",
+        "x264-params": X264_PARAMS,
+        "flags": "+bitexact",
+    }
     return stream
 
 
@@ -240,19 +251,21 @@ class VideoWriter:
         self.path = Path(path)
         self.fps, self.crf = fps, crf
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
-        self._container = self._stream = None
+        self._container: OutputContainer | None = None
+        self._stream: VideoStream | None = None
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
         import av
 
-        if self._container is None:
+        if self._container is None or self._stream is None:  # set together: the first frame opens both
             height, width = frame.shape[:2]
             if width % 2 or height % 2:
                 raise ValueError(f"H.264 needs even frame sizes, got {width}x{height}")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.tmp), "w", format=_container_format(self.path),
-                                      options=BITEXACT_CONTAINER)
+            self._container = av.open(
+                str(self.tmp), "w", format=_container_format(self.path), options=BITEXACT_CONTAINER
+            )
             self._stream = add_h264_stream(self._container, width, height, self.fps, self.crf)
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
         for packet in self._stream.encode(vf):
@@ -260,7 +273,7 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> Path:
-        if self._container is None:
+        if self._container is None or self._stream is None:
             raise ValueError(f"{self.path}: no frames written")
         for packet in self._stream.encode():
             self._container.mux(packet)
@@ -285,8 +298,9 @@ class VideoWriter:
             self.abort()
 
 
-def write_video(path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS,
-                crf: int = 18) -> Path:
+def write_video(
+    path: str | Path, frames: np.ndarray | Sequence[np.ndarray], fps: float = DEFAULT_FPS, crf: int = 18
+) -> Path:
     """Encode RGB uint8 frames (T, H, W, 3) as H.264 mp4 (reproducible bytes, see `VideoWriter`).
     Sizes must be even."""
     if len(frames) == 0:
@@ -301,8 +315,9 @@ def _container_format(path: Path) -> str | None:
     return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}.get(path.suffix.lower())
 
 
-def write_frames(folder: str | Path, frames: np.ndarray | Sequence[np.ndarray], ext: str = ".png",
-                 start: int = 0) -> Path:
+def write_frames(
+    folder: str | Path, frames: np.ndarray | Sequence[np.ndarray], ext: str = ".png", start: int = 0
+) -> Path:
     """Write frames as `000000.png`, `000001.png`, ... (FOMM's frame-folder layout)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

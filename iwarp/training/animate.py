@@ -19,12 +19,16 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from iwarp.errors import InputError
 from iwarp.keypoints import relative_keypoints
+
+if TYPE_CHECKING:
+    from iwarp.models import GeneratorModel
 
 DEFAULT_FPS = 25.0
 
@@ -53,7 +57,7 @@ def _to_square(image: np.ndarray, size: int, what: str, warn: bool = True) -> np
             warnings.warn(
                 f"{what} is {image.shape[1]}x{image.shape[0]}: resized to the model's {size}x{size}", stacklevel=3
             )
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS))
     return image
 
 
@@ -107,7 +111,7 @@ def expand_cache(cache, n: int):
 
 @torch.no_grad()
 def animate_frames(
-    model: torch.nn.Module,
+    model: GeneratorModel,
     sources: torch.Tensor,
     frames: Iterator[torch.Tensor],
     relative: bool = False,

@@ -20,11 +20,14 @@ import math
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 
 from iwarp.errors import InputError
+
+if TYPE_CHECKING:
+    from iwarp.models import GeneratorModel
 
 SourcePlacement = Literal["first", "spread"]
 SOURCE_PLACEMENTS: tuple[str, ...] = get_args(SourcePlacement)
@@ -61,7 +64,7 @@ def frame_plan(n: int, ks: list[int], placement: SourcePlacement, stride: int) -
 
 @torch.no_grad()
 def predict_video(
-    model: torch.nn.Module, sources: torch.Tensor, driving: torch.Tensor, batch_size: int = 8
+    model: GeneratorModel, sources: torch.Tensor, driving: torch.Tensor, batch_size: int = 8
 ) -> torch.Tensor:
     """Predictions (n, 3, H, W) for driving frames (n, 3, H, W) from one source set (k, 3, H, W);
     the sources are encoded once."""
@@ -77,7 +80,7 @@ def predict_video(
 
 
 def evaluate(
-    model: torch.nn.Module | None,
+    model: GeneratorModel | None,
     dataset,
     ks: list[int],
     suite,
@@ -100,8 +103,9 @@ def evaluate(
         raise EvalError(f"--sources needs numbers >= 1, got {ks}")
     if stride < 1:
         raise EvalError("--frame-stride must be >= 1")
-    plans = {i: frame_plan(v.num_frames, ks, source_placement, stride) for i, v in enumerate(dataset.videos)}
-    usable = [i for i, plan in plans.items() if plan is not None]
+    all_plans = {i: frame_plan(v.num_frames, ks, source_placement, stride) for i, v in enumerate(dataset.videos)}
+    plans = {i: plan for i, plan in all_plans.items() if plan is not None}
+    usable = list(plans)
     skipped = len(dataset.videos) - len(usable)
     start = ks[-1] if source_placement == "first" else None  # `first`: driven frames start after max(ks)
     too_short = (
@@ -132,6 +136,7 @@ def evaluate(
             if k is None:
                 pred = sources.expand_as(driving)
             else:
+                assert model is not None  # run(k) is only called with a model
                 pred = predict_video(model, sources, driving, batch_size)
             suite.update(pred, driving)
             frames += driving.shape[0]
@@ -215,7 +220,8 @@ def evaluate_checkpoint(
     from iwarp.training.distributed import pick_device
 
     dev = pick_device(device)
-    model, meta = None, {"checkpoint": None, "model_kind": "copy_source"}
+    model: GeneratorModel | None = None
+    meta: dict[str, Any] = {"checkpoint": None, "model_kind": "copy_source"}
     if checkpoint is not None:
         checkpoint = resolve_checkpoint(checkpoint)
         model = load_model(checkpoint).to(dev)

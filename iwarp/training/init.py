@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from iwarp.config import ConfigError
+from iwarp.keypoints import KeypointDetector
 
 REPORT_NAME = "init_from.json"
 
@@ -112,14 +113,16 @@ def keypoints_from_checkpoint(
 
     path = resolve_checkpoint(name_or_path)
     ckpt = load_checkpoint(path, map_location)
+    detector = model.get_submodule("keypoint_detector")
+    assert isinstance(detector, KeypointDetector)
     theirs = (ckpt.get("model_config") or {}).get("keypoints", {})
-    differ = detector_differences(theirs, asdict(model.config.keypoints))
+    differ = detector_differences(theirs, asdict(detector.cfg))
     if differ:
         raise ConfigError(f"keypoints_from {path}: its detector differs from this config's: {'; '.join(differ)}")
     state = {n[len(DETECTOR) :]: t for n, t in ckpt.get("model", {}).items() if n.startswith(DETECTOR)}
     if not state:
         raise CheckpointError(f"keypoints_from {path} holds no keypoint detector")
-    report = load_matching(model.keypoint_detector, state, str(path))
+    report = load_matching(detector, state, str(path))
     if report.new:
         raise ConfigError(f"keypoints_from {path} lacks detector weights: {', '.join(report.new)}")
     return {"checkpoint": str(path), "model_kind": ckpt.get("model_kind"), "frozen": frozen, **asdict(report)}

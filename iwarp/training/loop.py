@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -45,6 +45,8 @@ from iwarp.training.state import (
 )
 
 FORMAT_VERSION = 1
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 @dataclass
@@ -90,6 +92,12 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | N
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
 
 
+def to_device(module: ModuleT, device: torch.device, fmt: torch.memory_format) -> ModuleT:
+    """`module.to(device, memory_format=fmt)`: Module.to takes memory_format (it converts the 4-D
+    parameters and buffers), but torch's type stubs for Module.to omit the keyword."""
+    return module.to(device, memory_format=fmt)  # type: ignore[call-overload]
+
+
 class Trainer:
     """Trains one generator (+ discriminator) on this process's share of every batch."""
 
@@ -128,21 +136,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         # channels_last: oneDNN's (and cuDNN's) fast convolution layout; state dicts are unaffected
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = build_model(cfg.model.kind, cfg.model_config).to(ctx.device, memory_format=fmt)
-        self.losses = Losses(cfg.loss).to(ctx.device, memory_format=fmt)  # holds the frozen VGG; not checkpointed
+        self.model = to_device(build_model(cfg.model.kind, cfg.model_config), ctx.device, fmt)
+        self.losses = to_device(Losses(cfg.loss), ctx.device, fmt)  # holds the frozen VGG; not checkpointed
         self.disc = None
         if self.losses.uses_discriminator:  # only when an adversarial term has weight
-            self.disc = MultiScalePatchDiscriminator(cfg.discriminator).to(ctx.device, memory_format=fmt)
+            self.disc = to_device(MultiScalePatchDiscriminator(cfg.discriminator), ctx.device, fmt)
 
         o = cfg.optim
+        betas = (o.betas[0], o.betas[1])  # the config check guarantees two values
         self.opt_g = torch.optim.Adam(
-            self.model.parameters(), lr=o.lr_generator, betas=tuple(o.betas), weight_decay=o.weight_decay
+            self.model.parameters(), lr=o.lr_generator, betas=betas, weight_decay=o.weight_decay
         )
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: lr_factor(s, cfg))
         self.opt_d = self.sched_d = None
         if self.disc is not None:
             self.opt_d = torch.optim.Adam(
-                self.disc.parameters(), lr=o.lr_discriminator, betas=tuple(o.betas), weight_decay=o.weight_decay
+                self.disc.parameters(), lr=o.lr_discriminator, betas=betas, weight_decay=o.weight_decay
             )
             self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda s: lr_factor(s, cfg))
         # Loss scaling only for fp16; bf16 and fp32 need none.
@@ -206,10 +215,12 @@ class Trainer:
         """`model.implicit.keypoints_from`: the detector from a pretraining run (after init_from,
         so it wins), frozen unless `keypoints_frozen: false`. A resumed run has its own copy in
         its checkpoint, but stays frozen."""
-        source = getattr(self.model.config, "keypoints_from", None)
-        if not source:
-            return
-        frozen = self.model.config.keypoints_frozen
+        from iwarp.implicit_warping import ImplicitWarpingConfig
+
+        model_cfg = self.model.config
+        if not isinstance(model_cfg, ImplicitWarpingConfig) or not model_cfg.keypoints_from:
+            return  # only the implicit model has the option
+        source, frozen = model_cfg.keypoints_from, model_cfg.keypoints_frozen
         if load:
             self.keypoints_report = init.keypoints_from_checkpoint(
                 source, self.model, frozen, map_location=self.ctx.device
@@ -244,6 +255,7 @@ class Trainer:
             if ckpt.get("discriminator") is None:
                 raise ConfigError(f"{path} was trained without a discriminator; this config enables one")
             self.disc.load_state_dict(ckpt["discriminator"])
+            assert self.opt_d is not None and self.sched_d is not None  # built with the discriminator
             self.opt_d.load_state_dict(ckpt["optimizers"]["discriminator"])
             self.sched_d.load_state_dict(ckpt["schedulers"]["discriminator"])
             self.scaler_d.load_state_dict(ckpt["scalers"]["discriminator"])
@@ -293,6 +305,7 @@ class Trainer:
         return self.losses.generator_losses(driving, out, self.model, self.disc, adversarial=use_gan)
 
     def _discriminator_losses(self, driving, fake) -> dict[str, torch.Tensor]:
+        assert self.ddp_disc is not None  # called only when there is a discriminator
         return self.losses.discriminator_losses(driving, fake, self.ddp_disc)
 
     def _clip(self, params, scaler, opt) -> torch.Tensor:
@@ -323,6 +336,7 @@ class Trainer:
         logged["g/grad_norm"] = g_norm.detach()
 
         if self.disc is not None:
+            assert self.opt_d is not None and self.sched_d is not None  # built with the discriminator
             self.disc.requires_grad_(True)
             if use_gan and self.cfg.loss.gan > 0:  # feature matching alone does not train D
                 fake = out["prediction"].detach()
@@ -476,8 +490,8 @@ class Trainer:
         """Train to `optim.steps`; `logger` (rank 0 only) gets params, metrics, images, model."""
         cfg, ctx = self.cfg, self.ctx
         self.extra_logger = logger if ctx.is_main else None
-        logger: Logger = self._make_logger() if ctx.is_main else Logger()
-        self.logger = logger
+        run_logger = self._make_logger() if ctx.is_main else Logger()
+        self.logger = run_logger
         if ctx.is_main:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(self.ckpt_dir)
@@ -489,22 +503,22 @@ class Trainer:
             if self.keypoints_report is not None:
                 params["keypoints_from.checkpoint"] = self.keypoints_report["checkpoint"]
                 params["keypoints_from.model_kind"] = self.keypoints_report["model_kind"]
-            logger.log_params(params)
+            run_logger.log_params(params)
             if self.init_report is not None:
-                logger.log_artifact(init.write_report(self.init_report, self.out_dir))
+                run_logger.log_artifact(init.write_report(self.init_report, self.out_dir))
             self.tracking_run_id = getattr(self.extra_logger, "run_id", None) or self.tracking_run_id
             self._preview = self._preview_batch()
         previous_handler = self._install_signal_handler()
         status, result = "FAILED", None
         try:
-            result = self._loop(logger)
+            result = self._loop(run_logger)
             status = "KILLED" if result.stopped == "signal" else "FINISHED"
             return result
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
             if ctx.is_main:
-                logger.close(status)
+                run_logger.close(status)
 
     def _loop(self, logger: Logger) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
@@ -543,7 +557,7 @@ class Trainer:
                 metrics = ctx.mean({**{k: v / window_steps for k, v in window.items()}, "samples_per_cpu_s": cpu})
                 elapsed = time.perf_counter() - window_start
                 metrics["samples_per_s"] = window_steps * cfg.data.batch_size * ctx.world_size / max(elapsed, 1e-9)
-                metrics["lr/generator"] = self.sched_g.get_last_lr()[0]
+                metrics["lr/generator"] = float(self.sched_g.get_last_lr()[0])
                 metrics["k"] = float(batch["k"])
                 self.last_metrics = metrics
                 if ctx.is_main:

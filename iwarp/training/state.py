@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 
 def capture_rng(device: torch.device) -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # legacy=True is the default: the MT19937 tuple (numpy's stubs type the plain call as a dict)
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    name, keys, pos, has_gauss, cached = legacy
     version, py_state, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

@@ -3,6 +3,7 @@ maps and loss curves, written as PNG (the tracking logger uploads the same files
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,12 @@ def _heat(values: np.ndarray) -> np.ndarray:
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    resample = Image.NEAREST if nearest else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(array).resize((size[1], size[0]), resample))
 
 
 def _compose(
-    rows: list[list[np.ndarray | None]], labels: list[str], tile: tuple[int, int], pad: int = 2
+    rows: Sequence[Sequence[np.ndarray | None]], labels: list[str], tile: tuple[int, int], pad: int = 2
 ) -> Image.Image:
     """Tiles (H, W, 3) in a grid with a header row of column labels; None leaves a gap.
     Small tiles are enlarged (nearest) to >= 128 px so 64 px runs stay readable."""
@@ -82,7 +83,7 @@ def sample_grid(sources: torch.Tensor, driving: torch.Tensor, prediction: torch.
             [to_uint8(s) for s in sources[b]] + [to_uint8(driving[b]), to_uint8(prediction[b]), to_uint8(error)]
         )
     labels = [f"src{i + 1}" for i in range(k)] + ["driving", "pred", "|err|x4"]
-    return _save(_compose(rows, labels, tuple(driving.shape[-2:])), path)
+    return _save(_compose(rows, labels, (driving.shape[-2], driving.shape[-1])), path)
 
 
 def animation_strip(
@@ -101,7 +102,7 @@ def animation_strip(
     for frames in [prediction] + ([copy] if copy is not None else []):
         rows.append([None] * (k + 1) + [to_uint8(p) for p in frames])
     labels = [f"source {i + 1}" for i in range(k)] + [""] + [f"frame {j + 1}" for j in range(n)]
-    picture = _compose(rows, labels, tuple(driving.shape[-2:]))
+    picture = _compose(rows, labels, (driving.shape[-2], driving.shape[-1]))
     draw = ImageDraw.Draw(picture)  # row names in the gap between the sources and the frames
     tile_w = (picture.width + 2) // (k + 1 + n)  # _compose's tile width + its 2 px pad
     tile_h = (picture.height - _LABEL_H) // len(rows)
