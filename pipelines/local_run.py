@@ -110,17 +110,19 @@ def check_detectors(opts: LocalRunOptions) -> None:
 
     from components.steps.training import resolve_config
     from iwarp.checkpoint import load_checkpoint, resolve_checkpoint
-    from iwarp.config import ConfigError
-    from iwarp.training.config import load_train_config
+    from iwarp.config import ConfigError, load_config
+    from iwarp.training.config import TrainConfig
     from iwarp.training.init import detector_differences
 
-    ours = asdict(load_train_config(resolve_config(opts.config), list(opts.overrides)).model.implicit.keypoints)
+    # Parsed, not validated: the trainer says what else is wrong with the overrides, in its step.
+    variants = load_config(TrainConfig, resolve_config(opts.config), list(opts.overrides))
+    ours = asdict(variants.model.implicit.keypoints)
     if opts.keypoints_from:
         source = opts.keypoints_from
         theirs = (load_checkpoint(resolve_checkpoint(source)).get("model_config") or {}).get("keypoints", {})
     else:
         source = opts.keypoint_config
-        model = load_train_config(resolve_config(source)).model
+        model = load_config(TrainConfig, resolve_config(source)).model
         theirs = asdict(getattr(model, model.kind).keypoints)
     differ = detector_differences(theirs, ours)
     if differ:

@@ -323,3 +323,4 @@ def test_local_run_checks_that_the_variants_can_load_the_detector():
         check_detectors(LocalRunOptions(keypoint_config="configs/keypoints-tiny.yaml"))
     with pytest.raises(ConfigError, match="channels"):  # the variants' overrides count
         check_detectors(LocalRunOptions(overrides=["model.implicit.keypoints.channels=[8,16,16]"]))
+    check_detectors(LocalRunOptions(overrides=["optim.steps=-5"]))  # the rest is the trainer's to refuse
