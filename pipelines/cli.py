@@ -55,10 +55,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--keypoints-from",
-        default="",
+        default=None,
         metavar="NAME|CKPT",
         help="a pretrained keypoint detector (shipped name or checkpoint) every variant loads frozen; "
-        "skips the keypoint stage (default: the stage trains one)",
+        "skips the keypoint stage. Default: --init-from's own detector (the stage runs when --init-from is ''); "
+        "'' always runs the stage",
     )
     r.add_argument(
         "--keypoint-config",

@@ -43,7 +43,11 @@ class LocalRunOptions:
     data_params: list[str] = dataclasses.field(default_factory=list)  # params.yaml overrides (faces.clips_per_photo=2)
     config: str = "configs/faces-64.yaml"
     init_from: str = "iwarp-faces-64"  # shipped model (name or path) every variant fine-tunes from; "": scratch
-    keypoints_from: str = ""  # a pretrained detector (name or path): the keypoint stage trains nothing
+    # A pretrained detector (name or path): the keypoint stage trains nothing. None: the detector of
+    # init_from (a fine-tuned model keeps the detector it was trained with; swapping it under a
+    # trained model costs more than 100 steps can repair), or the stage trains one when init_from
+    # is "". "" always runs the stage.
+    keypoints_from: str | None = None
     keypoint_config: str = "configs/keypoints-faces-64.yaml"
     keypoint_init_from: str = "iwarp-faces-64-fomm"  # shipped FOMM baseline the stage fine-tunes; "": scratch
     keypoint_steps: int = DEFAULT_STEPS  # 0: the keypoint config's optim.steps
@@ -67,6 +71,10 @@ class LocalRunOptions:
     home: str | None = None
     verbose: bool = False
     readme_picture: bool = False  # also copy the champion's animation to docs/images/main-job.png
+
+    def __post_init__(self) -> None:
+        if self.keypoints_from is None:
+            self.keypoints_from = self.init_from
 
 
 @dataclasses.dataclass

@@ -218,7 +218,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         data_params: list = [],  # noqa: B006
         train_config: str = "configs/faces-64.yaml",
         init_from: str = "iwarp-faces-64",
-        keypoints_from: str = "",
+        keypoints_from: str = "iwarp-faces-64",
         keypoint_config: str = "configs/keypoints-faces-64.yaml",
         keypoint_steps: int = 0,
         keypoint_init_from: str = "iwarp-faces-64-fomm",
@@ -254,7 +254,10 @@ def build_pipeline(opts: PlatformOptions | None = None):
         directory); s3_endpoint_url for S3-compatible stores. init_from: the shipped model
         (name or path) every variant fine-tunes from; empty = from scratch.
         keypoints_from: a pretrained keypoint detector (checkpoint path or shipped name) every
-        variant loads, frozen; empty = the keypoint stage trains one: the FOMM baseline
+        variant loads, frozen; the default is init_from's default, the shipped model's own
+        detector (set it to init_from's value when fine-tuning another model: a swapped detector
+        under a trained model costs more than a short fine-tune repairs); empty = the keypoint
+        stage trains one (with init_from empty: the paper's recipe): the FOMM baseline
         (keypoint_config, keypoint_steps; 0 = the config's) fine-tuned from keypoint_init_from
         (empty = from scratch) on the same data, evaluated like a variant.
         train_backend: trainjob (Kubeflow Trainer) | torchrun.

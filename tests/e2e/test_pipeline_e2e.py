@@ -199,6 +199,7 @@ def options(home: Path, **kw) -> LocalRunOptions:
         data="faces",
         data_params=SMALL_FACES,
         init_from=SHIPPED,
+        keypoints_from="",  # run the keypoint stage (the default would keep SHIPPED's own detector)
         eval_sources=[1, 2],
         eval_frame_stride=8,
         eval_max_videos=1,

@@ -100,7 +100,7 @@ CONTRACT = [
     (["pipeline", "compile", "--out", "{tmp}/p.yaml", "--gpu-node-selector", "novalue"], 2, "KEY=VALUE", {}),
     # a model name not shipped (yet) stops the run before any service starts
     (
-        ["pipeline", "run", "--home", "{tmp}", "--keypoint-init-from", "iwarp-no-such-fomm"],
+        ["pipeline", "run", "--home", "{tmp}", "--keypoints-from", "", "--keypoint-init-from", "iwarp-no-such-fomm"],
         2,
         "checkpoint not found: iwarp-no-such-fomm",
         {},

@@ -76,7 +76,7 @@ def test_yaml_lists_pipeline_parameters(compiled):
     assert params["data_source"]["defaultValue"] == "faces" and params["raw_data"]["defaultValue"] == ""
     assert params["init_from"]["defaultValue"] == "iwarp-faces-64"
     # ... with the detector of the shipped FOMM baseline, fine-tuned by the keypoint stage
-    assert params["keypoints_from"]["defaultValue"] == ""
+    assert params["keypoints_from"]["defaultValue"] == params["init_from"]["defaultValue"]  # its own detector
     assert params["keypoint_init_from"]["defaultValue"] == "iwarp-faces-64-fomm"
     assert params["keypoint_config"]["defaultValue"] == "configs/keypoints-faces-64.yaml"
     assert params["keypoint_steps"]["defaultValue"] == 0  # the config's, as train_steps

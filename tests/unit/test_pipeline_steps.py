@@ -314,13 +314,27 @@ def test_local_run_checks_that_the_variants_can_load_the_detector():
     from iwarp.config import ConfigError
     from pipelines.local_run import LocalRunOptions, check_detectors
 
-    check_detectors(LocalRunOptions())  # the main job: faces-64 variants, keypoints-faces-64 stage
-    check_detectors(LocalRunOptions(config="configs/tiny.yaml", keypoint_config="configs/keypoints-tiny.yaml"))
-    check_detectors(LocalRunOptions(keypoints_from="iwarp-faces-64"))  # a given checkpoint's detector
+    check_detectors(LocalRunOptions())  # the main job: iwarp-faces-64's own detector
+    check_detectors(LocalRunOptions(keypoints_from=""))  # faces-64 variants, keypoints-faces-64 stage
+    tiny = dict(config="configs/tiny.yaml", keypoint_config="configs/keypoints-tiny.yaml", init_from="")
+    check_detectors(LocalRunOptions(**tiny))
+    with pytest.raises(ConfigError, match="detector of iwarp-faces-64 does not fit configs/tiny.yaml"):
+        check_detectors(LocalRunOptions(**{**tiny, "init_from": "iwarp-faces-64"}))
     with pytest.raises(
         ConfigError, match="keypoints-tiny.yaml does not fit configs/faces-64.yaml: num_keypoints 5 vs 10"
     ):
-        check_detectors(LocalRunOptions(keypoint_config="configs/keypoints-tiny.yaml"))
+        check_detectors(LocalRunOptions(keypoints_from="", keypoint_config="configs/keypoints-tiny.yaml"))
     with pytest.raises(ConfigError, match="channels"):  # the variants' overrides count
         check_detectors(LocalRunOptions(overrides=["model.implicit.keypoints.channels=[8,16,16]"]))
     check_detectors(LocalRunOptions(overrides=["optim.steps=-5"]))  # the rest is the trainer's to refuse
+
+
+def test_a_fine_tuned_model_keeps_its_own_detector_by_default():
+    """The main job fine-tunes iwarp-faces-64: its variants load that model's own detector and the
+    keypoint stage trains nothing; from scratch (init_from "") the stage trains one; "" forces it."""
+    from pipelines.local_run import LocalRunOptions
+
+    assert LocalRunOptions().keypoints_from == LocalRunOptions().init_from == "iwarp-faces-64"
+    assert LocalRunOptions(init_from="runs/x.ckpt").keypoints_from == "runs/x.ckpt"
+    assert LocalRunOptions(init_from="").keypoints_from == ""
+    assert LocalRunOptions(keypoints_from="").keypoints_from == ""
