@@ -125,6 +125,25 @@ def build_pipeline(opts: PlatformOptions | None = None):
         kubernetes.set_security_context(task, run_as_user=opts.run_as_user, run_as_non_root=True)
         return task
 
+    def evaluate(trained: dsl.PipelineTask, name: str, dataset, personal, tracking_uri, *eval_args) -> dsl.PipelineTask:
+        """The evaluation of a training task's checkpoint, logged to its run (eval_args: sources,
+        source_placement, frame_stride, max_videos, frechet, landmarks, in that order)."""
+        keys = ("sources", "source_placement", "frame_stride", "max_videos", "frechet", "landmarks")
+        task = common(
+            evaluate_model(
+                checkpoint=trained.outputs["checkpoint"],
+                dataset=dataset,
+                personal=personal,
+                run_id=trained.outputs["Output"],
+                tracking_uri=tracking_uri,
+                **dict(zip(keys, eval_args, strict=True)),
+            ),
+            name,
+        )
+        _gpu(_resources(_secrets(task, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
+        task.set_caching_options(False)
+        return task
+
     # A pipeline of its own: the loop body's inputs are then this sub-DAG's parameters, never
     # another task's outputs (kfp.local 2.17 replaces task outputs fed into a ParallelFor with
     # the loop item), and the sweep shows as one collapsible node in the KFP UI.
@@ -184,24 +203,19 @@ def build_pipeline(opts: PlatformOptions | None = None):
             kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
             train.set_caching_options(False)  # each run logs its own MLflow child runs
 
-            ev = common(
-                evaluate_model(
-                    checkpoint=train.outputs["checkpoint"],
-                    dataset=dataset,
-                    personal=personal,
-                    run_id=train.outputs["Output"],
-                    tracking_uri=tracking_uri,
-                    sources=eval_sources,
-                    source_placement=eval_source_placement,
-                    frame_stride=eval_frame_stride,
-                    max_videos=eval_max_videos,
-                    frechet=eval_fd,
-                    landmarks=eval_landmarks,
-                ),
+            ev = evaluate(
+                train,
                 "evaluate",
+                dataset,
+                personal,
+                tracking_uri,
+                eval_sources,
+                eval_source_placement,
+                eval_frame_stride,
+                eval_max_videos,
+                eval_fd,
+                eval_landmarks,
             )
-            _gpu(_resources(_secrets(ev, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
-            ev.set_caching_options(False)
         return SweepOutputs(
             reports=dsl.Collected(ev.outputs["report"]), checkpoints=dsl.Collected(train.outputs["checkpoint"])
         )
@@ -342,24 +356,19 @@ def build_pipeline(opts: PlatformOptions | None = None):
         kp.set_caching_options(False)  # logs its own MLflow child run and a parent param
 
         with dsl.If(keypoints_from == "", name="keypoints-trained"):
-            kp_eval = common(
-                evaluate_model(
-                    checkpoint=kp.outputs["checkpoint"],
-                    dataset=prep.outputs["dataset"],
-                    personal=prep.outputs["personal"],
-                    run_id=kp.outputs["Output"],
-                    tracking_uri=tracking_uri,
-                    sources=eval_sources,
-                    source_placement=eval_source_placement,
-                    frame_stride=eval_frame_stride,
-                    max_videos=eval_max_videos,
-                    frechet=eval_fd,
-                    landmarks=eval_landmarks,
-                ),
+            evaluate(
+                kp,
                 "evaluate keypoints baseline",
+                prep.outputs["dataset"],
+                prep.outputs["personal"],
+                tracking_uri,
+                eval_sources,
+                eval_source_placement,
+                eval_frame_stride,
+                eval_max_videos,
+                eval_fd,
+                eval_landmarks,
             )
-            _gpu(_resources(_secrets(kp_eval, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
-            kp_eval.set_caching_options(False)
 
         sweep = ablation_sweep(
             dataset=prep.outputs["dataset"],
