@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 KEYS = ("l1", "psnr", "lpips", "akd")
 
 
-def evaluate(checkpoint: str, data: Path, ks: list[int], stride: int, landmarks: bool) -> dict:
+def evaluate(
+    checkpoint: str, data: Path, ks: list[int], stride: int, landmarks: bool, copy_source: bool = True
+) -> dict:
+    """The real-face protocol (spread sources, no Frechet distance); also bench/paper_claims.py's."""
     from iwarp.training.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(
@@ -38,7 +41,7 @@ def evaluate(checkpoint: str, data: Path, ks: list[int], stride: int, landmarks:
         stride=stride,
         landmarks=landmarks,
         fd=False,
-        copy_source=True,
+        copy_source=copy_source,
         source_placement="spread",
         progress=False,
     )["json"]

@@ -33,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.faces_quality import evaluate as faces_evaluate  # noqa: E402
 from components.ablation import ABLATIONS, FULL, variant_overrides  # noqa: E402
 
 KEYS = ("l1", "psnr", "lpips", "akd")
@@ -64,19 +65,7 @@ def train(name: str, config: Path, overrides: list[str], out: Path, steps: int) 
 
 
 def evaluate(checkpoint: str, data: Path, ks: list[int], stride: int, copy_source: bool = False) -> dict:
-    from iwarp.training.evaluate import evaluate_checkpoint
-
-    report = evaluate_checkpoint(
-        checkpoint,
-        data,
-        ks,
-        stride=stride,
-        landmarks=True,
-        fd=False,
-        copy_source=copy_source,
-        source_placement="spread",
-        progress=False,
-    )["json"]
+    report = faces_evaluate(checkpoint, data, ks, stride, landmarks=True, copy_source=copy_source)
     return {"per_k": {int(k): m for k, m in report["per_k"].items()}, "copy_source": report.get("copy_source")}
 
 
