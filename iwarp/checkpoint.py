@@ -139,18 +139,26 @@ RELEASE_KEYS = (
     "step",
     "train_config",
     "metrics",
+    "release_overrides",
 )
 
 
-def save_release(src: str | Path, dst: str | Path) -> Path:
+def save_release(src: str | Path, dst: str | Path, model_config: dict[str, Any] | None = None) -> Path:
     """A checkpoint to ship: the generator (and discriminator, for fine-tuning with a GAN) with
     its config and provenance, without optimizer, RNG and sampler state (a third of the size; it
     cannot `--resume`, it can `--init-from`). Verified on read and written like any checkpoint.
 
         python -c "from iwarp.checkpoint import save_release as s; s('runs/x/checkpoints/final.ckpt', 'models/x.ckpt')"
+
+    `model_config` overrides inference-only fields of the stored model config (e.g.
+    `{"source_selection": "region"}`); one that changes a tensor's shape fails to load and is refused.
     """
     payload = load_checkpoint(src)
     release = {k: payload[k] for k in RELEASE_KEYS if k in payload}
+    if model_config:
+        release["model_config"] = {**payload["model_config"], **model_config}
+        # provenance: what differs from the trained config
+        release["release_overrides"] = {**payload.get("release_overrides", {}), **model_config}
     release["model"] = {k: v.contiguous() for k, v in payload["model"].items()}  # channels_last-free
     model_from_payload(release, source=str(src))  # refuse to ship what does not load
     return save_checkpoint(release, dst)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from iwarp.blocks import Decoder, FeatureEncoder, UNet, check_divisible, log2_in
 from iwarp.keypoints import KeypointConfig, KeypointDetector, Keypoints, coordinate_grid, gaussian_heatmaps
 from iwarp.outputs import ModelOutput
 from iwarp.positional import sine_encoding_2d
+
+PixelSampling = Literal["mean", "mode"]
+SourceSelection = Literal["token", "region"]
 
 
 @dataclass
@@ -59,6 +62,20 @@ class ImplicitWarpingConfig:
     residual: bool = True
     residual_hidden: int = 256
     pixel_output: bool = True  # blend the sources, sampled where attention points, into the output
+    # where each source is sampled: "mean" = the attention-weighted mean token position (lands
+    # between two places when the attention is split: ghosts); "mode" = the mean over a window of
+    # `mode_window` tokens around the most attended token (one place per source)
+    pixel_sampling: PixelSampling = "mean"
+    mode_window: int = 1  # radius in tokens of the "mode" window (1: 3x3 tokens)
+    # How the sampled sources are blended: by each token's own attention mass ("token": sources
+    # whose mass is close everywhere are averaged, so their misaligned eyes and mouths overlap as
+    # ghosts), or by the mass pooled over a region of `selection_window` x the token grid's side
+    # ("region": one source wins each region, whole eyes and mouths come from one source).
+    source_selection: SourceSelection = "token"
+    selection_window: float = 0.6  # "region": the pooling window's side / the token grid's side
+    # "region": the learned sharpness is multiplied by this. Pooling shrinks the log-mass gaps
+    # between sources, so a token-trained sharpness (~4) switches to region selection as ~32.
+    selection_gain: float = 8.0
     spatial_reduction: int = 1  # >1 average-pools source keys/values by this factor (cheaper, coarser)
     # Pretrained keypoints, as the paper started from AA-PCA's: a checkpoint (path or shipped name,
     # e.g. the FOMM baseline iwarp-faces-64-fomm) whose detector `iwarp train` loads at step 0.
@@ -287,9 +304,13 @@ class ImplicitWarping(nn.Module):
         item (64 px: 256 x 256k; 256 px at token stride 8: 1024 x 1024k)."""
         src = cache.sources
         b, k, _, h, w = src.shape
-        stats = torch.einsum("bls,bskc->blkc", self.attention.weights(q, cache.keys), cache.token_places)
-        mass = stats[..., 0]  # (B, L, k)
-        centre = stats[..., 1:] / mass.clamp_min(1e-6)[..., None]  # (B, L, k, 2)
+        weights = self.attention.weights(q, cache.keys)
+        if self.config.pixel_sampling == "mode":
+            mass, centre = self._mode_centres(weights, k)
+        else:
+            stats = torch.einsum("bls,bskc->blkc", weights, cache.token_places)
+            mass = stats[..., 0]  # (B, L, k)
+            centre = stats[..., 1:] / mass.clamp_min(1e-6)[..., None]  # (B, L, k, 2)
         g = self.grid_size
         # fold k into the batch with flatten/unflatten: a one-step reshape makes torch.export
         # specialise on k != 1
@@ -297,14 +318,49 @@ class ImplicitWarping(nn.Module):
         shift = F.interpolate(shift, size=(h, w), mode="bilinear", align_corners=False)
         grid = coordinate_grid(h, w, shift.device) + shift.permute(0, 2, 3, 1)
         warped = F.grid_sample(src.flatten(0, 1).float(), grid, align_corners=False, padding_mode="border")
-        mass = F.interpolate(
-            mass.transpose(1, 2).unflatten(-1, (g, g)), size=(h, w), mode="bilinear", align_corners=False
-        )
         # weights ~ mass ** sharpness over the sources (mass on the extra tokens is no source's): a
         # learned sharpness > 1 picks one source per region instead of ghosting several
         assert self.source_sharpness is not None, "sampled_sources needs pixel_output=True"
-        weight = torch.softmax(self.source_sharpness.exp() * mass.clamp_min(1e-6).log(), dim=1)
+        scores = self.selection_scores(mass.transpose(1, 2).unflatten(-1, (g, g)), (h, w))
+        sharpness = self.source_sharpness.exp() * (
+            self.config.selection_gain if self.config.source_selection == "region" else 1.0
+        )
+        weight = torch.softmax(sharpness * scores, dim=1)
         return (warped.reshape(b, k, 3, h, w) * weight[:, :, None]).sum(1)
+
+    def selection_window_tokens(self) -> int:
+        """The "region" pooling window in tokens: odd, so it is centred on its token."""
+        side = round(self.config.selection_window * self.grid_size)
+        return max(1, side - (1 - side % 2))
+
+    def selection_scores(self, mass: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, k, g, g) attention mass per source -> (B, k, H, W) log scores the sources are
+        blended by: per token, or pooled over a region with `source_selection="region"`
+        (zero padding excluded, so edge tokens average only real neighbours)."""
+        up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        if self.config.source_selection == "token":
+            return up(mass).clamp_min(1e-6).log()
+        win = self.selection_window_tokens()
+        pooled = F.avg_pool2d(mass.clamp_min(1e-6).log(), win, stride=1, padding=win // 2, count_include_pad=False)
+        return up(pooled)
+
+    def _mode_centres(self, weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query and source: its attention mass (B, L, k) and the mass-weighted mean position
+        (B, L, k, 2) of the tokens within `mode_window` of its most attended token. A query whose
+        attention is split between two places gets one of them, not the point halfway between."""
+        g = self.key_xy.shape[0]
+        side = math.isqrt(g)
+        per_source = weights[..., : k * g].unflatten(-1, (k, side, side))  # (B, L, k, side, side)
+        mass = per_source.sum((-1, -2))
+        top = per_source.flatten(-2).argmax(-1)  # (B, L, k)
+        axis = torch.arange(side, device=weights.device)
+        r = self.config.mode_window
+        near_y = (axis - torch.div(top, side, rounding_mode="floor")[..., None]).abs() <= r  # (B, L, k, side)
+        near_x = (axis - top.remainder(side)[..., None]).abs() <= r
+        local = per_source * (near_y[..., :, None] & near_x[..., None, :])
+        local = local.flatten(-2)  # (B, L, k, T)
+        centre = (local @ self.key_xy) / local.sum(-1, keepdim=True).clamp_min(1e-12)
+        return mass, centre
 
     def forward(self, sources: torch.Tensor, driving: torch.Tensor) -> ModelOutput:
         return self.animate(self.encode_sources(sources), driving)
