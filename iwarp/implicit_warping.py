@@ -38,7 +38,7 @@ from iwarp.outputs import ModelOutput
 from iwarp.positional import sine_encoding_2d
 
 PixelSampling = Literal["mean", "mode"]
-SourceSelection = Literal["token", "region"]
+SourceSelection = Literal["token", "region", "frame"]
 
 
 @dataclass
@@ -70,10 +70,11 @@ class ImplicitWarpingConfig:
     # How the sampled sources are blended: by each token's own attention mass ("token": sources
     # whose mass is close everywhere are averaged, so their misaligned eyes and mouths overlap as
     # ghosts), or by the mass pooled over a region of `selection_window` x the token grid's side
-    # ("region": one source wins each region, whole eyes and mouths come from one source).
+    # ("region": one source wins each region, whole eyes and mouths come from one source), or
+    # by the mass pooled over the whole frame ("frame": one source per output frame, no seams).
     source_selection: SourceSelection = "token"
     selection_window: float = 0.6  # "region": the pooling window's side / the token grid's side
-    # "region": the learned sharpness is multiplied by this. Pooling shrinks the log-mass gaps
+    # "region" / "frame": the learned sharpness is multiplied by this. Pooling shrinks the log-mass gaps
     # between sources, so a token-trained sharpness (~4) switches to region selection as ~32.
     selection_gain: float = 8.0
     spatial_reduction: int = 1  # >1 average-pools source keys/values by this factor (cheaper, coarser)
@@ -323,7 +324,7 @@ class ImplicitWarping(nn.Module):
         assert self.source_sharpness is not None, "sampled_sources needs pixel_output=True"
         scores = self.selection_scores(mass.transpose(1, 2).unflatten(-1, (g, g)), (h, w))
         sharpness = self.source_sharpness.exp() * (
-            self.config.selection_gain if self.config.source_selection == "region" else 1.0
+            1.0 if self.config.source_selection == "token" else self.config.selection_gain
         )
         weight = torch.softmax(sharpness * scores, dim=1)
         return (warped.reshape(b, k, 3, h, w) * weight[:, :, None]).sum(1)
@@ -335,11 +336,13 @@ class ImplicitWarping(nn.Module):
 
     def selection_scores(self, mass: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, k, g, g) attention mass per source -> (B, k, H, W) log scores the sources are
-        blended by: per token, or pooled over a region with `source_selection="region"`
-        (zero padding excluded, so edge tokens average only real neighbours)."""
+        blended by: per token, pooled over a region with `source_selection="region"` (zero
+        padding excluded, so edge tokens average only real neighbours), or over the frame."""
         up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         if self.config.source_selection == "token":
             return up(mass).clamp_min(1e-6).log()
+        if self.config.source_selection == "frame":
+            return mass.clamp_min(1e-6).log().mean((-1, -2), keepdim=True).expand(-1, -1, *size)
         win = self.selection_window_tokens()
         pooled = F.avg_pool2d(mass.clamp_min(1e-6).log(), win, stride=1, padding=win // 2, count_include_pad=False)
         return up(pooled)

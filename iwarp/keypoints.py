@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ class Keypoints(NamedTuple):
         return Keypoints(fn(self.xy), fn(self.strength), None if self.jacobian is None else fn(self.jacobian))
 
 
+KeypointGuidance = Literal["none", "landmarks"]
+
+
 @dataclass
 class KeypointConfig:
     num_keypoints: int = 10
@@ -45,6 +48,9 @@ class KeypointConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     temperature: float = 0.1  # softmax temperature of the soft-argmax
     heatmap_sigma: float = 0.1  # std of the rendered Gaussians, in [-1, 1] units
+    # "landmarks": training pulls the first len(GUIDE_GROUPS) keypoints toward landmark groups
+    # precomputed beside the clips (iwarp/data/landmarks.py); inference still detects them
+    guidance: KeypointGuidance = "none"
 
 
 def coordinate_grid(

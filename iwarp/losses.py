@@ -44,6 +44,8 @@ class LossConfig:
     equivariance_sigma_tps: float = 0.005
     equivariance_tps_points: int = 5
     reconstruction: float = 0.0  # pixel L1; not in the paper, useful for quick CPU runs
+    # with keypoints.guidance = landmarks: weight of |guided keypoint - its landmark group|
+    landmark_guidance: float = 10.0
 
 
 class PerceptualLoss(nn.Module):
@@ -121,6 +123,20 @@ def equivariance_loss(
     return position, (torch.eye(2, device=residual.device) - residual).abs().mean()
 
 
+def landmark_guidance_loss(keypoints: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean |keypoint - target| over the guided keypoints of frames that have landmarks.
+
+    keypoints (..., N, 2) and targets (..., G, 2) in [-1, 1]: keypoint g < min(N, G) is pulled
+    to landmark group g (`iwarp.data.landmarks.GUIDE_GROUPS`); the others stay free, as in
+    LivePortrait's landmark-guided loss. Targets that are NaN (no face found) or that an
+    augmentation moved out of the frame count for nothing; none valid gives 0."""
+    g = min(keypoints.shape[-2], targets.shape[-2])
+    guided, targets = keypoints[..., :g, :].float(), targets[..., :g, :]
+    valid = torch.isfinite(targets).all(-1) & (targets.abs() <= 1).all(-1)  # (..., G)
+    diff = (guided - torch.nan_to_num(targets.float())).abs().sum(-1)
+    return (diff * valid).sum() / valid.sum().clamp_min(1)
+
+
 def _total(terms: list[torch.Tensor]) -> torch.Tensor:
     """sum(terms) for a non-empty list, without the int 0 start (so it stays typed as a Tensor)."""
     return sum(terms[1:], terms[0])
@@ -169,8 +185,11 @@ class Losses(nn.Module):
         model: GeneratorModel,
         discriminator: MultiScalePatchDiscriminator | None = None,
         adversarial: bool = True,
+        landmarks: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """`adversarial=False` skips the GAN and feature-matching terms (e.g. a warm-up phase)."""
+        """`adversarial=False` skips the GAN and feature-matching terms (e.g. a warm-up phase).
+        `landmarks` (B, k + 1, G, 2), the sources' then the driving frame's landmark-group
+        targets, adds the landmark-guidance term."""
         cfg = self.config
         pred = out.prediction
         terms: dict[str, torch.Tensor] = {}
@@ -192,6 +211,10 @@ class Losses(nn.Module):
             terms["equivariance"] = cfg.equivariance * position
             if jacobian is not None and cfg.equivariance_jacobian > 0:
                 terms["equivariance_jacobian"] = cfg.equivariance_jacobian * jacobian
+        if landmarks is not None and cfg.landmark_guidance > 0:
+            src = out.source_keypoints.xy  # (B, k, N, 2)
+            kp = torch.cat([src, out.driving_keypoints.xy[:, None]], dim=1)
+            terms["landmark_guidance"] = cfg.landmark_guidance * landmark_guidance_loss(kp, landmarks.to(kp.device))
         terms = {k: v.float() for k, v in terms.items()}  # logged and summed in fp32 even under bf16 autocast
         terms["total"] = _total(list(terms.values())) if terms else pred.new_zeros((), dtype=torch.float32)
         return terms

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,20 +160,28 @@ class FaceLandmarks:
         self.upsample = upsample
 
     def __call__(self, image: torch.Tensor | np.ndarray) -> np.ndarray | None:
+        points, _ = self.detect(image)
+        return points
+
+    def detect(self, image: torch.Tensor | np.ndarray, face: Any = None) -> tuple[np.ndarray | None, Any]:
+        """(landmarks in pixels or None, the dlib face box at detection scale). Given `face` (a box
+        returned before, for a frame of the same size), the detector is skipped: tracking a video,
+        the shape predictor alone follows the face from a box found a few frames earlier."""
         img = to_uint8_hwc(image) if isinstance(image, torch.Tensor) else np.ascontiguousarray(image)
         factor = max(1, math.ceil(self.detect_size / min(img.shape[:2])))
         if factor > 1:
             t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
             t = F.interpolate(t, scale_factor=factor, mode="bilinear", align_corners=False)
             img = np.ascontiguousarray(t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy())
-        faces = self.detector(img, self.upsample)
-        if len(faces) == 0:
-            return None
-        face = max(faces, key=lambda r: r.area())
+        if face is None:
+            faces = self.detector(img, self.upsample)
+            if len(faces) == 0:
+                return None, None
+            face = max(faces, key=lambda r: r.area())
         shape = self.predictor(img, face)
         pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
         # pixel centres map as (p + 0.5) / factor - 0.5 between the two sizes
-        return (pts + 0.5) / factor - 0.5
+        return (pts + 0.5) / factor - 0.5, face
 
 
 @dataclass

@@ -106,6 +106,8 @@ def set_params(
         params["validate"]["face_dataset"] = data_source == "faces" or (
             data_source == "videos" and params["prepare"]["crop"] == "face"
         )
+    if not any(item.startswith("validate.landmarks=") for item in overrides):
+        params["validate"]["landmarks"] = data_source == "faces" and bool(params["faces"]["landmarks"])
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

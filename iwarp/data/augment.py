@@ -9,6 +9,7 @@ generator, so batches stay a pure function of (seed, step, rank) and resume stay
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,25 +28,63 @@ class AugmentConfig:
         return self.flip or self.color > 0 or self.crop > 0
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One item's random augmentation, drawn once and applied to its frames and its landmarks."""
+
+    flip: bool = False
+    zoom: tuple[float, float, float] | None = None  # (side, u, v), see `_zoom_box`
+    color: tuple[float, float, float] | None = None  # brightness, contrast, saturation factors
+
+
+def draw(cfg: AugmentConfig, rng: np.random.Generator) -> Draw:
+    # the draw order is part of the data stream (exact resume): flip, zoom, colour
+    flip = bool(cfg.flip and rng.random() < 0.5)
+    zoom = (1.0 - cfg.crop * rng.random(), rng.random(), rng.random()) if cfg.crop > 0 else None
+    color = tuple((1.0 + cfg.color * rng.uniform(-1, 1, 3)).tolist()) if cfg.color > 0 else None
+    return Draw(flip, zoom, color)  # type: ignore[arg-type]
+
+
 def augment_item(frames: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """frames (n, 3, S, S) float in [0, 1] -> the same frames, one shared random augmentation."""
-    if cfg.flip and rng.random() < 0.5:
+    return apply_frames(frames, draw(cfg, rng))
+
+
+def apply_frames(frames: torch.Tensor, d: Draw) -> torch.Tensor:
+    if d.flip:
         frames = frames.flip(-1)
-    if cfg.crop > 0:
-        frames = _zoom(frames, 1.0 - cfg.crop * rng.random(), rng.random(), rng.random())
-    if cfg.color > 0:
-        b, c, s = (1.0 + cfg.color * rng.uniform(-1, 1, 3)).tolist()
+    if d.zoom is not None:
+        s = frames.shape[-1]
+        crop, x0, y0 = _zoom_box(s, *d.zoom)
+        patch = frames[..., y0 : y0 + crop, x0 : x0 + crop]
+        frames = F.interpolate(patch, size=(s, s), mode="bilinear", align_corners=False)
+    if d.color is not None:
+        b, c, sat = d.color
         grey = frames.mean(1, keepdim=True)
-        frames = grey + (frames - grey) * s  # saturation
+        frames = grey + (frames - grey) * sat  # saturation
         frames = (frames - frames.mean((1, 2, 3), keepdim=True)) * c + frames.mean((1, 2, 3), keepdim=True)  # contrast
         frames = (frames * b).clamp(0, 1)  # brightness
     return frames.contiguous()
 
 
-def _zoom(frames: torch.Tensor, side: float, u: float, v: float) -> torch.Tensor:
-    """Crop a square of `side` x the frame (position u, v in [0, 1]) and scale it back up."""
-    s = frames.shape[-1]
+def apply_points(points: np.ndarray, d: Draw, size: int, flip_order: Sequence[int] | None = None) -> np.ndarray:
+    """Points (..., P, 2), x then y in [-1, 1] (pixel centres) of frames of side `size` -> where
+    they are in the augmented frames. A mirror also reorders them by `flip_order` (a left eye
+    becomes a right eye)."""
+    out = points.astype(np.float32, copy=True)
+    if d.flip:
+        out[..., 0] = -out[..., 0]
+        if flip_order is not None:
+            out = out[..., list(flip_order), :]
+    if d.zoom is not None:
+        crop, x0, y0 = _zoom_box(size, *d.zoom)
+        pix = (out + 1) / 2 * size - np.array([x0, y0], np.float32)  # pixel-centre coordinates + 0.5
+        out = (pix / crop * 2 - 1).astype(np.float32)
+    return out
+
+
+def _zoom_box(s: int, side: float, u: float, v: float) -> tuple[int, int, int]:
+    """The square (crop side, x0, y0) that a zoom of `side` x the frame at position u, v in
+    [0, 1] cuts out (and scales back up)."""
     crop = max(2, int(round(s * side)))
-    x0, y0 = int(round(u * (s - crop))), int(round(v * (s - crop)))
-    patch = frames[..., y0 : y0 + crop, x0 : x0 + crop]
-    return F.interpolate(patch, size=(s, s), mode="bilinear", align_corners=False)
+    return crop, int(round(u * (s - crop))), int(round(v * (s - crop)))

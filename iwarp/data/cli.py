@@ -116,6 +116,15 @@ def _cmd_faces(args) -> int:
     return 0
 
 
+def _cmd_landmarks(args) -> int:
+    from .landmarks import LandmarkConfig, write_sidecars
+
+    found = write_sidecars(Path(args.data), config_from_args(LandmarkConfig, args, "landmarks"))
+    low = sorted(k for k, v in found.items() if v < 0.5)
+    print(f"landmarks for {len(found)} clip(s) in {args.data}; under 50% of frames covered: {low or 'none'}")
+    return 0
+
+
 def _cmd_prepare(args) -> int:
     from .prepare import PrepareConfig, prepare_dataset
 
@@ -186,6 +195,7 @@ def _print_split_summary(df, out) -> None:
 
 def register(subparsers) -> None:
     # Config modules import only numpy/PIL at the top: registering stays fast.
+    from .landmarks import LandmarkConfig
     from .photos import PhotoConfig
     from .prepare import PrepareConfig
     from .realfaces import FacesConfig
@@ -220,6 +230,12 @@ def register(subparsers) -> None:
     _params_arg(p, "faces")
     add_config_args(p, FacesConfig)
     p.set_defaults(func=_cmd_faces)
+
+    p = sub.add_parser("landmarks", help="68-point landmark sidecars for every real clip of a dataset (dlib)")
+    p.add_argument("--data", required=True, help="dataset root (with manifest.csv)")
+    _params_arg(p, "landmarks")
+    add_config_args(p, LandmarkConfig)
+    p.set_defaults(func=_cmd_landmarks)
 
     p = sub.add_parser("prepare", help="crop/resize raw videos into the dataset layout with a manifest")
     p.add_argument("--input", required=True, help="folder of raw videos / frame folders (searched recursively)")

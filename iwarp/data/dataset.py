@@ -57,6 +57,7 @@ class VideoDataset:
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._cached = 0
+        self._landmarks: dict[int, np.ndarray] = {}  # sidecars are small: kept once read
         self.videos: list[VideoEntry] = self._scan()
 
     # -- discovery -------------------------------------------------------------------------
@@ -133,6 +134,30 @@ class VideoDataset:
                 f"{entry.path}: decodes to {clip.shape[0]} frames, fewer than the {entry.num_frames} the manifest says"
             )
         return clip[idx]
+
+    def read_landmarks(self, video_index: int, frame_indices: Sequence[int]) -> np.ndarray:
+        """Landmarks (n, 68, 2) in [-1, 1] of the asked frames from the clip's sidecar
+        (`iwarp.data.landmarks`), NaN where there are none (no sidecar, no face found)."""
+        from .landmarks import NUM_LANDMARKS, load_landmarks
+
+        marks = self._landmarks.get(video_index)
+        if marks is None:
+            entry = self.videos[video_index]
+            loaded = load_landmarks(entry.path)
+            if loaded is None or len(loaded) != entry.num_frames:
+                loaded = np.full((entry.num_frames, NUM_LANDMARKS, 2), np.nan, np.float32)
+            marks = self._landmarks[video_index] = loaded
+        return marks[[int(i) for i in frame_indices]]
+
+    def landmark_coverage(self) -> float:
+        """Share of all frames of this split with landmarks (0: no sidecars)."""
+        from .landmarks import coverage
+
+        total = sum(v.num_frames for v in self.videos)
+        found = sum(
+            coverage(self.read_landmarks(i, range(v.num_frames))) * v.num_frames for i, v in enumerate(self.videos)
+        )
+        return found / max(total, 1)
 
     def _remember(self, key: int, clip: torch.Tensor) -> None:
         self._cache[key] = clip

@@ -37,7 +37,8 @@ from PIL import Image
 
 from iwarp.errors import InputError
 
-from .manifest import write_manifest
+from .landmarks import write_sidecars
+from .manifest import read_manifest, write_manifest
 from .options import opt
 from .video import frame_files, read_video
 
@@ -80,6 +81,7 @@ class FacesConfig:
     personal_holdout: float = opt(0.34, "share of the man's recording (its end) held out as the personal test")
     crop_scale: float = opt(1.9, "face box side / detected face size")
     seed: int = opt(0, "motion seed")
+    landmarks: bool = opt(True, "68-point landmark sidecars for every real clip (iwarp data landmarks)")
 
 
 def feat_data_dir() -> Path:
@@ -337,6 +339,9 @@ def make_faces_dataset(
     }
     for name, df in frames.items():
         write_manifest(df, out / name / "manifest.csv")
+        if cfg.landmarks:  # training's landmark guidance reads them; adds the manifest columns
+            write_sidecars(out / name, progress=progress)
+            frames[name] = read_manifest(out / name / "manifest.csv")
     shutil.rmtree(work)
     return frames
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, augment_item
+from .augment import AugmentConfig, Draw, apply_frames, apply_points, draw
 from .dataset import VideoDataset
+from .landmarks import FLIP_GROUPS, group_targets
 
 INFINITE = 2**62  # `len()` must be an int; an epoch-free stream of steps is "infinite"
 
@@ -36,7 +37,11 @@ class SourceDrivingBatches:
         world_size: int = 1,
         num_steps: int | None = None,
         augment: AugmentConfig | None = None,
+        landmarks: bool = False,
     ):
+        """`landmarks`: batches also carry "landmarks" (B, k + 1, G, 2), the guide groups'
+        targets (`iwarp.data.landmarks.GUIDE_GROUPS`) of every frame, augmented like the frames,
+        NaN where the clip has none."""
         if not 1 <= k_min <= k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got k_min={k_min}, k_max={k_max}")
         if not 0 <= rank < world_size:
@@ -48,6 +53,7 @@ class SourceDrivingBatches:
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_steps = num_steps
         self.augment = augment if augment is not None and augment.enabled else None
+        self.landmarks = landmarks
         # Videos too short for k sources + 1 driving frame can only serve smaller k.
         self._frames = np.array([v.num_frames for v in ds.videos])
         if (self._frames >= self.k_max + 1).sum() == 0:
@@ -78,17 +84,27 @@ class SourceDrivingBatches:
     def __getitem__(self, step: int) -> dict:
         k, videos, frames = self.indices_at(int(step))
         clips = [self.ds.read_frames(int(v), f.tolist()) for v, f in zip(videos, frames)]
+        draws = [Draw()] * len(clips)
         if self.augment is not None:  # its own stream: the same videos and frames with or without it
             rng = np.random.default_rng([self.seed, int(step), self.rank, self.world_size, 0xA6])
-            clips = [augment_item(c, self.augment, rng) for c in clips]
+            draws = [draw(self.augment, rng) for _ in clips]
+            clips = [apply_frames(c, d) for c, d in zip(clips, draws)]
         batch = torch.stack(clips)
-        return {
+        item = {
             "sources": batch[:, :k].contiguous(),
             "driving": batch[:, k].contiguous(),
             "k": k,
             "video_index": torch.as_tensor(videos, dtype=torch.long),
             "frame_index": torch.as_tensor(frames, dtype=torch.long),
         }
+        if self.landmarks:
+            size = self.ds.image_size
+            targets = [
+                apply_points(group_targets(self.ds.read_landmarks(int(v), f.tolist())), d, size, FLIP_GROUPS)
+                for v, f, d in zip(videos, frames, draws)
+            ]
+            item["landmarks"] = torch.from_numpy(np.stack(targets))
+        return item
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to resume the same stream (the step is stored by training)."""

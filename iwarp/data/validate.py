@@ -41,6 +41,8 @@ class ValidationConfig:
     face_dataset: bool = opt(False, "check the face-detection rate (face videos only)")
     min_face_rate: float = opt(0.8, "lowest allowed face-detection rate (with --face-dataset)")
     max_skipped_fraction: float = opt(0.1, "largest share of input videos prepare may have skipped as unreadable")
+    landmarks: bool = opt(False, "check the landmark sidecars of real clips (iwarp data landmarks)")
+    min_landmark_coverage: float = opt(0.5, "lowest share of a real clip's frames with landmarks (with --landmarks)")
     frames_per_video: int = opt(3, "frames read back from disk per video (first, middle, last, ...)")
     require_both_splits: bool = opt(True, "train/ and test/ must both hold videos")
 
@@ -108,7 +110,19 @@ def video_table(root: Path, manifest):
             ok.loc[ok["split_by"] == "clip", "identity_splits"] = 1
     if "path" in ok.columns:
         ok["on_disk"] = [isinstance(p, str) and (root / p).exists() for p in ok["path"]]
+        ok["landmark_coverage_on_disk"] = [_sidecar_coverage(root, r) for r in ok.to_dict("records")]
     return ok.reset_index(drop=True)
+
+
+def _sidecar_coverage(root: Path, row: dict) -> float | None:
+    """Share of a real clip's frames with landmarks in its sidecar (0 without one); None for
+    synthetic heads, which have no human landmarks to find."""
+    from .landmarks import coverage, load_landmarks
+
+    if row.get("origin") == "synth" or not isinstance(row.get("path"), str):
+        return None
+    marks = load_landmarks(root / row["path"])
+    return 0.0 if marks is None or len(marks) != row.get("num_frames", len(marks)) else coverage(marks)
 
 
 def frame_table(root: Path, videos, per_video: int):
@@ -270,6 +284,17 @@ def _suites(cfg: ValidationConfig) -> dict[str, list]:
                 f"a face in >= {cfg.min_face_rate:.0%} of sampled frames",
                 column="face_rate",
                 min_value=cfg.min_face_rate,
+            )
+        )
+    if cfg.landmarks:
+        videos.append(
+            e(
+                gxe.ExpectColumnValuesToBeBetween,
+                "missing_landmarks",
+                f"a landmark sidecar covers >= {cfg.min_landmark_coverage:.0%} of each real clip's frames "
+                "(run `iwarp data landmarks --data DIR`)",
+                column="landmark_coverage_on_disk",
+                min_value=cfg.min_landmark_coverage,
             )
         )
     inputs = [

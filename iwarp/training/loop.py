@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from iwarp.checkpoint import CheckpointError, CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
-from iwarp.config import ConfigError, flatten, save_config, to_dict
+from iwarp.config import ConfigError, flatten, from_dict, save_config, to_dict
 from iwarp.training import init, visuals
 from iwarp.training.config import TrainConfig
 from iwarp.training.distributed import DistContext, init_distributed
@@ -173,6 +173,7 @@ class Trainer:
             rank=ctx.rank,
             world_size=ctx.world_size,
             augment=d.augment,
+            landmarks=self._guided(),
         )
 
         self.start_step = 0
@@ -202,6 +203,24 @@ class Trainer:
             self.ddp_model = DDP(self.model, device_ids=ids)
             if self.disc is not None:
                 self.ddp_disc = DDP(self.disc, device_ids=ids)
+
+    def _guided(self) -> bool:
+        """`model.*.keypoints.guidance: landmarks`: the batches carry landmark targets. Refused
+        without sidecars or with a frozen detector, which the term could not move."""
+        kp_cfg = getattr(self.model.config, "keypoints", None)
+        if kp_cfg is None or kp_cfg.guidance != "landmarks" or self.cfg.loss.landmark_guidance <= 0:
+            return False
+        if getattr(self.model.config, "keypoints_from", None) and getattr(self.model.config, "keypoints_frozen", False):
+            raise ConfigError("keypoints.guidance=landmarks needs a trainable detector: set keypoints_frozen=false")
+        found = self.train_set.landmark_coverage()
+        if found == 0:
+            raise ConfigError(
+                f"keypoints.guidance=landmarks, but {self.cfg.data.root}/train has no landmark sidecars: "
+                f"run `iwarp data landmarks --data {self.cfg.data.root}`"
+            )
+        if self.ctx.is_main:
+            tqdm.write(f"landmark guidance: {found:.0%} of the training frames have landmarks")
+        return True
 
     def _init_from(self, name_or_path: str) -> None:
         """Fine-tuning: fresh run, weights from another checkpoint (every rank loads the same)."""
@@ -278,10 +297,19 @@ class Trainer:
             tqdm.write(f"resuming from {path} at step {self.start_step}")
         return True
 
+    def _stored_model_config(self, ckpt: dict[str, Any]) -> dict[str, Any] | None:
+        """The checkpoint's model config with fields added to the code since it was written at
+        their defaults, so a run started before a new (default-off) option still resumes."""
+        stored = ckpt.get("model_config")
+        try:
+            return to_dict(from_dict(type(self.cfg.model_config), stored)) if isinstance(stored, dict) else stored
+        except ConfigError:
+            return stored  # not this model's config: the comparison refuses it
+
     def _check_compatible(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse a checkpoint of another model; warn when the data stream would differ."""
         cfg = self.cfg
-        if ckpt.get("model_kind") != cfg.model.kind or ckpt.get("model_config") != to_dict(cfg.model_config):
+        if ckpt.get("model_kind") != cfg.model.kind or self._stored_model_config(ckpt) != to_dict(cfg.model_config):
             raise ConfigError(
                 f"{path} holds a {ckpt.get('model_kind')!r} model with config {ckpt.get('model_config')}, "
                 f"but the config asks for {cfg.model.kind!r} with {to_dict(cfg.model_config)}; "
@@ -298,11 +326,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
 
-    def _generator_losses(self, driving, out, use_gan: bool) -> dict[str, torch.Tensor]:
+    def _generator_losses(self, driving, out, use_gan: bool, landmarks=None) -> dict[str, torch.Tensor]:
         # The inner modules, not the DDP wrappers: the equivariance term calls
         # model.detect_keypoints, and D must not sync gradients it does not receive here.
         # Before optim.gan_start_step the adversarial terms are skipped.
-        return self.losses.generator_losses(driving, out, self.model, self.disc, adversarial=use_gan)
+        return self.losses.generator_losses(
+            driving, out, self.model, self.disc, adversarial=use_gan, landmarks=landmarks
+        )
 
     def _discriminator_losses(self, driving, fake) -> dict[str, torch.Tensor]:
         assert self.ddp_disc is not None  # called only when there is a discriminator
@@ -325,7 +355,7 @@ class Trainer:
             self.disc.requires_grad_(False)  # G step: gradients flow through D, not into it
         with self._autocast():
             out = self.ddp_model(sources, driving)
-            g_losses = self._generator_losses(driving, out, use_gan)
+            g_losses = self._generator_losses(driving, out, use_gan, batch.get("landmarks"))
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler_g.scale(g_losses["total"]).backward()
         g_norm = self._clip(self.model.parameters(), self.scaler_g, self.opt_g)

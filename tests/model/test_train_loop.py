@@ -191,6 +191,22 @@ def test_resume_with_another_model_is_refused(run, data, tmp_path):
         Trainer(tiny_config(data, out, "optim.steps=8", "data.batch_size=3"), resume=True)
 
 
+def test_a_run_written_before_a_new_model_option_still_resumes(run, data, tmp_path):
+    """Checkpoints of a run started before a model option existed (here: the landmark guidance and
+    the source selection, removed from its stored config) resume with the option at its default."""
+    from iwarp.checkpoint import save_checkpoint
+
+    src, _ = run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    for path in (out / "checkpoints").glob("*.ckpt"):
+        payload = load_checkpoint(path)
+        payload["model_config"].pop("source_selection")
+        payload["model_config"]["keypoints"].pop("guidance")
+        save_checkpoint(payload, path)
+    assert Trainer(tiny_config(data, out, "optim.steps=8"), resume=True).start_step == STEPS
+
+
 def test_baseline_trains_too(data, tmp_path):
     result = train(
         tiny_config(data, tmp_path / "b", "model.kind=baseline", "optim.steps=2", "logging.images_every_steps=0")
