@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             fig = table[name]
             print(
                 f"{name} vs raw: box moves x{fig['ratio']:.2f} the face's motion (raw x{raw['ratio']:.2f}), "
-                f"shake x{fig['shake'] / raw['shake']:.2f}, size flicker x{fig['size'] / max(raw['size'], 1e-12):.2f}"
+                f"shake x{fig['shake'] / raw['shake']:.2f}, size flicker "
+                + (f"x{fig['size'] / raw['size']:.2f}" if raw["size"] else "none (the frame's height caps the box)")
             )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
