@@ -81,7 +81,7 @@ def malformed_payloads(good_src: str, size: int) -> list[tuple[str, dict]]:
         ("missing driving", j({"sources": [good_src]})),
         ("bad base64", j({"sources": ["@@@"], "driving": [good_src]})),
         ("unknown set", j({"source_set_id": "0" * 24, "driving": [good_src]})),
-        ("mismatched", j({"sources": [good_src], "driving": [png(size + 8, size)]})),
+        ("mismatched", j({"sources": [good_src], "driving": [png(size + 8, size)], "frame": "none"})),
         ("oversized image", j({"sources": [png(2000, 40)], "driving": [png(2000, 40)]})),
         (
             "corrupt video",
@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         src_imgs = [photo(size, i) for i in range(args.sources)]
         drv_img = photo(size, args.sources + 1)
         src_b64, drv_b64 = [png_b64(x) for x in src_imgs], png_b64(drv_img)
-        full_payload = {"sources": src_b64, "driving": [drv_b64]}
-        sid = client.register_sources(src_imgs)
+        # model-size photo crops: the model path without face framing (frame=none), as bare calls have
+        full_payload = {"sources": src_b64, "driving": [drv_b64], "frame": "none"}
+        sid = client.register_sources(src_imgs, frame="none")
         cached_payload = {"source_set_id": sid, "driving": [drv_b64]}
         sources = torch.from_numpy(np.stack(src_imgs).copy()).permute(0, 3, 1, 2).float().div(255)[None]
         driving = torch.from_numpy(drv_img.copy()).permute(2, 0, 1).float().div(255)[None]

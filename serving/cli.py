@@ -112,6 +112,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         output=args.output,
         fps=args.fps,
         version=args.version,
+        frame=args.frame,
+        face_index=args.face_index,
     )
     out = Path(args.out)
     if args.output == "mp4":
@@ -226,6 +228,14 @@ def register(subparsers) -> None:
     p.add_argument("--reset-reference", action="store_true")
     p.add_argument("--output", choices=("png", "mp4"), default="png")
     p.add_argument("--fps", type=float, default=None)
+    p.add_argument(
+        "--frame",
+        choices=("face", "none"),
+        default=None,
+        help="face: whole photos/frames, the face framed and pasted back into the first source (the server's "
+        "default); none: face crops already",
+    )
+    p.add_argument("--face-index", type=int, default=None, help="with --frame face: which face, most confident first")
     p.add_argument("--version", default=None, help="a specific model version (default: the default version)")
     p.add_argument("--out", default="animation", help="folder for frames, or an .mp4 path")
     _add_workdir(p)

@@ -8,6 +8,7 @@ when TorchServe reports a token expired, renews it once with the API key and ret
     result = client.predict(sources=["a.png", "b.png"], driving=["d0.png", "d1.png"])
     sid = client.register_sources(["a.png", "b.png"])
     result = client.predict(source_set_id=sid, driving=["d2.png"], relative=True)
+    result = client.predict(sources=["photo.jpg"], driving_video="talking.mp4", frame="face")  # whole photo back
 """
 
 from __future__ import annotations
@@ -197,8 +198,17 @@ class TorchServeClient:
         fps: float | None = None,
         version: str | None = None,
         multipart: bool = False,
+        frame: str | None = None,
+        face_index: int | None = None,
     ) -> PredictResult:
+        """`frame`: "face" (whole photos and frames; the answer is the first photo with the
+        animated face pasted back) or "none" (face crops in and out); None sends nothing, so the
+        server's default ("face") or a registered set's own framing applies."""
         fields: dict[str, Any] = {"relative": relative, "output": output}
+        if frame is not None:
+            fields["frame"] = frame
+        if face_index is not None:
+            fields["face_index"] = face_index
         if register:
             fields["register"] = True
         if reset_reference:
@@ -238,9 +248,17 @@ class TorchServeClient:
             result.array = np.load(io.BytesIO(base64.b64decode(info.pop("npy"))))
         return result
 
-    def register_sources(self, sources: Sequence[ImageLike], version: str | None = None) -> str:
-        """Cache a source set on the worker; later requests send only driving frames + this id."""
-        return self.predict(sources, register=True, version=version).info["source_set_id"]
+    def register_sources(
+        self,
+        sources: Sequence[ImageLike],
+        version: str | None = None,
+        frame: str | None = None,
+        face_index: int | None = None,
+    ) -> str:
+        """Cache a source set (with its face framing) on the worker; later requests send only
+        driving frames + this id."""
+        result = self.predict(sources, register=True, version=version, frame=frame, face_index=face_index)
+        return result.info["source_set_id"]
 
     # ----------------------------------------------------------------- management
     def _mgmt(self, method: str, path: str, **kwargs: Any) -> Any:

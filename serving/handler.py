@@ -1,8 +1,10 @@
 """TorchServe handler for iwarp: animate a set of source images with driving frames.
 
-Self-contained on purpose: inside a .mar it needs only torch, numpy, Pillow and PyAV (for
-video), never the `iwarp`/`serving` packages, so the archive runs on any TorchServe image.
-It serves the `torch.export` programs written by `serving.export` (folder `export/`).
+Self-contained on purpose: inside a .mar it needs only torch, numpy, Pillow, PyAV (for
+video) and dlib (for face framing), never the `iwarp`/`serving` packages, so the archive runs on
+any TorchServe image. It serves the `torch.export` programs written by `serving.export` (folder
+`export/`); face framing is pre/post-processing here, not part of the exported graph, and its
+code is the library's `iwarp/framing.py`, which the .mar ships beside this file.
 
 Request (POST /predictions/iwarp[/<version>]), JSON or multipart/form-data:
 
@@ -15,10 +17,20 @@ Request (POST /predictions/iwarp[/<version>]), JSON or multipart/form-data:
     relative         true: relative motion (see below); default false
     reset_reference  true: this request's first frame becomes the session's reference
     output           "png" (default, base64 in JSON), "mp4" (video/mp4 body), "npy" (float32)
-    fps              mp4 frame rate (default: the driving video's, else handler.default_fps)
+    fps              frame rate of driving images and of mp4 output (default: the driving
+                     video's, else handler.default_fps)
+    frame            "face" (default): whole photos and frames in, faces framed, pasted back;
+                     "none": inputs are face crops already (resized to the model's size)
+    face_index       with frame=face: which face of a source photo, most confident first (0)
 
 A request needs either `sources` or `source_set_id`, plus driving frames unless it only
-registers. Relative motion: kp = kp_source + (kp_driving - kp_reference), with kp_source the
+registers. With frame=face each source photo is cropped around its face as training crops are
+(`iwarp.framing`), the driving face is followed over the frames (smoothed; the last box held
+where it is lost, counted in `driving_held`) and cropped the same way, and the animated face is
+pasted back into the first source photo: the answer has that photo's size. A registered set
+keeps its framing (crop box and photo), so a session pays face detection of its sources once;
+its requests inherit its `frame`, and its driving face track continues across requests (until
+`reset_reference`). Relative motion: kp = kp_source + (kp_driving - kp_reference), with kp_source the
 keypoints of the first source image and kp_reference those of the first driving frame of the
 request, or, for a cached source set, of the first frame of the first relative request on that
 set (kept until `reset_reference`), so a clip streamed in chunks moves consistently. Keypoints
@@ -34,6 +46,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -53,6 +66,8 @@ log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
 Output = Literal["png", "mp4", "npy"]
 OUTPUTS: tuple[Output, ...] = get_args(Output)
+Frame = Literal["face", "none"]
+FRAMES: tuple[Frame, ...] = get_args(Frame)
 # A copy of serving.config.HandlerSettings (this file ships alone in the .mar);
 # tests/unit/test_config_sources.py ties the two and serving/serve.yaml.
 DEFAULTS = {
@@ -119,6 +134,8 @@ class Request:
     reset_reference: bool = False
     output: Output = "png"
     fps: float | None = None
+    frame: Frame | None = None  # None: the source set's, else "face"
+    face_index: int = 0
 
 
 _INDEXED = re.compile(r"^(source|driving)s?(?:[_\[\.]?(\d+)\]?)?$")
@@ -219,6 +236,16 @@ def parse_request(raw: dict[str, Any]) -> Request:
             if out not in OUTPUTS:
                 raise RequestError(400, f"`output` must be one of {list(OUTPUTS)}, got {clip(out)!r}", k)
             req.output = cast(Output, out)  # checked against OUTPUTS above
+        elif k == "frame":
+            frame = _to_text(value, k).lower()
+            if frame not in FRAMES:
+                raise RequestError(400, f"`frame` must be one of {list(FRAMES)}, got {clip(frame)!r}", k)
+            req.frame = cast(Frame, frame)  # checked against FRAMES above
+        elif k == "face_index":
+            text = _to_text(value, k)
+            if not text.isdigit() or len(text) > 3:
+                raise RequestError(400, "`face_index` must be a whole number from 0 (the most confident face)", k)
+            req.face_index = int(text)
         elif k == "fps":
             try:
                 req.fps = float(_to_text(value, k))
@@ -391,6 +418,11 @@ def to_tensor(frames: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
     return torch.stack(out).float().div_(255.0)
 
 
+def _float(frames: np.ndarray) -> np.ndarray:
+    """(T,H,W,3) uint8 -> (T,3,H,W) float32 in [0,1]."""
+    return frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(T,3,H,W) in [0,1] -> (T,H,W,3) uint8, rounded (not truncated)."""
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -421,6 +453,24 @@ def relative_motion(
 # ----------------------------------------------------------------------------- source-set cache
 
 
+@dataclass(frozen=True)
+class Target:
+    """The first source photo and its face's crop box: the animation is pasted back there."""
+
+    photo: np.ndarray  # HxWx3 uint8, as sent
+    box: tuple[int, int, int, int]
+    faces: int  # faces found in the photo
+
+
+def framing() -> Any:
+    """The library's `iwarp/framing.py`: shipped in the .mar as `iwarp_framing.py` (serving.package);
+    the `iwarp` package's own module when the handler runs in-process (tests, a dev checkout)."""
+    try:
+        return importlib.import_module("iwarp_framing")
+    except ModuleNotFoundError:
+        return importlib.import_module("iwarp.framing")
+
+
 @dataclass
 class SourceSet:
     cache: tuple[torch.Tensor, ...]  # encode_sources output, batch 1
@@ -428,6 +478,9 @@ class SourceSet:
     n_sources: int
     reference_kp: tuple[torch.Tensor, ...] | None = None  # keypoint fields of the session's first frame
     last_used: float = field(default_factory=time.monotonic)
+    frame: Frame = "none"
+    target: Target | None = None  # frame=face: where the animated face goes back
+    follower: Any = None  # frame=face sessions: the driving face track (iwarp.framing.FaceFollower)
 
 
 class SourceSetCache:
@@ -467,10 +520,15 @@ class _Job:
     req: Request
     sources: torch.Tensor | None = None  # (k,3,H,W)
     driving: torch.Tensor | None = None  # (T,3,H,W)
+    frames: list[tuple[str, np.ndarray]] = field(default_factory=list)  # decoded driving frames
     fps: float | None = None
     entry: SourceSet | None = None
     set_id: str | None = None
+    frame: Frame = "none"  # resolved: the request's, else its source set's, else "face"
+    target: Target | None = None  # frame=face: the new source set's paste-back target
+    held: int = 0  # frame=face: driving frames whose face was lost (the last box held)
     prediction: torch.Tensor | None = None
+    pasted: np.ndarray | None = None  # frame=face: (T,H,W,3) uint8 at the photo's size
     error: RequestError | None = None
 
 
@@ -542,7 +600,12 @@ class IwarpService:
             for job in jobs:
                 if job.error is None and job.entry is None:
                     self._guard(job, self._lookup)
+                if job.error is None and job.frames:
+                    self._guard(job, self._frame_driving)
             self._guard_all([j for j in jobs if j.error is None and j.driving is not None], self._run)
+            for job in jobs:
+                if job.error is None and job.prediction is not None and job.frame == "face":
+                    self._guard(job, self._paste)
         # where a request's time went (per TorchServe batch): decoding inputs vs the model
         self._timing = {
             "decode_ms": round((t1 - t0) * 1000, 1),
@@ -597,31 +660,92 @@ class IwarpService:
         if req.driving_video is not None:
             frames, job.fps = decode_video(req.driving_video, "driving_video", max_side, max_frames)
             driving = [(f"driving_video[{i}]", f) for i, f in enumerate(frames)]
-        shapes = {a.shape for _, a in images + driving}
-        if len(shapes) > 1:
-            detail = ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}" for n, a in images + driving)
+        # frame=face takes whole photos of any size; the driving frames are one video all the same
+        same = driving if req.frame != "none" else images + driving
+        if len({a.shape for _, a in same}) > 1:
+            detail = ", ".join(f"{n} {a.shape[1]}x{a.shape[0]}" for n, a in same)
             raise RequestError(
-                400, f"mismatched image sizes (all images of a request must share one size): {detail}", "sources"
+                400,
+                f"mismatched image sizes (the driving frames, and with frame=none all images, must share one "
+                f"size): {detail}",
+                "driving" if req.frame != "none" else "sources",
             )
+        job.frames = driving
         if images:
-            job.sources = to_tensor([a for _, a in images], self.size).to(self.device)
-        if driving:
-            job.driving = to_tensor([a for _, a in driving], self.size).to(self.device)
+            job.frame = req.frame or "face"
+            job.set_id = self.source_set_id([a for _, a in images], job.frame, req.face_index)
+            cached = self.cache.get(job.set_id) if req.register else None
+            if cached is not None:
+                job.entry = cached  # re-registering the same images is free: no detection, no encoding
+            elif job.frame == "face":
+                job.sources = self._frame_sources(job, images)
+            else:
+                job.sources = to_tensor([a for _, a in images], self.size).to(self.device)
+
+    def _frame_sources(self, job: _Job, images: list[tuple[str, np.ndarray]]) -> torch.Tensor:
+        """Face crops of the source photos at the model's size; the first photo is the target."""
+        fr = framing()
+        crops = []
+        for name, image in images:
+            try:
+                framed = fr.frame_photo(image, f"`{name}`", job.req.face_index)
+            except fr.FramingError as exc:
+                raise RequestError(400, f"{exc}; send a photo with a frontal face, or frame=none", name) from None
+            crops.append(fr.crop(image, framed.box, self.size[0]))
+            if job.target is None:
+                job.target = Target(image, framed.box, framed.found)
+        return to_tensor(crops, self.size).to(self.device)
+
+    def _frame_driving(self, job: _Job) -> None:
+        """The driving frames at the model's size: face crops along the (session's) face track
+        with frame=face, whole frames resized with frame=none."""
+        entry = job.entry
+        assert entry is not None
+        frame = entry.frame
+        if job.req.frame is not None and job.req.frame != frame:
+            raise RequestError(
+                400,
+                f"source set {clip(job.set_id)} was registered with frame={frame}; send frame={frame} "
+                f"or register the sources again with frame={job.req.frame}",
+                "frame",
+            )
+        job.frame = frame
+        arrays = [a for _, a in job.frames]
+        if frame == "none":
+            job.driving = to_tensor(arrays, self.size).to(self.device)
+            return
+        fr = framing()
+        h, w = arrays[0].shape[:2]
+        session = job.req.source_set_id is not None
+        follower = entry.follower if session and not job.req.reset_reference else None
+        if follower is None or (follower.width, follower.height) != (w, h):
+            face = fr.first_face(arrays)
+            if face is None:
+                name = "driving_video" if job.req.driving_video is not None else "driving"
+                raise RequestError(400, "no face found in the driving frames; send frame=none for face crops", name)
+            rate = job.fps or job.req.fps or float(self.cfg["default_fps"])  # the smoother's time step
+            follower = fr.FaceFollower(w, h, rate)
+            follower.start(face)
+        held = follower.held
+        crops = [fr.crop(a, follower.step(a), self.size[0]) for a in arrays]
+        job.held = follower.held - held
+        if session:
+            entry.follower = follower
+        job.driving = to_tensor(crops, self.size).to(self.device)
+
+    def _paste(self, job: _Job) -> None:
+        target = job.entry.target if job.entry is not None else None
+        if target is None:
+            raise RequestError(400, "this source set has no face framing to paste into; send frame=none", "frame")
+        fr = framing()
+        job.pasted = np.stack([fr.paste_back(target.photo, f, target.box) for f in to_uint8(job.prediction)])
 
     def _encode(self, jobs: list[_Job]) -> None:
         """Encode every new source set, batching sets with the same k into one call."""
         by_k: dict[int, list[_Job]] = {}
         for job in jobs:
             by_k.setdefault(job.sources.shape[0], []).append(job)
-        for k, group in by_k.items():
-            todo = []
-            for job in group:
-                job.set_id = self.source_set_id(job.sources)
-                cached = self.cache.get(job.set_id) if job.req.register else None
-                if cached is not None:
-                    job.entry = cached  # re-registering the same images is free
-                else:
-                    todo.append(job)
+        for k, todo in by_k.items():
             step = max(1, int(self.cfg["forward_batch"]))
             for start in range(0, len(todo), step):
                 chunk = todo[start : start + step]
@@ -632,12 +756,23 @@ class IwarpService:
                 else:
                     kp = tuple(self.detect(stacked[:, 0]))
                 for b, job in enumerate(chunk):
-                    job.entry = SourceSet(tuple(t[b : b + 1] for t in cache), tuple(t[b : b + 1] for t in kp), k)
+                    job.entry = SourceSet(
+                        tuple(t[b : b + 1] for t in cache),
+                        tuple(t[b : b + 1] for t in kp),
+                        k,
+                        frame=job.frame,
+                        target=job.target,
+                    )
                     if job.req.register:  # own copies: a view would keep the whole batch alive in the LRU
                         entry = job.entry
                         job.entry = SourceSet(
-                            tuple(t.clone() for t in entry.cache), tuple(t.clone() for t in entry.source_kp), k
+                            tuple(t.clone() for t in entry.cache),
+                            tuple(t.clone() for t in entry.source_kp),
+                            k,
+                            frame=entry.frame,
+                            target=entry.target,
                         )
+                        assert job.set_id is not None  # set in _prepare for every job with sources
                         self.cache.put(job.set_id, job.entry)
 
     def _lookup(self, job: _Job) -> None:
@@ -714,26 +849,33 @@ class IwarpService:
             }
             if job.req.register or job.req.source_set_id:
                 info["source_set_id"] = job.set_id
+            target = job.entry.target
+            info["frame"] = job.entry.frame
+            if target is not None:
+                info.update(source_box=list(target.box), faces_found=target.faces)
             if job.prediction is None:  # registration only
                 context.set_response_content_type(job.idx, "application/json")
                 return json.dumps(info)
-            pred = job.prediction
+            frames = to_uint8(job.prediction) if job.pasted is None else job.pasted  # (T,H,W,3) uint8
             info.update(
-                n_frames=int(pred.shape[0]),
-                height=int(pred.shape[2]),
-                width=int(pred.shape[3]),
+                n_frames=int(frames.shape[0]),
+                height=int(frames.shape[1]),
+                width=int(frames.shape[2]),
                 relative=job.req.relative,
             )
+            if job.frame == "face":
+                info["driving_held"] = job.held
             if job.req.output == "mp4":
                 fps = job.req.fps or job.fps or float(self.cfg["default_fps"])
                 context.set_response_content_type(job.idx, "video/mp4")
-                return encode_mp4(to_uint8(pred), fps)
-            if job.req.output == "npy":
+                return encode_mp4(frames, fps)
+            if job.req.output == "npy":  # pasted frames are 8-bit: their values / 255
+                array = job.prediction.float().cpu().numpy() if job.pasted is None else _float(job.pasted)
                 buf = io.BytesIO()
-                np.save(buf, pred.float().cpu().numpy())
+                np.save(buf, array)
                 info["npy"] = base64.b64encode(buf.getvalue()).decode("ascii")
             else:
-                info["frames"] = [encode_png(f) for f in to_uint8(pred)]
+                info["frames"] = [encode_png(f) for f in frames]
             context.set_response_content_type(job.idx, "application/json")
             return json.dumps(info)
         except Exception as exc:  # noqa: BLE001
@@ -743,11 +885,13 @@ class IwarpService:
             context.set_response_content_type(job.idx, "application/json")
             return err.body()
 
-    def source_set_id(self, sources: torch.Tensor) -> str:
-        """Content hash: the same images (after resizing) give the same id on every worker."""
-        h = hashlib.sha256(self.version.encode())
-        h.update(str(tuple(sources.shape)).encode())
-        h.update(sources.mul(255).round().to(torch.uint8).cpu().numpy().tobytes())
+    def source_set_id(self, images: list[np.ndarray], frame: Frame, face_index: int) -> str:
+        """Content hash of the decoded images and their framing: the same images give the same
+        id on every worker, before any detection or encoding."""
+        h = hashlib.sha256(f"{self.version}|{frame}|{face_index if frame == 'face' else 0}".encode())
+        for image in images:
+            h.update(str(image.shape).encode())
+            h.update(np.ascontiguousarray(image).tobytes())
         return h.hexdigest()[:24]
 
 

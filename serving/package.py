@@ -4,6 +4,7 @@
 
 The archive holds:
     handler.py            serving/handler.py (self-contained; entry point `handle`)
+    iwarp_framing.py      iwarp/framing.py, the face framing the handler imports (self-contained too)
     model-config.yaml     TorchServe batching/workers/timeout + the handler's limits and cache
     export/               the torch.export programs and export.json (serving.export)
 """
@@ -23,10 +24,13 @@ from typing import Any
 
 import yaml
 
+from iwarp import framing
 from iwarp.errors import IwarpError
 from serving.config import ServeConfig, load_serve_config
 
 HANDLER = Path(__file__).with_name("handler.py")
+FRAMING = Path(framing.__file__)
+FRAMING_MODULE = "iwarp_framing"  # its name beside the handler (serving/handler.py `framing()`)
 
 
 class PackageError(IwarpError, RuntimeError):
@@ -118,6 +122,7 @@ def package_model(
         stage = tmp / "stage"
         with torch.no_grad():
             export_generator(model.eval(), stage / "export", size, max_sources=cfg.handler.max_sources, metadata=meta)
+        shutil.copyfile(FRAMING, stage / f"{FRAMING_MODULE}.py")
         config_file = tmp / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config_yaml(cfg), sort_keys=False))
         cmd = [

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image
 
-from .faces import center_box, face_track
+from iwarp.framing import CROP_SCALE, center_box, face_track
+
 from .manifest import SPLITS, assign_splits, find_manifest, read_manifest, write_manifest
 from .options import opt
 from .video import (
@@ -52,7 +53,7 @@ MIN_DECODED = 0.9  # share of the container's frame count that must decode (no_f
 class PrepareConfig:
     image_size: int = opt(256, "output frame side (256 default, 512 supported)")
     crop: CropMode = opt("face", "face: one square box over the dlib face track; center: the largest centred square")
-    crop_scale: float = opt(1.9, "face box side / detected face size (hair and chin included)")
+    crop_scale: float = opt(CROP_SCALE, "face box side / detected face size (hair and chin included)")
     face_samples: int = opt(
         32,
         "frames per clip the face detector looks at (spread evenly); with face "

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from iwarp.errors import InputError
+from iwarp.framing import CROP_SCALE, crop_square, detect_photo_faces
 
 from .landmarks import write_sidecars
 from .manifest import read_manifest, write_manifest
@@ -63,7 +64,6 @@ FEAT_PHOTOS = (
 )
 # photos whose face the frontal detector misses (profile) or that need no detection: (cx, cy, half side)
 FIXED_BOXES = {"skimage:camera": (215, 140, 95)}
-MIN_FACE_SCORE = 0.5  # dlib HOG score: real faces here score 0.7-2.5, the astronaut's mission patch 0.12
 DUPLICATE_DISTANCE = 2.0  # mean |difference| (0-255) of 16x16 grey thumbnails: re-encodings of one frame
 
 
@@ -79,7 +79,7 @@ class FacesConfig:
     motion: float = opt(1.0, "scales the photo clips' motion")
     synth_identities: int = opt(0, "synthetic heads added to general/train (0: none)")
     personal_holdout: float = opt(0.34, "share of the man's recording (its end) held out as the personal test")
-    crop_scale: float = opt(1.9, "face box side / detected face size")
+    crop_scale: float = opt(CROP_SCALE, "face box side / detected face size")
     seed: int = opt(0, "motion seed")
     landmarks: bool = opt(True, "68-point landmark sidecars for every real clip (iwarp data landmarks)")
 
@@ -122,26 +122,12 @@ def _rgb(image: Image.Image) -> np.ndarray:
 
 
 def photo_faces(name: str, image: np.ndarray, crop_scale: float) -> list[tuple[float, float, float]]:
-    """Every face as (centre x, centre y, half side) of its crop square, largest first."""
+    """Every face as (centre x, centre y, half side) of its crop square (`iwarp.framing`'s),
+    largest first (the order names the identities `<photo>_f<i>`)."""
     if name in FIXED_BOXES:
         return [FIXED_BOXES[name]]
-    from .faces import _detector
-
-    detector = _detector()  # the one cached dlib HOG detector
-    scale = min(1.0, 1280 / max(image.shape[:2]))  # big photos: detect on a copy of at most 1280 px
-    small = np.asarray(
-        Image.fromarray(image).resize(
-            (round(image.shape[1] * scale), round(image.shape[0] * scale)), Image.Resampling.BILINEAR
-        )
-    )
-    rects, scores, _ = detector.run(small, 1, MIN_FACE_SCORE)
-    rects = sorted(rects, key=lambda r: -r.width() * r.height())
-    faces = []
-    for r in rects:
-        side = max(r.width(), r.height()) / scale
-        cx, cy = (r.left() + r.right()) / 2 / scale, (r.top() + r.bottom()) / 2 / scale
-        faces.append((cx, cy - 0.12 * side, crop_scale * side / 2))  # dlib's box stops at the brows
-    return faces
+    faces = sorted(detect_photo_faces(image), key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+    return [(cx, cy, side / 2) for cx, cy, side in (crop_square(f, crop_scale) for f in faces)]
 
 
 def make_photo_clips(out: Path, cfg: FacesConfig, feat_dir: Path, progress: bool) -> list[dict]:

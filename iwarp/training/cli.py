@@ -115,6 +115,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, help="output frame rate (default: the driving video's)")
     p.add_argument("--max-frames", type=int, help="animate only the first N driving frames")
     p.add_argument("--side-by-side", action="store_true", help="write driving | prediction side by side")
+    p.add_argument(
+        "--frame",
+        choices=["face", "none"],
+        default="face",
+        help="face (default): crop each source photo and the driving video around the face, as training "
+        "crops are framed (the driving face tracked and smoothed); none: centre-crop whole frames",
+    )
+    p.add_argument(
+        "--paste-back",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --frame face: paste the animated face back into the first source photo (at its size, "
+        "longer side at most 1024); --no-paste-back writes the model-size face crop alone",
+    )
+    p.add_argument("--face-index", type=int, default=0, help="which face of a photo with several, most confident first")
     p.add_argument("--batch-size", type=int, default=8, help="driving frames per forward pass")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_animate)

@@ -137,8 +137,8 @@ def test_parallel_workers_give_the_same_dataset(raw, tmp_path):
 def test_face_crop_follows_the_face(tmp_path):
     """The astronaut's (real) face moves around the right half of a wide frame: the face crop is
     one square box over the whole track, around the face, unlike the centre crop."""
-    from iwarp.data.faces import detect_face
     from iwarp.data.photos import PHOTOS, animate_photo, load_photo
+    from iwarp.framing import detect_face
 
     cx, cy, half = PHOTOS["astronaut"]
     face = animate_photo(load_photo("astronaut"), (cx, cy), half, 8, 160, seed=2, motion=0.5)

@@ -222,8 +222,8 @@ def test_rollback_and_restart_keep_the_recorded_versions(env):
     client = handle.client()
     assert client.versions() == ["1.0", "2.0"] and client.default_version() == "1.0"
     frames = photo_frames(3)
-    assert client.predict(frames[:1], frames[1:], version="2.0").info["model_version"] == "2.0"
-    assert client.predict(frames[:1], frames[1:]).info["model_version"] == "1.0"
+    assert client.predict(frames[:1], frames[1:], version="2.0", frame="none").info["model_version"] == "2.0"
+    assert client.predict(frames[:1], frames[1:], frame="none").info["model_version"] == "1.0"
 
 
 @pytest.mark.parametrize("victim", ["candidate", "baseline"])
@@ -290,7 +290,7 @@ def test_worker_killed_during_the_canary_is_never_promoted(env, tmp_path, victim
     deadline = time.monotonic() + 180
     while True:  # TorchServe restarts a killed baseline worker; until then requests may be refused
         try:
-            answer = client.predict(frames[:1], frames[1:])
+            answer = client.predict(frames[:1], frames[1:], frame="none")
             break
         except Exception:  # noqa: BLE001
             assert time.monotonic() < deadline, "the default version never served again"

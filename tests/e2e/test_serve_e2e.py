@@ -97,36 +97,36 @@ def test_server_runs_on_loopback_with_token_auth_and_the_version(served):
 def test_single_and_multi_source_match_in_process_model(served, frames):
     handle, model, _ = served
     client = handle.client()
-    one = client.predict(frames[:1], frames[2:5], output="npy")
+    one = client.predict(frames[:1], frames[2:5], output="npy", frame="none")
     assert one.info["n_sources"] == 1 and one.array.shape == (3, 3, 64, 64)
     np.testing.assert_allclose(one.array, reference(model, frames[:1], frames[2:5]), atol=1e-4)
     # three sources over multipart, PNG frames back: equal up to 8-bit rounding
-    three = client.predict(frames[:3], frames[3:7], multipart=True)
+    three = client.predict(frames[:3], frames[3:7], multipart=True, frame="none")
     assert three.info["n_sources"] == 3 and len(three.frames) == 4
     np.testing.assert_allclose(three.as_float(), reference(model, frames[:3], frames[3:7]), atol=0.5 / 255 + 1e-4)
     # the sources matter: a different set gives a different animation
-    other = client.predict(frames[5:8], frames[3:7], output="npy")
+    other = client.predict(frames[5:8], frames[3:7], output="npy", frame="none")
     assert np.abs(other.array - three.as_float()).max() > 1e-2
 
 
 def test_cached_source_set_matches_uncached(served, frames):
     handle, model, _ = served
     client = handle.client()
-    sid = client.register_sources(frames[:2])
-    assert sid == client.register_sources(frames[:2])  # same images, same id
-    uncached = client.predict(frames[:2], frames[2:8], output="npy").array
-    cached = client.predict(source_set_id=sid, driving=frames[2:8], output="npy")
+    sid = client.register_sources(frames[:2], frame="none")
+    assert sid == client.register_sources(frames[:2], frame="none")  # same images, same id
+    uncached = client.predict(frames[:2], frames[2:8], output="npy", frame="none").array
+    cached = client.predict(source_set_id=sid, driving=frames[2:8], output="npy", frame="none")
     assert cached.source_set_id == sid
     np.testing.assert_allclose(cached.array, uncached, atol=1e-6)
 
     # relative motion: a clip sent in two chunks to a cached set keeps the first chunk's
     # first frame as reference, so it equals the whole clip in one request
-    whole = client.predict(frames[:2], frames[2:8], relative=True, output="npy").array
+    whole = client.predict(frames[:2], frames[2:8], relative=True, output="npy", frame="none").array
     np.testing.assert_allclose(whole, reference(model, frames[:2], frames[2:8], relative=True), atol=1e-4)
     first = client.predict(
-        source_set_id=sid, driving=frames[2:5], relative=True, reset_reference=True, output="npy"
+        source_set_id=sid, driving=frames[2:5], relative=True, reset_reference=True, output="npy", frame="none"
     ).array
-    second = client.predict(source_set_id=sid, driving=frames[5:8], relative=True, output="npy").array
+    second = client.predict(source_set_id=sid, driving=frames[5:8], relative=True, output="npy", frame="none").array
     np.testing.assert_allclose(np.concatenate([first, second]), whole, atol=1e-5)
     assert np.abs(whole - uncached).max() > 1e-3  # relative really differs from absolute
 
@@ -135,11 +135,11 @@ def test_driving_video_in_mp4_out(served, frames):
     handle, model, _ = served
     client = handle.client()
     video = mp4_bytes(frames[2:6])
-    result = client.predict(frames[:1], driving_video=video, output="mp4")
+    result = client.predict(frames[:1], driving_video=video, output="mp4", frame="none")
     out = decode_mp4(result.video)
     assert len(out) == 4 and out[0].shape == (64, 64, 3)
     # same frames as PNG output, up to H.264 loss
-    png = client.predict(frames[:1], driving_video=video)
+    png = client.predict(frames[:1], driving_video=video, frame="none")
     assert np.abs(np.stack(out).astype(float) - np.stack(png.frames).astype(float)).mean() < 6
 
 
@@ -161,7 +161,7 @@ def test_every_bad_input_gets_a_4xx_and_the_worker_survives(served, frames):
     client = handle.client()
     pids_before = client.worker_pids()
     good = [b64(png_bytes(f)) for f in frames]
-    big = np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)
+    big = np.random.default_rng(0).integers(0, 255, (40, 700, 3), dtype=np.uint8)  # max_image_side is 640
     odd = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(frames[0]).resize((80, 64)))
     cases = [
         (
@@ -174,7 +174,7 @@ def test_every_bad_input_gets_a_4xx_and_the_worker_survives(served, frames):
         ("nine sources", dict(payload={"sources": good[:1] * 9, "driving": good[:1]}), 400, "1 to 8 allowed"),
         (
             "mismatched sizes",
-            dict(payload={"sources": good[:1], "driving": [b64(png_bytes(odd))]}),
+            dict(payload={"sources": good[:1], "driving": [b64(png_bytes(odd))], "frame": "none"}),
             400,
             "mismatched image sizes",
         ),
@@ -224,7 +224,7 @@ def test_every_bad_input_gets_a_4xx_and_the_worker_survives(served, frames):
         assert r.status_code == code, f"{name}: {r.status_code} {r.text[:300]}"
         body = r.json()
         assert body["code"] == code and needle in body["message"], f"{name}: {body}"
-        ok = client.predict(frames[:1], frames[1:2])  # the next good request succeeds
+        ok = client.predict(frames[:1], frames[1:2], frame="none")  # the next good request succeeds
         assert ok.status == 200 and len(ok.frames) == 1, name
     # above the frontend's hard cap Netty answers 413 itself (no JSON body, the handler never sees it)
     r = _post(handle, payload={"sources": good[:1], "driving": good[:1], "pad": "A" * 3_300_000})
@@ -232,7 +232,7 @@ def test_every_bad_input_gets_a_4xx_and_the_worker_survives(served, frames):
     # an unknown version is TorchServe's own 404
     r = _post(handle, payload={"sources": good[:1], "driving": good[:1]}, version="9.9")
     assert r.status_code == 404 and "9.9" in r.json()["message"]
-    assert client.predict(frames[:1], frames[1:2]).status == 200
+    assert client.predict(frames[:1], frames[1:2], frame="none").status == 200
     assert client.worker_pids() == pids_before, "a bad request restarted the worker"
 
 
@@ -260,7 +260,7 @@ def test_hostile_bodies_over_http_never_get_a_5xx_nor_restart_the_worker(served,
     assert r.status_code == 400 and "nests deeper than 32" in r.json()["message"], r.text[:300]
     r = _post(handle, payload={"source_set_id": "x" * 100_000, "driving": [b64(png_bytes(frames[0]))]})
     assert r.status_code == 404 and len(r.json()["message"]) < 400 and "x" * 64 + "…" in r.json()["message"]
-    assert client.predict(frames[:1], frames[1:2]).status == 200
+    assert client.predict(frames[:1], frames[1:2], frame="none").status == 200
     assert client.worker_pids() == pids_before, "a hostile request restarted the worker"
     print(
         f"\nhostile bodies over HTTP: {len(cases)} cases, statuses {sorted(Counter(statuses).items())}, "
@@ -271,7 +271,7 @@ def test_hostile_bodies_over_http_never_get_a_5xx_nor_restart_the_worker(served,
 def test_requests_without_the_token_are_refused(served, frames):
     handle, _, _ = served
     keys = json.loads(handle.key_file.read_text())
-    payload = {"sources": [b64(png_bytes(frames[0]))], "driving": [b64(png_bytes(frames[1]))]}
+    payload = {"sources": [b64(png_bytes(frames[0]))], "driving": [b64(png_bytes(frames[1]))], "frame": "none"}
     url = f"{handle.inference_url}/predictions/iwarp"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {keys['management']['key']}"}):
         r = requests.post(url, json=payload, headers=headers, timeout=60)
@@ -303,7 +303,7 @@ def test_requests_without_the_token_are_refused(served, frames):
     assert new_key != keys["inference"]["key"]
     r = requests.post(url, json=payload, headers={"Authorization": f"Bearer {keys['inference']['key']}"}, timeout=60)
     assert r.status_code == 400 and "Token Authorization failed" in r.json()["message"]
-    assert handle.client().predict(frames[:1], frames[1:2]).status == 200
+    assert handle.client().predict(frames[:1], frames[1:2], frame="none").status == 200
 
 
 def test_concurrent_requests_are_batched_and_all_correct(served, frames):
@@ -313,7 +313,9 @@ def test_concurrent_requests_are_batched_and_all_correct(served, frames):
 
     def call(i: int) -> None:
         try:
-            results[i] = handle.client().predict(frames[i % 3 : i % 3 + 2], frames[i : i + 2], output="npy")
+            results[i] = handle.client().predict(
+                frames[i % 3 : i % 3 + 2], frames[i : i + 2], output="npy", frame="none"
+            )
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -337,8 +339,9 @@ def test_cli_predict_status_and_metrics(served, frames, tmp_path):
         paths.append(str(p))
     out = tmp_path / "anim"
     proc = cli(
-        "predict", "--workdir", handle.workdir, "--sources", paths[0], "--driving", *paths[1:], "--out", str(out)
-    )
+        "predict", "--workdir", handle.workdir, "--sources", paths[0], "--driving", *paths[1:], "--out", str(out),
+        "--frame", "none",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["frame_0000.png", "frame_0001.png"]
     assert json.loads(proc.stdout)["n_frames"] == 2
@@ -378,7 +381,7 @@ def test_a_second_server_runs_beside_the_first(served, frames, tmp_path):
         expected = reference(model, frames[:1], frames[1:3])
         for h in (handle, second):  # both workers answer, each through its own socket
             np.testing.assert_allclose(
-                h.client().predict(frames[:1], frames[1:3], output="npy").array, expected, atol=1e-4
+                h.client().predict(frames[:1], frames[1:3], output="npy", frame="none").array, expected, atol=1e-4
             )
         with pytest.raises(ServerError, match="already runs"):
             start_server(
@@ -396,3 +399,46 @@ def test_a_second_server_runs_beside_the_first(served, frames, tmp_path):
     finally:
         assert stop_server(tmp_path / "work2")
     assert handle.client().ping() and not second.alive()
+
+
+def test_a_whole_photo_and_an_uncropped_video_over_http(served, tmp_path):
+    """What a user sends: a whole photo (the astronaut, 512x512) and an uncropped 640x360 clip of
+    someone else, no `frame` field (face framing is the default). The archive carries the
+    library's framing module; the answer is the photo with the animated face pasted back."""
+    import itertools
+    import zipfile
+
+    import skimage.data
+
+    from iwarp import framing
+    from iwarp.data.realfaces import feat_data_dir
+    from iwarp.data.video import iter_frames, write_video
+
+    handle, _, _ = served
+    client = handle.client()
+    with zipfile.ZipFile(Path(handle.model_store) / "iwarp.mar") as mar:
+        assert mar.read("iwarp_framing.py") == (ROOT / "iwarp" / "framing.py").read_bytes()
+    photo = skimage.data.astronaut()
+    clip = list(itertools.islice(iter_frames(feat_data_dir() / "WolfgangLanger_Pexels.mp4"), 80, 86))
+    video = write_video(tmp_path / "talking.mp4", np.stack(clip), fps=24).read_bytes()
+
+    result = client.predict([png_bytes(photo)], driving_video=video, relative=True)
+    frames = np.stack(result.frames)
+    box = framing.frame_photo(photo, "astronaut").box
+    assert frames.shape == (6, 512, 512, 3) and result.info["frame"] == "face"
+    assert result.info["source_box"] == list(box) and result.info["driving_held"] == 0
+    x0, y0, x1, y1 = box
+    outside = np.ones((512, 512), bool)
+    outside[y0:y1, x0:x1] = False
+    assert (frames[:, outside] == photo[outside]).all()  # the photo's own pixels, exactly
+    assert np.abs(np.diff(frames[:, y0:y1, x0:x1].astype(int), axis=0)).mean() > 0.5  # the face moves
+
+    # a live session: the photo's framing is registered once, the clip streams in two chunks
+    sid = client.register_sources([png_bytes(photo)], frame="face")
+    decoded = decode_mp4(video)  # the frames the handler decoded from the clip, at its 24 fps
+    first = client.predict(source_set_id=sid, driving=decoded[:3], relative=True, fps=24)
+    second = client.predict(source_set_id=sid, driving=decoded[3:], relative=True, fps=24)
+    streamed = np.stack(first.frames + second.frames)
+    assert first.info["frame"] == "face" and np.abs(streamed.astype(int) - frames.astype(int)).max() <= 1
+    mp4 = decode_mp4(client.predict([png_bytes(photo)], driving_video=video, output="mp4").video)
+    assert len(mp4) == 6 and mp4[0].shape == (512, 512, 3)

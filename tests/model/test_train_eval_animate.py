@@ -209,6 +209,8 @@ def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monk
         resolve_checkpoint("iwarp-faces-64")
     run_iwarp(
         "animate",
+        "--frame",
+        "none",  # synthetic heads: no face for dlib, frames are crops already
         "--checkpoint",
         "iwarp-tiny-64",
         "--source",
@@ -240,7 +242,17 @@ def test_shipped_models_resolve_by_name(checkpoints, data, media, tmp_path, monk
     )
     assert json.loads((tmp_path / "m.json").read_text())["checkpoint"] == str(shipped)
     for cmd in (
-        ["animate", "--source", media["a"], "--driving", media["drive"], "--out", tmp_path / "x.mp4"],
+        [
+            "animate",
+            "--frame",
+            "none",
+            "--source",
+            media["a"],
+            "--driving",
+            media["drive"],
+            "--out",
+            tmp_path / "x.mp4",
+        ],
         ["serve", "package", "--version", "1.0", "--out", tmp_path / "store"],
     ):
         proc = run_iwarp(*cmd, "--checkpoint", "nope", check=False)
@@ -296,6 +308,8 @@ def test_animate_writes_a_playable_mp4_of_the_driving_length(kind, checkpoints, 
     out = tmp_path / "out.mp4"
     proc = run_iwarp(
         "animate",
+        "--frame",
+        "none",  # synthetic heads: no face for dlib, frames are crops already
         "--checkpoint",
         checkpoints[kind],
         "--source",
@@ -306,7 +320,7 @@ def test_animate_writes_a_playable_mp4_of_the_driving_length(kind, checkpoints, 
         "--out",
         out,
     )
-    assert f"({media['drive_frames']} frames)" in proc.stdout
+    assert f"({media['drive_frames']} frames, 64x64)" in proc.stdout
     frames = decode(out)
     assert len(frames) == media["drive_frames"] and frames[0].shape == (64, 64, 3)
     assert not list(tmp_path.glob(".*.partial"))
@@ -316,6 +330,8 @@ def test_animate_relative_side_by_side_and_frame_limit(checkpoints, media, tmp_p
     out = tmp_path / "rel.mp4"
     run_iwarp(
         "animate",
+        "--frame",
+        "none",  # synthetic heads: no face for dlib, frames are crops already
         "--checkpoint",
         checkpoints["implicit"],
         "--source",
@@ -340,6 +356,8 @@ def test_animate_relative_side_by_side_and_frame_limit(checkpoints, media, tmp_p
 def test_animate_resizes_mismatched_sources_with_a_warning(checkpoints, media, tmp_path):
     proc = run_iwarp(
         "animate",
+        "--frame",
+        "none",  # synthetic heads: no face for dlib, frames are crops already
         "--checkpoint",
         checkpoints["implicit"],
         "--source",
@@ -371,6 +389,8 @@ def test_animate_rejects_unreadable_inputs(bad, message, checkpoints, media, tmp
     out = tmp_path / "x.mp4"
     proc = run_iwarp(
         "animate",
+        "--frame",
+        "none",  # synthetic heads: no face for dlib, frames are crops already
         "--checkpoint",
         checkpoints["implicit"],
         "--source",

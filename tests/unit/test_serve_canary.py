@@ -189,3 +189,31 @@ def test_stop_server_without_a_server_creates_no_folders(tmp_path):
         workdir.mkdir()
         assert stop_server(workdir) is False
         assert list(workdir.iterdir()) == []
+
+
+def test_the_canary_sends_crops_and_still_reaches_a_version_older_than_the_frame_field():
+    """Canary cases are face crops (frame=none); a version packaged before `frame` existed
+    refuses the field, is asked without it, and only once."""
+    from types import SimpleNamespace
+
+    from serving.client import ServeError
+    from serving.rollout import predict_crops
+
+    calls = []
+
+    class Client:
+        def predict(self, sources, driving, *, version, frame=None):
+            calls.append((version, frame))
+            if version == "old" and frame is not None:
+                raise ServeError(400, "unknown field `frame`")
+            if version == "broken":
+                raise ServeError(400, "`sources[0]` is not an image")
+            return version
+
+    case, legacy = SimpleNamespace(sources=["s"], driving=["d"]), set()
+    assert predict_crops(Client(), case, "new", legacy) == "new" and calls[-1] == ("new", "none")
+    assert predict_crops(Client(), case, "old", legacy) == "old" and legacy == {"old"}
+    assert predict_crops(Client(), case, "old", legacy) == "old"
+    assert calls == [("new", "none"), ("old", "none"), ("old", None), ("old", None)]
+    with pytest.raises(ServeError, match="not an image"):  # any other 400 is the version's error
+        predict_crops(Client(), case, "broken", legacy)
