@@ -42,7 +42,8 @@ class ValidationConfig:
     min_face_rate: float = opt(0.8, "lowest allowed face-detection rate (with --face-dataset)")
     max_skipped_fraction: float = opt(0.1, "largest share of input videos prepare may have skipped as unreadable")
     landmarks: bool = opt(False, "check the landmark sidecars of real clips (iwarp data landmarks)")
-    min_landmark_coverage: float = opt(0.5, "lowest share of a real clip's frames with landmarks (with --landmarks)")
+    min_landmark_coverage: float = opt(0.5, "a real clip is well covered with landmarks in this share of its frames")
+    landmark_clip_share: float = opt(0.85, "lowest share of real clips that must be well covered (with --landmarks)")
     frames_per_video: int = opt(3, "frames read back from disk per video (first, middle, last, ...)")
     require_both_splits: bool = opt(True, "train/ and test/ must both hold videos")
 
@@ -110,19 +111,23 @@ def video_table(root: Path, manifest):
             ok.loc[ok["split_by"] == "clip", "identity_splits"] = 1
     if "path" in ok.columns:
         ok["on_disk"] = [isinstance(p, str) and (root / p).exists() for p in ok["path"]]
-        ok["landmark_coverage_on_disk"] = [_sidecar_coverage(root, r) for r in ok.to_dict("records")]
+        sidecars = [_sidecar(root, r) for r in ok.to_dict("records")]
+        ok["landmark_sidecar"] = [None if s is None else s[0] for s in sidecars]
+        ok["landmark_coverage_on_disk"] = [None if s is None else s[1] for s in sidecars]
     return ok.reset_index(drop=True)
 
 
-def _sidecar_coverage(root: Path, row: dict) -> float | None:
-    """Share of a real clip's frames with landmarks in its sidecar (0 without one); None for
-    synthetic heads, which have no human landmarks to find."""
+def _sidecar(root: Path, row: dict) -> tuple[bool, float | None] | None:
+    """(a sidecar for every frame exists, the share of frames with landmarks in it) of a real
+    clip; None for synthetic heads, which have no human landmarks to find."""
     from .landmarks import coverage, load_landmarks
 
     if row.get("origin") == "synth" or not isinstance(row.get("path"), str):
         return None
     marks = load_landmarks(root / row["path"])
-    return 0.0 if marks is None or len(marks) != row.get("num_frames", len(marks)) else coverage(marks)
+    if marks is None or len(marks) != row.get("num_frames", len(marks)):
+        return False, None
+    return True, coverage(marks)
 
 
 def frame_table(root: Path, videos, per_video: int):
@@ -289,12 +294,24 @@ def _suites(cfg: ValidationConfig) -> dict[str, list]:
     if cfg.landmarks:
         videos.append(
             e(
-                gxe.ExpectColumnValuesToBeBetween,
+                gxe.ExpectColumnValuesToBeInSet,
                 "missing_landmarks",
-                f"a landmark sidecar covers >= {cfg.min_landmark_coverage:.0%} of each real clip's frames "
-                "(run `iwarp data landmarks --data DIR`)",
+                "every real clip has a landmark sidecar for all its frames (run `iwarp data landmarks --data DIR`)",
+                column="landmark_sidecar",
+                value_set=[True],
+            )
+        )
+        # dlib's frontal detector misses profiles and small faces, so single clips may be
+        # sparse (the cameraman at 64 px); most clips must be well covered
+        videos.append(
+            e(
+                gxe.ExpectColumnValuesToBeBetween,
+                "low_landmark_coverage",
+                f"at least {cfg.landmark_clip_share:.0%} of real clips have landmarks in >= "
+                f"{cfg.min_landmark_coverage:.0%} of their frames",
                 column="landmark_coverage_on_disk",
                 min_value=cfg.min_landmark_coverage,
+                mostly=cfg.landmark_clip_share,
             )
         )
     inputs = [

@@ -56,13 +56,32 @@ def test_a_clip_without_landmarks_fails_validation_and_names_it(prepared: Path, 
     report = validate_dataset(prepared, cfg, docs_dir=tmp_path / "docs-ok")
     assert report.success, report.summary()
     ds = VideoDataset(prepared, "test", SIZE)
-    sidecar_path(ds.videos[0].path).unlink()
-    report = validate_dataset(prepared, cfg, docs_dir=tmp_path / "docs")
+    path = sidecar_path(ds.videos[0].path)
+    kept = path.read_bytes()
+    path.unlink()
+    try:
+        report = validate_dataset(prepared, cfg, docs_dir=tmp_path / "docs")
+        assert np.isnan(VideoDataset(prepared, "test", SIZE).read_landmarks(0, [0])).all()  # no sidecar: NaN
+    finally:
+        path.write_bytes(kept)  # the module's other tests share the dataset
     failures = {f.check: f for f in report.failures}
     assert not report.success and set(failures) == {"missing_landmarks"}
     assert failures["missing_landmarks"].videos == [ds.videos[0].id]
     assert "iwarp data landmarks" in failures["missing_landmarks"].line()
-    assert np.isnan(VideoDataset(prepared, "test", SIZE).read_landmarks(0, [0])).all()  # no sidecar: NaN
+
+
+def test_sparse_landmarks_in_most_clips_fail_validation(prepared: Path, tmp_path: Path) -> None:
+    """A sidecar where dlib found almost nothing is allowed in a few clips (profiles), not in most:
+    here one clip of two."""
+    ds = VideoDataset(prepared, "train", SIZE)
+    path = sidecar_path(ds.videos[0].path)
+    marks = np.load(path)
+    np.save(path, np.full_like(marks, np.nan))
+    try:
+        report = validate_dataset(prepared, ValidationConfig(image_size=SIZE, landmarks=True), docs_dir=tmp_path / "d")
+    finally:
+        np.save(path, marks)
+    assert {f.check for f in report.failures} == {"low_landmark_coverage"}
 
 
 def _dot_image(points: np.ndarray, size: int) -> torch.Tensor:
