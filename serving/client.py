@@ -66,6 +66,10 @@ def encode_image(image: ImageLike) -> bytes:
     return buf.getvalue()
 
 
+def _decode_npy(b64: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(b64)), allow_pickle=False)
+
+
 def decode_png(b64: str) -> np.ndarray:
     from PIL import Image
 
@@ -80,6 +84,7 @@ class PredictResult:
     frames: list[np.ndarray] | None = None  # uint8 HxWx3 (output=png)
     array: np.ndarray | None = None  # float32 (T,3,H,W) (output=npy)
     video: bytes | None = None  # output=mp4
+    source_maps: np.ndarray | None = None  # float32 (T,k+1,h,w): each source's share (source_maps=True)
 
     @property
     def source_set_id(self) -> str | None:
@@ -197,12 +202,15 @@ class TorchServeClient:
         fps: float | None = None,
         version: str | None = None,
         multipart: bool = False,
+        source_maps: bool = False,
     ) -> PredictResult:
         fields: dict[str, Any] = {"relative": relative, "output": output}
         if register:
             fields["register"] = True
         if reset_reference:
             fields["reset_reference"] = True
+        if source_maps:
+            fields["source_maps"] = True
         if source_set_id:
             fields["source_set_id"] = source_set_id
         if fps:
@@ -235,7 +243,9 @@ class TorchServeClient:
         if "frames" in info:
             result.frames = [decode_png(f) for f in info.pop("frames")]
         if "npy" in info:
-            result.array = np.load(io.BytesIO(base64.b64decode(info.pop("npy"))))
+            result.array = _decode_npy(info.pop("npy"))
+        if "source_maps" in info:
+            result.source_maps = _decode_npy(info.pop("source_maps")).astype(np.float32)
         return result
 
     def register_sources(self, sources: Sequence[ImageLike], version: str | None = None) -> str:

@@ -16,6 +16,8 @@ Request (POST /predictions/iwarp[/<version>]), JSON or multipart/form-data:
     reset_reference  true: this request's first frame becomes the session's reference
     output           "png" (default, base64 in JSON), "mp4" (video/mp4 body), "npy" (float32)
     fps              mp4 frame rate (default: the driving video's, else handler.default_fps)
+    source_maps      true: also answer `source_maps`, per frame each source's share of every
+                     output position (base64 .npy, float16 (T, k+1, h, w); png/npy output only)
 
 A request needs either `sources` or `source_set_id`, plus driving frames unless it only
 registers. Relative motion: kp = kp_source + (kp_driving - kp_reference), with kp_source the
@@ -119,6 +121,7 @@ class Request:
     reset_reference: bool = False
     output: Output = "png"
     fps: float | None = None
+    source_maps: bool = False
 
 
 _INDEXED = re.compile(r"^(source|driving)s?(?:[_\[\.]?(\d+)\]?)?$")
@@ -212,7 +215,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
             req.driving_video = _b64(value, k) if from_json else _raw_bytes(value, k)
         elif k == "source_set_id":
             req.source_set_id = _to_text(value, k) or None
-        elif k in ("register", "relative", "reset_reference"):
+        elif k in ("register", "relative", "reset_reference", "source_maps"):
             setattr(req, k, _to_bool(value, k))
         elif k == "output":
             out = _to_text(value, k).lower()
@@ -234,6 +237,8 @@ def parse_request(raw: dict[str, Any]) -> Request:
         raise RequestError(
             400, "send driving frames either as `driving` images or as `driving_video`, not both", "driving_video"
         )
+    if req.source_maps and req.output == "mp4":
+        raise RequestError(400, "`source_maps` come back in JSON: use output png or npy, not mp4", "source_maps")
     if req.sources and req.source_set_id:
         raise RequestError(400, "send either `sources` or `source_set_id`, not both", "source_set_id")
     if not req.sources and not req.source_set_id:
@@ -334,6 +339,12 @@ def decode_video(data: bytes, name: str, max_side: int, max_frames: int) -> tupl
     if not frames:
         raise RequestError(400, f"`{name}` decoded to zero frames (corrupt or truncated video)", name)
     return frames, fps
+
+
+def encode_npy(tensor: torch.Tensor) -> str:
+    buf = io.BytesIO()
+    np.save(buf, tensor.cpu().numpy())
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def encode_png(frame: np.ndarray) -> str:
@@ -471,6 +482,7 @@ class _Job:
     entry: SourceSet | None = None
     set_id: str | None = None
     prediction: torch.Tensor | None = None
+    maps: torch.Tensor | None = None  # (T,k+1,h,w) when the request asked for source_maps
     error: RequestError | None = None
 
 
@@ -501,6 +513,9 @@ class IwarpService:
         self.encode = self._load(os.path.join(export_dir, progs["encode_sources"]["file"]))
         self.detect = self._load(os.path.join(export_dir, progs["detect_keypoints"]["file"]))
         self.animate = self._load(os.path.join(export_dir, progs["animate"]["file"]))
+        # optional: archives packaged before source maps existed serve without them
+        maps = progs.get("source_maps")
+        self.maps = self._load(os.path.join(export_dir, maps["file"])) if maps else None
         self.size = tuple(int(x) for x in self.meta["image_size"])
         self.kp_fields = list(self.meta.get("keypoint_fields", DEFAULT_KEYPOINT_FIELDS))
         fields = list(self.meta.get("cache_fields", []))
@@ -582,6 +597,10 @@ class IwarpService:
         if total > limit:
             raise RequestError(413, f"payload of {total / 2**20:.1f} MiB exceeds {cfg['max_payload_mb']} MiB", "body")
         req = job.req = parse_request(raw)
+        if req.source_maps and self.maps is None:
+            raise RequestError(
+                400, f"version {self.version} was packaged without source maps; package it again", "source_maps"
+            )
         max_side, max_frames = int(cfg["max_image_side"]), int(cfg["max_driving_frames"])
         if req.sources:
             if len(req.sources) > self.max_sources:
@@ -683,6 +702,7 @@ class IwarpService:
         for i, (job, _) in enumerate(items):
             by_k.setdefault(job.entry.n_sources, []).append(i)
         outputs: list[torch.Tensor | None] = [None] * len(items)
+        maps: list[torch.Tensor | None] = [None] * len(items)
         for idxs in by_k.values():
             for start in range(0, len(idxs), step):
                 chunk = idxs[start : start + step]
@@ -690,12 +710,16 @@ class IwarpService:
                 cache = tuple(torch.cat(parts) for parts in zip(*caches))
                 kp = tuple(torch.cat(parts) for parts in zip(*(items[i][1] for i in chunk)))
                 pred = self.animate(*kp, *cache)
+                chunk_maps = self.maps(*kp, *cache) if any(items[i][0].req.source_maps for i in chunk) else None
                 for j, i in enumerate(chunk):
                     outputs[i] = pred[j : j + 1]
+                    maps[i] = None if chunk_maps is None else chunk_maps[j : j + 1]
         offset = 0
         for job in jobs:
             t = job.driving.shape[0]
             job.prediction = torch.cat(outputs[offset : offset + t])
+            if job.req.source_maps:
+                job.maps = torch.cat(maps[offset : offset + t])
             offset += t
 
     # -- responses
@@ -709,6 +733,7 @@ class IwarpService:
             info: dict[str, Any] = {
                 "model_version": self.version,
                 "n_sources": job.entry.n_sources,
+                "image_size": list(self.size),  # what clients may resize their frames to
                 "batch": self._batch,
                 **self._timing,
             }
@@ -729,11 +754,11 @@ class IwarpService:
                 context.set_response_content_type(job.idx, "video/mp4")
                 return encode_mp4(to_uint8(pred), fps)
             if job.req.output == "npy":
-                buf = io.BytesIO()
-                np.save(buf, pred.float().cpu().numpy())
-                info["npy"] = base64.b64encode(buf.getvalue()).decode("ascii")
+                info["npy"] = encode_npy(pred.float())
             else:
                 info["frames"] = [encode_png(f) for f in to_uint8(pred)]
+            if job.maps is not None:
+                info["source_maps"] = encode_npy(job.maps.to(torch.float16))
             context.set_response_content_type(job.idx, "application/json")
             return json.dumps(info)
         except Exception as exc:  # noqa: BLE001
