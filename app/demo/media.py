@@ -101,7 +101,7 @@ def load_driving(path: str | Path | None, max_frames: int) -> tuple[list[np.ndar
             if len(frames) == max_frames:
                 fps = video_fps(path)
                 raise DemoInputError(
-                    f"The driving video is longer than {max_frames} frames ({max_frames / fps:.0f} s at "
+                    f"The driving video is longer than {max_frames} frames ({max_frames / fps:.1f} s at "
                     f"{fps:g} fps): trim it or use a shorter clip."
                 )
             frames.append(frame)
