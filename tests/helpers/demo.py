@@ -101,9 +101,14 @@ class DemoBrowser:
         return (found[0].get_attribute("value") or "") if found else ""
 
     def wait(self, condition, timeout: float = 60.0):
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(lambda _: condition())
+        # the page re-renders as it answers: an element read a moment ago may be gone, so look again
+        wait = WebDriverWait(
+            self.driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+        )
+        return wait.until(lambda _: condition())
 
     def _find(self, css: str) -> list:
         from selenium.webdriver.common.by import By
