@@ -130,8 +130,13 @@ def colours(n_sources: int) -> np.ndarray:
 
 def selection_map(maps: np.ndarray, side: int) -> np.ndarray:
     """Source maps (T, k+1, h, w), channels summing to 1 -> (T, side, side, 3) uint8: every pixel
-    the blend of the colours of the sources it came from, weighted by their share."""
-    rgb = np.einsum("tkhw,kc->thwc", maps.astype(np.float32), colours(maps.shape[1] - 1))
+    in the colour of the source it came from most (grey: no source), paler where that source's
+    share is small (a blend of several)."""
+    k1 = maps.shape[1]
+    top = maps.argmax(1)  # (T, h, w)
+    share = np.take_along_axis(maps, top[:, None], 1)[:, 0]
+    confidence = np.sqrt(np.clip((share - 1 / k1) / (1 - 1 / k1), 0, 1))[..., None]  # 0: all alike, 1: one
+    rgb = 255 + (colours(k1 - 1)[top] - 255) * (0.25 + 0.75 * confidence)
     small = np.clip(rgb, 0, 255).round().astype(np.uint8)
     # nearest: the map is the attention's token grid, its cells should stay visible
     return np.stack([np.asarray(Image.fromarray(f).resize((side, side), Image.Resampling.NEAREST)) for f in small])

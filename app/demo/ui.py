@@ -116,9 +116,9 @@ class DemoPage:
         if self.animator.kind.startswith("HTTP"):
             inside = result.model_ms / max(n, 1)
             line += (
-                f" over HTTP to TorchServe, {served}, in {result.requests} requests against one cached "
-                f"source set of {source_set.n_sources}; {inside:.1f} ms of it inside the server, the rest "
-                "PNG + base64 encoding and the HTTP hop."
+                f" over HTTP to TorchServe, {served}, {result.requests} request(s) against one cached "
+                f"source set of {source_set.n_sources}; {inside:.1f} ms of it inside the worker, the rest "
+                "PNG + base64 both ways, TorchServe's frontend and batching wait, and the hop."
             )
         else:
             line += f", the model in this process, {source_set.n_sources} cached sources."
@@ -207,7 +207,7 @@ def build_app(animator: Animator, config: DemoConfig, out_dir: Path, examples: l
             with gr.Row():
                 button = gr.Button("Animate", variant="primary", elem_id="animate")
                 colours = gr.Image(
-                    label="Map colours: source 1, 2, ... and grey: none",
+                    label="Map colours: source 1, 2, ...; grey: none (paler: a blend)",
                     interactive=False,
                     elem_id="legend",
                     height=140,

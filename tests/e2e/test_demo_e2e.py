@@ -74,6 +74,7 @@ def test_the_page_animates_uploads_through_torchserve(served, inputs):
         assert len(maps) == N_DRIVING  # the source-selection map, per frame
         timing = browser.text("timing")
         assert "ms per frame" in timing and "HTTP to TorchServe" in timing, timing
+        browser.hold(0.2)
         browser.screenshot(ARTIFACTS / "demo.png")
 
         # a bad upload: one message in the page, and the next good request still works

@@ -2,7 +2,7 @@
 Chromium through Selenium and Debian's chromedriver (Playwright's browser download cannot work
 offline). A plain module: the e2e test uses it, and so does the README picture:
 
-    python -c "from tests.helpers.demo import readme_picture as r; r('docs/images/demo.png')"
+    python -c "from tests.helpers.demo import readme_picture as r; r('docs/images/demo.png', '.iwarp/serve')"
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ class DemoBrowser:
         before = self.video_src("animation")
         for close in self._find("[data-testid='toast-close']"):
             close.click()
+        self.wait(lambda: not self._find("[data-testid='toast-body']"), 15)  # the last message is gone
         self._find("#animate")[0].click()
 
         def answered():
@@ -162,6 +163,13 @@ class DemoBrowser:
     def text(self, elem_id: str) -> str:
         return self._text(f"#{elem_id}")
 
+    def hold(self, seconds: float) -> None:
+        """Pause every video at the same moment, so a screenshot pairs driving frame and output."""
+        self.driver.execute_script(
+            "for (const v of document.querySelectorAll('video')) { v.pause(); v.currentTime = arguments[0]; }", seconds
+        )
+        time.sleep(1.0)  # let them seek and paint
+
     def screenshot(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.driver.execute_script("window.scrollTo(0, 0)")
@@ -172,10 +180,12 @@ class DemoBrowser:
         self.driver.quit()
 
 
-def readme_picture(out: str | Path, checkpoint: str = "iwarp-faces-64") -> Path:
-    """The README's picture: the shipped model in `iwarp demo --local` on the woman's example."""
+def readme_picture(out: str | Path, workdir: str | None = None, checkpoint: str = "iwarp-faces-64") -> Path:
+    """The README's picture: the woman's example through the TorchServe running from `workdir`
+    (e.g. serving the shipped model), or `checkpoint` in `iwarp demo --local`."""
     home = ROOT / "outputs" / "demo-picture"
-    demo = DemoProcess("--local", checkpoint, "--home", str(home))
+    backend = ["--workdir", workdir] if workdir else ["--local", checkpoint]
+    demo = DemoProcess(*backend, "--home", str(home))
     browser = DemoBrowser()
     try:
         browser.open(demo.url)
@@ -185,7 +195,7 @@ def readme_picture(out: str | Path, checkpoint: str = "iwarp-faces-64") -> Path:
         src, error = browser.animate()
         assert src and not error, error
         browser.playback("animation")
-        time.sleep(2.5)  # the clips loop: show a frame from the middle
+        browser.hold(1.5)
         return browser.screenshot(Path(out))
     finally:
         browser.close()
