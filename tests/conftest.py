@@ -5,7 +5,8 @@ name (`pytest -m unit`, `pytest tests/e2e`): unit, data, model, integration, e2e
 functions are plain modules in tests/helpers/; no test module imports another.
 
 The MLflow server is the project's own launcher (`pipelines.services.MlflowServer`, what
-`iwarp pipeline run` starts) and ports come from `serving.server.free_port`, not copies.
+`iwarp pipeline run` starts) and ports come from `serving.server.free_port`, not copies. One
+TorchServe (`served`) serves the tiny checkpoint to every test that only calls it.
 """
 
 from __future__ import annotations
