@@ -86,6 +86,18 @@ def test_the_page_animates_uploads_through_torchserve(served, inputs):
         src_again, error = browser.animate()
         assert error is None and src_again not in (None, src), error
         assert len(decode_mp4(requests.get(src_again, timeout=30).content)) == N_DRIVING
+
+        # the live tab: Chromium's synthetic webcam streams frame by frame against the cached set
+        browser.start_live()
+        status = browser.live_status("ms this frame")
+        assert "HTTP to TorchServe" in status, status
+        frames_seen = int(status.split("over the last ")[1].split()[0])
+        assert browser.wait(
+            lambda: int(browser.live_status("ms this frame").split("over the last ")[1].split()[0]) > frames_seen
+        )
+        assert browser._find("#live img") and browser._find("#live-map img")
+        browser._find("#reset")[0].click()  # re-anchors the relative motion; the stream goes on
+        browser.live_status("ms this frame")
     finally:
         browser.close()
         log = demo.stop()

@@ -87,6 +87,9 @@ class DemoBrowser:
             "--autoplay-policy=no-user-gesture-required",
             "--disable-background-networking",
             "--disable-component-update",
+            # the live tab's webcam: Chromium's synthetic camera, access granted without a prompt
+            "--use-fake-device-for-media-stream",
+            "--use-fake-ui-for-media-stream",
         ):
             options.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(chromedriver()), options=options)
@@ -145,6 +148,18 @@ class DemoBrowser:
             return (src, None) if src and src != before else ((None, errors[0]) if errors else None)
 
         return self.wait(answered, timeout)
+
+    def start_live(self) -> None:
+        """Open the live tab, allow the webcam, start streaming."""
+        next(t for t in self._find("button[role=tab]") if "Live" in t.text).click()
+        self.wait(lambda: [b for b in self._find("#camera button") if "Access Webcam" in b.text])[0].click()
+        self.wait(
+            lambda: [b for b in self._find("#camera button") if b.get_attribute("aria-label") == "capture photo"]
+        )[0].click()
+
+    def live_status(self, needle: str, timeout: float = 60.0) -> str:
+        """Wait until the live status line contains `needle`; returns it."""
+        return self.wait(lambda: needle in self.text("live-status") and self.text("live-status"), timeout)
 
     def video_src(self, elem_id: str) -> str | None:
         found = self._find(f"#{elem_id} video[src]")
