@@ -37,7 +37,7 @@ class AnimateError(InputError, ValueError):
     """Unreadable inputs or arguments that cannot work."""
 
 
-def _to_square(image: np.ndarray, size: int, what: str, warn: bool = True) -> np.ndarray:
+def to_square(image: np.ndarray, size: int, what: str, warn: bool = True) -> np.ndarray:
     """Centre-crop to a square, then resize to `size` (warns: the user should know)."""
     from PIL import Image
 
@@ -73,7 +73,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
             array = np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise AnimateError(f"cannot read source image {path}: {exc}") from exc
-    array = _to_square(array, size, f"source {path.name}")
+    array = to_square(array, size, f"source {path.name}")
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(255)
 
 
@@ -98,7 +98,7 @@ def driving_frames(path: str | Path, size: int, max_frames: int | None = None) -
         for i, frame in enumerate(iter_frames(path)):
             if max_frames is not None and i >= max_frames:
                 return
-            frame = _to_square(frame, size, f"driving video {path.name}", warn=i == 0)  # warn once
+            frame = to_square(frame, size, f"driving video {path.name}", warn=i == 0)  # warn once
             yield torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().div(255)
     except VideoReadError as exc:
         raise AnimateError(f"cannot read driving video: {exc}") from exc
