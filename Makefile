@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test test-fast compile clean
+.PHONY: setup run demo test test-fast compile clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,6 +11,10 @@ setup:
 # local MLflow server, local DVC remote, local TorchServe, CPU).
 run: setup
 	$(VENV)/bin/iwarp pipeline run $(ARGS)
+
+# The demo page (Gradio) over make run's TorchServe (reused when up); prints its URL.
+demo: setup
+	@$(VENV)/bin/iwarp demo $(ARGS)
 
 # Every test, slow end-to-end ones included.
 test: setup

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "deploy.cli",  # iwarp deploy kserve
     "pipelines.cli",  # iwarp pipeline run|compile
     "components.track_cli",  # iwarp track sync (MLflow glue lives in components/)
+    "app.demo.cli",  # iwarp demo (Gradio page over the TorchServe endpoint)
 )
 
 

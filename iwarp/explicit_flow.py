@@ -205,6 +205,10 @@ class ExplicitFlowBaseline(nn.Module):
         channel i = occlusion_i / k, source i's weight in the averaged features; the last channel
         = 1 - mean occlusion, the share the decoder must fill in itself. Channels sum to 1.
         `chunk_size` is accepted for signature compatibility (nothing here grows with h*w*k^2)."""
-        _, occ = self._warp(self.encode_sources(sources), self.detect_keypoints(driving))
+        return self.source_mass(self.encode_sources(sources), self.detect_keypoints(driving))
+
+    def source_mass(self, cache: FlowSourceCache, driving_keypoints: Keypoints) -> torch.Tensor:
+        """`source_attention` from a cached source set, per frame (what a server exports)."""
+        _, occ = self._warp(cache, driving_keypoints)
         per_source = occ[:, :, 0] / occ.shape[1]
         return torch.cat([per_source, 1 - per_source.sum(1, keepdim=True)], dim=1)

@@ -369,6 +369,16 @@ class ImplicitWarping(nn.Module):
         return self.animate(self.encode_sources(sources), driving)
 
     # ------------------------------------------------------------------ inspection
+    def source_mass(self, cache: SourceCache, driving_keypoints: Keypoints) -> torch.Tensor:
+        """`source_attention` from a cached source set, per frame (what a server exports):
+        (B, k + 1, h, w), channel i the attention mass on source i, the last on the extra K/V.
+        Per-source sums go through `token_places` (one-hot source slots), not a reshape by k,
+        so torch.export keeps k dynamic; forms the L x S weights, like `sampled_sources`."""
+        _, q = self._queries(driving_keypoints)
+        mass = torch.einsum("bls,bsk->blk", self.attention.weights(q, cache.keys), cache.token_places[..., 0])
+        extra = (1 - mass.sum(-1, keepdim=True)).clamp_min(0)  # the extra tokens hold the rest
+        return torch.cat([mass, extra], dim=-1).transpose(1, 2).unflatten(-1, (self.grid_size, self.grid_size))
+
     @torch.no_grad()
     def source_attention(self, sources: torch.Tensor, driving: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
         """(B, k + 1, h, w) on the token grid: for every output position, the attention mass on

@@ -67,6 +67,10 @@ def encode_image(image: ImageLike) -> bytes:
     return buf.getvalue()
 
 
+def _decode_npy(b64: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(b64)), allow_pickle=False)
+
+
 def decode_png(b64: str) -> np.ndarray:
     from PIL import Image
 
@@ -81,6 +85,7 @@ class PredictResult:
     frames: list[np.ndarray] | None = None  # uint8 HxWx3 (output=png)
     array: np.ndarray | None = None  # float32 (T,3,H,W) (output=npy)
     video: bytes | None = None  # output=mp4
+    source_maps: np.ndarray | None = None  # float32 (T,k+1,h,w): each source's share (source_maps=True)
 
     @property
     def source_set_id(self) -> str | None:
@@ -200,6 +205,7 @@ class TorchServeClient:
         multipart: bool = False,
         frame: str | None = None,
         face_index: int | None = None,
+        source_maps: bool = False,
     ) -> PredictResult:
         """`frame`: "face" (whole photos and frames; the answer is the first photo with the
         animated face pasted back) or "none" (face crops in and out); None sends nothing, so the
@@ -213,6 +219,8 @@ class TorchServeClient:
             fields["register"] = True
         if reset_reference:
             fields["reset_reference"] = True
+        if source_maps:
+            fields["source_maps"] = True
         if source_set_id:
             fields["source_set_id"] = source_set_id
         if fps:
@@ -245,7 +253,9 @@ class TorchServeClient:
         if "frames" in info:
             result.frames = [decode_png(f) for f in info.pop("frames")]
         if "npy" in info:
-            result.array = np.load(io.BytesIO(base64.b64decode(info.pop("npy"))))
+            result.array = _decode_npy(info.pop("npy"))
+        if "source_maps" in info:
+            result.source_maps = _decode_npy(info.pop("source_maps")).astype(np.float32)
         return result
 
     def register_sources(

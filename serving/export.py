@@ -7,6 +7,9 @@ An export folder holds three ExportedPrograms plus a manifest:
     encode_sources.pt2      sources (B,k,3,H,W) in [0,1]       -> cache tensors (per source set)
     detect_keypoints.pt2    images (B,3,H,W)                   -> keypoint tensors, one per field
     animate.pt2             (*keypoint tensors, *cache)        -> prediction (B,3,H,W) in [0,1]
+    source_maps.pt2         (*keypoint tensors, *cache)        -> (B,k+1,h,w): per output position,
+                            the share of each source (the last channel: no source's), the
+                            model's `source_mass`; optional (exports before it lack it)
 
 The keypoint fields (manifest `keypoint_fields`) are the model's: ["xy", "strength"] (xy
 (B,N,2), strength (B,N)) for zeroth-order detectors, plus "jacobian" (B,N,2,2) for first-order
@@ -36,6 +39,7 @@ from iwarp.errors import IwarpError
 FORMAT = "iwarp-export/1"
 MANIFEST = "export.json"
 PROGRAMS = ("encode_sources", "detect_keypoints", "animate")
+OPTIONAL_PROGRAMS = ("source_maps",)  # absent from older exports; a server answers without them
 KEYPOINT_FIELDS = ("xy", "strength", "jacobian")  # Keypoints' order; a model uses a prefix
 DEFAULT_KEYPOINT_FIELDS = ["xy", "strength"]  # what a manifest without `keypoint_fields` means
 
@@ -114,13 +118,24 @@ class _Animate(nn.Module):
         self.model, self.names, self.cache_type, self.kp_type = model, names, cache_type, kp_type
         self.n_extra = n_kp_fields - 2  # keypoint fields after xy and strength (the Jacobian)
 
-    def forward(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, *cache: torch.Tensor) -> torch.Tensor:
+    def unpack(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, cache: tuple[torch.Tensor, ...]) -> tuple:
         # The varargs lead with the extra keypoint fields; their names (kp_xy, kp_strength,
         # cache_i) are the program's input names, so a zeroth-order model's program is unchanged.
         kp = self.kp_type(kp_xy, kp_strength, *cache[: self.n_extra])
-        cache = cache[self.n_extra :]
-        out = self.model.animate(_rebuild(self.cache_type, self.names, cache), driving_keypoints=kp)
+        return kp, _rebuild(self.cache_type, self.names, cache[self.n_extra :])
+
+    def forward(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, *cache: torch.Tensor) -> torch.Tensor:
+        kp, rebuilt = self.unpack(kp_xy, kp_strength, cache)
+        out = self.model.animate(rebuilt, driving_keypoints=kp)
         return out.prediction if hasattr(out, "prediction") else out["prediction"]
+
+
+class _SourceMaps(_Animate):
+    """Same inputs as `_Animate`; returns the model's `source_mass` (B, k+1, h, w)."""
+
+    def forward(self, kp_xy: torch.Tensor, kp_strength: torch.Tensor, *cache: torch.Tensor) -> torch.Tensor:
+        kp, rebuilt = self.unpack(kp_xy, kp_strength, cache)
+        return self.model.source_mass(rebuilt, kp)
 
 
 def _sha256(path: Path) -> str:
@@ -199,13 +214,18 @@ def export_generator(
                 "detect_keypoints": torch.export.export(
                     _DetectKeypoints(model), (driving,), dynamic_shapes=({0: batch},)
                 ),
-                "animate": torch.export.export(
-                    _Animate(model, names, type(cache), type(kp), len(kp_fields)),
-                    (*kp_tensors, *cache_tensors),
-                    # *cache (extra keypoint fields, then the cache) is one varargs entry
-                    dynamic_shapes=(*kp_dyn[:2], (*kp_dyn[2:], *cache_dyn)),
-                ),
             }
+            # animate and source_maps take the same inputs: *cache (extra keypoint fields, then
+            # the cache) is one varargs entry
+            per_frame = {"animate": _Animate}
+            if hasattr(model, "source_mass"):
+                per_frame["source_maps"] = _SourceMaps
+            for name, wrapper in per_frame.items():
+                programs[name] = torch.export.export(
+                    wrapper(model, names, type(cache), type(kp), len(kp_fields)),
+                    (*kp_tensors, *cache_tensors),
+                    dynamic_shapes=(*kp_dyn[:2], (*kp_dyn[2:], *cache_dyn)),
+                )
     except Exception as exc:  # torch.export's own message names the offending op/guard
         raise ExportError(f"torch.export failed on {type(model).__name__}: {exc}") from exc
 
@@ -240,6 +260,7 @@ class ExportedGenerator:
     encode_program: nn.Module
     detect_program: nn.Module
     animate_program: nn.Module
+    maps_program: nn.Module | None = None  # exports written before source_maps existed lack it
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -264,6 +285,12 @@ class ExportedGenerator:
         """`keypoints`: one tensor per keypoint field, as `detect_keypoints` returns them."""
         return self.animate_program(*keypoints, *cache)
 
+    def source_maps(self, cache: tuple[torch.Tensor, ...], *keypoints: torch.Tensor) -> torch.Tensor:
+        """(B, k+1, h, w): per output position, each source's share (the model's `source_mass`)."""
+        if self.maps_program is None:
+            raise ExportError("this export has no source_maps program (exported before it existed)")
+        return self.maps_program(*keypoints, *cache)
+
     def __call__(self, sources: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:
         """Same as the eager `model(sources, driving).prediction`."""
         return self.animate(self.encode_sources(sources), *self.detect_keypoints(driving))
@@ -280,7 +307,7 @@ def load_exported(
     if manifest.get("format") != FORMAT:
         raise ExportError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     mods = {}
-    for name in PROGRAMS:
+    for name in (*PROGRAMS, *(n for n in OPTIONAL_PROGRAMS if n in manifest["programs"])):
         entry = manifest["programs"][name]
         path = export_dir / entry["file"]
         if verify_hashes and _sha256(path) != entry["sha256"]:
@@ -291,7 +318,9 @@ def load_exported(
 
             program = move_to_device_pass(program, str(device))
         mods[name] = program.module()
-    return ExportedGenerator(manifest, mods["encode_sources"], mods["detect_keypoints"], mods["animate"])
+    return ExportedGenerator(
+        manifest, mods["encode_sources"], mods["detect_keypoints"], mods["animate"], mods.get("source_maps")
+    )
 
 
 def verify_export(model: nn.Module, exported: ExportedGenerator, *, max_sources: int = 8, atol: float = 1e-4) -> float:
@@ -317,6 +346,9 @@ def verify_export(model: nn.Module, exported: ExportedGenerator, *, max_sources:
                     f"exported output shape {tuple(got.shape)} != eager {tuple(eager.shape)} (B={b}, k={k})"
                 )
             worst = max(worst, float((got - eager).abs().max()))
+            if exported.maps_program is not None:
+                got_maps = exported.source_maps(exported.encode_sources(sources), *got_kp)
+                worst = max(worst, float((got_maps - model.source_attention(sources, driving)).abs().max()))
     if worst > atol:
         raise ExportError(f"exported programs differ from the eager model by {worst:.2e} (> {atol:.0e})")
     return worst

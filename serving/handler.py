@@ -22,6 +22,8 @@ Request (POST /predictions/iwarp[/<version>]), JSON or multipart/form-data:
     frame            "face" (default): whole photos and frames in, faces framed, pasted back;
                      "none": inputs are face crops already (resized to the model's size)
     face_index       with frame=face: which face of a source photo, most confident first (0)
+    source_maps      true: also answer `source_maps`, per frame each source's share of every
+                     output position (base64 .npy, float16 (T, k+1, h, w); png/npy output only)
 
 A request needs either `sources` or `source_set_id`, plus driving frames unless it only
 registers. With frame=face each source photo is cropped around its face as training crops are
@@ -136,6 +138,7 @@ class Request:
     fps: float | None = None
     frame: Frame | None = None  # None: the source set's, else "face"
     face_index: int = 0
+    source_maps: bool = False
 
 
 _INDEXED = re.compile(r"^(source|driving)s?(?:[_\[\.]?(\d+)\]?)?$")
@@ -229,7 +232,7 @@ def parse_request(raw: dict[str, Any]) -> Request:
             req.driving_video = _b64(value, k) if from_json else _raw_bytes(value, k)
         elif k == "source_set_id":
             req.source_set_id = _to_text(value, k) or None
-        elif k in ("register", "relative", "reset_reference"):
+        elif k in ("register", "relative", "reset_reference", "source_maps"):
             setattr(req, k, _to_bool(value, k))
         elif k == "output":
             out = _to_text(value, k).lower()
@@ -261,6 +264,8 @@ def parse_request(raw: dict[str, Any]) -> Request:
         raise RequestError(
             400, "send driving frames either as `driving` images or as `driving_video`, not both", "driving_video"
         )
+    if req.source_maps and req.output == "mp4":
+        raise RequestError(400, "`source_maps` come back in JSON: use output png or npy, not mp4", "source_maps")
     if req.sources and req.source_set_id:
         raise RequestError(400, "send either `sources` or `source_set_id`, not both", "source_set_id")
     if not req.sources and not req.source_set_id:
@@ -361,6 +366,12 @@ def decode_video(data: bytes, name: str, max_side: int, max_frames: int) -> tupl
     if not frames:
         raise RequestError(400, f"`{name}` decoded to zero frames (corrupt or truncated video)", name)
     return frames, fps
+
+
+def encode_npy(tensor: torch.Tensor) -> str:
+    buf = io.BytesIO()
+    np.save(buf, tensor.cpu().numpy())
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def encode_png(frame: np.ndarray) -> str:
@@ -529,6 +540,7 @@ class _Job:
     held: int = 0  # frame=face: driving frames whose face was lost (the last box held)
     prediction: torch.Tensor | None = None
     pasted: np.ndarray | None = None  # frame=face: (T,H,W,3) uint8 at the photo's size
+    maps: torch.Tensor | None = None  # (T,k+1,h,w) when the request asked for source_maps
     error: RequestError | None = None
 
 
@@ -559,6 +571,9 @@ class IwarpService:
         self.encode = self._load(os.path.join(export_dir, progs["encode_sources"]["file"]))
         self.detect = self._load(os.path.join(export_dir, progs["detect_keypoints"]["file"]))
         self.animate = self._load(os.path.join(export_dir, progs["animate"]["file"]))
+        # optional: archives packaged before source maps existed serve without them
+        maps = progs.get("source_maps")
+        self.maps = self._load(os.path.join(export_dir, maps["file"])) if maps else None
         self.size = tuple(int(x) for x in self.meta["image_size"])
         self.kp_fields = list(self.meta.get("keypoint_fields", DEFAULT_KEYPOINT_FIELDS))
         fields = list(self.meta.get("cache_fields", []))
@@ -645,6 +660,10 @@ class IwarpService:
         if total > limit:
             raise RequestError(413, f"payload of {total / 2**20:.1f} MiB exceeds {cfg['max_payload_mb']} MiB", "body")
         req = job.req = parse_request(raw)
+        if req.source_maps and self.maps is None:
+            raise RequestError(
+                400, f"version {self.version} was packaged without source maps; package it again", "source_maps"
+            )
         max_side, max_frames = int(cfg["max_image_side"]), int(cfg["max_driving_frames"])
         if req.sources:
             if len(req.sources) > self.max_sources:
@@ -818,6 +837,7 @@ class IwarpService:
         for i, (job, _) in enumerate(items):
             by_k.setdefault(job.entry.n_sources, []).append(i)
         outputs: list[torch.Tensor | None] = [None] * len(items)
+        maps: list[torch.Tensor | None] = [None] * len(items)
         for idxs in by_k.values():
             for start in range(0, len(idxs), step):
                 chunk = idxs[start : start + step]
@@ -825,12 +845,16 @@ class IwarpService:
                 cache = tuple(torch.cat(parts) for parts in zip(*caches))
                 kp = tuple(torch.cat(parts) for parts in zip(*(items[i][1] for i in chunk)))
                 pred = self.animate(*kp, *cache)
+                chunk_maps = self.maps(*kp, *cache) if any(items[i][0].req.source_maps for i in chunk) else None
                 for j, i in enumerate(chunk):
                     outputs[i] = pred[j : j + 1]
+                    maps[i] = None if chunk_maps is None else chunk_maps[j : j + 1]
         offset = 0
         for job in jobs:
             t = job.driving.shape[0]
             job.prediction = torch.cat(outputs[offset : offset + t])
+            if job.req.source_maps:
+                job.maps = torch.cat(maps[offset : offset + t])
             offset += t
 
     # -- responses
@@ -844,6 +868,7 @@ class IwarpService:
             info: dict[str, Any] = {
                 "model_version": self.version,
                 "n_sources": job.entry.n_sources,
+                "image_size": list(self.size),  # what clients may resize their frames to
                 "batch": self._batch,
                 **self._timing,
             }
@@ -870,12 +895,12 @@ class IwarpService:
                 context.set_response_content_type(job.idx, "video/mp4")
                 return encode_mp4(frames, fps)
             if job.req.output == "npy":  # pasted frames are 8-bit: their values / 255
-                array = job.prediction.float().cpu().numpy() if job.pasted is None else _float(job.pasted)
-                buf = io.BytesIO()
-                np.save(buf, array)
-                info["npy"] = base64.b64encode(buf.getvalue()).decode("ascii")
+                array = job.prediction.float() if job.pasted is None else torch.from_numpy(_float(job.pasted))
+                info["npy"] = encode_npy(array)
             else:
                 info["frames"] = [encode_png(f) for f in frames]
+            if job.maps is not None:  # on the model's token grid (of the face crop with frame=face)
+                info["source_maps"] = encode_npy(job.maps.to(torch.float16))
             context.set_response_content_type(job.idx, "application/json")
             return json.dumps(info)
         except Exception as exc:  # noqa: BLE001

@@ -5,7 +5,8 @@ name (`pytest -m unit`, `pytest tests/e2e`): unit, data, model, integration, e2e
 functions are plain modules in tests/helpers/; no test module imports another.
 
 The MLflow server is the project's own launcher (`pipelines.services.MlflowServer`, what
-`iwarp pipeline run` starts) and ports come from `serving.server.free_port`, not copies.
+`iwarp pipeline run` starts) and ports come from `serving.server.free_port`, not copies. One
+TorchServe (`served`) serves the tiny checkpoint to every test that only calls it.
 """
 
 from __future__ import annotations
@@ -94,3 +95,36 @@ def tiny_checkpoint(tmp_path_factory) -> TinyCheckpoint:
 
     model = tiny_model(seed=0)
     return TinyCheckpoint(model, write_checkpoint(model, tmp_path_factory.mktemp("tiny") / "step-0.ckpt"))
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, tiny_checkpoint) -> Iterator[tuple]:
+    """(ServerHandle, model, ServeConfig): one real TorchServe for the session (token auth on,
+    loopback, free ports, `tests.helpers.serve.TEST_OVERRIDES`) serving the tiny checkpoint as
+    version 1.0, packaged by the real `iwarp serve package`. Shared by the HTTP tests and the demo's
+    browser test: they must not change what it serves (their own servers do that)."""
+    from serving.config import load_serve_config
+    from serving.package import read_mar
+    from serving.server import start_server, stop_server
+    from tests.helpers.serve import TEST_OVERRIDES, serve_cli
+
+    tmp = tmp_path_factory.mktemp("serve")
+    model, ckpt = tiny_checkpoint
+    store = tmp / "model_store"
+    sets = [a for o in TEST_OVERRIDES for a in ("--set", o)]
+    proc = serve_cli("package", "--checkpoint", str(ckpt), "--version", "1.0", "--out", str(store), *sets)
+    assert proc.returncode == 0, proc.stderr
+    mar = store / "iwarp.mar"
+    assert read_mar(mar)["version"] == "1.0" and read_mar(mar)["export"]["model_kind"] == "implicit"
+    # packaging twice without --force is refused instead of silently replacing a served archive
+    again = serve_cli("package", "--checkpoint", str(ckpt), "--version", "1.0", "--out", str(store), *sets)
+    assert again.returncode != 0 and "--force" in again.stderr
+
+    cfg = load_serve_config(overrides=TEST_OVERRIDES)
+    workdir = tmp / "work"
+    handle = start_server(store, config=cfg, workdir=workdir, inference_port=0, management_port=0, metrics_port=0)
+    try:
+        yield handle, model, cfg
+    finally:
+        assert stop_server(workdir)
+        assert not handle.alive() and not (workdir / "key_file.json").exists()

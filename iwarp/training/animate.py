@@ -38,7 +38,7 @@ import torch
 
 from iwarp.errors import InputError
 from iwarp.framing import MAX_OUTPUT_SIDE, FaceFollower, FramingError, IntBox, Smoothing
-from iwarp.keypoints import relative_keypoints
+from iwarp.keypoints import Keypoints, relative_keypoints
 
 if TYPE_CHECKING:
     from iwarp.models import GeneratorModel
@@ -79,7 +79,7 @@ class AnimateError(InputError, ValueError):
     """Unreadable inputs or arguments that cannot work."""
 
 
-def _to_square(image: np.ndarray, size: int, what: str, warn: bool = True) -> np.ndarray:
+def to_square(image: np.ndarray, size: int, what: str, warn: bool = True) -> np.ndarray:
     """Centre-crop to a square, then resize to `size` (warns: the user should know)."""
     from PIL import Image
 
@@ -123,7 +123,7 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """(3, size, size) float in [0, 1], the whole image centre-cropped (frame=none)."""
-    return _tensor(_to_square(read_image(path), size, f"source {Path(path).name}"))
+    return _tensor(to_square(read_image(path), size, f"source {Path(path).name}"))
 
 
 def frame_sources(paths: list[str | Path], size: int, opts: FramingOptions) -> tuple[torch.Tensor, Target]:
@@ -211,7 +211,7 @@ def driving_frames(
             assert box is not None  # the follower was started on a face
             yield _tensor(crop(frame, box, size))
         else:
-            yield _tensor(_to_square(frame, size, f"driving video {path.name}", warn=i == 0))  # warn once
+            yield _tensor(to_square(frame, size, f"driving video {path.name}", warn=i == 0))  # warn once
 
 
 def expand_cache(cache, n: int):
@@ -219,7 +219,42 @@ def expand_cache(cache, n: int):
     return type(cache)(*(t.expand(n, *t.shape[1:]) if torch.is_tensor(t) else t for t in cache))
 
 
-@torch.no_grad()
+class AnimationSession:
+    """A source set encoded once, then animated chunk by chunk: a video, or a live stream one
+    frame at a time. Relative motion is anchored at the session's first frame (kept across
+    calls until `reset_reference`), so a clip streamed in pieces moves as one."""
+
+    def __init__(self, model: GeneratorModel, sources: torch.Tensor, adapt_movement_scale: bool = False):
+        """`sources` (k, 3, H, W) in [0, 1]."""
+        self.model, self.adapt_movement_scale = model, adapt_movement_scale
+        self.device = next(model.parameters()).device
+        with torch.no_grad():
+            sources = sources.to(self.device)
+            self.cache = model.encode_sources(sources[None])
+            self.kp_source = model.detect_keypoints(sources[:1])  # the first source anchors relative motion
+        self.kp_first: Keypoints | None = None
+
+    def reset_reference(self) -> None:
+        self.kp_first = None
+
+    @torch.no_grad()
+    def animate(
+        self, driving: torch.Tensor, relative: bool = False, source_maps: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """driving (T, 3, H, W) -> prediction (T, 3, H, W) in [0, 1] and, with `source_maps`,
+        each source's share of every output position (T, k + 1, h, w; the model's `source_mass`)."""
+        driving = driving.to(self.device)
+        cache = expand_cache(self.cache, driving.shape[0])
+        kp = self.model.detect_keypoints(driving)
+        if relative:
+            if self.kp_first is None:
+                self.kp_first = kp.map(lambda t: t[:1])
+            kp = relative_keypoints(self.kp_source, kp, self.kp_first, self.adapt_movement_scale)
+        prediction = self.model.animate(cache, driving_keypoints=kp)["prediction"].float().clamp(0, 1)
+        maps = self.model.source_mass(cache, kp).float() if source_maps else None
+        return prediction, maps
+
+
 def animate_frames(
     model: GeneratorModel,
     sources: torch.Tensor,
@@ -229,27 +264,13 @@ def animate_frames(
     adapt_movement_scale: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (driving, prediction) pairs, (3, H, W) each; `sources` is (k, 3, H, W)."""
-    device = next(model.parameters()).device
-    sources = sources.to(device)
-    cache = model.encode_sources(sources[None])  # once for the whole video
-    kp_source = kp_first = None
-    if relative:
-        kp_source = model.detect_keypoints(sources[:1])
+    session = AnimationSession(model, sources, adapt_movement_scale)  # encodes once for the whole video
     chunk: list[torch.Tensor] = []
 
     def run(chunk):
-        driving = torch.stack(chunk).to(device)
-        nonlocal kp_first
-        batch_cache = expand_cache(cache, driving.shape[0])
-        if relative:
-            kp = model.detect_keypoints(driving)
-            if kp_first is None:
-                kp_first = kp.map(lambda t: t[:1])
-            moved = relative_keypoints(kp_source, kp, kp_first, adapt_movement_scale)
-            out = model.animate(batch_cache, driving_keypoints=moved)
-        else:
-            out = model.animate(batch_cache, driving)
-        return zip(driving.cpu(), out["prediction"].float().clamp(0, 1).cpu())
+        driving = torch.stack(chunk)
+        prediction, _ = session.animate(driving, relative)
+        return zip(driving.cpu(), prediction.cpu())
 
     for frame in frames:
         chunk.append(frame)

@@ -2,15 +2,13 @@
 `iwarp serve package` from a checkpoint: answers match the in-process model, the source-set
 cache matches the uncached path, every bad input gets its 4xx and the worker survives.
 
-One server for the whole module (start-up and packaging are the slow part)."""
+The server is the session's `served` fixture (tests/conftest.py), shared with the demo's browser test
+(start-up and packaging are the slow part)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
-import sys
 import threading
 from datetime import UTC
 from pathlib import Path
@@ -21,61 +19,21 @@ import requests
 import torch
 
 from tests.helpers.serve import (
-    TEST_OVERRIDES,
+    ROOT,
     decode_mp4,
     mp4_bytes,
     photo_frames,
     png_bytes,
     reference,
+    serve_cli,
 )
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 torch.set_num_threads(2)
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run(
-        [sys.executable, "-m", "serving.cli", "serve", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_checkpoint):
-    from serving.config import load_serve_config
-    from serving.package import read_mar
-    from serving.server import start_server, stop_server
-
-    tmp = tmp_path_factory.mktemp("serve")
-    model, ckpt = tiny_checkpoint
-    store = tmp / "model_store"
-    sets = [a for o in TEST_OVERRIDES for a in ("--set", o)]
-    proc = cli("package", "--checkpoint", str(ckpt), "--version", "1.0", "--out", str(store), *sets)
-    assert proc.returncode == 0, proc.stderr
-    mar = store / "iwarp.mar"
-    assert read_mar(mar)["version"] == "1.0" and read_mar(mar)["export"]["model_kind"] == "implicit"
-    # packaging twice without --force is refused instead of silently replacing a served archive
-    again = cli("package", "--checkpoint", str(ckpt), "--version", "1.0", "--out", str(store), *sets)
-    assert again.returncode != 0 and "--force" in again.stderr
-
-    cfg = load_serve_config(overrides=TEST_OVERRIDES)
-    workdir = tmp / "work"
-    handle = start_server(store, config=cfg, workdir=workdir, inference_port=0, management_port=0, metrics_port=0)
-    try:
-        yield handle, model, cfg
-    finally:
-        assert stop_server(workdir)
-        assert not handle.alive() and not (workdir / "key_file.json").exists()
 
 
 @pytest.fixture(scope="module")
@@ -338,18 +296,18 @@ def test_cli_predict_status_and_metrics(served, frames, tmp_path):
         p.write_bytes(png_bytes(f))
         paths.append(str(p))
     out = tmp_path / "anim"
-    proc = cli(
+    proc = serve_cli(
         "predict", "--workdir", handle.workdir, "--sources", paths[0], "--driving", *paths[1:], "--out", str(out),
         "--frame", "none",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["frame_0000.png", "frame_0001.png"]
     assert json.loads(proc.stdout)["n_frames"] == 2
-    proc = cli(
+    proc = serve_cli(
         "predict", "--workdir", handle.workdir, "--sources", "/etc/hostname", "--driving", paths[1], "--out", str(out)
     )
     assert proc.returncode == 2 and "HTTP 415" in proc.stderr
-    proc = cli("status", "--workdir", handle.workdir)
+    proc = serve_cli("status", "--workdir", handle.workdir)
     status = json.loads(proc.stdout)
     assert proc.returncode == 0 and status["running"] and status["healthy"]
     assert status["models"]["iwarp"][0]["workers"][0]["status"] == "READY"

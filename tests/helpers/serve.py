@@ -8,6 +8,9 @@ natural image statistics.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from iwarp.config import to_dict
 from iwarp.implicit_warping import ImplicitWarping, ImplicitWarpingConfig
 
 SIZE = 64
+ROOT = Path(__file__).resolve().parents[2]
 
 # Small limits so every "too big" case is cheap to send.
 TEST_OVERRIDES = [
@@ -31,6 +35,19 @@ TEST_OVERRIDES = [
     "server.max_request_mb=3",
     "server.java_heap_mb=384",
 ]
+
+
+def serve_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m serving.cli serve ARGS` in this tree (what `iwarp serve` runs)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", "serve", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def tiny_model(seed: int = 0) -> ImplicitWarping:

@@ -232,6 +232,69 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
 
 
 @pytest.mark.slow
+def test_source_maps_are_the_models_source_attention(service, frames, tmp_path):
+    """`source_maps: true` answers, per frame, each source's share of every output position: the
+    eager model's `source_attention` on the same inputs, for k = 1 and 3 in one batch, cached
+    sets included; a request without the flag gets none; an archive without the program says so."""
+    import shutil
+
+    from ts.context import Context
+
+    from serving.handler import IwarpService
+
+    svc, ctx, model, export_dir = service
+    p = [b64(png_bytes(f)) for f in frames]
+    out, statuses = run_batch(
+        svc,
+        ctx,
+        [
+            {"body": {"sources": p[:1], "driving": p[2:5], "source_maps": True}},
+            {"body": {"sources": p[:3], "driving": p[3:6], "output": "npy", "source_maps": True, "register": True}},
+            {"body": {"sources": p[:1], "driving": p[2:3]}},
+            {"body": {"sources": p[:1], "driving": p[2:3], "output": "mp4", "source_maps": True}},
+        ],
+    )
+    assert statuses == [200, 200, 200, 400]
+    bodies = [json.loads(o) for o in out]
+    assert "source_maps" not in bodies[2] and bodies[2]["image_size"] == [SIZE, SIZE]
+    assert "use output png or npy" in bodies[3]["message"]
+
+    def maps(body):
+        return np.load(__import__("io").BytesIO(base64.b64decode(body["source_maps"]))).astype(np.float32)
+
+    for body, (src, drv) in zip(bodies[:2], [(frames[:1], frames[2:5]), (frames[:3], frames[3:6])]):
+        expected = model.source_attention(to_float(src)[None].expand(len(drv), -1, -1, -1, -1), to_float(drv))
+        got = maps(body)
+        assert got.shape == tuple(expected.shape) == (len(drv), len(src) + 1, SIZE // 8, SIZE // 8)
+        np.testing.assert_allclose(got, expected.numpy(), atol=2e-3)  # float16 on the wire
+    # a cached set streams its maps too
+    sid = bodies[1]["source_set_id"]
+    out, statuses = run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": p[3:6], "source_maps": True}}])
+    assert statuses == [200]
+    np.testing.assert_allclose(maps(json.loads(out[0])), maps(bodies[1]), atol=1e-6)
+
+    # an archive packaged before source maps existed: served, but asking for maps is a clear 400
+    old = tmp_path / "model_dir"
+    shutil.copytree(export_dir.parent, old)
+    manifest = json.loads((old / "export" / "export.json").read_text())
+    del manifest["programs"]["source_maps"]
+    (old / "export" / "export.json").write_text(json.dumps(manifest))
+    old_ctx = Context("iwarp", str(old), {"model": {"modelVersion": "0.9"}}, 4, None, "0.12.0", model_yaml_config={})
+    old_svc = IwarpService()
+    old_svc.initialize(old_ctx)
+    out, statuses = run_batch(
+        old_svc,
+        old_ctx,
+        [
+            {"body": {"sources": p[:1], "driving": p[2:3], "source_maps": True}},
+            {"body": {"sources": p[:1], "driving": p[2:3]}},
+        ],
+    )
+    assert statuses == [400, 200]
+    assert "version 0.9 was packaged without source maps" in json.loads(out[0])["message"]
+
+
+@pytest.mark.slow
 def test_hostile_bodies_fuzz_never_get_a_5xx(service, frames):
     """600 generated hostile requests (seeded: a failure names its case and reproduces) through
     handle() in batches of 4, as TorchServe's worker would hand them over: every answer is a
@@ -364,6 +427,7 @@ def test_export_folder_is_self_describing_and_verified(service, tmp_path):
     assert m["format"] == "iwarp-export/1" and m["image_size"] == [SIZE, SIZE] and m["max_sources"] == 8
     assert m["cache_fields"] == ["keys", "values", "source_xy", "source_strength", "sources", "token_places"]
     assert m["keypoint_fields"] == ["xy", "strength"]  # implicit warping's keypoints carry no Jacobian
+    assert set(m["programs"]) == {"encode_sources", "detect_keypoints", "animate", "source_maps"}
     # one export serves any batch and any number of sources, including k=1 and k=8
     gen = torch.Generator().manual_seed(3)
     for b, k in ((1, 1), (2, 5), (1, 8)):

@@ -104,6 +104,18 @@ def test_source_attention_matches_explicit_attention() -> None:
     torch.testing.assert_close(maps[:, :2].flatten(2).transpose(1, 2), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("spatial_reduction", [1, 2])
+def test_source_mass_from_the_cache_equals_source_attention(k: int, spatial_reduction: int) -> None:
+    """The per-frame `source_mass` (what serving exports) sums the attention per source through
+    the cache's one-hot token places; it must equal the chunked inspection path."""
+    m = model(extra_kv=True, spatial_reduction=spatial_reduction)
+    sources, driving = rand(2, k, 3, 64, 64), rand(2, 3, 64, 64, seed=1)
+    with torch.no_grad():
+        mass = m.source_mass(m.encode_sources(sources), m.detect_keypoints(driving))
+    torch.testing.assert_close(mass, m.source_attention(sources, driving, chunk_size=7), atol=1e-5, rtol=1e-5)
+
+
 def test_source_attention_at_256_in_chunks() -> None:
     m = ImplicitWarping(ImplicitWarpingConfig.tiny(image_size=256)).eval()
     maps = m.source_attention(rand(1, 4, 3, 256, 256), rand(1, 3, 256, 256, seed=1), chunk_size=128)

@@ -415,3 +415,26 @@ def test_cached_sources_give_the_same_frames_as_full_forward(kind, checkpoints, 
     with torch.no_grad():
         want = model(sources[None].expand(len(driving), -1, -1, -1, -1), driving).prediction
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["implicit", "baseline"])
+def test_a_live_session_frame_by_frame_is_the_whole_clip(kind, checkpoints, data):
+    """What `iwarp demo` streams: one frame per call against the session's cached sources, relative
+    motion anchored at the session's first frame, gives the frames of the whole clip at once;
+    `reset_reference` re-anchors; the source maps are the model's `source_attention`."""
+    from iwarp.training.animate import AnimationSession
+
+    model = load_model(checkpoints[kind])
+    frames = VideoDataset(data, "test", 64).read_frames(0, list(range(6)))
+    sources, driving = frames[:2], frames[2:]
+    whole = torch.stack([p for _, p in animate_frames(model, sources, iter(driving), relative=True, batch_size=4)])
+    session = AnimationSession(model, sources)
+    live = [session.animate(frame[None], relative=True)[0] for frame in driving]
+    torch.testing.assert_close(torch.cat(live), whole, atol=1e-5, rtol=1e-4)
+    _, maps = AnimationSession(model, sources).animate(driving, source_maps=True)  # absolute motion
+    expected = model.source_attention(sources[None].expand(len(driving), -1, -1, -1, -1), driving)
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+    session.reset_reference()  # the next frame is the new anchor: it maps to the source's own pose
+    again, _ = session.animate(driving[2:3], relative=True)
+    first, _ = AnimationSession(model, sources).animate(driving[2:3], relative=True)
+    torch.testing.assert_close(again, first, atol=1e-6, rtol=0)

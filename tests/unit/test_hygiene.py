@@ -14,7 +14,7 @@ def test_cli_lists_every_command_group():
     """`iwarp --help` (the umbrella, `app.cli`) works and shows each area's commands."""
     out = subprocess.run([sys.executable, "-m", "app", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for cmd in ("data", "train", "evaluate", "animate", "serve", "deploy", "pipeline", "track"):
+    for cmd in ("data", "train", "evaluate", "animate", "serve", "deploy", "pipeline", "track", "demo"):
         assert cmd in out.stdout, f"`iwarp {cmd}` missing from --help"
 
 
