@@ -104,7 +104,8 @@ class HttpAnimator:
         side = min(self.config.source_side, *(min(p.shape[:2]) for p in photos))
         sent = to_model(photos, side)
         with _explained(self.handle, version):
-            info = self.client.predict(sent, register=True, version=version).info
+            # the page sends centred squares (like --local does), so the server must not re-frame them
+            info = self.client.predict(sent, register=True, version=version, frame="none").info
         # image_size: handlers packaged before it existed omit it; their frames go at the photos' size
         size = int((info.get("image_size") or [side])[0])
         return SourceSet(info["source_set_id"], len(sent), size, version, sent)

@@ -38,9 +38,9 @@ def example_rows(home: Path) -> list[list]:
 
 def _build(root: Path) -> None:
     from app.demo.media import to_model
-    from iwarp.data.faces import face_track
     from iwarp.data.realfaces import feat_data_dir
     from iwarp.data.video import read_video, write_video
+    from iwarp.framing import face_track
     from iwarp.training.animate import video_fps
 
     folder = feat_data_dir()

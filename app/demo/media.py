@@ -77,7 +77,7 @@ def load_photos(paths: Sequence[str | Path] | None, max_sources: int = 8, face_c
             "(the model matches the sources by position)."
         )
     if face_check:
-        from iwarp.data.faces import detect_face
+        from iwarp.framing import detect_face
 
         for i, (path, photo) in enumerate(zip(paths, photos), start=1):
             if detect_face(photo) is None:

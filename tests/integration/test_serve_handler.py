@@ -248,10 +248,19 @@ def test_source_maps_are_the_models_source_attention(service, frames, tmp_path):
         svc,
         ctx,
         [
-            {"body": {"sources": p[:1], "driving": p[2:5], "source_maps": True}},
-            {"body": {"sources": p[:3], "driving": p[3:6], "output": "npy", "source_maps": True, "register": True}},
-            {"body": {"sources": p[:1], "driving": p[2:3]}},
-            {"body": {"sources": p[:1], "driving": p[2:3], "output": "mp4", "source_maps": True}},
+            {"body": {"frame": "none", "sources": p[:1], "driving": p[2:5], "source_maps": True}},
+            {
+                "body": {
+                    "frame": "none",
+                    "sources": p[:3],
+                    "driving": p[3:6],
+                    "output": "npy",
+                    "source_maps": True,
+                    "register": True,
+                }
+            },
+            {"body": {"frame": "none", "sources": p[:1], "driving": p[2:3]}},
+            {"body": {"frame": "none", "sources": p[:1], "driving": p[2:3], "output": "mp4", "source_maps": True}},
         ],
     )
     assert statuses == [200, 200, 200, 400]
@@ -286,8 +295,8 @@ def test_source_maps_are_the_models_source_attention(service, frames, tmp_path):
         old_svc,
         old_ctx,
         [
-            {"body": {"sources": p[:1], "driving": p[2:3], "source_maps": True}},
-            {"body": {"sources": p[:1], "driving": p[2:3]}},
+            {"body": {"frame": "none", "sources": p[:1], "driving": p[2:3], "source_maps": True}},
+            {"body": {"frame": "none", "sources": p[:1], "driving": p[2:3]}},
         ],
     )
     assert statuses == [400, 200]
