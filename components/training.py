@@ -218,11 +218,12 @@ def evaluate_model(
 ):
     """`iwarp evaluate --copy-source` for each number of sources on two targets: `general` (the
     dataset's test split: identities never trained on) and `personal` (a held-out clip of a
-    trained person; skipped when that dataset is empty). Keys `<target>/<metric>_k<k>` and the
-    copy-source floor `<target>/copy_source_<metric>` go to the variant's MLflow run (`_eval/`
-    prefix, first in MLflow's run comparison), to a KFP Metrics artifact and, with the variant
-    and run id, to the JSON `report` the compare step reads. `source_placement`: first | spread
-    (sources spread over the clip); `frame_stride`: drive every n-th of the other frames.
+    person, driven from sources of that dataset's train split; skipped when it is empty). Keys
+    `<target>/<metric>_k<k>` and the copy-source floor `<target>/copy_source_<metric>` go to the
+    variant's MLflow run (`_eval/` prefix, first in MLflow's run comparison), to a KFP Metrics
+    artifact and, with the variant and run id, to the JSON `report` the compare step reads.
+    `source_placement`: first | spread (sources spread over the clip, or over the personal train
+    split); `frame_stride`: drive every n-th of the other frames.
     `frechet`: the VGG16 Frechet distance (meaningful over many frames); `landmarks`: AKD/MKR."""
     from components.steps.training import run_evaluation
 

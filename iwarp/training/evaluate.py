@@ -10,6 +10,16 @@ of one run are comparable:
   over the clip, frames round(n*(2i+1)/(2k)) for i < k; every `stride`-th frame that is no source
   of any evaluated k is driven. The floor predicts the first source of the smallest k.
 
+Where the sources come from (`sources_from`):
+
+* `test` (the default): from the evaluated clip itself, as above;
+* `train` (a personal target: sources from a user's own photos of a person the model was
+  fine-tuned on, driven frames from a new clip of them): the sources are frames of the train
+  split's clips of the same identity, taken together in order as one pool, and placed over that
+  pool (`first`: its first k frames; `spread`: evenly spread over it); every `stride`-th frame of
+  the test clip is driven, from frame 0. A test video whose identity has no train clip is
+  skipped. The floor predicts the first source of the smallest k (a train frame).
+
 The floor is what a model must beat to have learnt any motion.
 """
 
@@ -31,6 +41,8 @@ if TYPE_CHECKING:
 
 SourcePlacement = Literal["first", "spread"]
 SOURCE_PLACEMENTS: tuple[str, ...] = get_args(SourcePlacement)
+SourcesFrom = Literal["test", "train"]
+SOURCES_FROM: tuple[str, ...] = get_args(SourcesFrom)
 
 
 class EvalError(InputError, ValueError):
@@ -44,19 +56,31 @@ def spread_indices(n: int, k: int) -> list[int]:
     return list(dict.fromkeys(picked))
 
 
-def frame_plan(n: int, ks: list[int], placement: SourcePlacement, stride: int) -> dict[str, Any] | None:
+def frame_plan(
+    n: int, ks: list[int], placement: SourcePlacement, stride: int, source_frames: int | None = None
+) -> dict[str, Any] | None:
     """Which frames of an n-frame video are the sources of each k, and the driven frames that
     every k shares: {"sources": {k: [...]}, "driving": [...]}; None when the video is too short
-    (some k gets fewer than k distinct sources, or no frame is left to drive)."""
-    if placement == "first":
+    (some k gets fewer than k distinct sources, or no frame is left to drive).
+
+    With `source_frames` the sources index a separate pool of that many frames (`sources_from`
+    train, see the module docstring) and every `stride`-th of the n frames is driven."""
+    if placement not in SOURCE_PLACEMENTS:
+        raise EvalError(f"--source-placement must be one of {SOURCE_PLACEMENTS}, got {placement!r}")
+    if source_frames is not None:
+        pool = int(source_frames)
+        if placement == "first":
+            sources = {k: list(range(min(k, pool))) for k in ks}
+        else:
+            sources = {k: spread_indices(pool, k) if pool > 0 else [] for k in ks}
+        driving = list(range(0, n, stride))
+    elif placement == "first":
         sources = {k: list(range(k)) for k in ks}
         driving = list(range(max(ks), n, stride))
     elif placement == "spread":
         sources = {k: spread_indices(n, k) for k in ks}
         taken = {i for idx in sources.values() for i in idx}
         driving = [t for t in range(n) if t not in taken][::stride]
-    else:
-        raise EvalError(f"--source-placement must be one of {SOURCE_PLACEMENTS}, got {placement!r}")
     if not driving or any(len(idx) != k for k, idx in sources.items()):
         return None
     return {"sources": sources, "driving": driving}
@@ -90,11 +114,14 @@ def evaluate(
     copy_source: bool = False,
     progress: bool = True,
     source_placement: SourcePlacement = "first",
+    sources_from: SourcesFrom = "test",
+    source_dataset=None,
 ) -> dict[str, Any]:
     """{"per_k": {k: metrics}, "copy_source": metrics | None, "videos": n, "frames": n, ...}.
 
     `model=None` evaluates only the copy-the-source floor (it predicts the first source of the
-    smallest k: frame 0 with `first`, see the module docstring).
+    smallest k: frame 0 with `first`, see the module docstring). `sources_from="train"` takes
+    the sources from `source_dataset` (the train split's videos) instead of the test clip.
     """
     from tqdm import tqdm
 
@@ -103,16 +130,32 @@ def evaluate(
         raise EvalError(f"--sources needs numbers >= 1, got {ks}")
     if stride < 1:
         raise EvalError("--frame-stride must be >= 1")
-    all_plans = {i: frame_plan(v.num_frames, ks, source_placement, stride) for i, v in enumerate(dataset.videos)}
+    if sources_from not in SOURCES_FROM:
+        raise EvalError(f"--sources-from must be one of {SOURCES_FROM}, got {sources_from!r}")
+    if (sources_from == "train") != (source_dataset is not None):
+        raise EvalError("sources_from='train' needs the train split as source_dataset, and only it")
+    pools = (
+        {i: source_pool(source_dataset, v.identity) for i, v in enumerate(dataset.videos)}
+        if source_dataset is not None
+        else {}
+    )
+    all_plans = {
+        i: frame_plan(v.num_frames, ks, source_placement, stride, len(pools[i]) if source_dataset is not None else None)
+        for i, v in enumerate(dataset.videos)
+    }
     plans = {i: plan for i, plan in all_plans.items() if plan is not None}
     usable = list(plans)
     skipped = len(dataset.videos) - len(usable)
-    start = ks[-1] if source_placement == "first" else None  # `first`: driven frames start after max(ks)
-    too_short = (
-        f"<= {start} frames (nothing left to drive after {start} sources)"
-        if start is not None
-        else f"too few frames for {ks[-1]} distinct spread sources plus a driven frame"
-    )
+    if sources_from == "train":
+        start: int | None = 0  # sources from other clips: every stride-th frame from 0 is driven
+        too_short = f"fewer than {ks[-1]} train frames of their identity to take sources from"
+    else:
+        start = ks[-1] if source_placement == "first" else None  # `first`: driven frames start after max(ks)
+        too_short = (
+            f"<= {start} frames (nothing left to drive after {start} sources)"
+            if start is not None
+            else f"too few frames for {ks[-1]} distinct spread sources plus a driven frame"
+        )
     if skipped:
         warnings.warn(f"{skipped} video(s) have {too_short}; skipped", stacklevel=2)
     if max_videos is not None:
@@ -131,8 +174,12 @@ def evaluate(
         ):
             plan = plans[i]
             source_idx = plan["sources"][ks[0]][:1] if k is None else plan["sources"][k]
-            frames_read = dataset.read_frames(i, source_idx + plan["driving"])
-            sources, driving = frames_read[: len(source_idx)], frames_read[len(source_idx) :]
+            if source_dataset is not None:
+                sources = read_pool(source_dataset, [pools[i][j] for j in source_idx])
+                driving = dataset.read_frames(i, plan["driving"])
+            else:
+                frames_read = dataset.read_frames(i, source_idx + plan["driving"])
+                sources, driving = frames_read[: len(source_idx)], frames_read[len(source_idx) :]
             if k is None:
                 pred = sources.expand_as(driving)
             else:
@@ -148,6 +195,7 @@ def evaluate(
         "videos": len(usable),
         "skipped_videos": skipped,
         "source_placement": source_placement,
+        "sources_from": sources_from,
         "driving_start": start,
         "frame_stride": stride,
     }
@@ -157,6 +205,16 @@ def evaluate(
     if copy_source or model is None:
         result["copy_source"] = run(None)
     return result
+
+
+def source_pool(source_dataset, identity: str) -> list[tuple[int, int]]:
+    """(video, frame) of every frame of `identity` in `source_dataset`, its videos in order."""
+    return [(i, t) for i, v in enumerate(source_dataset.videos) if v.identity == identity for t in range(v.num_frames)]
+
+
+def read_pool(source_dataset, picks: list[tuple[int, int]]) -> torch.Tensor:
+    """Frames (n, 3, H, W) at (video, frame) positions, in the order given."""
+    return torch.cat([source_dataset.read_frames(i, [t]) for i, t in picks])
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -171,6 +229,7 @@ def to_json(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         "videos": result["videos"],
         "skipped_videos": result["skipped_videos"],
         "source_placement": result["source_placement"],
+        "sources_from": result["sources_from"],
         "driving_start": result["driving_start"],
         "frame_stride": result["frame_stride"],
         "per_k": {str(k): clean(m) for k, m in result["per_k"].items()},
@@ -211,9 +270,11 @@ def evaluate_checkpoint(
     device: str = "auto",
     progress: bool = True,
     source_placement: SourcePlacement = "first",
+    sources_from: SourcesFrom = "test",
 ) -> dict[str, Any]:
     """Load, evaluate and return the JSON-ready result (also what pipelines call).
-    `checkpoint` is a file or a shipped model's name (`iwarp.checkpoint.resolve_checkpoint`)."""
+    `checkpoint` is a file or a shipped model's name (`iwarp.checkpoint.resolve_checkpoint`);
+    `sources_from="train"` takes the sources from `data`'s train split (module docstring)."""
     from iwarp.checkpoint import load_checkpoint, load_model, resolve_checkpoint
     from iwarp.data import VideoDataset
     from iwarp.metrics import MetricSuite
@@ -233,8 +294,11 @@ def evaluate_checkpoint(
         meta = {"checkpoint": str(checkpoint), "model_kind": getattr(model, "kind", "?"), "step": step}
     elif image_size is None:
         raise EvalError("--image-size is required without --checkpoint")
+    if sources_from == "train" and split == "train":
+        raise EvalError("--sources-from train drives another split's frames: pick --split test")
     try:
         dataset = VideoDataset(data, split, image_size)
+        source_dataset = VideoDataset(data, "train", image_size) if sources_from == "train" else None
     except (FileNotFoundError, ValueError) as exc:
         raise EvalError(f"cannot evaluate on {data}: {exc}") from exc
     suite = MetricSuite(device=dev, landmarks=landmarks, frechet=fd)
@@ -249,6 +313,8 @@ def evaluate_checkpoint(
         copy_source=copy_source,
         progress=progress,
         source_placement=source_placement,
+        sources_from=sources_from,
+        source_dataset=source_dataset,
     )
     meta.update({"data": str(data), "split": split, "image_size": image_size})
     return {"result": result, "json": to_json(result, meta)}
@@ -303,11 +369,15 @@ def evaluate_cli(args) -> int:
         batch_size=args.batch_size,
         device=args.device,
         source_placement=args.source_placement,
+        sources_from=args.sources_from,
     )
     report = out["json"]
     title = f"{report['model_kind']} on {report['data']}/{report['split']} ({report['videos']} videos)"
+    where = "each clip" if args.sources_from == "test" else "the identity's train clips"
     if report["source_placement"] == "spread":
-        title += f"; sources spread over each clip, copy source = first source of k={min(args.sources)}"
+        title += f"; sources spread over {where}, copy source = first source of k={min(args.sources)}"
+    elif args.sources_from == "train":
+        title += f"; sources: the first frames of {where}"
     print_table(out["result"], title)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)

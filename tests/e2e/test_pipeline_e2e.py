@@ -238,7 +238,7 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
     # MLflow's compare view sorts keys by code point (JS `.sort()`): the evaluation comes first
     everything = sorted(kids[0].data.metrics)
     assert everything[: len(keys[0])] == sorted(keys[0]), everything[: len(keys[0]) + 3]
-    # both targets (the unseen woman, the man's held-out clip), each with its copy-source floor
+    # both targets (the unseen woman; her last third driven from her first part), each with its floor
     for target in ("general", "personal"):
         assert {
             f"_eval/{target}/l1_k1",
@@ -314,7 +314,9 @@ def test_data_is_the_real_faces_versioned_and_validated_with_face_checks(full_ru
     g, p = read_manifest(general / "manifest.csv"), read_manifest(personal / "manifest.csv")
     assert set(g[g["split"] == "test"]["identity"]) == {"feat_woman"}  # never trained on
     assert "feat_woman" not in set(g[g["split"] == "train"]["identity"])
-    assert set(p["identity"]) == {"feat_man"} and set(p["split"]) == {"train", "test"}
+    # personal: the woman's recording split in time (her first part trains, her last third tests)
+    assert set(p["identity"]) == {"feat_woman"} and set(p["split"]) == {"train", "test"}
+    assert set(p["split_by"]) == {"clip"}
     assert (g["face_rate"].notna()).all()  # real faces only: no synthetic heads in the main job
     validation = json.loads(next(full_run.run_dir.rglob("validate-data/validation")).read_text())
     assert validation["success"] and validation["config"]["face_dataset"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -13,10 +14,11 @@ from PIL import Image
 
 from iwarp.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from iwarp.data import VideoDataset
+from iwarp.data.manifest import read_manifest, write_manifest
 from iwarp.data.video import read_video, write_video
 from iwarp.training.animate import animate_frames
 from iwarp.training.config import load_train_config
-from iwarp.training.evaluate import EvalError, animation_picture, frame_plan, spread_indices
+from iwarp.training.evaluate import EvalError, animation_picture, evaluate_checkpoint, frame_plan, spread_indices
 from iwarp.training.loop import train
 from tests.helpers.train import CHEAP_LOSSES, TINY, run_iwarp
 
@@ -176,6 +178,91 @@ def test_evaluate_with_spread_sources(checkpoints, data, tmp_path):
     # the floor predicts the first source of the smallest k (the middle frame for k=1)
     assert report["copy_source"]["frames"] == driven
     assert report["copy_source"]["l1"] == pytest.approx(float(np.mean(diffs)), rel=1e-5)
+
+
+def test_frame_plan_with_sources_from_another_clip():
+    """`sources_from="train"`: the sources index a pool of train frames, every stride-th frame
+    of the test clip is driven from frame 0, and no k may get fewer than k sources."""
+    assert frame_plan(10, [1, 2, 4], "spread", 3, source_frames=16) == {
+        "sources": {1: [8], 2: [4, 12], 4: [2, 6, 10, 14]},
+        "driving": [0, 3, 6, 9],
+    }
+    assert frame_plan(5, [1, 2], "first", 1, source_frames=16) == {
+        "sources": {1: [0], 2: [0, 1]},
+        "driving": [0, 1, 2, 3, 4],
+    }
+    assert frame_plan(10, [4], "spread", 1, source_frames=3) is None  # too few train frames
+    assert frame_plan(10, [4], "first", 1, source_frames=0) is None
+
+
+@pytest.fixture(scope="module")
+def personal_data(data, tmp_path_factory) -> Path:
+    """A personal-style dataset from the synthetic one: the test identity's first clip is its
+    train split, its second clip the test split (split by clip); plus a test clip of a train
+    identity that has no train clip here (it must be skipped)."""
+    root = tmp_path_factory.mktemp("personal")
+    rows = read_manifest(data / "manifest.csv").to_dict("records")
+    test_rows = sorted((r for r in rows if r["split"] == "test"), key=lambda r: r["id"])
+    other = next(r for r in rows if r["split"] == "train")
+    picked = [(test_rows[0], "train"), (test_rows[1], "test"), (other, "test")]
+    out = []
+    for row, split in picked:
+        src = data / row["path"]
+        dst = root / split / src.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+        out.append({**row, "split": split, "path": f"{split}/{src.name}", "split_by": "clip"})
+    import pandas as pd
+
+    write_manifest(pd.DataFrame(out), root / "manifest.csv")
+    return root
+
+
+def test_evaluate_with_sources_from_the_train_split(checkpoints, personal_data):
+    """The personal protocol: sources spread over the identity's train clip, the test clip only
+    driven (every 2nd frame from 0); the floor copies the first source, a train frame."""
+    from iwarp.checkpoint import load_model
+    from iwarp.training.evaluate import predict_video
+
+    with pytest.warns(UserWarning, match="1 video"):  # the clip whose identity has no train clip
+        out = evaluate_checkpoint(
+            checkpoints["implicit"],
+            personal_data,
+            [1, 2],
+            stride=2,
+            landmarks=False,
+            fd=False,
+            copy_source=True,
+            progress=False,
+            source_placement="spread",
+            sources_from="train",
+        )
+    report = out["json"]
+    assert report["sources_from"] == "train" and report["driving_start"] == 0
+    assert report["videos"] == 1 and report["skipped_videos"] == 1
+    train, test = VideoDataset(personal_data, "train", 64), VideoDataset(personal_data, "test", 64)
+    (i,) = [j for j, v in enumerate(test.videos) if v.identity == train.videos[0].identity]
+    pool = train.read_frames(0, list(range(train.videos[0].num_frames)))
+    drive_idx = list(range(0, test.videos[i].num_frames, 2))
+    drive = test.read_frames(i, drive_idx)
+    first = spread_indices(len(pool), 1)[0]  # the middle train frame
+    assert report["copy_source"]["frames"] == len(drive_idx) == report["per_k"]["1"]["frames"]
+    floor = (pool[first : first + 1] - drive).abs().mean().item()
+    assert report["copy_source"]["l1"] == pytest.approx(floor, rel=1e-5)
+    # the model's k=1 row: the driven test frames rendered from that train frame
+    model = load_model(checkpoints["implicit"]).eval()
+    pred = predict_video(model, pool[first : first + 1], drive)
+    assert report["per_k"]["1"]["l1"] == pytest.approx((pred - drive).abs().mean().item(), rel=1e-4)
+    with pytest.raises(EvalError, match="--split test"):
+        evaluate_checkpoint(checkpoints["implicit"], personal_data, [1], split="train", sources_from="train")
+
+
+def test_evaluate_sources_from_train_needs_a_train_clip_of_the_identity(checkpoints, data):
+    # the synthetic set is split by identity: no test identity has a train clip to take sources from
+    with pytest.warns(UserWarning), pytest.raises(EvalError, match="train frames of their identity"):
+        evaluate_checkpoint(
+            checkpoints["implicit"], data, [1], landmarks=False, fd=False, progress=False, sources_from="train"
+        )
 
 
 def test_animation_picture_shows_sources_driving_and_output(checkpoints, data, tmp_path):

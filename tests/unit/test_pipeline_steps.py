@@ -8,11 +8,13 @@ import sys
 import pytest
 import yaml
 
+from components.steps import training as training_steps
 from components.steps.data import bundle_data_docs, check_gate, check_source, set_params
 from components.steps.training import (
     eval_metrics,
     init_summary,
     module_name,
+    run_evaluation,
     run_streaming,
 )
 
@@ -83,6 +85,44 @@ def test_eval_metrics_names_the_target_and_the_copy_source_floor():
         "personal/lpips_k1": 0.5,
         "personal/copy_source_l1": 0.12,
         "personal/copy_source_lpips": 0.1,
+    }
+
+
+def test_run_evaluation_takes_the_personal_sources_from_its_train_split(tmp_path, monkeypatch):
+    """The general target drives its test clips from their own frames; the personal target from
+    frames of its train split (`--sources-from train`); each report lands under its target."""
+    targets = {}
+    for name in ("general", "personal"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.csv").write_text("id,identity,split\na,x,train\nb,x,test\n")
+        targets[name] = str(tmp_path / name)
+    commands: list[list[str]] = []
+
+    def fake_run(cmd):
+        commands.append(cmd)
+        out = cmd[cmd.index("--out") + 1]
+        report = {"per_k": {"1": {"l1": 0.1, "frames": 3.0}}, "copy_source": {"l1": 0.2, "frames": 3.0}}
+        with open(out, "w") as fh:
+            json.dump(report, fh)
+        return 0, ""
+
+    class FakeClient:
+        def log_artifact(self, *args):
+            pass
+
+        def log_batch(self, *args, **kwargs):
+            pass
+
+    monkeypatch.setattr(training_steps, "run_streaming", fake_run)
+    monkeypatch.setattr(training_steps, "mlflow_client", lambda uri: FakeClient())
+    values = run_evaluation("ckpt", targets, [1], "run", "uri", {}, str(tmp_path / "report.json"))
+    sources_from = {cmd[cmd.index("--data") + 1]: cmd[cmd.index("--sources-from") + 1] for cmd in commands}
+    assert sources_from == {targets["general"]: "test", targets["personal"]: "train"}
+    assert values == {
+        "general/l1_k1": 0.1,
+        "general/copy_source_l1": 0.2,
+        "personal/l1_k1": 0.1,
+        "personal/copy_source_l1": 0.2,
     }
 
 
