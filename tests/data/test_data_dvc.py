@@ -53,6 +53,7 @@ def project(tmp_path):
     params = repo / "params.yaml"
     params.write_text(re.sub(r"(?m)^dataset: \S+", "dataset: data/prepared", params.read_text(), count=1))
     set_param(repo, "validate", "face_dataset", "false")
+    set_param(repo, "validate", "landmarks", "false")  # nor human landmarks
     return repo
 
 
