@@ -57,11 +57,18 @@ def sidecar_path(clip: Path) -> Path:
     return clip / SIDECAR if clip.is_dir() else clip.with_name(clip.stem + "." + SIDECAR)
 
 
-def track_landmarks(frames: np.ndarray, cfg: LandmarkConfig) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, 68, 2) float32 in [-1, 1], NaN rows where no face."""
+@functools.cache
+def _finder(detect_size: int):
+    """One dlib detector + shape predictor per process: the predictor's file is ~100 MB, too
+    much to load again for every clip."""
     from iwarp.metrics import FaceLandmarks
 
-    finder = FaceLandmarks(detect_size=cfg.detect_size)
+    return FaceLandmarks(detect_size=detect_size)
+
+
+def track_landmarks(frames: np.ndarray, cfg: LandmarkConfig) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, 68, 2) float32 in [-1, 1], NaN rows where no face."""
+    finder = _finder(cfg.detect_size)
     out = np.full((len(frames), NUM_LANDMARKS, 2), np.nan, dtype=np.float32)
     face = None
     for i, frame in enumerate(frames):
