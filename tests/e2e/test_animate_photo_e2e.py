@@ -35,17 +35,19 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return {"photo": folder / "astronaut.png", "driving": folder / "talking.mp4", "sky": folder / "sky.png"}
 
 
+def animate(source, driving, out, *extra, check: bool = True):
+    """`iwarp animate` with the shipped model, as a user runs it."""
+    return run_iwarp(
+        "animate", "--checkpoint", "iwarp-faces-64", "--source", source, "--driving", driving, "--out", out, *extra,
+        check=check,
+    )  # fmt: skip
+
+
 def test_animate_a_whole_photo_pastes_the_face_back(media, tmp_path):
     out = tmp_path / "out.mp4"
-    proc = run_iwarp(
-        "animate",
-        "--checkpoint",
-        "iwarp-faces-64",
-        "--source",
+    proc = animate(
         media["photo"],
-        "--driving",
         media["driving"],
-        "--out",
         out,
         "--relative",
     )
@@ -67,15 +69,9 @@ def test_animate_a_whole_photo_pastes_the_face_back(media, tmp_path):
     assert moved.max() > 1.0 and moved.mean() > 3 * still.mean(), (moved, still)
 
     crop = tmp_path / "crop.mp4"
-    run_iwarp(
-        "animate",
-        "--checkpoint",
-        "iwarp-faces-64",
-        "--source",
+    animate(
         media["photo"],
-        "--driving",
         media["driving"],
-        "--out",
         crop,
         "--max-frames",
         "2",
@@ -85,30 +81,18 @@ def test_animate_a_whole_photo_pastes_the_face_back(media, tmp_path):
 
 
 def test_a_photo_without_a_face_is_a_one_line_error_naming_it(media, tmp_path):
-    proc = run_iwarp(
-        "animate",
-        "--checkpoint",
-        "iwarp-faces-64",
-        "--source",
+    proc = animate(
         media["sky"],
-        "--driving",
         media["driving"],
-        "--out",
         tmp_path / "x.mp4",
         check=False,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and f"no face found in source image {media['sky']}" in lines[0], proc.stderr
-    proc = run_iwarp(
-        "animate",
-        "--checkpoint",
-        "iwarp-faces-64",
-        "--source",
+    proc = animate(
         media["photo"],
-        "--driving",
         media["driving"],
-        "--out",
         tmp_path / "y.mp4",
         "--face-index",
         "1",
