@@ -17,7 +17,15 @@ frames rendered from another person's sources must be far worse than from her ow
 
 Targets (issues 11, 20): L1 below the floor at every k (required), LPIPS below the floor at every
 k, L1 at k = 4 below k = 1; personal: L1 at most half the floor and LPIPS at most 0.7x the
-general model's on the same frames, at every k.
+general model's on the same frames, at every k. The shipped-model targets of issue 20, as
+ratios to the copy floor: L1 at most 0.6x at every k, LPIPS at most 0.75x at k = 1 and 0.6x at
+the largest k, AKD at most 0.5x.
+
+`--compare CKPT=DATA ...` adds other models (each on data of its own resolution, e.g.
+`iwarp-faces-64=data/faces`) to a side-by-side table of the general target in the same run:
+
+    python bench/faces_quality.py --checkpoint iwarp-faces-128 --data data/faces-128 \
+        --compare iwarp-faces-64=data/faces
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("l1", "psnr", "lpips", "akd")
 PERSONAL_L1_OF_FLOOR, PERSONAL_LPIPS_OF_GENERAL = 0.5, 0.7
+# issue 20's shipped-model targets, as fractions of the copy floor
+SHIP_L1, SHIP_LPIPS_K1, SHIP_LPIPS_KMAX, SHIP_AKD = 0.6, 0.75, 0.6, 0.5
 
 
 def evaluate(
@@ -143,6 +153,47 @@ def checks(general: dict, personal: dict, before: dict | None = None) -> dict[st
     return out
 
 
+def of_floor(report: dict) -> dict[str, dict[str, float]]:
+    """Per k: every metric that has a floor, as a fraction of the copy floor's."""
+    floor = report["copy_source"]
+    return {
+        k: {m: v / floor[m] for m, v in row.items() if m in ("l1", "lpips", "akd") and v and floor.get(m)}
+        for k, row in report["per_k"].items()
+    }
+
+
+def ship_checks(general: dict) -> dict[str, bool]:
+    """Issue 20's targets for a shipped model (fractions of the copy floor; AKD only when measured)."""
+    r = of_floor(general)
+    ks = sorted(r, key=int)
+    out = {
+        f"ship: L1 at most {SHIP_L1}x the floor at every k": all(r[k]["l1"] <= SHIP_L1 for k in ks),
+        f"ship: LPIPS at most {SHIP_LPIPS_K1}x the floor at k = {ks[0]}": r[ks[0]]["lpips"] <= SHIP_LPIPS_K1,
+        f"ship: LPIPS at most {SHIP_LPIPS_KMAX}x the floor at k = {ks[-1]}": r[ks[-1]]["lpips"] <= SHIP_LPIPS_KMAX,
+    }
+    if all("akd" in r[k] for k in ks):
+        out[f"ship: AKD at most {SHIP_AKD}x the floor at every k"] = all(r[k]["akd"] <= SHIP_AKD for k in ks)
+    return out
+
+
+def side_by_side(reports: dict[str, dict]) -> None:
+    """The general target of several models in one table: value (fraction of its own copy floor)."""
+    names = list(reports)
+    print("\nside by side, general target: value (x its copy floor)")
+    print(f"{'':<14}" + "".join(f"{n[:30]:>32}" for n in names))
+    first = reports[names[0]]["per_k"]
+    for metric in ("l1", "lpips", "akd"):
+        for k in first:
+            cells = []
+            for n in names:
+                row, floor = reports[n]["per_k"].get(k, {}), reports[n]["copy_source"]
+                v, f = row.get(metric), floor.get(metric)
+                cells.append(f"{v:.4f} ({v / f:.2f}x)" if v is not None and f else "-")
+            print(f"{metric + ' k = ' + k:<14}" + "".join(f"{c:>32}" for c in cells))
+        floors = [reports[n]["copy_source"].get(metric) for n in names]
+        print(f"{metric + ' floor':<14}" + "".join(f"{f:>32.4f}" if f else f"{'-':>32}" for f in floors))
+
+
 def ratios(personal: dict, before: dict) -> dict[str, dict[str, float]]:
     """Per k: personal L1 / its copy floor's, personal LPIPS / the general model's on the same frames."""
     floor = personal["copy_source"]["l1"]
@@ -160,11 +211,20 @@ def main() -> None:
     ap.add_argument("--sources", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--frame-stride", type=int, default=4)
     ap.add_argument("--no-landmarks", dest="landmarks", action="store_false", help="skip AKD (dlib, slow)")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="CKPT=DATA", help="more models, side by side")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-faces" / "results.json")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     general = evaluate(args.checkpoint, args.data / "general", args.sources, args.frame_stride, args.landmarks)
     table("general (unseen person, spread sources)", general)
+    compared = {args.checkpoint: general}
+    for item in args.compare:
+        name, _, data = item.partition("=")
+        root = Path(data or args.data) / "general"
+        compared[name] = evaluate(name, root, args.sources, args.frame_stride, args.landmarks)
+        table(f"general, {name}", compared[name])
+    if len(compared) > 1:
+        side_by_side(compared)
     # personal: her last third driven from sources spread over her first part, every frame
     before = evaluate(args.checkpoint, args.data / "personal", args.sources, 1, args.landmarks, sources_from="train")
     table(f"personal, the general model ({args.checkpoint}, never saw her)", before)
@@ -184,13 +244,15 @@ def main() -> None:
         print(f"  {name:<40}{v:.4f}")
     for path in pictures(args.checkpoint, args.data / "general", args.out.parent, args.frame_stride):
         print(f"wrote {path}")
-    result = checks(general, personal, before if args.personal_checkpoint else None)
+    result = checks(general, personal, before if args.personal_checkpoint else None) | ship_checks(general)
     print()
     for name, ok in result.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "general": general,
+        "general_of_floor": of_floor(general),
+        "compared": {n: {"per_k": r["per_k"], "copy_source": r["copy_source"]} for n, r in compared.items()},
         "personal_general_model": before,
         "personal": personal,
         "personal_ratios": rel,

@@ -45,6 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="params.yaml overrides for the data stages, e.g. faces.clips_per_photo=2 prepare.crop=face",
     )
+    r.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a shipped model to fine-tune and serve, with its own recipe: sets --init-from NAME, --config "
+        "configs/<NAME without iwarp->.yaml and --image-size to the model's (e.g. iwarp-faces-128)",
+    )
     r.add_argument("--config", default="configs/faces-64.yaml", help="training config (default: %(default)s)")
     r.add_argument(
         "--init-from",
@@ -125,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also copy the champion's animation (sources | driving | output) to docs/images/main-job.png",
     )
-    r.set_defaults(func=_run)
+    r.set_defaults(func=_run, recipe_defaults={k: r.get_default(k) for k in ("init_from", "config", "image_size")})
 
     c = psub.add_parser(
         "compile",
@@ -157,6 +163,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_services)
 
 
+def _apply_model(args: argparse.Namespace) -> None:
+    """--model NAME fills --init-from, --config and --image-size; giving one of them too is ambiguous."""
+    from pipelines.local_run import shipped_recipe
+
+    given = [f"--{k.replace('_', '-')}" for k, v in args.recipe_defaults.items() if getattr(args, k) != v]
+    if given:
+        raise InputError(f"--model {args.model} sets {', '.join(given)} itself: give one or the other")
+    args.config, args.image_size = shipped_recipe(args.model)
+    args.init_from = args.model
+
+
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -168,6 +185,8 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     console = Console()
+    if args.model:
+        _apply_model(args)
     opts = LocalRunOptions(
         data=args.data,
         data_params=args.data_params,

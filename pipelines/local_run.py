@@ -100,6 +100,18 @@ def data_source(data: str) -> tuple[str, str]:
     return "videos", str(Path(data).expanduser().resolve())
 
 
+def shipped_recipe(model: str) -> tuple[str, int]:
+    """`--model NAME`: a shipped model's training config (`configs/<NAME without iwarp->.yaml`,
+    the recipe its card names) and the frame size it was trained at (its stored config)."""
+    from iwarp.checkpoint import load_checkpoint, resolve_checkpoint
+
+    stored = load_checkpoint(resolve_checkpoint(model)).get("model_config") or {}
+    config = Path("configs") / f"{Path(model).stem.removeprefix('iwarp-')}.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"--model {model}: its training config {config} does not exist (give --config)")
+    return str(config), int(stored.get("image_size", 64))
+
+
 def check_models(opts: LocalRunOptions) -> None:
     """The checkpoints the run starts from exist (a shipped name or a file): a one-line
     CheckpointError before any task runs, not after the data stages."""

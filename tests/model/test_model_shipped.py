@@ -16,7 +16,8 @@ from iwarp.data.realfaces import feat_data_dir
 MODELS = Path(__file__).resolve().parents[2] / "models"
 NAME = "iwarp-faces-64"
 BASELINE = "iwarp-faces-64-fomm"  # the FOMM reference baseline, trained with the same recipe
-SHIPPED = {NAME: "implicit", BASELINE: "baseline"}
+LARGE = "iwarp-faces-128"  # the same model one level finer, fine-tuned from NAME at 128 px
+SHIPPED = {NAME: "implicit", BASELINE: "baseline", LARGE: "implicit"}
 
 
 def real_face(size: int) -> torch.Tensor:
@@ -73,14 +74,18 @@ def test_model_card_describes_the_shipped_model() -> None:
         "configs/keypoints-faces-64.yaml",
         "iwarp data faces",
         "iwarp train --config configs/faces-64.yaml",
+        LARGE,
+        "iwarp train --config configs/faces-128.yaml",
         "copy",
         "L1",
         "LPIPS",
         "Limits",
     ):
         assert needed in card, needed
-    for picture in ("strip.png", "attention.png"):
-        assert (MODELS / NAME / picture).is_file() and f"{NAME}/{picture}" in card
+    for name in (NAME, LARGE):
+        assert (MODELS / name / "results.json").is_file()  # bench/faces_quality.py's output for the card
+        for picture in ("strip.png", "attention.png"):
+            assert (MODELS / name / picture).is_file() and f"{name}/{picture}" in card
     assert (MODELS / BASELINE / "strip.png").is_file() and f"{BASELINE}/strip.png" in card
 
 

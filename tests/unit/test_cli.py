@@ -105,6 +105,14 @@ CONTRACT = [
         "checkpoint not found: iwarp-no-such-fomm",
         {},
     ),
+    # --model carries its own recipe: a second --config is refused, an unknown model named
+    (
+        ["pipeline", "run", "--home", "{tmp}", "--model", "iwarp-faces-64", "--config", "configs/tiny.yaml"],
+        2,
+        "--model iwarp-faces-64 sets --config itself",
+        {},
+    ),
+    (["pipeline", "run", "--home", "{tmp}", "--model", "iwarp-no-such"], 2, "checkpoint not found: iwarp-no-such", {}),
     # ... and so does a keypoint detector the variants could not load (10 keypoints vs tiny's 5)
     (
         [

@@ -378,3 +378,15 @@ def test_a_fine_tuned_model_keeps_its_own_detector_by_default():
     assert LocalRunOptions(init_from="runs/x.ckpt").keypoints_from == "runs/x.ckpt"
     assert LocalRunOptions(init_from="").keypoints_from == ""
     assert LocalRunOptions(keypoints_from="").keypoints_from == ""
+
+
+@pytest.mark.parametrize("name, size", [("iwarp-faces-64", 64), ("iwarp-faces-128", 128)])
+def test_model_option_takes_the_shipped_models_recipe_and_size(name, size):
+    """`iwarp pipeline run --model NAME`: the config its card names and the size it was trained at."""
+    from iwarp.config import load_config
+    from iwarp.training.config import TrainConfig
+    from pipelines.local_run import shipped_recipe
+
+    config, image_size = shipped_recipe(name)
+    assert image_size == size
+    assert load_config(TrainConfig, config).model.implicit.image_size == size
