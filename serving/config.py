@@ -85,8 +85,8 @@ class CanaryEval:
     max_cases: int = 0  # 0 = every case in the set
     repeats: int = 1  # send each case this many times to each version (more latency samples)
     warmup: int = 1  # untimed requests per version first (first-call JIT/alloc noise)
-    # per request: TorchServe 0.12 can lose the request a dying worker was batching (it never
-    # answers), so this is what a worker crash mid-canary costs before that request counts as failed
+    # per request: TorchServe 0.12 loses the request a dying worker was batching (it never
+    # answers); the client reports it lost within seconds (ClientWatch), this bounds the rest
     timeout_s: float = 120.0
     mlflow_model_name: str = "iwarp"  # registered model whose aliases move (needs a tracking URI)
 
