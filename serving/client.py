@@ -3,6 +3,13 @@
 It reads the bearer tokens from the server's key_file.json (token auth is always on) and,
 when TorchServe reports a token expired, renews it once with the API key and retries.
 
+A worker that dies (kill -9, a crash, the OOM killer) mid-request: TorchServe answers the batch
+it was running at once (507 "Worker died."), but drops the requests it was still gathering into
+its next batch, unanswered. A prediction watches its worker and, once it is gone and a probe
+sent behind the request is answered first, raises a one-line 503 instead of waiting out
+`timeout` (`_watched`). It does not resend by itself: a request can be what killed the worker,
+and the restarted worker has an empty source-set cache, so the caller decides.
+
     from serving.server import ServerHandle
     client = ServerHandle.load(".iwarp/serve").client()
     result = client.predict(sources=["a.png", "b.png"], driving=["d0.png", "d1.png"])
@@ -16,6 +23,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +35,7 @@ import numpy as np
 import requests
 
 from iwarp.errors import IwarpError
+from serving.config import ClientWatch
 
 ImageLike = Any  # path, encoded bytes, PIL image, HxWx3 uint8 array or (3,H,W) float tensor
 
@@ -37,6 +46,14 @@ class ServeError(IwarpError, RuntimeError):
     def __init__(self, status: int, message: str, body: Any = None):
         super().__init__(f"HTTP {status}: {message}")
         self.status, self.message, self.body = status, message, body
+
+    @classmethod
+    def lost(cls, worker: _Worker, model_name: str) -> ServeError:
+        return cls(
+            503,
+            f"TorchServe lost this request: worker pid {worker.pid} of {model_name} {worker.version} died while "
+            "gathering it into a batch (TorchServe 0.12 never answers those); the worker restarts, send it again",
+        )
 
     @property
     def exit_code(self) -> int:  # iwarp.errors: a rejected request is bad input; no server is a service outage
@@ -100,6 +117,37 @@ class PredictResult:
         raise ValueError("an mp4 result has no frames; decode `video` instead")
 
 
+WORKER_DIED = "Worker died."  # TorchServe's whole message when a worker exits mid-batch
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """The one worker process of a version, as the management API named it (pid + start time,
+    so a recycled pid is not taken for it)."""
+
+    version: str
+    pid: int
+    created: float
+
+    @classmethod
+    def of(cls, version: str, pid: int) -> _Worker | None:
+        import psutil
+
+        try:
+            return cls(version, pid, psutil.Process(pid).create_time())
+        except (psutil.Error, ValueError):
+            return None  # gone already, or not on this machine
+
+    def alive(self) -> bool:
+        import psutil
+
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self.created and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+
 def _parse_utc(stamp: str) -> datetime:
     """TorchServe writes nanoseconds (2026-01-01T00:00:00.123456789Z); Python parses micro."""
     head, _, frac = stamp.rstrip("Z").partition(".")
@@ -107,11 +155,16 @@ def _parse_utc(stamp: str) -> datetime:
 
 
 class TorchServeClient:
-    def __init__(self, handle: Any, timeout: float = 300.0, model_name: str = "iwarp"):
+    def __init__(
+        self, handle: Any, timeout: float = 300.0, model_name: str = "iwarp", watch: ClientWatch | None = None
+    ):
         self.handle = handle
         self.timeout = timeout
         self.model_name = model_name
+        self.watch = watch or ClientWatch()
         self.session = requests.Session()
+        self._side_session = requests.Session()  # the watch's calls while a prediction holds `session`
+        self._workers: dict[str, _Worker] = {}  # per requested version ("" = the default)
 
     # ----------------------------------------------------------------- tokens
     def _keys(self) -> dict[str, Any]:
@@ -153,6 +206,11 @@ class TorchServeClient:
             return r
         return r
 
+    def _side(self, kind: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One call on the watch's own session, beside a pending prediction."""
+        headers = {"Authorization": f"Bearer {self._keys()[kind]['key']}"}
+        return self._side_session.request(method, url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+
     @staticmethod
     def _raise(r: requests.Response) -> None:
         if r.status_code < 300:
@@ -162,7 +220,70 @@ class TorchServeClient:
             message = body.get("message", r.text) if isinstance(body, dict) else r.text
         except ValueError:
             body, message = None, r.text or r.reason
+        if message == WORKER_DIED:
+            message += " (the worker process exited while running this batch: killed, crashed or out of memory; "
+            message += "TorchServe restarts it)"
         raise ServeError(r.status_code, message, body)
+
+    # ----------------------------------------------------------------- lost requests
+    def _worker(self, version: str | None) -> _Worker | None:
+        """The live single worker of `version` (None: the default), remembered until it dies.
+        None with several workers (a probe could pass a busy one through an idle one) or a
+        worker this machine cannot see: then the prediction just waits up to `timeout`."""
+        known = self._workers.get(version or "")
+        if known is not None and known.alive():
+            return known
+        path = f"/models/{self.model_name}" + (f"/{version}" if version else "")
+        try:
+            r = self._side("management", "GET", f"{self.handle.management_url}{path}")
+            desc = r.json()[0] if r.status_code == 200 else {}
+        except (ServeError, requests.RequestException, ValueError, KeyError, IndexError, AttributeError):
+            return None
+        workers = desc.get("workers") or []
+        worker = _Worker.of(str(desc["modelVersion"]), int(workers[0].get("pid", -1))) if len(workers) == 1 else None
+        if worker is not None:
+            self._workers[version or ""] = worker
+        return worker
+
+    def _lost(self, worker: _Worker, answered: threading.Event) -> bool:
+        """The worker died with the request unanswered: was the request lost with it? A probe
+        (an empty body, which the handler answers 400 at once) queues behind it for the same
+        version; TorchServe runs a version's queue in order, so a probe answered by the handler
+        while the request is not, `settle_s` later, means nothing is left to answer it."""
+        url = f"{self.handle.inference_url}/predictions/{self.model_name}/{worker.version}"
+        try:
+            probe = self._side("inference", "POST", url, json={}, timeout=self.timeout)
+        except (ServeError, requests.RequestException):
+            return False
+        return probe.status_code == 400 and not answered.wait(self.watch.settle_s)
+
+    def _watched(self, version: str | None, send: Any) -> requests.Response:
+        """`send()` on a thread while this one checks its worker every `watch_s`; a clear 503
+        as soon as TorchServe is known to have lost the request, never before (a long request
+        on a live worker runs to its answer or `timeout`)."""
+        worker = self._worker(version)
+        box: dict[str, Any] = {}
+        answered = threading.Event()
+
+        def run() -> None:
+            try:
+                box["answer"] = send()
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                box["error"] = exc
+            finally:
+                answered.set()
+
+        # daemon: a lost request's thread stays blocked until `timeout`; it must not hold up exit
+        threading.Thread(target=run, daemon=True, name="iwarp-predict").start()
+        while not answered.wait(self.watch.watch_s):
+            if worker is None or worker.alive():
+                continue
+            if self._lost(worker, answered):
+                raise ServeError.lost(worker, self.model_name)
+            worker = self._worker(version)  # answered meanwhile, or a new worker to watch
+        if "error" in box:
+            raise box["error"]
+        return box["answer"]
 
     # ----------------------------------------------------------------- inference
     def ping(self) -> bool:
@@ -187,7 +308,7 @@ class TorchServeClient:
             kwargs["files"] = files
         if data is not None:
             kwargs["data"] = data
-        return self._request("inference", "POST", url, **kwargs)
+        return self._watched(version, lambda: self._request("inference", "POST", url, **kwargs))
 
     def predict(
         self,

@@ -26,7 +26,13 @@ class ModelSettings:
     batch_size: int = 4  # TorchServe groups up to this many requests into one handler call
     max_batch_delay_ms: int = 10  # ... waiting at most this long for the batch to fill
     workers: int = 1  # workers per version; each holds its own source-set cache
-    response_timeout_s: int = 300  # a worker busy longer than this is restarted by TorchServe
+    # A worker silent this long on one batch is killed by TorchServe (its requests get 500). It
+    # only catches a hung worker: a dead one is noticed at once (507 "Worker died.", measured
+    # 0.1 s after kill -9), so it must outlast the longest legitimate batch, not bound a crash.
+    # The largest request the handler allows (8 sources, 256 driving frames at 1024 px,
+    # frame=face) took 21 s (mp4 out) and 40 s (png out) on the 64 px model here (2 loaded
+    # cores, 1 thread), so a full batch of 4 takes up to ~160 s; 300 s leaves room for that.
+    response_timeout_s: int = 300
 
 
 @dataclass
@@ -41,6 +47,18 @@ class HandlerSettings:
     forward_batch: int = 8  # frames per generator forward (bounds memory on long clips)
     num_threads: int = 0  # torch intra-op threads per worker; 0 = torch's default
     default_fps: float = 25.0  # mp4 output frame rate when the request gives none
+
+
+@dataclass
+class ClientWatch:
+    """How `serving.client` notices a prediction that TorchServe lost. A worker that dies mid-batch
+    gets its batch answered 507, but the requests it was still gathering into its next batch
+    (`max_batch_delay_ms`) are dropped unanswered: the client would wait its whole timeout.
+    While a prediction is pending the client checks the worker's pid; once it is gone it sends a
+    probe behind the request, and a probe answered while the request is not means it was lost."""
+
+    watch_s: float = 1.0  # how often a pending prediction checks its worker
+    settle_s: float = 3.0  # after the probe's answer, how long the request's own answer may lag
 
 
 @dataclass
@@ -67,8 +85,8 @@ class CanaryEval:
     max_cases: int = 0  # 0 = every case in the set
     repeats: int = 1  # send each case this many times to each version (more latency samples)
     warmup: int = 1  # untimed requests per version first (first-call JIT/alloc noise)
-    # per request: TorchServe 0.12 can lose the request a dying worker was batching (it never
-    # answers), so this is what a worker crash mid-canary costs before that request counts as failed
+    # per request: TorchServe 0.12 loses the request a dying worker was batching (it never
+    # answers); the client reports it lost within seconds (ClientWatch), this bounds the rest
     timeout_s: float = 120.0
     mlflow_model_name: str = "iwarp"  # registered model whose aliases move (needs a tracking URI)
 

@@ -874,6 +874,8 @@ class IwarpService:
             }
             if job.req.register or job.req.source_set_id:
                 info["source_set_id"] = job.set_id
+                # this worker's cache after the batch, and its bound: lets a client (bench/serve_soak.py) watch it
+                info["cache"] = {"sets": len(self.cache), "capacity": self.cache.capacity}
             target = job.entry.target
             info["frame"] = job.entry.frame
             if target is not None:

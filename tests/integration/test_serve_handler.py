@@ -224,9 +224,13 @@ def test_mixed_batch_each_request_gets_its_own_answer(service, frames):
     np.testing.assert_allclose(cached, got[2], atol=1e-6)
     assert "unknown or expired source_set_id" in json.loads(out[1])["message"]
 
-    # LRU of 2: registering two more sets evicts the first
+    # LRU of 2: registering two more sets evicts the first; answers report the cache and its bound
+    assert json.loads(out[0])["cache"]["capacity"] == 2 and "cache" not in bodies[0]
+    sizes = []
     for i in (3, 4):
-        run_batch(svc, ctx, [{"body": {"frame": "none", "sources": p[i : i + 1], "register": True}}])
+        out, _ = run_batch(svc, ctx, [{"body": {"frame": "none", "sources": p[i : i + 1], "register": True}}])
+        sizes.append(json.loads(out[0])["cache"])
+    assert sizes[-1] == {"sets": 2, "capacity": 2} and sizes[0]["sets"] <= 2
     _, statuses = run_batch(svc, ctx, [{"body": {"source_set_id": sid, "driving": p[3:4]}}])
     assert statuses == [404]
 
