@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("l1", "psnr", "lpips", "akd")
+FLOORED = ("l1", "lpips", "akd")  # the metrics compared as fractions of the copy floor
 PERSONAL_L1_OF_FLOOR, PERSONAL_LPIPS_OF_GENERAL = 0.5, 0.7
 # issue 20's shipped-model targets, as fractions of the copy floor
 SHIP_L1, SHIP_LPIPS_K1, SHIP_LPIPS_KMAX, SHIP_AKD = 0.6, 0.75, 0.6, 0.5
@@ -157,7 +158,7 @@ def of_floor(report: dict) -> dict[str, dict[str, float]]:
     """Per k: every metric that has a floor, as a fraction of the copy floor's."""
     floor = report["copy_source"]
     return {
-        k: {m: v / floor[m] for m, v in row.items() if m in ("l1", "lpips", "akd") and v and floor.get(m)}
+        k: {m: v / floor[m] for m, v in row.items() if m in FLOORED and v and floor.get(m)}
         for k, row in report["per_k"].items()
     }
 
@@ -181,14 +182,13 @@ def side_by_side(reports: dict[str, dict]) -> None:
     names = list(reports)
     print("\nside by side, general target: value (x its copy floor)")
     print(f"{'':<14}" + "".join(f"{n[:30]:>32}" for n in names))
-    first = reports[names[0]]["per_k"]
-    for metric in ("l1", "lpips", "akd"):
-        for k in first:
+    fractions = {n: of_floor(r) for n, r in reports.items()}
+    for metric in FLOORED:
+        for k in reports[names[0]]["per_k"]:
             cells = []
             for n in names:
-                row, floor = reports[n]["per_k"].get(k, {}), reports[n]["copy_source"]
-                v, f = row.get(metric), floor.get(metric)
-                cells.append(f"{v:.4f} ({v / f:.2f}x)" if v is not None and f else "-")
+                v, x = reports[n]["per_k"].get(k, {}).get(metric), fractions[n].get(k, {}).get(metric)
+                cells.append(f"{v:.4f} ({x:.2f}x)" if x is not None else "-")
             print(f"{metric + ' k = ' + k:<14}" + "".join(f"{c:>32}" for c in cells))
         floors = [reports[n]["copy_source"].get(metric) for n in names]
         print(f"{metric + ' floor':<14}" + "".join(f"{f:>32.4f}" if f else f"{'-':>32}" for f in floors))
