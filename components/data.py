@@ -21,6 +21,7 @@ def preprocess_data(
     workspace: str,
     image_size: int,
     data_params: list,
+    work_dir: str,
     dataset: Output[Dataset],
     personal: Output[Dataset],
 ) -> str:
@@ -31,7 +32,9 @@ def preprocess_data(
     resize, split by identity). Passes the datasets on, with the stage parameters in the
     metadata, and returns the data version (the DVC hash of the training set's folder).
     `personal` is an empty folder unless the source is `faces`. `data_params`: params.yaml
-    overrides such as `faces.clips_per_photo=2` or `prepare.crop=face`."""
+    overrides such as `faces.clips_per_photo=2` or `prepare.crop=face`. `work_dir`: a local run's
+    work folder (or ""); unused here, it keys the local task cache, so a new run prepares its data
+    again (DVC skips what is up to date) and a resumed one takes the data its sweep started on."""
     from components.steps.data import run_preprocess
 
     version, params, personal_version = run_preprocess(

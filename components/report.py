@@ -18,6 +18,7 @@ def compare_ablations(
     data_version: str,
     select_metric: str,
     select_margin: float,
+    work_dir: str,
     table: Output[Markdown],
     chart: Output[HTML],
     chosen_model: Output[Model],
@@ -40,6 +41,7 @@ def compare_ablations(
         table.path,
         chart.path,
         chosen_model.path,
+        work_dir,
     )
     chosen_model.metadata.update({"variant": choice.variant, "run_id": choice.run_id})
     return namedtuple("Choice", ["variant", "run_id", "reason"])(choice.variant, choice.run_id, choice.reason)
@@ -51,6 +53,7 @@ def animate_champion(
     dataset: Input[Dataset],
     tracking_uri: str,
     parent_run_id: str,
+    work_dir: str,
     animation: Output[Artifact],
 ):
     """The chosen model animating the first test video (an identity never trained on): its
@@ -58,5 +61,5 @@ def animate_champion(
     (`animation/animation.png`)."""
     from components.steps.report import draw_animation
 
-    draw_animation(checkpoint.path, dataset.path, animation.path, tracking_uri, parent_run_id)
+    draw_animation(checkpoint.path, dataset.path, animation.path, tracking_uri, parent_run_id, work_dir)
     animation.metadata.update({"variant": checkpoint.metadata.get("variant", ""), "format": "png"})

@@ -96,7 +96,9 @@ def transient(exc: BaseException) -> bool:
     import requests
     from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError)):
+    from iwarp.errors import ServiceUnavailable
+
+    if isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError, ServiceUnavailable)):
         return True
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
@@ -264,6 +266,11 @@ class MLflowTarget:
         with Image.open(path) as img:
             self.client.log_image(self.spec.run_id, img.convert("RGB"), key=key, step=step)
         self._images().add(name)
+
+    def _tags(self, e: dict[str, Any]) -> None:  # setting a tag again to its value: idempotent
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.spec.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in e["tags"].items()])
 
     def _artifact(self, e: dict[str, Any]) -> None:  # same path again overwrites: idempotent
         self.client.log_artifact(self.spec.run_id, str(self.path(e["path"])), e.get("artifact_path"))
@@ -497,6 +504,9 @@ class MLflowLogger(Logger):
     def log_image(self, path: Path, step: int | None = None) -> None:
         self._put({"op": "image", "path": self._rel(path)})
 
+    def log_tags(self, tags: dict[str, Any]) -> None:
+        self._put({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self._put({"op": "artifact", "path": self._rel(path), "artifact_path": artifact_path})
 
@@ -517,10 +527,13 @@ class MLflowLogger(Logger):
             }
         )
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Deliver the backlog while the server answers; give up after `IWARP_TRACKING_DRAIN_S`
-        seconds of it being unreachable, and say in one line how to upload the rest."""
-        self._put({"op": "close", "status": status})
+    def close(self, status: str | None = "FINISHED") -> None:
+        """End the run with `status` (None: leave it as it is, for a pipeline step logging to a run
+        it did not open). Deliver the backlog while the server answers; give up after
+        `IWARP_TRACKING_DRAIN_S` seconds of it being unreachable, and say in one line how to
+        upload the rest."""
+        if status is not None:
+            self._put({"op": "close", "status": status})
         with self._cv:
             self._closed = True
             self._cv.notify_all()
@@ -564,7 +577,7 @@ class MLflowLogger(Logger):
         if self._down_since is None:
             self._down_since = time.monotonic()
             print(
-                f"tracking: MLflow at {self.spec.tracking_uri} unreachable ({type(exc).__name__}); training goes on, "
+                f"tracking: MLflow at {self.spec.tracking_uri} unreachable ({type(exc).__name__}); the work goes on, "
                 f"logging is kept in {self.journal.dir} and delivered when it answers",
                 file=sys.stderr,
                 flush=True,
@@ -713,3 +726,94 @@ def sync_run(run_dir: str | Path, tracking_uri: str, attempts: int = 4) -> SyncR
         spec.delivered += len(batch)
         journal.save_spec(spec)
     return SyncResult(spec.run_id or "", spec.delivered - start, len(entries))
+
+
+# --------------------------------------------------------------------------- pipeline steps
+WAIT_ENV, DEFAULT_WAIT_S = "IWARP_MLFLOW_WAIT_S", 300.0  # how long a step waits for an answer it needs
+STEP_LOGS = "tracking"  # under a local run's work folder: one journal folder per step
+
+
+def wait_s() -> float:
+    return float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S))
+
+
+def answered(call: Any, tracking_uri: str, what: str) -> Any:
+    """`call()`: MLflow requests whose answer a step needs (a run id, a registry version, an
+    alias). Retried with backoff (0.5 s doubling to 10 s) while MLflow is unreachable, for up to
+    `IWARP_MLFLOW_WAIT_S` seconds (default 300); then `ServiceUnavailable` (exit code 3) naming
+    the service. `call` must be safe to repeat: a request may land before its answer is lost."""
+    from iwarp.errors import ServiceUnavailable
+
+    deadline, delay, said = time.monotonic() + wait_s(), RETRY_FIRST_S, False
+    while True:
+        try:
+            with few_http_retries(0):
+                return call()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise ServiceUnavailable(
+                    f"MLflow at {tracking_uri} is unreachable: {what} needs its answer and it did not come back "
+                    f"within {wait_s():.0f} s ({type(exc).__name__}); nothing was changed"
+                ) from exc
+            if not said:
+                print(
+                    f"[mlflow] {what}: MLflow at {tracking_uri} unreachable, waiting up to {wait_s():.0f} s", flush=True
+                )
+                said = True
+            time.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
+class StepLog:
+    """A pipeline step's logging to an existing MLflow run (a variant's, the sweep's parent),
+    through the journal training uses: the step never waits on MLflow or fails because it is down.
+
+    `folder` holds the journal. In a local run it is the run's work folder, and the driver delivers
+    what is left when the pipeline ends (`deliver_pending`); in a pod it is a temporary folder,
+    drained for `IWARP_TRACKING_DRAIN_S` at `close`.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, folder: str | Path):
+        if not run_id:
+            raise ValueError("a step logs to an existing MLflow run: no run id given")
+        self.logger = MLflowLogger(tracking_uri, run_id=run_id, run_dir=folder)
+        self.folder = Path(folder)
+
+    def __enter__(self) -> MLflowLogger:
+        return self.logger
+
+    def __exit__(self, *exc: Any) -> None:
+        self.logger.close(status=None)
+
+
+def step_folder(work_dir: str, name: str) -> Path:
+    """Where step `name` journals: `<work_dir>/tracking/<name>`, or a new temporary folder when
+    the run has no work folder (a cluster pod)."""
+    import tempfile
+
+    if not work_dir:
+        return Path(tempfile.mkdtemp(prefix=f"iwarp-{name}-"))
+    folder = Path(work_dir) / STEP_LOGS / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pending_folders(root: str | Path) -> list[Path]:
+    """Run and step folders under `root` whose journals hold calls MLflow has not received."""
+    return sorted(p.parent.parent for p in Path(root).rglob(f"tracking/{STATE}") if pending_calls(p.parent.parent))
+
+
+def deliver_pending(root: str | Path, tracking_uri: str) -> tuple[int, list[Path]]:
+    """Deliver what the journals under `root` hold back (a local pipeline run's steps and
+    trainings, after an outage), waiting for MLflow as `answered` does. Returns (calls sent,
+    folders still pending)."""
+    sent, left = 0, []
+    for folder in pending_folders(root):
+        try:
+            sent += answered(lambda f=folder: sync_run(f, tracking_uri, attempts=1), tracking_uri, "delivery").delivered
+        except Exception as exc:  # noqa: BLE001 - one folder's failure must not hide the others'
+            print(f"[mlflow] {folder}: not delivered ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
+            left.append(folder)
+    return sent, left

@@ -37,9 +37,11 @@ def open_parent_run(
     keypoint_steps: int,
     keypoint_init_from: str,
     pipeline_job: str,
+    work_dir: str,
 ) -> str:
     """Create the sweep's MLflow parent run (data version, validation result and Data Docs,
-    sweep parameters); the four training runs become its children. Returns its run id."""
+    sweep parameters); the four training runs become its children. Returns its run id.
+    `work_dir`: a local run's work folder: a resumed run continues its parent run."""
     from components.steps.training import start_parent_run
 
     # Typed parameters, not one dict argument: KFP splices runtime values into a dict literal as
@@ -61,7 +63,7 @@ def open_parent_run(
         "keypoint_init_from": keypoint_init_from if not keypoints_from else "",
     }
     return start_parent_run(
-        tracking_uri, experiment, data_version, validation.path, data_docs.path, params, pipeline_job
+        tracking_uri, experiment, data_version, validation.path, data_docs.path, params, pipeline_job, work_dir
     )
 
 
@@ -87,6 +89,7 @@ def train_model(
     data_pvc: str,
     init_from: str,
     keypoints: Input[Model],
+    work_dir: str,
     checkpoint: Output[Model],
 ) -> str:
     """Train one ablation variant with the same data, seed and step budget as the others,
@@ -99,6 +102,8 @@ def train_model(
     `init_from`: fine-tune from this checkpoint (a shipped model's name such as `iwarp-faces-64`,
     or a path); a module the variant lacks is dropped, one it adds starts fresh (checkpoint
     metadata `init` says which). Empty: train from scratch.
+    `work_dir`: a local run's work folder, where the training's folder is stable so that a
+    resumed run continues it from its last checkpoint; "" on a cluster.
     `keypoints`: the keypoint stage's checkpoint; its detector is loaded frozen at step 0 (after
     init_from: it wins), `model.implicit.keypoints_from`.
     """
@@ -127,6 +132,7 @@ def train_model(
         data_version=dataset.metadata.get("data_version", ""),
         init_from=init_from,
         keypoints_from=keypoints.path,
+        work_dir=work_dir,
     )
     run_id, init, tracking = run_training(req, checkpoint.path)  # tracking: "" or the outage, not a failure
     checkpoint.metadata.update(
@@ -162,6 +168,7 @@ def pretrain_keypoints(
     image: str,
     shared_dir: str,
     data_pvc: str,
+    work_dir: str,
     checkpoint: Output[Model],
 ) -> str:
     """The keypoint stage, before the sweep: the paper trains implicit warping from pretrained
@@ -194,6 +201,7 @@ def pretrain_keypoints(
         data_pvc=data_pvc,
         data_version=dataset.metadata.get("data_version", ""),
         init_from=keypoint_init_from,
+        work_dir=work_dir,
     )
     meta = keypoint_stage(req, keypoints_from, checkpoint.path)
     checkpoint.metadata.update(meta)
@@ -213,6 +221,7 @@ def evaluate_model(
     max_videos: int,
     frechet: bool,
     landmarks: bool,
+    work_dir: str,
     metrics: Output[Metrics],
     report: Output[Artifact],
 ):
@@ -241,6 +250,14 @@ def evaluate_model(
         landmarks,
         source_placement,
         int(frame_stride),
+        work_dir,
     )
     for key, value in values.items():
         metrics.log_metric(key, value)
+    import json
+    from pathlib import Path
+
+    # The values as the artifact's file too: kfp.local's cache treats an artifact without a file as
+    # missing, and would evaluate again on resume what an earlier attempt had evaluated.
+    Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(metrics.path).write_text(json.dumps(values, indent=1))

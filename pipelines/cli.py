@@ -131,6 +131,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also copy the champion's animation (sources | driving | output) to docs/images/main-job.png",
     )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest run under the state directory that did not finish (killed, or failed on "
+        "an outage), given the same options: finished tasks are reused, an interrupted training continues "
+        "from its last checkpoint, the MLflow parent run is continued",
+    )
     r.set_defaults(func=_run, recipe_defaults={k: r.get_default(k) for k in ("init_from", "config", "image_size")})
 
     c = psub.add_parser(
@@ -214,13 +221,14 @@ def _run(args: argparse.Namespace) -> int:
         home=args.home,
         verbose=args.verbose,
         readme_picture=args.readme_picture,
+        resume=args.resume,
     )
     result = run_local(opts, console)  # ServiceError: exit 3, a missing file: 2 (iwarp.errors)
     print_summary(result, console)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result_json(result), f, indent=2, default=str)
-    return 0 if result.ok else 1
+    return result.exit_code
 
 
 def _kv(items: list[str] | None, what: str) -> dict[str, str]:

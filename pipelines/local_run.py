@@ -16,10 +16,12 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import shutil
 import time
 import urllib.parse
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ class LocalRunOptions:
     home: str | None = None
     verbose: bool = False
     readme_picture: bool = False  # also copy the champion's animation to docs/images/main-job.png
+    resume: bool = False  # continue the newest run under <home>/runs that did not finish (same options)
 
     def __post_init__(self) -> None:
         if self.keypoints_from is None:
@@ -89,6 +92,16 @@ class LocalRunResult:
     data_docs: Path | None = None
     animation: Path | None = None  # <run_dir>/animation.png: sources | driving | output
     seconds: float = 0.0
+    reused: list[str] = dataclasses.field(default_factory=list)  # tasks an earlier attempt had finished
+    executed: list[str] = dataclasses.field(default_factory=list)  # tasks this attempt ran
+    undelivered: list[str] = dataclasses.field(default_factory=list)  # journals MLflow still lacks
+
+    @property
+    def exit_code(self) -> int:
+        """0, 3 when a step failed because a service stayed unreachable (iwarp.errors), else 1."""
+        if self.ok:
+            return 0
+        return 3 if "ServiceUnavailable" in self.error else 1
 
 
 def data_source(data: str) -> tuple[str, str]:
@@ -195,9 +208,67 @@ def pipeline_arguments(
     }
 
 
+RUNS = "runs"  # <home>/runs/<YYYYmmdd-HHMMSS>: one folder per run, kept by its attempts
+DRIVER, RESULT, WORK = "driver.json", "result.json", "work"
+
+
+def resume_target(home: Path, args: dict[str, Any]) -> Path:
+    """`--resume`: the newest run folder, if it did not finish, no driver is running it, and it
+    was given the same arguments; otherwise a one-line InputError saying which of these failed."""
+    from iwarp.errors import InputError
+
+    runs = sorted(p for p in (home / RUNS).glob("*") if (p / "arguments.json").is_file())
+    if not runs:
+        raise InputError(f"--resume: no earlier run under {home / RUNS}")
+    run_dir = runs[-1]
+    if (run_dir / RESULT).is_file() and json.loads((run_dir / RESULT).read_text()).get("ok"):
+        raise InputError(f"--resume: the newest run {run_dir} finished; run without --resume for a new one")
+    pid = driver_pid(run_dir)
+    if pid:
+        raise InputError(f"--resume: run {run_dir} is still running (driver pid {pid})")
+    before = json.loads((run_dir / "arguments.json").read_text())
+    before.pop("work_dir", None)
+    differ = sorted(k for k in set(before) | set(args) if before.get(k) != args.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {before.get(k)!r} then, {args.get(k)!r} now" for k in differ)
+        raise InputError(f"--resume: give the options run {run_dir.name} was started with ({shown})")
+    return run_dir
+
+
+def driver_pid(run_dir: Path) -> int | None:
+    """The pid of a live driver of `run_dir` (its `driver.json`), else None."""
+    try:
+        pid = int(json.loads((run_dir / DRIVER).read_text())["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if pid != os.getpid() else None
+
+
+@contextlib.contextmanager
+def task_environment() -> Iterator[None]:
+    """What the tasks inherit: they end with this driver (components.steps), and their journals
+    drain briefly, since the driver delivers what an outage held back when the run ends."""
+    from components.steps import DRIVER_PID_ENV
+    from components.tracking import DRAIN_ENV
+
+    saved = {k: os.environ.get(k) for k in (DRIVER_PID_ENV, DRAIN_ENV)}
+    os.environ[DRIVER_PID_ENV] = str(os.getpid())
+    os.environ.setdefault(DRAIN_ENV, "5")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRunResult:
     from kfp import local
 
+    from components.tracking import deliver_pending
     from pipelines.pipeline import PlatformOptions, build_pipeline
 
     console = console or Console()
@@ -206,9 +277,6 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
     check_detectors(opts)  # ... and a keypoint detector the variants could not load
     t0 = time.monotonic()
     home = iwarp_home(opts.home)
-    run_dir = home / "runs" / time.strftime("%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = run_dir / "pipeline.log"
 
     mlflow = MlflowServer(home, port=opts.mlflow_port)
     with console.status("MLflow: starting or reusing the tracking server (first start ~30 s) ..."):
@@ -222,15 +290,32 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
         f"management {ts.management_url}, token auth on: {ts.key_file})"
     )
     args = pipeline_arguments(opts, tracking_uri=rec.url, home=home, serving=serving)
+    if opts.resume:
+        run_dir = resume_target(home, args)
+        console.print(f"pipeline: resuming {run_dir} (tasks it finished are reused)")
+    else:
+        run_dir = home / RUNS / time.strftime("%Y%m%d-%H%M%S")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "pipeline.log"
+    args["work_dir"] = str(run_dir / WORK)
     (run_dir / "arguments.json").write_text(json.dumps(args, indent=2))
+    (run_dir / RESULT).unlink(missing_ok=True)
+    (run_dir / DRIVER).write_text(json.dumps({"pid": os.getpid(), "started": time.time()}))
 
     # The runner would otherwise warn that our image name lacks "python": tasks run in this
     # interpreter, which has exactly the image's packages.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
     # Resource requests, GPUs and Kubernetes settings only matter on a cluster; said once in the docs.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
-    pipeline = build_pipeline(PlatformOptions(sweep_parallelism=1))  # 2 cores: one variant at a time
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(run_dir / "kfp"),
+        raise_on_error=True,
+        enable_caching=True,  # what makes --resume reuse finished tasks (keyed by work_dir)
+        cache_root=str(run_dir / "kfp-cache"),
+    )
+    # 2 cores: one variant at a time
+    pipeline = build_pipeline(PlatformOptions(sweep_parallelism=1, resumable=True))
 
     result = LocalRunResult(ok=False, run_dir=run_dir, log=log, mlflow_url=rec.url)
     console.print(f"pipeline: running {tasks_per_run(opts)} tasks; full log {log}")
@@ -239,7 +324,7 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
 
     with RunProgress(log, console, tasks_per_run(opts), verbose=opts.verbose) as progress:
         try:
-            with contextlib.redirect_stdout(progress):
+            with contextlib.redirect_stdout(progress), task_environment():
                 task = pipeline(**args)
             result.ok = True
             result.outputs = read_outputs(task)
@@ -248,12 +333,22 @@ def run_local(opts: LocalRunOptions, console: Console | None = None) -> LocalRun
             failed = progress.failed_tasks()
             result.failed_task = failed[-1].name if failed else ""
             result.error = failure_message(failed[-1]) if failed else (str(exc).strip() or type(exc).__name__)
+        result.reused, result.executed = progress.reused(), progress.executed()
+        if result.reused:
+            progress.note(f"pipeline: {len(result.reused)} tasks reused from the interrupted attempt")
+        # What an outage held back in the steps' journals, now that the server may be back.
+        sent, left = deliver_pending(run_dir / WORK, rec.url)
+        result.undelivered = [str(p) for p in left]
+        if sent:
+            progress.note(f"MLflow: delivered {sent} logging calls an outage had held back")
     result.seconds = time.monotonic() - t0
     if not result.ok and result.failed_task in ("validate-data", "data-gate"):
         result.data_docs = next(iter(sorted((run_dir / "kfp").rglob("validate-data/data_docs"))), None)
     if not result.ok:
         with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints a "View run" line per run it ends
             mark_failed_runs(rec.url, opts.experiment, started_ms)
+    (run_dir / RESULT).write_text(json.dumps(result_json(result), indent=2, default=str))
+    (run_dir / DRIVER).unlink(missing_ok=True)
     return result
 
 
@@ -334,7 +429,8 @@ def print_summary(result: LocalRunResult, console: Console) -> None:
         console.print(
             Panel.fit(
                 f"[red]pipeline FAILED[/] at task [bold]{result.failed_task or '?'}[/] after {minutes}\n"
-                f"{result.error}\nfull log: {result.log}",
+                f"{result.error}\nfull log: {result.log}\n"
+                "continue it: the same command with --resume (finished tasks are reused)",
                 title="iwarp pipeline",
             )
         )

@@ -91,6 +91,10 @@ class PlatformOptions:
     data_mount: str = "/data"
     run_as_user: int = 10001  # the image's non-root user (k8s/params.yaml uses the same UID)
     sweep_parallelism: int = 4  # ParallelFor iterations at once (the local runner caps at 2)
+    # `iwarp pipeline run`: tasks that log to MLflow, train or register are cached too, keyed by
+    # the run's `work_dir`, so a resumed run reuses what finished and repeats only the rest. On a
+    # cluster they are never cached (KFP would skip a new run's training); retry a failed run there.
+    resumable: bool = False
 
 
 def _secrets(task: dsl.PipelineTask, *secrets: Secret) -> dsl.PipelineTask:
@@ -127,8 +131,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
 
     def evaluate(trained: dsl.PipelineTask, name: str, dataset, personal, tracking_uri, *eval_args) -> dsl.PipelineTask:
         """The evaluation of a training task's checkpoint, logged to its run (eval_args: sources,
-        source_placement, frame_stride, max_videos, frechet, landmarks, in that order)."""
-        keys = ("sources", "source_placement", "frame_stride", "max_videos", "frechet", "landmarks")
+        source_placement, frame_stride, max_videos, frechet, landmarks, work_dir, in that order)."""
+        keys = ("sources", "source_placement", "frame_stride", "max_videos", "frechet", "landmarks", "work_dir")
         task = common(
             evaluate_model(
                 checkpoint=trained.outputs["checkpoint"],
@@ -141,7 +145,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             name,
         )
         _gpu(_resources(_secrets(task, opts.mlflow), "4", "16Gi"), opts, opts.eval_gpus)
-        task.set_caching_options(False)
+        task.set_caching_options(opts.resumable)
         return task
 
     # A pipeline of its own: the loop body's inputs are then this sub-DAG's parameters, never
@@ -172,6 +176,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         eval_max_videos: int,
         eval_fd: bool,
         eval_landmarks: bool,
+        work_dir: str,
     ) -> SweepOutputs:
         with dsl.ParallelFor(ABLATIONS, parallelism=opts.sweep_parallelism, name="variants") as ablation:
             train = common(
@@ -196,12 +201,13 @@ def build_pipeline(opts: PlatformOptions | None = None):
                     data_pvc=opts.data_pvc,
                     init_from=init_from,
                     keypoints=keypoints,
+                    work_dir=work_dir,
                 ),
                 "train",
             )
             _resources(_secrets(train, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
             kubernetes.mount_pvc(train, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
-            train.set_caching_options(False)  # each run logs its own MLflow child runs
+            train.set_caching_options(opts.resumable)  # each run logs its own MLflow child runs
 
             ev = evaluate(
                 train,
@@ -215,6 +221,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 eval_max_videos,
                 eval_fd,
                 eval_landmarks,
+                work_dir,
             )
         return SweepOutputs(
             reports=dsl.Collected(ev.outputs["report"]), checkpoints=dsl.Collected(train.outputs["checkpoint"])
@@ -259,6 +266,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
         serving_workdir: str = "",
         serving_namespace: str = "",
         serving_storage_uri: str = "",
+        work_dir: str = "",
     ) -> PipelineOutputs:
         """Parameters (all strings / numbers; pass as key=value):
 
@@ -278,6 +286,8 @@ def build_pipeline(opts: PlatformOptions | None = None):
         serving_target: kserve (InferenceService canary in serving_namespace, versions
         under serving_storage_uri) | torchserve (the TorchServe `iwarp serve start` runs
         from serving_workdir).
+        work_dir: a local run's work folder (`iwarp pipeline run` sets it; a resumed run gives the
+        same one); empty on a cluster.
         """
         prep = common(
             preprocess_data(
@@ -288,6 +298,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 workspace=dvc_workspace,
                 image_size=image_size,
                 data_params=data_params,
+                work_dir=work_dir,
             ),
             "preprocess (DVC)",
         )
@@ -318,12 +329,14 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 keypoint_config=keypoint_config,
                 keypoint_steps=keypoint_steps,
                 keypoint_init_from=keypoint_init_from,
-                pipeline_job=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                # the job locally is a new name per attempt: the resumed parent keeps the first
+                pipeline_job="local" if opts.resumable else dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                work_dir=work_dir,
             ),
             "MLflow parent run",
         ).after(gate)
         _resources(_secrets(parent, opts.mlflow), "200m", "1Gi")
-        parent.set_caching_options(False)  # a new parent run per pipeline run
+        parent.set_caching_options(opts.resumable)  # a new parent run per pipeline run
 
         # The keypoint stage. Given a detector it copies that checkpoint and trains nothing (a
         # branch inside the component: the sweep needs one artifact either way, with no dsl.OneOf
@@ -348,12 +361,13 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 image=opts.image,
                 shared_dir=opts.data_mount,
                 data_pvc=opts.data_pvc,
+                work_dir=work_dir,
             ),
             "keypoints (FOMM baseline)",
         )
         _resources(_secrets(kp, opts.s3, opts.s3_endpoint, opts.mlflow), "1", "4Gi")
         kubernetes.mount_pvc(kp, pvc_name=opts.data_pvc, mount_path=opts.data_mount)
-        kp.set_caching_options(False)  # logs its own MLflow child run and a parent param
+        kp.set_caching_options(opts.resumable)  # logs its own MLflow child run and a parent param
 
         with dsl.If(keypoints_from == "", name="keypoints-trained"):
             evaluate(
@@ -368,6 +382,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 eval_max_videos,
                 eval_fd,
                 eval_landmarks,
+                work_dir,
             )
 
         sweep = ablation_sweep(
@@ -394,6 +409,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             eval_max_videos=eval_max_videos,
             eval_fd=eval_fd,
             eval_landmarks=eval_landmarks,
+            work_dir=work_dir,
         ).set_display_name("ablation sweep (residual x extra K/V)")
 
         cmp = common(
@@ -405,11 +421,12 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 data_version=prep.outputs["Output"],
                 select_metric=select_metric,
                 select_margin=select_margin,
+                work_dir=work_dir,
             ),
             "compare ablations",
         )
         _resources(_secrets(cmp, opts.mlflow), "1", "2Gi")
-        cmp.set_caching_options(False)
+        cmp.set_caching_options(opts.resumable)
 
         anim = common(
             animate_champion(
@@ -417,11 +434,12 @@ def build_pipeline(opts: PlatformOptions | None = None):
                 dataset=prep.outputs["dataset"],
                 tracking_uri=tracking_uri,
                 parent_run_id=parent.output,
+                work_dir=work_dir,
             ),
             "animate (sources | driving | output)",
         )
         _resources(_secrets(anim, opts.mlflow), "1", "2Gi")
-        anim.set_caching_options(False)
+        anim.set_caching_options(opts.resumable)
 
         reg = common(
             register_model(
@@ -436,7 +454,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             "register (MLflow)",
         )
         _resources(_secrets(reg, opts.mlflow), "200m", "1Gi")
-        reg.set_caching_options(False)  # every run registers a new version
+        reg.set_caching_options(opts.resumable)  # every run registers a new version
 
         pkg = common(
             package_model(
@@ -463,7 +481,7 @@ def build_pipeline(opts: PlatformOptions | None = None):
             "canary",
         )
         _resources(_secrets(canary, opts.mlflow, opts.s3, opts.s3_endpoint), "1", "4Gi")
-        canary.set_caching_options(False)
+        canary.set_caching_options(opts.resumable)
 
         return PipelineOutputs(
             parent_run_id=parent.output,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import logging
 import re
 import threading
 import time
@@ -26,6 +27,9 @@ HEARTBEAT_S = 30.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START = re.compile(r"Executing task '(?P<name>[^']+)'")
 _END = re.compile(r"Task '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
+# kfp.local's task cache: in a resumed run, a task an earlier attempt finished is not run again.
+_CACHED = re.compile(r"Task '?(?P<name>[\w.-]+)'? cache hit")
+REUSED = "REUSED"  # a task's status when its outputs came from an earlier attempt
 _LABEL = re.compile(r"^\s*\[(?:train|evaluate)\] (?P<label>[\w.-]+):")
 # Lines not worth showing as a task's latest activity (executor plumbing, JSON dumps).
 _NOISE = re.compile(r"^\s*(\[KFP Executor|[{}\[\]\"]|Streamed logs|Task '|Executing task|$)")
@@ -105,6 +109,13 @@ class RunProgress(io.TextIOBase):
 
     # ------------------------------------------------------------------ display
     def __enter__(self) -> RunProgress:
+        # kfp.local logs a cache hit (a task an earlier attempt finished) outside the log context
+        # it prints through, at INFO: pass those records on as lines of this stream.
+        self._hits = _CacheHits(self)
+        root = logging.getLogger()
+        self._root_level = root.level
+        root.addHandler(self._hits)
+        root.setLevel(min(root.level or logging.WARNING, logging.INFO))
         if self.live:
             self._live = Live(
                 self._render(),
@@ -118,6 +129,9 @@ class RunProgress(io.TextIOBase):
         return self
 
     def __exit__(self, *exc) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self._hits)
+        root.setLevel(self._root_level)
         if self._live:
             self._live.stop()
         self.log.close()
@@ -132,6 +146,13 @@ class RunProgress(io.TextIOBase):
             self.tasks.append(TaskState(m["name"], time.monotonic()))
             if not self.live and not self.verbose:
                 self._event(f"▶ {m['name']}")
+            return
+        if m := _CACHED.search(line):
+            now = time.monotonic()
+            self.tasks.append(TaskState(m["name"], now, ended=now, status=REUSED))
+            self._bar.advance(self._bar_task)
+            if not self.live and not self.verbose:
+                self._event(f"↺ {m['name']} reused (finished in an earlier attempt)")
             return
         if m := _END.search(line):
             task = self._running(m["name"])
@@ -159,15 +180,18 @@ class RunProgress(io.TextIOBase):
 
     def _event(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        done = sum(1 for t in self.tasks if t.status == "SUCCESS")
+        done = sum(1 for t in self.tasks if t.status in ("SUCCESS", REUSED))
         self.console.print(f"[dim]{stamp}[/] [{done}/{self.total}] {text}", highlight=False)
 
     def _render(self):
         table = Table.grid(padding=(0, 2))
         for t in self.tasks[-14:]:
-            mark = {"SUCCESS": "[green]✓[/]", "RUNNING": "[yellow]…[/]"}.get(t.status, "[red]✗[/]")
+            mark = {"SUCCESS": "[green]✓[/]", REUSED: "[cyan]↺[/]", "RUNNING": "[yellow]…[/]"}.get(
+                t.status, "[red]✗[/]"
+            )
             last = Text(t.last_line if t.ended is None else "", style="dim")
-            table.add_row(mark, t.title, f"{t.elapsed():6.1f} s", last)
+            took = "reused" if t.status == REUSED else f"{t.elapsed():6.1f} s"
+            table.add_row(mark, t.title, took, last)
         return Group(self._bar, table)
 
     def note(self, text: str) -> None:
@@ -180,10 +204,28 @@ class RunProgress(io.TextIOBase):
             self.console.print(text)
 
     def failed_tasks(self) -> list[TaskState]:
-        return [t for t in self.tasks if t.status not in ("SUCCESS", "RUNNING")]
+        return [t for t in self.tasks if t.status not in ("SUCCESS", REUSED, "RUNNING")]
+
+    def reused(self) -> list[str]:
+        return [t.name for t in self.tasks if t.status == REUSED]
+
+    def executed(self) -> list[str]:
+        return [t.name for t in self.tasks if t.status != REUSED]
 
 
-_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b:?")
+class _CacheHits(logging.Handler):
+    """kfp.local's "Task x cache hit" records, written to a RunProgress as log lines."""
+
+    def __init__(self, stream: RunProgress):
+        super().__init__(logging.INFO)
+        self.stream = stream
+        self.addFilter(lambda record: _CACHED.search(record.getMessage()) is not None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write(record.getMessage() + "\n")
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Unavailable)\b:?")
 
 
 def failure_message(task: TaskState) -> str:

@@ -3,8 +3,6 @@ choice of the variant to register (rules in `components.ablation`)."""
 
 import json
 import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +40,12 @@ def compare(
     table_path: str,
     chart_path: str,
     chosen_path: str,
+    work_dir: str = "",
 ):
-    import pandas as pd
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from components.ablation import chart, choose_variant, floor_checks, floors, metric_columns, report_markdown
+    """The choice, the table and chart to KFP artifacts and, through the step's journal, to the
+    parent run (which it ends: the sweep is complete)."""
+    from components.ablation import chart, choose_variant, report_markdown
+    from components.tracking import step_folder
 
     results = load_results(report_paths)
     choice = choose_variant(results, metric, margin)
@@ -55,41 +53,43 @@ def compare(
     Path(table_path).write_text(markdown)
     print(markdown, flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        png = chart(results, str(Path(tmp) / "ablation.png"))
-        Path(chart_path).write_text(chart_html(png, markdown))
-        client = MlflowClient(tracking_uri)
-        client.log_artifact(parent_run_id, png, "ablation")
-        md = Path(tmp) / "ablation.md"
-        md.write_text(markdown)
-        client.log_artifact(parent_run_id, str(md), "ablation")
+    src = next((path for meta, path in checkpoints if meta.get("variant") == choice.variant), None)
+    if src is None:
+        raise RuntimeError(
+            f"no checkpoint for the chosen variant {choice.variant!r} among "
+            f"{[m.get('variant') for m, _ in checkpoints]}"
+        )
+    folder = step_folder(work_dir, "compare")
+    png = chart(results, str(folder / "ablation.png"))
+    Path(chart_path).write_text(chart_html(png, markdown))
+    log_comparison(tracking_uri, parent_run_id, results, choice, markdown, folder)
+    shutil.copy(src, chosen_path)
+    return choice
+
+
+def log_comparison(
+    tracking_uri: str, parent_run_id: str, results: list[dict[str, Any]], choice: Any, markdown: str, folder: Path
+) -> None:
+    """To the parent run: the chart, the Markdown and the table (`ablation/`), each variant's
+    numbers (so one run holds the whole Table 4), the champion against the copy-source floor,
+    the choice as tags; then the run ends FINISHED."""
+    from components.ablation import floor_checks, floors, metric_columns
+    from components.tracking import StepLog
+
     cols = metric_columns(results)
     rows = [
-        {
-            "variant": r["variant"],
-            "residual": r["residual"],
-            "extra_kv": r["extra_kv"],
-            "run_id": r["run_id"],
-            "init": r.get("init", ""),
-            **{c: r["metrics"][c] for c in cols},
-        }
+        [r["variant"], r["residual"], r["extra_kv"], r["run_id"], r.get("init", "")] + [r["metrics"][c] for c in cols]
         for r in results
     ]
-    client.log_table(parent_run_id, data=pd.DataFrame(rows), artifact_file="ablation/table.json")
-    # The parent carries each variant's numbers too, so one run holds the whole Table 4.
-    now = int(time.time() * 1000)
-    client.log_batch(
-        parent_run_id,
-        metrics=[Metric(f"{r['variant']}/{c}", float(r["metrics"][c]), now, 0) for r in results for c in cols],
-    )
-    # ... and the registered variant against the copy-source floor, per target.
+    # The layout MLflow's log_table writes (pandas "split" without the index): the UI reads it.
+    table = {"columns": ["variant", "residual", "extra_kv", "run_id", "init", *cols], "data": rows}
+    (folder / "table.json").write_text(json.dumps(table))
+    (folder / "ablation.md").write_text(markdown)
     chosen = next(r for r in results if r["variant"] == choice.variant)
     checks = floor_checks(chosen)
-    client.log_batch(
-        parent_run_id,
-        metrics=[Metric(f"floor/{k}", v, now, 0) for k, v in floors(results).items()]
-        + [Metric(f"champion/{c.target}/l1_k{c.k}", c.model, now, 0) for c in checks],
-    )
+    metrics = {f"{r['variant']}/{c}": float(r["metrics"][c]) for r in results for c in cols}
+    metrics.update({f"floor/{k}": v for k, v in floors(results).items()})
+    metrics.update({f"champion/{c.target}/l1_k{c.k}": c.model for c in checks})
     tags = {
         "iwarp.chosen_variant": choice.variant,
         "iwarp.chosen_run_id": choice.run_id,
@@ -97,29 +97,26 @@ def compare(
         "iwarp.chosen_init": chosen.get("init", ""),
     }
     tags.update({f"iwarp.beats_floor.{c.target}": str(c.beats).lower() for c in checks})
-    for key, value in tags.items():
-        client.set_tag(parent_run_id, key, value)
-    client.set_terminated(parent_run_id, "FINISHED")
-
-    src = next((path for meta, path in checkpoints if meta.get("variant") == choice.variant), None)
-    if src is None:
-        raise RuntimeError(
-            f"no checkpoint for the chosen variant {choice.variant!r} among "
-            f"{[m.get('variant') for m, _ in checkpoints]}"
-        )
-    shutil.copy(src, chosen_path)
-    return choice
+    log = StepLog(tracking_uri, parent_run_id, folder).logger
+    for name in ("ablation.png", "ablation.md", "table.json"):
+        log.log_artifact(folder / name, "ablation")
+    log.log_metrics(metrics, step=0)
+    log.log_tags(tags)
+    log.close("FINISHED")
 
 
-def draw_animation(checkpoint: str, dataset: str, out_path: str, tracking_uri: str, parent_run_id: str) -> str:
-    """`iwarp.training.evaluate.animation_picture` on the test split, to `out_path` and MLflow."""
-    from mlflow.tracking import MlflowClient
-
+def draw_animation(
+    checkpoint: str, dataset: str, out_path: str, tracking_uri: str, parent_run_id: str, work_dir: str = ""
+) -> str:
+    """`iwarp.training.evaluate.animation_picture` on the test split, to `out_path` and, through
+    the step's journal, to the parent run (`animation/animation.png`)."""
+    from components.tracking import StepLog, step_folder
     from iwarp.training.evaluate import animation_picture
 
-    with tempfile.TemporaryDirectory() as tmp:  # KFP artifact paths have no extension: PIL needs one
-        png = animation_picture(checkpoint, dataset, Path(tmp) / "animation.png", device="cpu")
-        shutil.copy(png, out_path)
-        MlflowClient(tracking_uri).log_artifact(parent_run_id, str(png), "animation")
+    folder = step_folder(work_dir, "animate")  # KFP artifact paths have no extension: PIL needs one
+    png = animation_picture(checkpoint, dataset, folder / "animation.png", device="cpu")
+    shutil.copy(png, out_path)
+    with StepLog(tracking_uri, parent_run_id, folder) as log:
+        log.log_artifact(Path(png), "animation")
     print(f"[animate] sources | driving | output on {dataset}/test -> {out_path}", flush=True)
     return out_path

@@ -36,6 +36,9 @@ class TrainRequest:
     # The keypoint stage's detector (a file; on a cluster staged onto the shared volume), loaded
     # frozen at step 0 (`model.implicit.keypoints_from`); "" = the detector trains with the rest.
     keypoints_from: str = ""
+    # A local run's work folder (`iwarp pipeline run`): the training's folder is stable there, so a
+    # run resumed after a kill continues this training from its last checkpoint. "" on a cluster.
+    work_dir: str = ""
 
     @property
     def name(self) -> str:
@@ -62,6 +65,11 @@ class TrainRequest:
             sets.append(f"model.implicit.keypoints_from={self.keypoints_from}")
         switches = variant_overrides(self.ablation) if "residual" in self.ablation else []
         return [*sets, *self.overrides, *switches]
+
+
+def train_dir(req: TrainRequest, checkpoint_path: str) -> Path:
+    """Where the training writes: `<work_dir>/train/<name>` in a local run, else beside its output."""
+    return Path(req.work_dir) / "train" / req.name if req.work_dir else Path(checkpoint_path).parent / "train"
 
 
 def final_checkpoint(out_dir: Path) -> Path:

@@ -7,14 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from components.steps.train_request import TrainRequest, final_checkpoint
+from components.steps.train_request import TrainRequest, final_checkpoint, train_dir
 
 PARENT_TAG = "mlflow.parentRunId"  # the tag the MLflow UI nests child runs by
+RUN_KEY_TAG = "iwarp.work_dir"  # on the parent run of a local run: which attempts continue it
 # The evaluation's MLflow keys start with this. MLflow's run comparison lists metric keys in
 # code-point order, and "_" sorts before the lowercase letters every training key starts with
 # (`d/`, `g/`, `k`, `lr/`, `samples_per_s`), so the evaluation opens the table, losses after it.
@@ -40,25 +40,35 @@ def start_parent_run(
     data_docs_path: str,
     params: dict[str, Any],
     pipeline_job: str = "",
+    work_dir: str = "",
 ) -> str:
-    from mlflow.entities import Param
+    """The sweep's parent run: created (its id is an answer every later step needs: waited for,
+    `answered`), then its params and data-validation files logged through the step's journal.
+    A resumed local run (`work_dir` given) continues the parent run it opened before."""
+    from components.tracking import StepLog, answered, step_folder
 
+    def open_run() -> str:
+        client = mlflow_client(tracking_uri)
+        exp_id = experiment_id(client, experiment)
+        if work_dir:  # a run killed after creating it: the same parent, not a second one
+            found = client.search_runs([exp_id], f"tags.`{RUN_KEY_TAG}` = '{work_dir}'", max_results=1)
+            if found:
+                return found[0].info.run_id
+        tags = {"iwarp.kind": "ablation-sweep", "iwarp.data_version": data_version, "iwarp.pipeline_job": pipeline_job}
+        if work_dir:
+            tags[RUN_KEY_TAG] = work_dir
+        run = client.create_run(exp_id, run_name=f"ablation {time.strftime('%Y-%m-%d %H:%M:%S')}", tags=tags)
+        return run.info.run_id
+
+    run_id = answered(open_run, tracking_uri, "the sweep's parent run")
     from iwarp.config import flatten
 
-    client = mlflow_client(tracking_uri)
-    run = client.create_run(
-        experiment_id(client, experiment),
-        run_name=f"ablation {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        tags={"iwarp.kind": "ablation-sweep", "iwarp.data_version": data_version, "iwarp.pipeline_job": pipeline_job},
-    )
-    run_id = run.info.run_id
-    flat = {"data_version": data_version, **flatten(params)}
-    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
-    with tempfile.TemporaryDirectory() as tmp:  # KFP artifact files have no extension: name them
+    folder = step_folder(work_dir, "parent")
+    with StepLog(tracking_uri, run_id, folder) as log:
+        log.log_params({"data_version": data_version, **flatten(params)})
         for src, name in ((validation_path, "validation.json"), (data_docs_path, "data_docs.html")):
-            if src and Path(src).is_file():
-                shutil.copy(src, Path(tmp) / name)
-                client.log_artifact(run_id, str(Path(tmp) / name), "data-validation")
+            if src and Path(src).is_file():  # KFP artifact files have no extension: name them
+                log.log_artifact(Path(shutil.copy(src, folder / name)), "data-validation")
     return run_id
 
 
@@ -82,17 +92,18 @@ def run_training(req: TrainRequest, checkpoint_path: str) -> tuple[str, str, str
     """Train, copy the final checkpoint to `checkpoint_path`, nest the run under the parent.
     Returns (run id, what init_from loaded and dropped: `init_summary`, "" or the note on a
     tracking outage: `tracking_outcome`)."""
+    out_dir = train_dir(req, checkpoint_path)
     if req.backend == "torchrun":
-        final = train_local(req, Path(checkpoint_path).parent / "train")
+        final = train_local(req, out_dir)
     elif req.backend == "trainjob":
         from components.steps.trainjob import train_on_cluster
 
-        final = train_on_cluster(req, Path(checkpoint_path).parent / "train")
+        final = train_on_cluster(req, out_dir)
     else:
         raise ValueError(f"train backend must be 'torchrun' or 'trainjob', got {req.backend!r}")
     shutil.copy(final, checkpoint_path)
     run_id, tracking = tracking_outcome(req, final)
-    return run_id, init_summary(Path(checkpoint_path).parent / "train"), tracking
+    return run_id, init_summary(out_dir), tracking
 
 
 KEYPOINTS = {"variant": "keypoints"}  # the keypoint stage's run: a sweep member without ablation switches
@@ -119,19 +130,12 @@ def keypoint_stage(req: TrainRequest, given: str, checkpoint_path: str) -> dict[
         meta = {"variant": req.name, "source": "trained", "run_id": run_id, "init": init, "tracking": tracking or "ok"}
         detector = f"trained: run {run_id} ({Path(req.config).name}, from {req.init_from or 'scratch'})"
     print(f"[keypoints] detector for every variant: {detector}", flush=True)
-    from components.tracking import few_http_retries, transient
+    from components.tracking import StepLog, step_folder
 
-    try:
-        with few_http_retries():
-            client = mlflow_client(req.tracking_uri)
-            client.log_param(req.parent_run_id, DETECTOR_PARAM, detector)
-            if meta["run_id"]:
-                client.set_tag(req.parent_run_id, "iwarp.keypoints_run_id", meta["run_id"])
-    except Exception as exc:  # an outage does not undo a trained detector (as for the variants)
-        if not transient(exc):
-            raise
-        meta["tracking"] = f"tracking outage: the parent run does not record the detector ({type(exc).__name__})"
-        print(f"[keypoints] {meta['tracking']}", flush=True)
+    with StepLog(req.tracking_uri, req.parent_run_id, step_folder(req.work_dir, "keypoints")) as log:
+        log.log_params({DETECTOR_PARAM: detector})
+        if meta["run_id"]:
+            log.log_tags({"iwarp.keypoints_run_id": meta["run_id"]})
     return meta
 
 
@@ -174,6 +178,10 @@ def train_local(req: TrainRequest, out_dir: Path) -> Path:
     """`torchrun --standalone --nproc-per-node N -m iwarp train ...` (gloo on CPU, NCCL on GPU),
     the same launcher the TrainJob's pods use, one process or several."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A training a killed run left part-way continues from its last checkpoint (and MLflow run).
+    resume = ["--resume"] if any((out_dir / "checkpoints").glob("*.ckpt")) else []
+    if resume:
+        print(f"[train] {req.ablation['variant']}: resuming the interrupted training in {out_dir}", flush=True)
     cmd = [
         sys.executable,
         "-m",
@@ -187,6 +195,7 @@ def train_local(req: TrainRequest, out_dir: Path) -> Path:
         resolve_config(req.config),
         "--tracking-uri",
         req.tracking_uri,
+        *resume,
         "--set",
         *req.train_overrides(req.dataset, str(out_dir)),
     ]
@@ -204,7 +213,12 @@ def run_streaming(cmd: list[str]) -> tuple[int, str]:
     import itertools
 
     tail: collections.deque[str] = collections.deque(maxlen=80)
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    from components.steps import DRIVER_PID_ENV, die_with_parent
+
+    linked = die_with_parent if os.environ.get(DRIVER_PID_ENV) else None  # ends with the task
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=linked
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             print(line, end="", flush=True)
@@ -219,54 +233,49 @@ def run_streaming(cmd: list[str]) -> tuple[int, str]:
     return proc.returncode, (errors[-1] if errors else lines[-1].strip() if lines else "no output")
 
 
-def attach_to_parent(req: TrainRequest, final: Path) -> str:
-    """The run the training logged to (its id is stored in the checkpoint) becomes a child
-    of the sweep's parent run, tagged with its variant."""
-    from components.tracking import recorded_run_id
-    from iwarp.checkpoint import load_checkpoint
-
-    run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(final.parent.parent)
-    if not run_id:
-        raise RuntimeError(f"{final} records no MLflow run: was training given --tracking-uri?")
-    client = mlflow_client(req.tracking_uri)
+def nesting_tags(req: TrainRequest) -> dict[str, str]:
+    """The tags that make a training's run a child of the sweep's parent, tagged with its variant."""
     tags = {PARENT_TAG: req.parent_run_id, "iwarp.variant": req.name}
     for switch in ("residual", "extra_kv"):  # the keypoint stage's run has none
         if switch in req.ablation:
             tags[f"iwarp.{switch}"] = str(bool(req.ablation[switch])).lower()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    return tags
+
+
+def training_run_id(req: TrainRequest, final: Path) -> str:
+    """The MLflow run the training of `final` (`<run_dir>/checkpoints/final.ckpt`) logged to. A
+    training that started while MLflow was down has none yet: its journal is delivered first
+    (the id is an answer later steps need)."""
+    from components.tracking import answered, recorded_run_id, sync_run
+    from iwarp.checkpoint import load_checkpoint
+
+    run_dir = final.parent.parent
+    run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(run_dir)
+    if not run_id and (run_dir / "tracking").is_dir():
+        run_id = answered(
+            lambda: sync_run(run_dir, req.tracking_uri, attempts=1).run_id, req.tracking_uri, "the training's run"
+        )
+    if not run_id:
+        raise RuntimeError(f"{run_dir} records no MLflow run: was training given --tracking-uri?")
     return run_id
 
 
 def tracking_outcome(req: TrainRequest, final: Path) -> tuple[str, str]:
-    """(run id, "" or a one-line note on a tracking outage). A training that succeeded is not
-    failed because MLflow was away: its run folder keeps every logging call for `iwarp track sync`."""
-    from components.tracking import (
-        few_http_retries,
-        pending_calls,
-        recorded_run_id,
-        sync_hint,
-        transient,
-    )
-    from iwarp.checkpoint import load_checkpoint
+    """(run id, "" or a one-line note on a tracking outage). The run is nested under the sweep
+    through a journal beside the training's (`<out_dir>/nest`): a training that succeeded is not
+    failed because MLflow was away, and what did not arrive yet waits in its folder for
+    `iwarp track sync` (a local pipeline run delivers it when it ends)."""
+    from components.tracking import StepLog, pending_calls, pending_folders, sync_hint
 
     run_dir = final.parent.parent  # <out_dir>/checkpoints/final.ckpt
+    run_id = training_run_id(req, final)
+    with StepLog(req.tracking_uri, run_id, run_dir / "nest") as log:
+        log.log_tags(nesting_tags(req))
+    left = {folder: pending_calls(folder) for folder in pending_folders(run_dir)}
     note = ""
-    try:
-        with few_http_retries():
-            run_id = attach_to_parent(req, final)
-    except Exception as exc:
-        if not (transient(exc) or pending_calls(run_dir)):
-            raise
-        run_id = load_checkpoint(final).get("tracking_run_id") or recorded_run_id(run_dir)
-        note = f"tracking outage: the run could not be nested under the sweep ({type(exc).__name__})"
-    left = pending_calls(run_dir)
     if left:
-        note = (
-            f"{note or 'tracking outage'}; {left} logging calls are not in MLflow yet, upload them with: "
-            f"{sync_hint(run_dir, req.tracking_uri)}"
-        )
-    if note:
+        hints = "; ".join(sync_hint(folder, req.tracking_uri) for folder in left)
+        note = f"tracking outage: {sum(left.values())} logging calls are not in MLflow yet, upload them with: {hints}"
         print(f"[train] {req.ablation['variant']}: {note}", flush=True)
     return run_id, note
 
@@ -322,15 +331,15 @@ def run_evaluation(
     landmarks: bool = True,
     placement: str = "spread",
     frame_stride: int = 2,
+    work_dir: str = "",
 ) -> dict[str, float]:
     """`iwarp evaluate --copy-source` on each target's test split ({name: dataset folder};
     a target without a test split is left out), sources from where `SOURCES_FROM` says
     (the test clips themselves, or the personal target's train split), placed by `placement`,
-    every `frame_stride`-th of the other frames driven."""
-    from mlflow.entities import Metric
-
+    every `frame_stride`-th of the other frames driven. Logged to the variant's run through
+    the step's journal (`log_evaluation`)."""
     values: dict[str, float] = {}
-    client = mlflow_client(tracking_uri)
+    reports: list[Path] = []
     for target, dataset in targets.items():
         if not has_test_split(dataset):
             print(f"[evaluate] {target}: {dataset} has no test split, skipped", flush=True)
@@ -365,11 +374,10 @@ def run_evaluation(
         if rc != 0:
             raise RuntimeError(f"evaluation of {checkpoint} on {target} failed (exit {rc}): {why}")
         values.update(eval_metrics(json.loads(out_json.read_text()), target))
-        client.log_artifact(run_id, str(out_json), "evaluation")
+        reports.append(out_json)
     if not values:
         raise RuntimeError(f"nothing to evaluate: no test split in {sorted(targets.values())}")
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(f"{EVAL_PREFIX}{k}", v, now, 0) for k, v in values.items()])
+    log_evaluation(tracking_uri, run_id, values, reports, f"evaluate-{info.get('variant', 'model')}", work_dir)
     report = {
         "variant": info.get("variant"),
         "residual": info.get("residual"),
@@ -380,3 +388,16 @@ def run_evaluation(
     }
     Path(report_path).write_text(json.dumps(report, indent=2))
     return values
+
+
+def log_evaluation(
+    tracking_uri: str, run_id: str, values: dict[str, float], reports: list[Path], step: str, work_dir: str
+) -> None:
+    """The evaluation's metrics (`_eval/` keys, step 0) and JSON reports to the variant's run,
+    through the step's journal: an outage delays them, it never fails the evaluation."""
+    from components.tracking import StepLog, step_folder
+
+    with StepLog(tracking_uri, run_id, step_folder(work_dir, step)) as log:
+        for report in reports:
+            log.log_artifact(report, "evaluation")
+        log.log_metrics({f"{EVAL_PREFIX}{k}": v for k, v in values.items()}, step=0)

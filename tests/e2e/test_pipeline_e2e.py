@@ -6,14 +6,16 @@ stage fine-tuning a stand-in for the shipped FOMM baseline `iwarp-faces-64-fomm`
 stand-in for the shipped model `iwarp-faces-64` (configs/faces-64.yaml, likewise; both found by
 name through $IWARP_MODELS_DIR) with the stage's detector frozen, evaluation on the general and
 personal targets. One full run is shared by the tests below; a second run (given a detector: the
-keypoint stage trains nothing), a failed training and an invalid-data run (synthetic clips, too
-short) reuse its services.
+keypoint stage trains nothing) with two faults (MLflow killed for a minute mid-sweep, the driver
+killed with SIGKILL and resumed), a failed training and an invalid-data run (synthetic clips,
+too short) reuse its services.
 
-Budget: the full run takes a few minutes on 2 CPU cores (few steps, one clip per photo);
-everything after it takes seconds.
+Budget: each full run takes a few minutes on 2 CPU cores (few steps, one clip per photo);
+everything after them takes seconds.
 """
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -405,45 +407,189 @@ def test_mlflow_compare_page_shows_the_four_child_runs(full_run, tmp_path):
         assert img.size == (1400, 1500)
 
 
-def test_second_run_reuses_services_and_canaries_against_the_champion(full_run, home):
-    """Same settings again, but given the first run's detector: DVC skips the data stages, the
-    keypoint stage trains nothing, the services are reused, version N+1 is registered and the
-    canary compares it with the version now serving (the champion)."""
+def eval_metrics_by_variant(uri: str, parent_run_id: str) -> dict[str, dict[str, float]]:
+    """{variant: {`_eval/` key: value}} of a sweep's four variants, asserting that each key was
+    logged exactly once (one step in its history)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    _, kids = child_runs(uri, parent_run_id)
+    out = {}
+    for kid in (k for k in kids if k.data.tags["iwarp.variant"] in VARIANTS):
+        keys = [m for m in kid.data.metrics if m.startswith("_eval/")]
+        assert keys, kid.info.run_name
+        for key in keys:
+            assert len(client.get_metric_history(kid.info.run_id, key)) == 1, (kid.info.run_name, key)
+        out[kid.data.tags["iwarp.variant"]] = {k: kid.data.metrics[k] for k in keys}
+    assert set(out) == VARIANTS
+    return out
+
+
+SWEEP_TASKS = ("train-model", "evaluate-model")  # 4 of each, one after the other
+
+
+def cli_options(home: Path, detector: Path) -> list[str]:
+    """`options(home, keypoints_from=detector)` as `iwarp pipeline run` flags, checkpoints every
+    3 steps (so a training killed part-way has one to continue from)."""
+    return [
+        *("--home", str(home), "--steps", str(STEPS), "--keypoint-steps", str(STEPS), "--nproc", "2"),
+        *("--data", "faces", "--data-param", *SMALL_FACES, "--init-from", SHIPPED, "--keypoints-from", str(detector)),
+        *("--sources", "1", "2", "--frame-stride", "8", "--eval-max-videos", "1"),
+        *("--set", "checkpoint.every_steps=3"),
+    ]
+
+
+def task_events(text: str) -> list[tuple[str, str]]:
+    """(mark, task) per progress line: ▶ started, ✓ finished, ✗ failed, ↺ reused."""
+    import re
+
+    return re.findall(r"\[\d+/\d+\] ([▶✓✗↺]) ([\w-]+)", text)
+
+
+@dataclasses.dataclass
+class FaultedRun:
+    run_dir: Path
+    outputs: dict
+    killed: str  # what the killed attempt printed
+    resumed: str  # what the resumed attempt printed
+    detector: Path
+    torchserve_pid: int
+
+
+@pytest.fixture(scope="module")
+def faulted_run(full_run, home) -> FaultedRun:
+    """The second run: the first run's settings given its detector (the keypoint stage trains
+    nothing), as `iwarp pipeline run` in a driver process, with two faults. MLflow is SIGKILLed
+    when the sweep's first evaluation starts and started again 60 s later on the same store.
+    The driver is SIGKILLed at a random point of the sweep (seed printed; IWARP_KILL_SEED repeats
+    one), then the same command runs again with --resume."""
+    import random
+    import signal
+
+    import psutil
+
+    from serving.server import ServerHandle
+    from tests.helpers.faults import MlflowOutage
+
+    seed = int(os.environ.get("IWARP_KILL_SEED", time.time_ns() % 10_000))
+    rng = random.Random(seed)
+    nth, delay = rng.randint(1, 8), rng.uniform(0.0, 8.0)  # the nth sweep task's start, then a delay
+    print(f"kill seed {seed}: the driver dies {delay:.1f} s after sweep task {nth} of 8 starts")
+    detector = next(full_run.run_dir.rglob("pretrain-keypoints/checkpoint"))
+    ts_pid = ServerHandle.load(home / "serve").pid
+    outage = MlflowOutage(home, "evaluate-model", seconds=60)
+    outage.start()
+    cmd = [sys.executable, "-m", "iwarp", "pipeline", "run", *cli_options(home, detector)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    assert first.stdout is not None
+    printed, started = [], 0
+    for line in first.stdout:
+        printed.append(line)
+        started += any(f"▶ {t}" in line for t in SWEEP_TASKS)
+        if started == nth:
+            break
+    time.sleep(delay)
+    assert first.poll() is None, "".join(printed)[-3000:]  # killed while it ran, not after it failed
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    killed = "".join(printed) + first.stdout.read()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "pipeline-killed.txt").write_text(killed)
+    run_dir = max((home / "runs").iterdir(), key=lambda p: p.name)
+    deadline = time.monotonic() + 60  # the killed driver's tasks end with it
+    while any(str(run_dir) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        assert time.monotonic() < deadline, "tasks of the killed driver are still running"
+        time.sleep(0.5)
+    outage.join(timeout=600)
+    assert outage.error is None and outage.killed and outage.back, outage.error
+
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    (ARTIFACTS / "pipeline-resumed.txt").write_text(again.stdout + again.stderr)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-3000:]
+    outputs = json.loads((run_dir / "result.json").read_text())["outputs"]
+    return FaultedRun(run_dir, outputs, killed, again.stdout, detector, ts_pid)
+
+
+def test_an_mlflow_outage_mid_sweep_changes_nothing_in_the_result(faulted_run, full_run):
+    """MLflow killed mid-sweep for a minute costs the run nothing: the same champion and the
+    same evaluation per variant as the run without faults, every variant's metrics in MLflow
+    once, nested under one FINISHED parent; no task failed."""
+    from mlflow.tracking import MlflowClient
+
+    out = faulted_run.outputs
+    assert out["chosen_variant"] == full_run.outputs["chosen_variant"]
+    got = eval_metrics_by_variant(full_run.mlflow_url, out["parent_run_id"])
+    want = eval_metrics_by_variant(full_run.mlflow_url, full_run.outputs["parent_run_id"])
+    for variant, metrics in want.items():  # same data, seed, detector and budget: deterministic on CPU
+        assert got[variant].keys() == metrics.keys(), variant
+        for key, value in metrics.items():
+            assert got[variant][key] == pytest.approx(value, rel=1e-4, abs=1e-6), (variant, key)
+    client = MlflowClient(full_run.mlflow_url)
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["iwarp.chosen_variant"] == out["chosen_variant"]
+    _, kids = child_runs(full_run.mlflow_url, out["parent_run_id"])
+    assert {k.info.status for k in kids} == {"FINISHED"}
+    assert "✗" not in faulted_run.killed + faulted_run.resumed
+    log = (faulted_run.run_dir / "pipeline.log").read_text()
+    assert "unreachable" in log  # the steps said so, and went on
+    assert json.loads((faulted_run.run_dir / "result.json").read_text())["undelivered"] == []
+
+
+def test_a_driver_killed_mid_sweep_resumes_repeating_at_most_the_interrupted_task(faulted_run, full_run):
+    """`kill -9` of the driver, then --resume: every task the killed attempt finished is reused,
+    the rest run once (so at most the interrupted task repeats), a training killed part-way
+    continues from its checkpoint, one parent run spans both attempts and one registry version
+    is added, as for a run never killed."""
+    from mlflow.tracking import MlflowClient
+
+    finished = [t for mark, t in task_events(faulted_run.killed) if mark == "✓"]
+    events = task_events(faulted_run.resumed)
+    reused = [t for mark, t in events if mark == "↺"]
+    ran = [t for mark, t in events if mark == "▶"]
+    assert sorted(reused) == sorted(finished)
+    assert len(reused) + len(ran) == 18
+    assert f"resuming {faulted_run.run_dir}" in faulted_run.resumed
+    assert f"{len(reused)} tasks reused" in faulted_run.resumed
+    if "resuming the interrupted training" in (faulted_run.run_dir / "pipeline.log").read_text():
+        assert any((faulted_run.run_dir / "work" / "train").glob("*/checkpoints/step-*.ckpt"))
+
+    client = MlflowClient(full_run.mlflow_url)
+    exp = client.get_experiment_by_name("iwarp")
+    parents = client.search_runs([exp.experiment_id], f"tags.`iwarp.work_dir` = '{faulted_run.run_dir / 'work'}'")
+    assert [p.info.run_id for p in parents] == [faulted_run.outputs["parent_run_id"]]
+    pid = parents[0].info.run_id
+    versions = [v for v in client.search_model_versions("name='iwarp'") if v.tags.get("iwarp.parent_run_id") == pid]
+    assert [v.version for v in versions] == [faulted_run.outputs["registered_version"]]
+
+
+def test_second_run_reuses_services_and_canaries_against_the_champion(faulted_run, full_run, home):
+    """DVC skips the data stages, the keypoint stage trains nothing (given the first run's
+    detector), TorchServe is reused, version N+1 is registered and the canary compares it with
+    the version now serving (the champion)."""
     from mlflow.tracking import MlflowClient
 
     from serving.server import ServerHandle
 
-    mlflow_pid = MlflowServer(home).running().pid
-    ts_pid = ServerHandle.load(home / "serve").pid
-    out = io.StringIO()
-    detector = next(full_run.run_dir.rglob("pretrain-keypoints/checkpoint"))
-    result = run_local(options(home, keypoints_from=str(detector)), Console(file=out, width=160))
-    print_summary(result, Console(file=out, width=160))
-    (ARTIFACTS / "pipeline-second-run.txt").write_text(out.getvalue())
-    assert result.ok, result.error
-    _, kids = child_runs(result.mlflow_url, result.outputs["parent_run_id"])
+    out, run_dir = faulted_run.outputs, faulted_run.run_dir
+    _, kids = child_runs(full_run.mlflow_url, out["parent_run_id"])
     assert {k.data.tags["iwarp.variant"] for k in kids} == VARIANTS  # no keypoints run: nothing trained
-    copied = next(result.run_dir.rglob("pretrain-keypoints/checkpoint"))
-    assert copied.read_bytes() == detector.read_bytes()
+    copied = next(run_dir.rglob("pretrain-keypoints/checkpoint"))
+    assert copied.read_bytes() == faulted_run.detector.read_bytes()
     assert {k.data.params["keypoints_from.checkpoint"] for k in kids} == {str(copied)}
-    assert MlflowClient(result.mlflow_url).get_run(result.outputs["parent_run_id"]).data.params[
-        "keypoint_detector"
-    ] == str(detector)
-    assert "evaluate-model-2" not in result.log.read_text()  # the dsl.If skipped the baseline's evaluation
-    assert "MLflow: " in out.getvalue() and "(reused;" in out.getvalue()
-    assert MlflowServer(home).running().pid == mlflow_pid
-    assert ServerHandle.load(home / "serve").pid == ts_pid
-    log = result.log.read_text()
+    client = MlflowClient(full_run.mlflow_url)
+    assert client.get_run(out["parent_run_id"]).data.params["keypoint_detector"] == str(faulted_run.detector)
+    log = (run_dir / "pipeline.log").read_text()
+    assert "evaluate-model-2" not in log  # the dsl.If skipped the baseline's evaluation
     assert "Stage 'faces' didn't change, skipping" in log
+    assert "(reused;" in faulted_run.killed  # MLflow and TorchServe
+    assert ServerHandle.load(home / "serve").pid == faulted_run.torchserve_pid
 
-    first, second = int(full_run.outputs["registered_version"]), int(result.outputs["registered_version"])
+    first, second = int(full_run.outputs["registered_version"]), int(out["registered_version"])
     assert second == first + 1
-    verdict = result.outputs["canary_verdict"]
-    assert f"candidate {second}.0 vs {first}.0" in verdict  # compared with the serving champion
-    client = MlflowClient(result.mlflow_url)
+    assert f"candidate {second}.0 vs {first}.0" in out["canary_verdict"]  # compared with the serving champion
     aliases = client.get_registered_model("iwarp").aliases
     ts = ServerHandle.load(home / "serve").client()
-    if result.outputs["promoted"]:
+    if out["promoted"]:
         assert aliases == {"champion": str(second)}
         assert ts.default_version("iwarp") == f"{second}.0"
         assert f"{first}.0" in ts.versions("iwarp")  # kept for rollback

@@ -77,3 +77,19 @@ def test_printed_links_are_never_wrapped_or_marked_up():
     url = compare_url("http://127.0.0.1:5000", "1", [f"{i:032x}" for i in range(4)])
     print_link(Console(file=out, width=40, force_terminal=False), "  compare runs:", url)
     assert out.getvalue() == f"  compare runs: {url}\n" and len(url) > 100
+
+
+def test_a_cache_hit_is_shown_as_a_task_reused_from_an_earlier_attempt(tmp_path):
+    """kfp.local logs a cache hit (at INFO, outside the log context it prints through): the
+    view counts the task as done and says it was reused; `reused()` / `executed()` tell them apart."""
+    import logging
+
+    out = io.StringIO()
+    with RunProgress(tmp_path / "pipeline.log", Console(file=out, width=120), total_tasks=2) as p:
+        logging.getLogger("kfp.local.orchestrator").info("Task train-model cache hit (key=0123456789ab); skipping.")
+        p.write(kfp_lines("evaluate-model", ["[evaluate] full: python -m iwarp evaluate"]))
+    shown = out.getvalue()
+    assert "[1/2] ↺ train-model reused (finished in an earlier attempt)" in shown
+    assert "[2/2] ✓ evaluate-model (full) success" in shown
+    assert p.reused() == ["train-model"] and p.executed() == ["evaluate-model"]
+    assert logging.getLogger().level == logging.WARNING  # the root logger is as it was

@@ -106,16 +106,13 @@ def test_run_evaluation_takes_the_personal_sources_from_its_train_split(tmp_path
             json.dump(report, fh)
         return 0, ""
 
-    class FakeClient:
-        def log_artifact(self, *args):
-            pass
-
-        def log_batch(self, *args, **kwargs):
-            pass
-
+    logged = []
     monkeypatch.setattr(training_steps, "run_streaming", fake_run)
-    monkeypatch.setattr(training_steps, "mlflow_client", lambda uri: FakeClient())
+    monkeypatch.setattr(training_steps, "log_evaluation", lambda *args: logged.append(args))
     values = run_evaluation("ckpt", targets, [1], "run", "uri", {}, str(tmp_path / "report.json"))
+    ((uri, run_id, metrics, reports, step, work_dir),) = logged  # one journaled step, after both targets
+    assert (uri, run_id, metrics, step) == ("uri", "run", values, "evaluate-model")
+    assert [r.name for r in reports] == ["evaluate-general.json", "evaluate-personal.json"]
     sources_from = {cmd[cmd.index("--data") + 1]: cmd[cmd.index("--sources-from") + 1] for cmd in commands}
     assert sources_from == {targets["general"]: "test", targets["personal"]: "train"}
     assert values == {
