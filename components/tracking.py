@@ -807,13 +807,20 @@ def pending_folders(root: str | Path) -> list[Path]:
 
 def deliver_pending(root: str | Path, tracking_uri: str) -> tuple[int, list[Path]]:
     """Deliver what the journals under `root` hold back (a local pipeline run's steps and
-    trainings, after an outage), waiting for MLflow as `answered` does. Returns (calls sent,
-    folders still pending)."""
-    sent, left = 0, []
-    for folder in pending_folders(root):
+    trainings, after an outage), waiting for MLflow once as `answered` does. Returns (calls
+    sent, folders still pending); for those it prints how to upload them later."""
+    from iwarp.errors import ServiceUnavailable
+
+    folders, sent, left = pending_folders(root), 0, []
+    for i, folder in enumerate(folders):
         try:
             sent += answered(lambda f=folder: sync_run(f, tracking_uri, attempts=1), tracking_uri, "delivery").delivered
+        except ServiceUnavailable:  # still down after the wait: the rest would wait in vain
+            left += folders[i:]
+            break
         except Exception as exc:  # noqa: BLE001 - one folder's failure must not hide the others'
             print(f"[mlflow] {folder}: not delivered ({type(exc).__name__}: {str(exc)[:200]})", flush=True)
             left.append(folder)
+    for folder in left:
+        print(f"[mlflow] not in MLflow yet, upload later with: {sync_hint(folder, tracking_uri)}", flush=True)
     return sent, left
