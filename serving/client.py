@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -165,6 +166,7 @@ class TorchServeClient:
         self.session = requests.Session()
         self._side_session = requests.Session()  # the watch's calls while a prediction holds `session`
         self._workers: dict[str, _Worker] = {}  # per requested version ("" = the default)
+        self._unwatchable: dict[str, float] = {}  # version -> when it was found unwatchable (monotonic)
 
     # ----------------------------------------------------------------- tokens
     def _keys(self) -> dict[str, Any]:
@@ -230,19 +232,26 @@ class TorchServeClient:
         """The live single worker of `version` (None: the default), remembered until it dies.
         None with several workers (a probe could pass a busy one through an idle one) or a
         worker this machine cannot see: then the prediction just waits up to `timeout`."""
-        known = self._workers.get(version or "")
+        key = version or ""
+        known = self._workers.get(key)
         if known is not None and known.alive():
             return known
+        if time.monotonic() - self._unwatchable.get(key, -math.inf) < self.watch.recheck_s:
+            return None  # asked recently: not on the hot path of every prediction
         path = f"/models/{self.model_name}" + (f"/{version}" if version else "")
         try:
             r = self._side("management", "GET", f"{self.handle.management_url}{path}")
             desc = r.json()[0] if r.status_code == 200 else {}
+            workers = desc.get("workers") or []
+            one = len(workers) == 1
+            worker = _Worker.of(str(desc["modelVersion"]), int(workers[0].get("pid", -1))) if one else None
         except (ServeError, requests.RequestException, ValueError, KeyError, IndexError, AttributeError):
-            return None
-        workers = desc.get("workers") or []
-        worker = _Worker.of(str(desc["modelVersion"]), int(workers[0].get("pid", -1))) if len(workers) == 1 else None
-        if worker is not None:
-            self._workers[version or ""] = worker
+            return None  # no answer, or no worker yet (starting, restarting): ask again next time
+        if worker is None and workers:  # several workers, or one on another machine: a lasting verdict
+            self._unwatchable[key] = time.monotonic()
+        elif worker is not None:
+            self._workers[key] = worker
+            self._unwatchable.pop(key, None)
         return worker
 
     def _lost(self, worker: _Worker, answered: threading.Event) -> bool:

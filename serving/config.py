@@ -59,6 +59,9 @@ class ClientWatch:
 
     watch_s: float = 1.0  # how often a pending prediction checks its worker
     settle_s: float = 3.0  # after the probe's answer, how long the request's own answer may lag
+    # A version with several workers, or one this machine cannot see, is not watched; the verdict
+    # is kept this long, so predictions do not ask the management API before each one.
+    recheck_s: float = 30.0
 
 
 @dataclass

@@ -217,3 +217,32 @@ def test_the_canary_sends_crops_and_still_reaches_a_version_older_than_the_frame
     assert calls == [("new", "none"), ("old", "none"), ("old", None), ("old", None)]
     with pytest.raises(ServeError, match="not an image"):  # any other 400 is the version's error
         predict_crops(Client(), case, "broken", legacy)
+
+
+def test_the_client_remembers_that_a_version_cannot_be_watched(monkeypatch):
+    """Several workers (or one on another machine) cannot be watched for lost requests: the
+    client asks the management API once per `recheck_s`, not before every prediction; a
+    version with no worker yet (starting) is asked again next time."""
+    from types import SimpleNamespace
+
+    from serving.client import TorchServeClient
+
+    client = TorchServeClient(SimpleNamespace(management_url="http://127.0.0.1:9"))
+    asked, answer = [], {"workers": [{"pid": 1}, {"pid": 2}]}
+
+    def side(kind, method, url, **kwargs):
+        asked.append(url)
+        return SimpleNamespace(status_code=200, json=lambda: [{"modelVersion": "1.0", **answer}])
+
+    monkeypatch.setattr(client, "_side", side)
+    assert [client._worker(None) for _ in range(3)] == [None] * 3
+    assert len(asked) == 1
+    monkeypatch.setattr(client.watch, "recheck_s", 0.0)
+    client._worker(None)
+    assert len(asked) == 2  # the verdict expired: asked again
+    monkeypatch.setattr(client.watch, "recheck_s", 30.0)
+    answer = {"workers": []}
+    client._unwatchable.clear()
+    client._worker("2.0")
+    client._worker("2.0")
+    assert len(asked) == 4  # no worker yet: no lasting verdict
