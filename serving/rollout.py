@@ -187,6 +187,11 @@ def run_canary(
     info = read_mar(mar)
     candidate = info["version"]
     baseline = client.default_version(name)
+    kept = (read_state(handle.model_store) or {}).get("versions", {})
+    if candidate in client.versions(name) and candidate != baseline and candidate not in kept:
+        # registered, never promoted nor recorded: a canary killed mid-evaluation left it
+        log(f"canary: removing {name} {candidate}, left half-evaluated by an interrupted canary")
+        client.unregister_model(candidate, name)
     if candidate in client.versions(name):
         raise CanaryError(
             f"version {candidate} of {name!r} is already registered; package the candidate with a new --version"

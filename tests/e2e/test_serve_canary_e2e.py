@@ -206,6 +206,29 @@ def test_a_version_already_registered_is_refused(env):
         )
 
 
+def test_a_candidate_left_by_a_killed_canary_is_evaluated_again(env):
+    """A canary killed mid-evaluation (its driver SIGKILLed) leaves the candidate registered
+    but neither default nor recorded in the state file: the next canary removes that leftover
+    and judges the candidate afresh, instead of refusing it as already registered."""
+    from serving.rollout import copy_into_store, run_canary
+    from serving.server import read_state
+
+    client = env["handle"].client()
+    default, recorded = client.default_version(), read_state(env["store"])["versions"]
+    left = copy_into_store(env["mar3"], env["store"], "iwarp", "3.0")
+    client.register_model(left.name, "iwarp")  # what the killed canary had done
+    assert "3.0" in client.versions()
+    lines: list[str] = []
+    verdict = run_canary(
+        env["mar3"], handle=env["handle"], canary_set=env["set"], config=env["cfg"], progress=False, log=lines.append
+    )
+    assert any("left half-evaluated by an interrupted canary" in line for line in lines), lines
+    failed = [c.name for c in verdict.checks if not c.passed]
+    assert not verdict.promote and "quality l1" in failed, verdict.summary()
+    assert client.default_version() == default and "3.0" not in client.versions()
+    assert read_state(env["store"])["versions"] == recorded
+
+
 def test_rollback_and_restart_keep_the_recorded_versions(env):
     from serving.rollout import rollback
     from serving.server import read_state, start_server, stop_server
