@@ -4,12 +4,15 @@ brought back on its store and port, a pipeline driver killed with SIGKILL."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
 from pathlib import Path
 
 from pipelines.services import MlflowServer
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def kill_mlflow(server: MlflowServer) -> None:
@@ -47,7 +50,8 @@ class MlflowOutage(threading.Thread):
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
                 log = newest_log(self.home, self.started_at)
-                if log and log.read_text(errors="replace").count(self.marker) >= self.nth:
+                text = ANSI.sub("", log.read_text(errors="replace")) if log else ""  # kfp colours task names
+                if text.count(self.marker) >= self.nth:
                     break
                 time.sleep(0.2)
             else:
