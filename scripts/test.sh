@@ -10,4 +10,8 @@ python -m ruff check .
 python -m ruff format --check .
 python -m mypy
 # Exit 5 ("no tests collected") is a failure here, as every non-zero exit is.
-exec python -m pytest -v --durations=25 "$@"
+# Two workers (pytest-xdist), one test module at a time each (`loadscope`: a module's shared
+# fixtures, such as the pipeline's full run, are built once). Much of the suite waits on servers,
+# outages and timeouts, so the second worker fills that time; the slowest modules go first
+# (tests/conftest.py orders them; xdist would otherwise order modules by their number of tests).
+exec python -m pytest -v --durations=30 -n "${IWARP_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder "$@"

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     import torch
 
 
+# The longest modules first: with two xdist workers (scripts/test.sh) the pipeline's runs overlap
+# everything else instead of finishing alone at the end.
+LONGEST_FIRST = ("tests/e2e/test_pipeline_e2e.py", "tests/integration/test_faults_tracking.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each module and among the rest is kept
+
+
 @pytest.fixture
 def mlflow_server(tmp_path) -> Iterator[str]:
     """Tracking URL of a fresh, real `mlflow server` (SQLite store, served artifacts) for one test."""
