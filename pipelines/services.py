@@ -308,18 +308,29 @@ def ensure_torchserve(
             pass
         host = cfg.server.host
         chosen = [p if p and port_free(host, p) else 0 for p in ports]  # 0: TorchServe picks a free port
-        try:
-            handle = start_server(
+
+        def start(ports: list[int]) -> object:
+            return start_server(
                 store,
                 config=cfg,
                 workdir=workdir,
-                inference_port=chosen[0],
-                management_port=chosen[1],
-                metrics_port=chosen[2],
+                inference_port=ports[0],
+                management_port=ports[1],
+                metrics_port=ports[2],
             )
+
+        try:
+            try:
+                return start(chosen), True
+            except ServerError as exc:
+                # A port free when chosen can be taken before the JVM binds it (servers starting
+                # beside this one): one more try, on ports picked afresh.
+                if "exited during start-up" not in str(exc):
+                    raise
+                print(f"[torchserve] exited during start-up; starting it again on other ports\n{exc}", flush=True)
+            return start([0, 0, 0]), True
         except ServerError as exc:
             raise ServiceError(f"TorchServe did not start: {exc}") from exc
-        return handle, True
 
 
 def stop_torchserve(home: Path) -> bool:

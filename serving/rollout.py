@@ -192,6 +192,9 @@ def run_canary(
         # registered, never promoted nor recorded: a canary killed mid-evaluation left it
         log(f"canary: removing {name} {candidate}, left half-evaluated by an interrupted canary")
         client.unregister_model(candidate, name)
+        left = Path(handle.model_store) / f"{name}-{candidate}.mar"
+        if left.resolve() != mar.resolve():
+            left.unlink(missing_ok=True)  # its copy in the store, which copy_into_store would refuse
     if candidate in client.versions(name):
         raise CanaryError(
             f"version {candidate} of {name!r} is already registered; package the candidate with a new --version"
