@@ -481,7 +481,8 @@ def faulted_run(full_run, home) -> FaultedRun:
     outage = MlflowOutage(home, "evaluate-model", seconds=60)
     outage.start()
     cmd = iwarp_cmd("pipeline", "run", *cli_options(home, detector))
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    wide = {**os.environ, "COLUMNS": "400"}  # rich wraps at 80 columns off a terminal: keep each path on one line
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=wide)
     assert first.stdout is not None
     printed, started = [], 0
     for line in first.stdout:
@@ -503,7 +504,7 @@ def faulted_run(full_run, home) -> FaultedRun:
         time.sleep(0.5)
     if outage.killed is not None:  # MLflow went down in the killed attempt: resume once it is back
         outage.join(timeout=300)
-    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    again = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=ROOT, env=wide, timeout=1800)
     outage.join(timeout=300)  # ... or it went down in the resumed one
     assert outage.error is None and outage.killed and outage.back, outage.error
     (ARTIFACTS / "pipeline-resumed.txt").write_text(again.stdout + again.stderr)
