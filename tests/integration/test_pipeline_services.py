@@ -1,5 +1,6 @@
 """The local services manager against a real `mlflow server` process: start, reuse by a
-second caller, recovery from a stale record, a busy port, and a clean stop."""
+second caller, recovery from a stale record, a busy port, and a clean stop; and a real TorchServe
+that loses a port at start-up."""
 
 import json
 import socket
@@ -78,3 +79,28 @@ def test_server_that_dies_at_start_reports_its_log(tmp_path, monkeypatch):
         blocker.close()
         server.stop()
     assert not server.record_path.exists()
+
+
+def test_torchserve_that_dies_at_start_is_started_again_on_other_ports(tmp_path, monkeypatch, capsys):
+    """TorchServe loses the race for a port (taken between our choice and the JVM's bind, as
+    another server starting beside it can do) and exits during start-up: `ensure_torchserve`
+    starts it once more on ports picked afresh, and says so."""
+    import serving.server as server
+    from pipelines.services import ensure_torchserve, stop_torchserve
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    picks = iter([taken])  # the first gRPC port chosen is the taken one
+    real_free_port = server.free_port
+    monkeypatch.setattr(server, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host))
+    monkeypatch.setattr(server, "_port_in_use", lambda host, port: False)  # lose the race on purpose
+    try:
+        handle, started = ensure_torchserve(tmp_path, (0, 0, 0))
+        assert started and handle.alive() and handle.client(timeout=10).ping()
+        assert taken not in (handle.grpc_inference_port, handle.grpc_management_port)
+    finally:
+        blocker.close()
+        stop_torchserve(tmp_path)
+    assert "[torchserve] exited during start-up; starting it again on other ports" in capsys.readouterr().out
