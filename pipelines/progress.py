@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 HEARTBEAT_S = 30.0
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _START = re.compile(r"Executing task '(?P<name>[^']+)'")
 _END = re.compile(r"Task '(?P<name>[^']+)' finished with status (?P<status>[A-Z]+)")
 # kfp.local's task cache: in a resumed run, a task an earlier attempt finished is not run again.
@@ -101,7 +101,7 @@ class RunProgress(io.TextIOBase):
             self._buf += s
             *lines, self._buf = self._buf.split("\n")
             for line in lines:
-                self._line(_ANSI.sub("", line).replace("\r", ""))
+                self._line(ANSI.sub("", line).replace("\r", ""))
         return len(s)
 
     def flush(self) -> None:

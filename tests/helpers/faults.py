@@ -4,15 +4,13 @@ brought back on its store and port, a pipeline driver killed with SIGKILL."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
 from pathlib import Path
 
+from pipelines.progress import ANSI
 from pipelines.services import MlflowServer
-
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def kill_mlflow(server: MlflowServer) -> None:
