@@ -146,12 +146,17 @@ def evaluate_and_decide(
     return verdict, samples
 
 
+def store_copy(store: Path, name: str, version: str) -> Path:
+    """Where `copy_into_store` puts a candidate archive that is not in the store already."""
+    return store / f"{name}-{version}.mar"
+
+
 def copy_into_store(mar: Path, store: Path, name: str, version: str) -> Path:
     """The archive's path inside the model store (copied there as `<name>-<version>.mar`
     unless it already is there): TorchServe registers archives from its store only."""
     if mar.resolve().parent == store.resolve():
         return mar
-    target = store / f"{name}-{version}.mar"
+    target = store_copy(store, name, version)
     if target.exists():
         raise CanaryError(f"{target} already exists in the model store; remove it or choose another version")
     partial = store / f".{target.name}.partial"
@@ -187,15 +192,17 @@ def run_canary(
     info = read_mar(mar)
     candidate = info["version"]
     baseline = client.default_version(name)
-    kept = (read_state(handle.model_store) or {}).get("versions", {})
-    if candidate in client.versions(name) and candidate != baseline and candidate not in kept:
+    store = Path(handle.model_store)
+    kept = (read_state(store) or {}).get("versions", {})
+    registered = client.versions(name)
+    if candidate in registered and candidate != baseline and candidate not in kept:
         # registered, never promoted nor recorded: a canary killed mid-evaluation left it
         log(f"canary: removing {name} {candidate}, left half-evaluated by an interrupted canary")
         client.unregister_model(candidate, name)
-        left = Path(handle.model_store) / f"{name}-{candidate}.mar"
+        left = store_copy(store, name, candidate)
         if left.resolve() != mar.resolve():
             left.unlink(missing_ok=True)  # its copy in the store, which copy_into_store would refuse
-    if candidate in client.versions(name):
+    elif candidate in registered:
         raise CanaryError(
             f"version {candidate} of {name!r} is already registered; package the candidate with a new --version"
         )
@@ -216,7 +223,6 @@ def run_canary(
         )
         registry.mark_challenger()
 
-    store = Path(handle.model_store)
     target = copy_into_store(mar, store, name, candidate)
     log(
         f"canary: registering {name} {candidate} ({target.name}) "
