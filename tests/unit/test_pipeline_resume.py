@@ -81,3 +81,25 @@ def test_answered_retries_while_down_then_fails_in_one_line_naming_the_service(m
     with pytest.raises(ValueError):
         answered(rejected, "http://127.0.0.1:9", "x")
     assert time.monotonic() - t0 < 0.5
+
+
+def test_delivery_after_the_run_waits_once_then_names_every_folder_still_pending(tmp_path, monkeypatch, capsys):
+    """The driver's final delivery with MLflow still down: one bounded wait (not one per folder),
+    nothing sent, and each folder left is named with the command that uploads it later."""
+    from components.tracking import DRAIN_ENV, WAIT_ENV, StepLog, deliver_pending, pending_folders, step_folder
+
+    monkeypatch.setenv(DRAIN_ENV, "0")  # the steps end at once, their calls kept in the journals
+    monkeypatch.setenv(WAIT_ENV, "1")
+    dead = "http://127.0.0.1:9"
+    for step in ("evaluate-full", "compare"):
+        with StepLog(dead, "0123abcd", step_folder(str(tmp_path), step)) as log:
+            log.log_metrics({"l1": 0.25}, step=0)
+    folders = pending_folders(tmp_path)
+    assert len(folders) == 2
+    capsys.readouterr()
+    sent, left = deliver_pending(tmp_path, dead)
+    out = capsys.readouterr().out
+    assert sent == 0 and left == folders
+    assert out.count("waiting up to 1 s") == 1  # the second folder did not wait again
+    for folder in folders:
+        assert f"upload later with: iwarp track sync {folder} --tracking-uri {dead}" in out
