@@ -43,13 +43,17 @@ class MlflowOutage(threading.Thread):
         self.back: float | None = None
         self.error: BaseException | None = None
 
+    def due(self) -> bool:
+        """Whether the pipeline's log has reached the point where MLflow goes down."""
+        log = newest_log(self.home, self.started_at)
+        text = ANSI.sub("", log.read_text(errors="replace")) if log else ""  # kfp colours task names
+        return text.count(self.marker) >= self.nth
+
     def run(self) -> None:
         try:
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
-                log = newest_log(self.home, self.started_at)
-                text = ANSI.sub("", log.read_text(errors="replace")) if log else ""  # kfp colours task names
-                if text.count(self.marker) >= self.nth:
+                if self.due():
                     break
                 time.sleep(0.2)
             else:
