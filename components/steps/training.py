@@ -318,6 +318,19 @@ def has_test_split(dataset: str) -> bool:
     return manifest.is_file() and bool((read_manifest(manifest)["split"] == "test").any())
 
 
+def evaluate_target(checkpoint: str, dataset: str, sources: list[int], out_json: Path, **kw: Any) -> dict[str, Any]:
+    """`iwarp evaluate --copy-source` in this process: its table printed, its JSON written to
+    `out_json` and returned. Bad data or a bad checkpoint: a RuntimeError naming both."""
+    from iwarp.errors import InputError
+    from iwarp.training.evaluate import evaluate_checkpoint, report_and_write
+
+    try:
+        out = evaluate_checkpoint(checkpoint, dataset, sources, copy_source=True, **kw)
+    except (InputError, FileNotFoundError) as exc:
+        raise RuntimeError(f"evaluation of {checkpoint} on {dataset} failed: {exc}") from exc
+    return report_and_write(out, out_json)
+
+
 def run_evaluation(
     checkpoint: str,
     targets: dict[str, str],
@@ -345,35 +358,22 @@ def run_evaluation(
             print(f"[evaluate] {target}: {dataset} has no test split, skipped", flush=True)
             continue
         out_json = Path(report_path).parent / f"evaluate-{target}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "iwarp",
-            "evaluate",
-            "--checkpoint",
+        print(f"[evaluate] {info.get('variant', '?')} on {target}: {dataset}", flush=True)
+        # In this process, as `iwarp evaluate` would: a process per target paid torch's and the
+        # metrics' start-up again for a few seconds of evaluation.
+        scores = evaluate_target(
             checkpoint,
-            "--data",
             dataset,
-            "--sources",
-            *map(str, sources),
-            "--source-placement",
-            placement,
-            "--sources-from",
-            SOURCES_FROM.get(target, "test"),
-            "--frame-stride",
-            str(frame_stride),
-            "--copy-source",
-            "--out",
-            str(out_json),
-        ]
-        if max_videos > 0:
-            cmd += ["--max-videos", str(max_videos)]
-        cmd += ["--fd" if frechet else "--no-fd", "--landmarks" if landmarks else "--no-landmarks"]
-        print(f"[evaluate] {info.get('variant', '?')} on {target}: {' '.join(cmd)}", flush=True)
-        rc, why = run_streaming(cmd)
-        if rc != 0:
-            raise RuntimeError(f"evaluation of {checkpoint} on {target} failed (exit {rc}): {why}")
-        values.update(eval_metrics(json.loads(out_json.read_text()), target))
+            sources,
+            out_json,
+            stride=frame_stride,
+            max_videos=max_videos if max_videos > 0 else None,
+            landmarks=landmarks,
+            fd=frechet,
+            source_placement=placement,
+            sources_from=SOURCES_FROM.get(target, "test"),
+        )
+        values.update(eval_metrics(scores, target))
         reports.append(out_json)
     if not values:
         raise RuntimeError(f"nothing to evaluate: no test split in {sorted(targets.values())}")

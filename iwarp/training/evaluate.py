@@ -192,6 +192,7 @@ def evaluate(
     result: dict[str, Any] = {
         "per_k": {},
         "copy_source": None,
+        "ks": list(ks),
         "videos": len(usable),
         "skipped_videos": skipped,
         "source_placement": source_placement,
@@ -226,6 +227,7 @@ def to_json(result: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     clean = lambda m: {k: _finite_or_none(v) for k, v in m.items()}  # noqa: E731
     return {
         **meta,
+        "ks": result["ks"],
         "videos": result["videos"],
         "skipped_videos": result["skipped_videos"],
         "source_placement": result["source_placement"],
@@ -352,6 +354,27 @@ def animation_picture(
     return animation_strip(sources, drive, predict_video(model, sources, drive).cpu(), path)
 
 
+def report_and_write(out: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Print `evaluate_checkpoint`'s table and write its JSON to `path` (atomically: a reader
+    never sees half a file); returns the JSON. What `iwarp evaluate` and the pipeline's
+    evaluation step both print and write."""
+    report = out["json"]
+    title = f"{report['model_kind']} on {report['data']}/{report['split']} ({report['videos']} videos)"
+    where = "each clip" if report["sources_from"] == "test" else "the identity's train clips"
+    if report["source_placement"] == "spread":
+        title += f"; sources spread over {where}, copy source = first source of k={min(report['ks'])}"
+    elif report["sources_from"] == "train":
+        title += f"; sources: the first frames of {where}"
+    print_table(out["result"], title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return report
+
+
 def evaluate_cli(args) -> int:
     if args.checkpoint is None and not args.copy_source_only:
         raise EvalError("--checkpoint is required (or --copy-source-only for the floor alone)")
@@ -371,18 +394,5 @@ def evaluate_cli(args) -> int:
         source_placement=args.source_placement,
         sources_from=args.sources_from,
     )
-    report = out["json"]
-    title = f"{report['model_kind']} on {report['data']}/{report['split']} ({report['videos']} videos)"
-    where = "each clip" if args.sources_from == "test" else "the identity's train clips"
-    if report["source_placement"] == "spread":
-        title += f"; sources spread over {where}, copy source = first source of k={min(args.sources)}"
-    elif args.sources_from == "train":
-        title += f"; sources: the first frames of {where}"
-    print_table(out["result"], title)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
-    print(f"wrote {path}")
+    report_and_write(out, args.out)
     return 0

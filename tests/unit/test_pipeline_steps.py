@@ -96,24 +96,22 @@ def test_run_evaluation_takes_the_personal_sources_from_its_train_split(tmp_path
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.csv").write_text("id,identity,split\na,x,train\nb,x,test\n")
         targets[name] = str(tmp_path / name)
-    commands: list[list[str]] = []
+    calls: dict[str, dict] = {}
 
-    def fake_run(cmd):
-        commands.append(cmd)
-        out = cmd[cmd.index("--out") + 1]
+    def fake_evaluate(checkpoint, dataset, sources, out_json, **kw):
+        calls[dataset] = kw
         report = {"per_k": {"1": {"l1": 0.1, "frames": 3.0}}, "copy_source": {"l1": 0.2, "frames": 3.0}}
-        with open(out, "w") as fh:
-            json.dump(report, fh)
-        return 0, ""
+        out_json.write_text(json.dumps(report))
+        return report
 
     logged = []
-    monkeypatch.setattr(training_steps, "run_streaming", fake_run)
+    monkeypatch.setattr(training_steps, "evaluate_target", fake_evaluate)
     monkeypatch.setattr(training_steps, "log_evaluation", lambda *args: logged.append(args))
     values = run_evaluation("ckpt", targets, [1], "run", "uri", {}, str(tmp_path / "report.json"))
     ((uri, run_id, metrics, reports, step, work_dir),) = logged  # one journaled step, after both targets
     assert (uri, run_id, metrics, step) == ("uri", "run", values, "evaluate-model")
     assert [r.name for r in reports] == ["evaluate-general.json", "evaluate-personal.json"]
-    sources_from = {cmd[cmd.index("--data") + 1]: cmd[cmd.index("--sources-from") + 1] for cmd in commands}
+    sources_from = {dataset: kw["sources_from"] for dataset, kw in calls.items()}
     assert sources_from == {targets["general"]: "test", targets["personal"]: "train"}
     assert values == {
         "general/l1_k1": 0.1,
