@@ -13,12 +13,13 @@ fi
 echo "[setup] creating $VENV (first run takes ~1-2 minutes)"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip "$@"; }
-pip install -q --upgrade pip
-# torch first: the CPU build from this machine's disk, so nothing pulls a multi-GB CUDA build.
-pip install -q torch==2.13.0
-# The rest through uv (same index, same pins; pip spent ~90 s of CI's setup resolving the lock).
+# Everything installs through uv (pinned; pip spent ~2 minutes of CI's setup on torch and the lock).
 pip install -q -r requirements/tools.txt
 uv() { "$VENV/bin/uv" pip "$@" --python "$VENV/bin/python" --quiet; }
+# torch first: the CPU build from the wheel folder pip is configured with (this machine's disk),
+# so nothing pulls a multi-GB CUDA build.
+links=${PIP_FIND_LINKS:-$(pip config get global.find-links 2>/dev/null || true)}
+uv install ${links:+--find-links "$links"} torch==2.13.0
 uv install -r requirements/lock.txt
 uv install --no-deps -r requirements/no-deps.txt
 uv install --no-deps -e .

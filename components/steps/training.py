@@ -174,15 +174,10 @@ def init_summary(train_dir: Path) -> str:
     return line
 
 
-def train_local(req: TrainRequest, out_dir: Path) -> Path:
+def train_command(req: TrainRequest, out_dir: Path, resume: bool) -> list[str]:
     """`torchrun --standalone --nproc-per-node N -m iwarp train ...` (gloo on CPU, NCCL on GPU),
     the same launcher the TrainJob's pods use, one process or several."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # A training a killed run left part-way continues from its last checkpoint (and MLflow run).
-    resume = ["--resume"] if any((out_dir / "checkpoints").glob("*.ckpt")) else []
-    if resume:
-        print(f"[train] {req.ablation['variant']}: resuming the interrupted training in {out_dir}", flush=True)
-    cmd = [
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -195,10 +190,20 @@ def train_local(req: TrainRequest, out_dir: Path) -> Path:
         resolve_config(req.config),
         "--tracking-uri",
         req.tracking_uri,
-        *resume,
+        *(["--resume"] if resume else []),
         "--set",
         *req.train_overrides(req.dataset, str(out_dir)),
     ]
+
+
+def train_local(req: TrainRequest, out_dir: Path) -> Path:
+    """Train one variant in this task's own processes (see `train_command`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A training a killed run left part-way continues from its last checkpoint (and MLflow run).
+    resume = any((out_dir / "checkpoints").glob("*.ckpt"))
+    if resume:
+        print(f"[train] {req.ablation['variant']}: resuming the interrupted training in {out_dir}", flush=True)
+    cmd = train_command(req, out_dir, resume)
     print(f"[train] {req.ablation['variant']}: {' '.join(cmd)}", flush=True)
     rc, why = run_streaming(cmd)
     if rc != 0:

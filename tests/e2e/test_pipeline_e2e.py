@@ -51,7 +51,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--hide-scrollbars",
 ]
-STEPS = 10  # per variant: the variants still differ (architectures differ from step 0); CI stays short
+STEPS = 6  # per variant: the variants still differ (architectures differ from step 0); CI stays short
 SMALL_FACES = ["faces.clips_per_photo=1", "faces.photo_frames=24"]  # the real faces, fewer photo clips
 SHIPPED = "iwarp-faces-64"
 SHIPPED_FOMM = "iwarp-faces-64-fomm"
@@ -198,7 +198,7 @@ def options(home: Path, **kw) -> LocalRunOptions:
         home=str(home),
         steps=STEPS,
         keypoint_steps=STEPS,
-        nproc=2,
+        nproc=1,  # the main job's default; two DDP processes: tests/model/test_train_ddp.py
         data="faces",
         data_params=SMALL_FACES,
         init_from=SHIPPED,
@@ -251,10 +251,10 @@ def test_four_child_runs_with_the_same_metric_keys_under_one_parent(full_run):
             f"_eval/{target}/copy_source_l1",
         } <= keys[0]
     assert {k.info.status for k in kids} == {"FINISHED"}
-    # identical data, seed, budget and starting model for all four; each trained by 2 DDP processes
+    # identical data, seed, budget and starting model for all four; each trained by one torchrun process
     for p in ("seed", "optim.steps", "data.root", "init_from", "init_from.checkpoint"):
         assert len({k.data.params[p] for k in kids}) == 1, p
-    assert {k.data.params["world_size"] for k in kids} == {"2"}
+    assert {k.data.params["world_size"] for k in kids} == {"1"}
     by_variant = {k.data.tags["iwarp.variant"]: k.data.params for k in kids}
     assert by_variant["full"]["init_from"] == SHIPPED and by_variant["full"]["init_from.skipped"] == "0"
     for variant in ("no-residual", "no-extra-kv", "neither"):  # each drops the modules it lacks
@@ -433,7 +433,7 @@ def cli_options(home: Path, detector: Path) -> list[str]:
     """`options(home, keypoints_from=detector)` as `iwarp pipeline run` flags, checkpoints every
     3 steps (so a training killed part-way has one to continue from)."""
     return [
-        *("--home", str(home), "--steps", str(STEPS), "--keypoint-steps", str(STEPS), "--nproc", "2"),
+        *("--home", str(home), "--steps", str(STEPS), "--keypoint-steps", str(STEPS), "--nproc", "1"),
         *("--data", "faces", "--data-param", *SMALL_FACES, "--init-from", SHIPPED, "--keypoints-from", str(detector)),
         *("--sources", "1", "2", "--frame-stride", "8", "--eval-max-videos", "1"),
         *("--set", "checkpoint.every_steps=3"),

@@ -252,6 +252,35 @@ def test_fine_tuning_starts_at_a_gentle_learning_rate_that_the_user_can_override
     assert not set(FINETUNE_OPTIM) & set(scratch)  # from scratch: the config's own schedule
 
 
+def test_train_step_launches_torchrun_with_the_requested_processes(tmp_path):
+    """The local train step's command (what `iwarp pipeline run --nproc N` runs per variant; the
+    pipeline e2e trains with the default single process, tests/model/test_train_ddp.py runs
+    this launcher with two real DDP processes)."""
+    from components.steps.train_request import TrainRequest
+    from components.steps.training import train_command
+
+    req = TrainRequest(
+        dataset="d",
+        ablation={"variant": "full", "residual": True, "extra_kv": True},
+        config="configs/tiny.yaml",
+        overrides=[],
+        seed=0,
+        steps=10,
+        tracking_uri="http://127.0.0.1:5000",
+        experiment="e",
+        parent_run_id="",
+        nproc_per_node=2,
+    )
+    cmd = train_command(req, tmp_path / "out", resume=False)
+    assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[5:8] == ["-m", "iwarp", "train"]
+    assert cmd[cmd.index("--tracking-uri") + 1] == "http://127.0.0.1:5000" and "--resume" not in cmd
+    assert cmd[cmd.index("--set") + 1 :] == req.train_overrides("d", str(tmp_path / "out"))
+    assert "--resume" in train_command(req, tmp_path / "out", resume=True)
+    single = dataclasses.replace(req, nproc_per_node=0)  # 0 (a GPU count of none) still trains once
+    assert "--nproc-per-node=1" in train_command(single, tmp_path / "out", resume=False)
+
+
 def test_variants_load_the_keypoint_detector_and_the_stage_has_no_ablation_switches():
     from components.ablation import ABLATIONS
     from components.steps.train_request import FINETUNE_OPTIM, TrainRequest
