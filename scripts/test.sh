@@ -5,6 +5,10 @@ cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/k8s-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# One OpenMP thread per process: the two workers already fill both cores, and torch's default
+# (a thread per core in every process) oversubscribes them; spinning threads under contention
+# run several times slower (tests/model pins this in-process too).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # Lint first: a finding fails the run before the long pytest starts (config: pyproject.toml).
 python -m ruff check .
 python -m ruff format --check .
